@@ -1,0 +1,45 @@
+"""The one audio format inside the agent, and the interface every audio source offers.
+
+Whatever the device delivers (any rate, any channel count), sources hand the pipeline
+16 kHz mono int16 blocks: the rate webrtcvad and the transcription service both want.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+
+SAMPLE_RATE = 16_000
+FRAME_MS = 30
+FRAME_SAMPLES = SAMPLE_RATE * FRAME_MS // 1000
+
+
+class AudioInputError(Exception):
+    """An input that cannot be used (missing, unreadable, unsupported); one-line message."""
+
+
+@dataclass
+class CaptureStats:
+    """Counters a technician needs to see; losses are counted, never silent."""
+
+    device_name: str = ""
+    device_rate: int = 0
+    overruns: int = 0
+    dropped_blocks: int = 0
+    dropped_s: float = 0.0
+    reopens: int = 0
+    samples: int = 0
+
+
+class AudioSource(Protocol):
+    """A stream of 16 kHz mono int16 blocks (numpy arrays of any length)."""
+
+    stats: CaptureStats
+
+    def read(self, timeout: float | None = None) -> np.ndarray | None:
+        """The next block; an empty array if none arrived within ``timeout``; None at the end."""
+        ...
+
+    def close(self) -> None: ...
