@@ -16,16 +16,8 @@ import click
 from agent import __version__
 from agent.audio import SAMPLE_RATE, AudioInputError
 from agent.settings import AgentSettings, load_agent_settings
-from configfile import ConfigError
-
-
-class Fatal(click.ClickException):
-    """An error a person can act on, printed as one line, exit status 2."""
-
-    exit_code = 2
-
-    def show(self, file=None) -> None:
-        click.echo(f"room-agent: {self.format_message()}", err=True)
+from runtime.cli import Fatal
+from runtime.settings import ConfigError
 
 
 @dataclass
@@ -63,10 +55,10 @@ def cli(ctx: click.Context, config_path: Path | None) -> None:
 @click.pass_obj
 def segment(state: CliState, file: Path) -> None:
     """Print the speech segments VAD keeps in FILE (WAV or FLAC), as one JSON object."""
+    settings = state.settings
     from agent.filesource import FileSource
     from agent.vad import Segmenter, merge_spans
 
-    settings = state.settings
     try:
         source = FileSource(file)
     except AudioInputError as exc:

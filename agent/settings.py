@@ -13,7 +13,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic_settings import SettingsConfigDict
 
-from configfile import FileSettings, load_settings
+from runtime.settings import FileSettings, load_settings
 
 CONFIG_ENV = "ROOM_AGENT_CONFIG"
 DEVICE_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$"
