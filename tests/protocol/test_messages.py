@@ -1,0 +1,44 @@
+import pytest
+from pydantic import ValidationError
+
+from protocol import messages, topics
+
+
+def test_topics_round_trip():
+    for kind in topics.KINDS:
+        assert topics.parse(topics.topic("room-7", kind)) == ("room-7", kind)
+    assert topics.parse("rooms/room-7/other") is None
+    assert topics.parse("rooms//state") is None
+    assert topics.parse("elsewhere/room-7/state") is None
+    assert topics.all_devices("events", shared=True) == "$share/gateway/rooms/+/events"
+
+
+@pytest.mark.parametrize(
+    ("adapter", "message"),
+    [
+        (messages.commands, messages.StartCommand(command_id="c1", session_id="s-1")),
+        (messages.commands, messages.StopCommand(command_id="c2", session_id="s-1")),
+        (messages.notifications, messages.NotesReady(session_id="s-1")),
+        (messages.notifications, messages.SessionFailed(session_id="s-1", reason="upload")),
+        (messages.device_events, messages.ChunkSpooled(session_id="s-1", seq=4, duration_s=2.5)),
+        (
+            messages.device_events,
+            messages.SessionClosed(session_id="s-1", reason="stopped", chunks=3, speech_s=9.0),
+        ),
+    ],
+)
+def test_round_trip(adapter, message):
+    assert adapter.validate_json(message.model_dump_json()) == message
+
+
+def test_no_extra_fields_can_ride_along():
+    """A payload with anything beyond ids and numbers (say, a name) is rejected."""
+    with pytest.raises(ValidationError):
+        messages.commands.validate_json(
+            '{"type":"start","command_id":"c","session_id":"s","client_name":"x"}'
+        )
+
+
+def test_ids_are_checked():
+    with pytest.raises(ValidationError):
+        messages.StartCommand(command_id="c", session_id="../../etc")
