@@ -51,7 +51,7 @@ def cli(ctx: click.Context, config_path: Path | None) -> None:
 
 
 @cli.command()
-@click.argument("file", type=click.Path(path_type=Path, dir_okay=False))
+@click.argument("file", type=click.Path(path_type=Path))
 @click.pass_obj
 def segment(state: CliState, file: Path) -> None:
     """Print the speech segments VAD keeps in FILE (WAV or FLAC), as one JSON object."""
@@ -59,16 +59,15 @@ def segment(state: CliState, file: Path) -> None:
     from agent.filesource import FileSource
     from agent.vad import Segmenter, merge_spans
 
-    try:
-        source = FileSource(file)
-    except AudioInputError as exc:
-        raise Fatal(str(exc)) from None
     segmenter = Segmenter(settings.audio)
     chunks = []
-    with source:
-        while (block := source.read()) is not None:
-            chunks.extend(segmenter.push(block))
-        chunks.extend(segmenter.flush())
+    try:
+        with FileSource(file) as source:
+            while (block := source.read()) is not None:
+                chunks.extend(segmenter.push(block))
+            chunks.extend(segmenter.flush())
+    except AudioInputError as exc:
+        raise Fatal(str(exc)) from None
     spans = merge_spans(chunks)
     result = {
         "file": str(file),
@@ -79,6 +78,110 @@ def segment(state: CliState, file: Path) -> None:
     }
     json.dump(result, sys.stdout)
     sys.stdout.write("\n")
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="One JSON list, for scripts.")
+def devices(as_json: bool) -> None:
+    """List the audio input devices: what audio.device can name (by a part of the name)."""
+    from agent.capture import list_input_devices
+
+    try:
+        found = list_input_devices()
+    except AudioInputError as exc:
+        raise Fatal(str(exc)) from None
+    if as_json:
+        json.dump([device.model_dump() for device in found], sys.stdout)
+        sys.stdout.write("\n")
+        return
+    if not found:
+        click.echo("no input devices found")
+        return
+    width = max(len("name"), *(len(device.name) for device in found))
+    click.echo(f"{'index':>5}  {'name':<{width}}  {'default rate':>12}  {'channels':>8}")
+    for d in found:
+        click.echo(
+            f"{d.index:>5}  {d.name:<{width}}  {d.default_rate:>9} Hz  {d.max_input_channels:>8}"
+        )
+
+
+@cli.command()
+@click.option(
+    "--seconds",
+    type=click.FloatRange(min=0, min_open=True),
+    default=None,
+    help="Stop after this many seconds of captured audio.",
+)
+@click.option("--until-eof", is_flag=True, help="Stop at the end of --input (as any file does).")
+@click.option(
+    "--input",
+    "input_file",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Record from a WAV/FLAC file instead of the microphone.",
+)
+@click.option("--session", "session_id", default=None, help="Id for a new session.")
+@click.option(
+    "--new-session",
+    is_flag=True,
+    help="Close an interrupted session (reason interrupted) instead of resuming it.",
+)
+@click.option("--realtime", is_flag=True, help="Feed --input at the pace of real time.")
+@click.pass_obj
+def record(
+    state: CliState,
+    seconds: float | None,
+    until_eof: bool,
+    input_file: Path | None,
+    session_id: str | None,
+    new_session: bool,
+    realtime: bool,
+) -> None:
+    """Record one session into the spool; print a one-line JSON summary at the end.
+
+    A session interrupted by a crash or power cut is resumed unless --new-session is given.
+    SIGTERM or SIGINT ends the session cleanly. Exit status 2 when the spool filled up or
+    recording failed: what was spooled before is kept.
+    """
+    from agent.record_cli import record_session
+
+    if until_eof and input_file is None:
+        raise Fatal("--until-eof needs --input")
+    if until_eof and seconds is not None:
+        raise Fatal("--until-eof and --seconds exclude each other")
+    if realtime and input_file is None:
+        raise Fatal("--realtime needs --input")
+    record_session(state.settings, input_file, seconds, session_id, new_session, realtime)
+
+
+@cli.group()
+def spool() -> None:
+    """The on-disk queue of sealed chunks waiting for the gateway."""
+
+
+@spool.command()
+@click.option("--json", "as_json", is_flag=True, help="Print the report as one JSON object.")
+@click.pass_obj
+def verify(state: CliState, as_json: bool) -> None:
+    """Check the spool: chunks per session, bytes, quarantined files.
+
+    Torn and corrupt files are quarantined (moved aside, never deleted) and reported. While
+    another room-agent holds the spool, nothing is changed. Exit status: 0 when nothing is
+    in quarantine, 1 when quarantined files exist (they may hold sealed audio: a person
+    decides what happens to them), 2 on errors.
+    """
+    from agent.spool.report import format_report, spool_report
+
+    settings = state.settings
+    try:
+        report = spool_report(
+            settings.spool_dir, settings.spool.max_bytes, settings.spool.min_free_bytes
+        )
+    except OSError as exc:
+        raise Fatal(f"{settings.spool_dir}: {exc.strerror}") from None
+    click.echo(report.model_dump_json() if as_json else format_report(report))
+    if report.quarantine:
+        sys.exit(1)
 
 
 def main() -> None:

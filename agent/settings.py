@@ -41,8 +41,10 @@ class AudioSettings(BaseModel):
     vad_mode: int = Field(default=3, ge=0, le=3)
     pre_roll_ms: int = Field(default=300, ge=0, le=5000)
     hangover_ms: int = Field(default=600, ge=0, le=10_000)
-    min_speech_ms: int = Field(default=150, ge=0, le=10_000)
+    min_speech_ms: int = Field(default=120, ge=0, le=10_000)
     max_chunk_s: float = Field(default=10.0, ge=1, le=600)
+    noise_margin_db: float = Field(default=4.0, ge=0, le=40)
+    noise_window_s: float = Field(default=6.0, ge=0.5, le=120)
     codec: Literal["flac", "opus"] = "flac"
     opus_bitrate_kbps: int = Field(default=24, ge=6, le=256)
 

@@ -1,0 +1,409 @@
+"""Spool: the one owner of the spool directory, shared by the recorder and uplink threads.
+
+Opening it takes an exclusive flock (a second process gets SpoolBusy) and runs a scan.
+Only acknowledged chunks are ever deleted; when a chunk does not fit under ``max_bytes``
+or would leave less than ``min_free_bytes`` free (plus METADATA_RESERVE, so a full spool
+can still close its session), SpoolFull is raised and nothing is written.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import logging
+import os
+import shutil
+import threading
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Literal
+
+from pydantic import ValidationError
+
+from agent.spool.files import append_line, disk_full, fsync_dir, write_atomically
+from agent.spool.journal import (
+    JOURNAL,
+    AckRecord,
+    ChunkRecord,
+    CloseRecord,
+    LostRecord,
+    OpenRecord,
+    SessionIndex,
+)
+from agent.spool.layout import (
+    FORGOTTEN,
+    LOCK,
+    NEW_PREFIX,
+    SESSIONS,
+    TRASH,
+    ForgottenRecord,
+    chunk_name,
+    tmp_name,
+)
+from agent.spool.models import (
+    PendingChunk,
+    QuarantineEntry,
+    ScanFinding,
+    SessionInfo,
+    SpoolReport,
+    SpoolUsage,
+)
+from agent.spool.quarantine import QUARANTINE, Quarantine
+from agent.spool.scan import MISSING, SHA_MISMATCH, Scanner
+from protocol.envelope import EnvelopeError, read_header
+from protocol.manifest import CloseReason, SessionManifest
+
+log = logging.getLogger(__name__)
+
+METADATA_RESERVE = 64 * 1024
+
+
+class SpoolError(Exception):
+    """A spool operation that cannot be done; the message names ids only."""
+
+
+class SpoolFull(SpoolError):
+    """No room for the chunk under the quota or the free-space floor; nothing was written."""
+
+    def __init__(self, limit: Literal["quota", "disk"], message: str) -> None:
+        super().__init__(message)
+        self.limit = limit
+
+
+class SpoolBusy(SpoolError):
+    """Another process holds the spool."""
+
+
+class ChunkCorrupt(SpoolError):
+    """A spooled chunk no longer matches its journal record; it has been quarantined."""
+
+
+class Spool:
+    def __init__(
+        self, directory: Path, max_bytes: int, min_free_bytes: int, *, _live: bool = False
+    ) -> None:
+        self.directory = Path(directory)
+        self.max_bytes = max_bytes
+        self.min_free_bytes = min_free_bytes
+        self.quarantine = Quarantine(self.directory)
+        self.last_scan: list[ScanFinding] = []
+        self._live = _live
+        self._mutex = threading.RLock()
+        self._sessions: dict[str, SessionIndex] = {}
+        self._forgotten: set[str] = set()
+        self._lock_fd: int | None = None
+        if not _live:
+            self._take_lock()
+        self.scan()
+
+    @classmethod
+    def inspect(cls, directory: Path) -> SpoolReport:
+        """A report on a spool another process holds: nothing is moved, repaired or deleted."""
+        return cls(directory, 0, 0, _live=True).report()
+
+    # -- lifecycle
+
+    def close(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    def __enter__(self) -> Spool:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _take_lock(self) -> None:
+        for sub in ("", SESSIONS, QUARANTINE):
+            (self.directory / sub).mkdir(mode=0o700, parents=True, exist_ok=True)
+        fd = os.open(self.directory / LOCK, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+            os.close(fd)
+            raise SpoolBusy(
+                f"spool {self.directory} is in use by another process (pid {holder})"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self._lock_fd = fd
+
+    def scan(self) -> list[ScanFinding]:
+        """Rebuild the index from disk, reconciling what a crash left and quarantining what
+        cannot be trusted (see scan.py). Never raises for bad content."""
+        with self._mutex:
+            result = Scanner(self.directory, self.quarantine, live=self._live).run()
+            self._sessions = result.sessions
+            self._forgotten = result.forgotten
+            self.last_scan = result.findings
+            return result.findings
+
+    # -- sessions
+
+    def create_session(self, session_id: str, device_id: str) -> SessionInfo:
+        """A new, empty session, created atomically: its journal is written in a staging
+        directory that is then renamed into place."""
+        try:
+            record = OpenRecord(device_id=device_id, session_id=session_id, at=_now())
+        except ValidationError:
+            raise SpoolError("invalid session id or device id") from None
+        with self._mutex:
+            self._check_writable()
+            if session_id in self._sessions or session_id in self._forgotten:
+                raise SpoolError(f"session {session_id} already exists in the spool")
+            sessions = self.directory / SESSIONS
+            staging = sessions / f"{NEW_PREFIX}{session_id}"
+            session = SessionIndex(session_id, sessions / session_id)
+            try:
+                shutil.rmtree(staging, ignore_errors=True)
+                staging.mkdir(mode=0o700)
+                append_line(staging / JOURNAL, record.model_dump_json())
+                fsync_dir(staging)
+                os.rename(staging, session.directory)
+                fsync_dir(sessions)
+            except OSError as exc:
+                shutil.rmtree(staging, ignore_errors=True)
+                if disk_full(exc):
+                    raise SpoolFull("disk", "spool full: the disk is full") from None
+                raise
+            session.apply(record)
+            self._sessions[session_id] = session
+            log.info("spool: session %s opened", session_id)
+            return session.info()
+
+    def close_session(self, session_id: str, reason: CloseReason) -> SessionManifest:
+        """Record the end of a session; closing a closed session returns its manifest."""
+        with self._mutex:
+            session = self._session(session_id)
+            if session.closed is None:
+                self._check_writable()
+                session.record(CloseRecord(reason=reason, at=_now()))
+                log.info("spool: session %s closed (%s)", session_id, reason)
+            return self._manifest(session)
+
+    def manifest(self, session_id: str) -> SessionManifest:
+        """The manifest of a closed session: every chunk recorded, acked or not, lost
+        ones left out."""
+        with self._mutex:
+            return self._manifest(self._session(session_id))
+
+    def closed_manifests(self) -> list[SessionManifest]:
+        """Manifests of the closed sessions still in the spool, oldest first."""
+        with self._mutex:
+            return [m for s in self._ordered() if (m := s.manifest()) is not None]
+
+    def forget_session(self, session_id: str) -> None:
+        """Remove a closed session whose chunks are all acknowledged, once the gateway has
+        accepted its manifest. Its id stays reserved, so no seq of it is ever reused."""
+        with self._mutex:
+            self._check_writable()
+            session = self._session(session_id)
+            if session.closed is None:
+                raise SpoolError(f"session {session_id} is still open")
+            if session.pending_seqs():
+                raise SpoolError(f"session {session_id} still has unacknowledged chunks")
+            record = ForgottenRecord(session_id=session_id, at=_now())
+            append_line(self.directory / FORGOTTEN, record.model_dump_json())
+            self._forgotten.add(session_id)
+            del self._sessions[session_id]
+            trash = self.directory / TRASH
+            shutil.rmtree(trash, ignore_errors=True)
+            os.rename(session.directory, trash)
+            fsync_dir(session.directory.parent)
+            shutil.rmtree(trash, ignore_errors=True)
+            log.info("spool: session %s forgotten", session_id)
+
+    def session(self, session_id: str) -> SessionInfo:
+        with self._mutex:
+            return self._session(session_id).info()
+
+    def sessions(self) -> list[SessionInfo]:
+        """Every session in the spool, oldest first."""
+        with self._mutex:
+            return [s.info() for s in self._ordered()]
+
+    def next_seq(self, session_id: str) -> int:
+        """One past the highest seq ever recorded for the session, acked and lost included."""
+        with self._mutex:
+            return self._session(session_id).highest_seq + 1
+
+    # -- chunks
+
+    def append(self, sealed: bytes) -> PendingChunk:
+        """Store one sealed chunk durably; its header names the session and the seq, which
+        must be the session's next. Raises SpoolFull, having written nothing, if it does
+        not fit."""
+        try:
+            header = read_header(sealed)
+        except EnvelopeError as exc:
+            raise SpoolError(f"refusing a chunk that is not a valid envelope: {exc}") from None
+        with self._mutex:
+            self._check_writable()
+            session = self._session(header.session_id)
+            if session.closed is not None:
+                raise SpoolError(f"session {header.session_id} is closed")
+            if header.seq != session.highest_seq + 1:
+                raise SpoolError(
+                    f"session {header.session_id}: seq {header.seq} is not the next "
+                    f"({session.highest_seq + 1})"
+                )
+            if session.device_id is not None and header.device_id != session.device_id:
+                raise SpoolError(f"session {header.session_id} belongs to another device id")
+            self.check_room(len(sealed))
+            directory = session.directory
+            try:
+                write_atomically(
+                    directory / chunk_name(header.seq), sealed, tmp=directory / tmp_name(header.seq)
+                )
+            except OSError as exc:
+                if disk_full(exc):
+                    raise SpoolFull("disk", "spool full: the disk is full") from None
+                raise
+            record = ChunkRecord(
+                seq=header.seq,
+                sha256=hashlib.sha256(sealed).hexdigest(),
+                bytes=len(sealed),
+                start_s=header.start_s,
+                duration_s=header.duration_s,
+            )
+            self._journal_stored_chunk(session, record)
+            return _pending(session.session_id, record)
+
+    def pending(self) -> list[PendingChunk]:
+        """Chunks not yet acknowledged, sessions by open time, then seq. Never a temporary
+        or quarantined file."""
+        with self._mutex:
+            return [
+                _pending(s.session_id, s.chunks[seq])
+                for s in self._ordered()
+                for seq in s.pending_seqs()
+            ]
+
+    def read(self, session_id: str, seq: int) -> bytes:
+        """The sealed bytes, checked against the journal; a mismatch is quarantined and
+        raises ChunkCorrupt, so corrupt audio is never sent."""
+        with self._mutex:
+            session = self._session(session_id)
+            if not session.is_pending(seq):
+                raise SpoolError(f"session {session_id}: no pending chunk {seq}")
+            path = session.directory / chunk_name(seq)
+            try:
+                blob = path.read_bytes()
+            except FileNotFoundError:
+                session.record(LostRecord(seq=seq, reason=MISSING))
+                raise ChunkCorrupt(f"session {session_id}: chunk {seq} is missing") from None
+            if hashlib.sha256(blob).hexdigest() != session.chunks[seq].sha256:
+                self.quarantine.move(path, session_id, SHA_MISMATCH)
+                session.record(LostRecord(seq=seq, reason=SHA_MISMATCH))
+                log.warning("spool: session %s chunk %s corrupt, quarantined", session_id, seq)
+                raise ChunkCorrupt(f"session {session_id}: chunk {seq} is corrupt, quarantined")
+            return blob
+
+    def ack(self, session_id: str, seq: int) -> bool:
+        """The gateway holds the chunk durably: journal that, then delete the file.
+        False if it was already acknowledged (acks are idempotent)."""
+        with self._mutex:
+            self._check_writable()
+            session = self._session(session_id)
+            if seq in session.acked:
+                return False
+            if not session.is_pending(seq):
+                raise SpoolError(f"session {session_id}: no pending chunk {seq}")
+            session.record(AckRecord(seq=seq))
+            (session.directory / chunk_name(seq)).unlink(missing_ok=True)
+            fsync_dir(session.directory)
+            return True
+
+    # -- capacity and reports
+
+    def check_room(self, nbytes: int = 0) -> None:
+        """Raise SpoolFull unless ``nbytes`` more fit under the quota and the free-space floor."""
+        used = self.bytes_used()
+        if used + nbytes > self.max_bytes:
+            raise SpoolFull(
+                "quota", f"spool full: quota of {self.max_bytes} bytes reached ({used} used)"
+            )
+        if self.free_bytes() - nbytes - METADATA_RESERVE < self.min_free_bytes:
+            raise SpoolFull(
+                "disk",
+                f"spool full: the disk would have less than {self.min_free_bytes} bytes free",
+            )
+
+    def bytes_used(self) -> int:
+        with self._mutex:
+            return sum(s.pending_bytes for s in self._sessions.values())
+
+    def free_bytes(self) -> int:
+        stat = os.statvfs(self.directory)
+        return stat.f_bavail * stat.f_frsize
+
+    def usage(self) -> SpoolUsage:
+        with self._mutex:
+            return SpoolUsage(
+                bytes=self.bytes_used(),
+                chunks=sum(len(s.pending_seqs()) for s in self._sessions.values()),
+                sessions=len(self._sessions),
+                quarantined=len(self.quarantined()),
+            )
+
+    def quarantined(self) -> list[QuarantineEntry]:
+        return self.quarantine.entries()
+
+    def report(self) -> SpoolReport:
+        with self._mutex:
+            return SpoolReport(
+                directory=str(self.directory),
+                live=self._live,
+                usage=self.usage(),
+                sessions=self.sessions(),
+                findings=list(self.last_scan),
+                quarantine=self.quarantined(),
+            )
+
+    # -- helpers
+
+    def _journal_stored_chunk(self, session: SessionIndex, record: ChunkRecord) -> None:
+        """The chunk is already durable: if its journal line cannot be written (disk full,
+        I/O error), scan re-adds it from its header at the next start, so carry on."""
+        try:
+            session.record(record)
+        except OSError as exc:
+            session.apply(record)
+            log.warning(
+                "spool: session %s chunk %s stored, journal append failed (%s); "
+                "it will be recovered from its header",
+                session.session_id,
+                record.seq,
+                os.strerror(exc.errno or 0),
+            )
+
+    def _session(self, session_id: str) -> SessionIndex:
+        try:
+            return self._sessions[session_id]
+        except KeyError:
+            raise SpoolError(f"no session {session_id} in the spool") from None
+
+    def _ordered(self) -> list[SessionIndex]:
+        epoch = datetime.fromtimestamp(0, UTC)
+        return sorted(self._sessions.values(), key=lambda s: (s.opened_at or epoch, s.session_id))
+
+    def _manifest(self, session: SessionIndex) -> SessionManifest:
+        manifest = session.manifest()
+        if manifest is None:
+            state = "still open" if session.closed is None else "missing its device id"
+            raise SpoolError(f"session {session.session_id} is {state}")
+        return manifest
+
+    def _check_writable(self) -> None:
+        if self._live:
+            raise SpoolError("the spool is held by another process; this view is read-only")
+
+
+def _pending(session_id: str, record: ChunkRecord) -> PendingChunk:
+    return PendingChunk(session_id=session_id, **record.model_dump(exclude={"type"}))
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
