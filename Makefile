@@ -26,6 +26,7 @@ demo: setup
 
 bench: setup
 	$(BIN)/python tests/benchmarks/pipeline.py
+	$(BIN)/python tests/benchmarks/vad_quality.py
 
 lint: setup
 	$(BIN)/ruff check .
