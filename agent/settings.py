@@ -13,19 +13,10 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic_settings import SettingsConfigDict
 
-from runtime.settings import FileSettings, load_settings
+from runtime.settings import FileSettings, default_state_dir, load_settings
 
 CONFIG_ENV = "ROOM_AGENT_CONFIG"
 DEVICE_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$"
-
-
-def default_state_dir() -> Path:
-    """systemd's StateDirectory= when run as a unit, else a per-user directory."""
-    if "STATE_DIRECTORY" in os.environ:
-        return Path(os.environ["STATE_DIRECTORY"].split(":")[0])
-    if os.geteuid() == 0:
-        return Path("/var/lib/room-agent")
-    return Path.home() / ".local" / "state" / "room-agent"
 
 
 class AudioSettings(BaseModel):
@@ -68,7 +59,7 @@ class AgentSettings(FileSettings):
         pattern=DEVICE_ID_PATTERN,
         description="1-64 letters, digits, '-' or '_', starting with a letter or digit",
     )
-    state_dir: Path = Field(default_factory=default_state_dir)
+    state_dir: Path = Field(default_factory=lambda: default_state_dir("room-agent"))
     gateway_public_key: str | None = None
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     audio: AudioSettings = AudioSettings()

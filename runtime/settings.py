@@ -51,6 +51,16 @@ class FileSettings(BaseSettings):
         return (env_settings, init_settings, file_secret_settings)
 
 
+def default_state_dir(program: str) -> Path:
+    """systemd's StateDirectory= when run as a unit, else /var/lib/PROGRAM as root, else a
+    per-user directory."""
+    if "STATE_DIRECTORY" in os.environ:
+        return Path(os.environ["STATE_DIRECTORY"].split(":")[0])
+    if os.geteuid() == 0:
+        return Path("/var/lib") / program
+    return Path.home() / ".local" / "state" / program
+
+
 def load_settings(model: type[S], table: str, path: Path | None) -> S:
     """Read ``[table]`` of ``path`` (if any) and the environment into ``model``.
 

@@ -1,0 +1,53 @@
+"""The HTTPS audio path, device -> gateway: sealed chunks, then the session's manifest.
+
+The device authenticates with ``Authorization: Bearer <ingest token>`` (or its mTLS
+identity). What each answer means to the device's uplink:
+
+- 200 ``ChunkReceipt``: durably stored (or an identical repeat): the chunk may be deleted.
+- 409: a different chunk is stored under this seq; keep ours and report it, never delete.
+- 422: the gateway cannot open the chunk (corrupt or tampered): quarantine it locally.
+- 401/403: unknown, revoked or foreign device: keep everything, retry slowly.
+- 413: over the gateway's size limit: keep it and report.
+- 5xx or no answer: retry with backoff.
+
+The manifest is POSTed once every chunk of a closed session has been acknowledged; the
+gateway assembles the session when it holds every chunk the manifest lists.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from protocol.ids import SessionId, Sha256Hex
+
+SEALED_CHUNK_CONTENT_TYPE = "application/vnd.room-audio.sealed-chunk"
+CHUNK_PATH = "/v1/devices/{device_id}/sessions/{session_id}/chunks/{seq}"
+CLOSE_PATH = "/v1/devices/{device_id}/sessions/{session_id}/close"
+
+
+def chunk_path(device_id: str, session_id: str, seq: int) -> str:
+    return CHUNK_PATH.format(device_id=device_id, session_id=session_id, seq=seq)
+
+
+def close_path(device_id: str, session_id: str) -> str:
+    return CLOSE_PATH.format(device_id=device_id, session_id=session_id)
+
+
+class ChunkReceipt(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    session_id: SessionId
+    seq: int = Field(ge=0)
+    sha256: Sha256Hex = Field(description="sha256 of the sealed bytes as stored")
+    duplicate: bool = Field(description="an identical chunk was already stored")
+
+
+class CloseReceipt(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    session_id: SessionId
+    complete: bool = Field(description="every chunk in the manifest is stored")
+    missing: list[int] = Field(default_factory=list, description="seqs not yet received")
+    state: Literal["waiting_for_chunks", "assembling", "assembled"]

@@ -1,0 +1,55 @@
+"""Secrets from a settings value, a ``*_file`` path, or a systemd credential.
+
+Both programs take their secrets (Blueprint credentials; a device's ingest token and MQTT
+password) the same three ways, so that a unit never needs them in its config file or
+environment: ``LoadCredential=NAME:...`` puts the secret in ``$CREDENTIALS_DIRECTORY/NAME``.
+Errors name the file, never the content.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from pydantic import SecretStr
+
+CREDENTIALS_ENV = "CREDENTIALS_DIRECTORY"
+MAX_SECRET_FILE_BYTES = 64 * 1024
+
+
+def read_secret_file(path: Path) -> SecretStr:
+    """A secret kept in a file, without its trailing newline."""
+    try:
+        data = path.read_bytes()[: MAX_SECRET_FILE_BYTES + 1]
+    except FileNotFoundError:
+        raise ValueError(f"{path}: no such file") from None
+    except PermissionError:
+        raise ValueError(f"{path}: permission denied") from None
+    except IsADirectoryError:
+        raise ValueError(f"{path}: is a directory") from None
+    if len(data) > MAX_SECRET_FILE_BYTES:
+        raise ValueError(f"{path}: larger than {MAX_SECRET_FILE_BYTES} bytes")
+    try:
+        text = data.decode("utf-8").strip()
+    except UnicodeDecodeError:
+        raise ValueError(f"{path}: not UTF-8 text") from None
+    if not text:
+        raise ValueError(f"{path}: is empty")
+    return SecretStr(text)
+
+
+def resolve_secret(
+    value: SecretStr | None, given: bool, file: Path | None, credential: str, name: str
+) -> SecretStr | None:
+    """The value set directly, else the ``*_file``, else the systemd credential, else the
+    default; setting both a value and a file is a mistake worth reporting."""
+    if given and file is not None:
+        raise ValueError(f"set {name} or {name}_file, not both")
+    if given:
+        return value
+    if file is not None:
+        return read_secret_file(file)
+    directory = os.environ.get(CREDENTIALS_ENV)
+    if directory and (Path(directory) / credential).is_file():
+        return read_secret_file(Path(directory) / credential)
+    return value
