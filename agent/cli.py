@@ -16,7 +16,7 @@ import click
 from agent import __version__
 from agent.audio import SAMPLE_RATE, AudioInputError
 from agent.settings import AgentSettings, load_agent_settings
-from runtime.cli import Fatal
+from runtime.cli import Fatal, run_program
 from runtime.settings import ConfigError
 
 
@@ -108,6 +108,40 @@ def devices(as_json: bool) -> None:
 @cli.command()
 @click.option(
     "--seconds",
+    type=click.FloatRange(min=1, max=600),
+    default=10.0,
+    show_default=True,
+    help="Seconds of audio to measure.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the report as one JSON object.")
+@click.pass_obj
+def check(state: CliState, seconds: float, as_json: bool) -> None:
+    """Measure the configured microphone while someone talks, and judge it.
+
+    Opens audio.device as recording does, shows a live meter on stderr (level, peak,
+    clipped samples, speech share, noise floor), then a summary and a verdict: good, no
+    signal, clipping, too quiet, no speech heard, or noisy room. Exit status 0 for good,
+    1 for any other verdict, 2 on errors (no such device, bad config), 130 on Ctrl-C.
+    """
+    from agent.check import Meter, print_report, run_check
+
+    settings = state.settings
+    meter = Meter(sys.stderr, seconds)
+    show = meter.show if meter.tty or not as_json else None
+    try:
+        report = run_check(settings.audio, seconds, show, meter.every_s)
+    except AudioInputError as exc:
+        raise Fatal(str(exc)) from None
+    finally:
+        meter.end()
+    print_report(report, as_json)
+    if not report.good:
+        sys.exit(1)
+
+
+@cli.command()
+@click.option(
+    "--seconds",
     type=click.FloatRange(min=0, min_open=True),
     default=None,
     help="Stop after this many seconds of captured audio.",
@@ -154,6 +188,22 @@ def record(
     record_session(state.settings, input_file, seconds, session_id, new_session, realtime)
 
 
+@cli.command()
+@click.pass_obj
+def run(state: CliState) -> None:
+    """Run the room agent service until SIGTERM or SIGINT (exit status 0).
+
+    Records when the gateway sends a start over MQTT (agent.mqtt), uploads every chunk to
+    the gateway as soon as it is spooled (agent.link), and reports state, events and
+    heartbeats. A session interrupted by a crash or power cut is resumed at once; on
+    SIGTERM a session being recorded is suspended, not closed, and resumed at the next
+    start. Without a gateway it records only; without a broker it takes no commands.
+    """
+    from agent.daemon import run_agent
+
+    run_agent(state.settings)
+
+
 @cli.group()
 def spool() -> None:
     """The on-disk queue of sealed chunks waiting for the gateway."""
@@ -184,8 +234,35 @@ def verify(state: CliState, as_json: bool) -> None:
         sys.exit(1)
 
 
+@cli.group()
+def config() -> None:
+    """Check the settings."""
+
+
+@config.command("validate")
+@click.argument("file", type=click.Path(path_type=Path, dir_okay=False), required=False)
+@click.option(
+    "--devices",
+    "check_devices",
+    is_flag=True,
+    help="Also check that audio.device names an input device present now (uses PortAudio).",
+)
+@click.pass_obj
+def config_validate(state: CliState, file: Path | None, check_devices: bool) -> None:
+    """Check FILE (else --config, else $ROOM_AGENT_CONFIG) with the environment on top.
+
+    Beyond loading: the gateway key decodes, the state dir can be written, the gateway URL
+    and the broker have their credentials, TLS files load. Prints every problem, one line
+    each (exit status 2), or "FILE: ok".
+    """
+    from agent.validate import config_path, summary, validate
+
+    path = config_path(file, state.config_path)
+    settings, problems = validate(path, check_devices)
+    if problems or settings is None:
+        raise Fatal("\n".join(problems))
+    click.echo(f"{path or 'defaults and environment'}: ok ({summary(settings)})")
+
+
 def main() -> None:
-    try:
-        cli(prog_name="room-agent")
-    except KeyboardInterrupt:
-        sys.exit(130)
+    run_program(cli, "room-agent")

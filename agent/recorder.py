@@ -8,7 +8,9 @@ recorded is written to ``<state_dir>/recorder.json`` (atomically) before any aud
 taken, and cleared once the session is closed in the spool. A session named there and
 still open in the spool is *interrupted*: the next start resumes it, continuing the seq
 after the highest ever used and the timeline after its last chunk. Any other open session
-in the spool is closed as "interrupted" so its manifest can go to the gateway.
+in the spool is closed as "interrupted" so its manifest can go to the gateway. suspend()
+leaves the same situation on purpose (recording -> idle, the session open and resumable):
+what a service stop mid-session does.
 
 When the spool is full the session is closed with reason "spool_full": what is spooled is
 kept, nothing is deleted to make room. Listeners hear of every step (for MQTT); they run on
@@ -113,6 +115,7 @@ class Recorder:
         self._mutex = threading.Lock()
         self._snapshot = RecorderSnapshot()
         self._stop = threading.Event()
+        self._suspending = threading.Event()
         self._thread: threading.Thread | None = None
         self._source: AudioSource | None = None
         self.interrupted_session = self._find_interrupted()
@@ -160,6 +163,7 @@ class Recorder:
         self.interrupted_session = None
         self._source = source
         self._stop.clear()
+        self._suspending.clear()
         self._update(
             state="recording",
             session_id=session_id,
@@ -181,6 +185,16 @@ class Recorder:
         )
         self._thread.start()
         return session_id
+
+    def suspend(self, timeout: float | None = None) -> RecorderSnapshot:
+        """End capture but keep the session open and named in the state file, so the next
+        start (in this process or after a restart) resumes it: a service stop mid-session
+        (an update, a reboot) must not split a therapy session in two. What was captured
+        is spooled first, as at a stop."""
+        self._suspending.set()
+        self.request_stop()
+        self.wait(timeout)
+        return self.state
 
     def request_stop(self) -> None:
         """Ask the session to end; safe from a signal handler."""
@@ -267,7 +281,16 @@ class Recorder:
             log.exception("recorder: session %s failed", session_id)
         finally:
             source.close()
-        self._close(session_id, reason, error, detail)
+        if reason == "stopped" and self._suspending.is_set():
+            self._suspend(session_id)
+        else:
+            self._close(session_id, reason, error, detail)
+
+    def _suspend(self, session_id: str) -> None:
+        self._source = None
+        self.interrupted_session = session_id
+        self._update(state="idle")
+        log.info("recorder: session %s suspended; the next start resumes it", session_id)
 
     def _spool_chunk(self, session_id: str, seq: int, offset_s: float, chunk: SpeechChunk) -> int:
         if not len(chunk.pcm):

@@ -10,13 +10,17 @@ import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 from pydantic_settings import SettingsConfigDict
 
+from runtime.secrets import resolve_secret
 from runtime.settings import FileSettings, default_state_dir, load_settings
 
 CONFIG_ENV = "ROOM_AGENT_CONFIG"
 DEVICE_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$"
+# The names systemd/room-agent.service gives its LoadCredential= entries.
+INGEST_TOKEN_CREDENTIAL = "ingest-token"
+MQTT_PASSWORD_CREDENTIAL = "mqtt-password"
 
 
 class AudioSettings(BaseModel):
@@ -49,6 +53,77 @@ class SpoolSettings(BaseModel):
     min_free_bytes: int = Field(default=256 * 1024**2, ge=0)
 
 
+class LinkSettings(BaseModel):
+    """The HTTPS audio path to the gateway; an empty gateway_url means record only."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    gateway_url: str = Field(
+        default="",
+        pattern=r"^(https?://[^\s/?#]+(/[^\s?#]*)?)?$",
+        description="an http:// or https:// URL, or empty",
+    )
+    ingest_token: SecretStr | None = None
+    ingest_token_file: Path | None = None
+    ca_file: Path | None = None
+    upload_concurrency: int = Field(default=4, ge=1, le=32)
+    timeout_s: float = Field(default=30.0, gt=0, le=600)
+    backoff_base_s: float = Field(default=0.5, gt=0, le=60)
+    backoff_max_s: float = Field(default=60.0, gt=0, le=3600)
+
+    @model_validator(mode="after")
+    def _resolve_token(self) -> LinkSettings:
+        self.ingest_token = resolve_secret(
+            self.ingest_token,
+            "ingest_token" in self.model_fields_set,
+            self.ingest_token_file,
+            INGEST_TOKEN_CREDENTIAL,
+            "ingest_token",
+        )
+        return self
+
+
+class MqttSettings(BaseModel):
+    """The MQTT control plane; an empty broker_url means no control plane.
+
+    The MQTT user name is the device id; the broker's ACL confines it to rooms/<id>/#.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    broker_url: str = Field(
+        default="",
+        pattern=r"^(mqtts?://[^\s/?#:@]+(:\d{1,5})?/?)?$",
+        description="mqtt://host[:port] or mqtts://host[:port], or empty",
+    )
+    password: SecretStr | None = None
+    password_file: Path | None = None
+    ca_file: Path | None = None
+    client_cert_file: Path | None = None
+    client_key_file: Path | None = None
+    keepalive_s: int = Field(default=30, ge=5, le=3600)
+    session_expiry_s: int = Field(default=3600, ge=0, le=7 * 86400)
+    heartbeat_s: float = Field(default=60.0, ge=0.1, le=3600)
+    reconnect_min_s: float = Field(default=1.0, gt=0, le=60)
+    reconnect_max_s: float = Field(default=60.0, gt=0, le=3600)
+
+    @model_validator(mode="after")
+    def _resolve_password(self) -> MqttSettings:
+        self.password = resolve_secret(
+            self.password,
+            "password" in self.model_fields_set,
+            self.password_file,
+            MQTT_PASSWORD_CREDENTIAL,
+            "password",
+        )
+        tls_files = (self.ca_file, self.client_cert_file, self.client_key_file)
+        if any(tls_files) and not self.broker_url.startswith("mqtts://"):
+            raise ValueError("ca_file and client certificates need an mqtts:// broker_url")
+        if self.client_key_file is not None and self.client_cert_file is None:
+            raise ValueError("client_key_file needs client_cert_file")
+        return self
+
+
 class AgentSettings(FileSettings):
     model_config = SettingsConfigDict(
         env_prefix="ROOM_AGENT_", env_nested_delimiter="__", extra="forbid"
@@ -64,6 +139,9 @@ class AgentSettings(FileSettings):
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     audio: AudioSettings = AudioSettings()
     spool: SpoolSettings = SpoolSettings()
+    # Factories: the secrets are resolved when the settings are loaded, not at import.
+    link: LinkSettings = Field(default_factory=LinkSettings)
+    mqtt: MqttSettings = Field(default_factory=MqttSettings)
 
     @property
     def spool_dir(self) -> Path:

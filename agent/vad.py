@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import numpy as np
@@ -103,7 +103,14 @@ class NoiseFloor:
 class Segmenter:
     """Turns a stream of 16 kHz int16 blocks into speech chunks, as they complete."""
 
-    def __init__(self, settings: AudioSettings) -> None:
+    def __init__(
+        self,
+        settings: AudioSettings,
+        on_frame: Callable[[np.ndarray, bool], None] | None = None,
+    ) -> None:
+        """``on_frame(frame, voiced)`` sees each 30 ms frame with the decision recording
+        makes about it, so `room-agent check` measures exactly what recording keeps."""
+        self.on_frame = on_frame
         self.vad = webrtcvad.Vad(settings.vad_mode)
         self.margin_db = settings.noise_margin_db
         self.floor = NoiseFloor(_frames(settings.noise_window_s * 1000))
@@ -164,6 +171,8 @@ class Segmenter:
         return out
 
     def _step(self, frame: np.ndarray, loud: bool, voiced: bool, out: list[SpeechChunk]) -> None:
+        if self.on_frame is not None:
+            self.on_frame(frame, voiced)
         self.run = self.run + 1 if voiced else 0
         if self.open:
             self.since_voiced = 0 if voiced else self.since_voiced + 1

@@ -4,12 +4,46 @@ import tomllib
 from pathlib import Path
 
 from pydantic import BaseModel
+from pydantic_core import PydanticUndefined
 
 from agent.settings import AgentSettings
+from gateway.settings import GatewaySettings
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "config.example.toml"
 # Keys whose default depends on the machine, shown commented out in the example.
-COMMENTED = {"agent.state_dir", "agent.gateway_public_key"}
+COMMENTED = {
+    "agent.state_dir",
+    "agent.gateway_public_key",
+    "agent.link.ingest_token",
+    "agent.link.ingest_token_file",
+    "agent.link.ca_file",
+    "agent.mqtt.password",
+    "agent.mqtt.password_file",
+    "agent.mqtt.ca_file",
+    "agent.mqtt.client_cert_file",
+    "agent.mqtt.client_key_file",
+}
+# The gateway's machine-dependent keys, and its secrets (never shown with a value to copy).
+GATEWAY_COMMENTED = {
+    "gateway.state_dir",
+    "gateway.database_file",
+    "gateway.sealing_key_file",
+    "gateway.blueprint.api_key",
+    "gateway.blueprint.api_key_file",
+    "gateway.blueprint.client_secret",
+    "gateway.blueprint.client_secret_file",
+    "gateway.partner.callback_url",
+    "gateway.partner.callback_secret",
+    "gateway.partner.callback_secret_file",
+    "gateway.mqtt.password",
+    "gateway.mqtt.password_file",
+    "gateway.mqtt.ca_file",
+    "gateway.mqtt.client_cert_file",
+    "gateway.mqtt.client_key_file",
+    "gateway.devices.broker_ca_file",
+    "gateway.broker.tls_cert_file",
+    "gateway.broker.tls_key_file",
+}
 
 
 def model_defaults(model: type[BaseModel], prefix: str) -> dict[str, object]:
@@ -42,3 +76,27 @@ def test_agent_keys_and_defaults_match():
     assert set(in_file) == set(defaults) - COMMENTED
     for key, value in in_file.items():
         assert value == defaults[key], f"{key}: example says {value!r}, default {defaults[key]!r}"
+
+
+def test_gateway_keys_and_defaults_match():
+    document = tomllib.loads(EXAMPLE.read_text())
+    in_file = file_values(document["gateway"], "gateway")
+    defaults = model_defaults(GatewaySettings, "gateway")
+    text = EXAMPLE.read_text()
+    for key in GATEWAY_COMMENTED:
+        assert f"# {key.rsplit('.', 1)[1]} = " in text, f"{key} not documented"
+    assert set(in_file) == set(defaults) - GATEWAY_COMMENTED
+    built = GatewaySettings(**document["gateway"])  # the example is a valid configuration
+    for key, value in in_file.items():
+        default = defaults[key]
+        if default is PydanticUndefined:  # a default_factory: compare the value it builds
+            default = _value_at(GatewaySettings(), key)
+        assert value == default, f"{key}: example says {value!r}, default {default!r}"
+        assert _value_at(built, key) == value, key
+
+
+def _value_at(settings: BaseModel, key: str) -> object:
+    value: object = settings
+    for part in key.split(".")[1:]:
+        value = getattr(value, part)
+    return value

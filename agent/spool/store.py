@@ -316,6 +316,21 @@ class Spool:
             fsync_dir(session.directory)
             return True
 
+    def set_aside(self, session_id: str, seq: int, reason: str) -> None:
+        """Quarantine a pending chunk the gateway cannot open (HTTP 422): kept for a person,
+        never deleted, left out of the manifest so the rest of the session can be
+        assembled. Moved first, then journaled: a crash in between is found by scan."""
+        with self._mutex:
+            self._check_writable()
+            session = self._session(session_id)
+            if not session.is_pending(seq):
+                raise SpoolError(f"session {session_id}: no pending chunk {seq}")
+            path = session.directory / chunk_name(seq)
+            if path.exists():
+                self.quarantine.move(path, session_id, reason)
+            session.record(LostRecord(seq=seq, reason=reason))
+            log.warning("spool: session %s chunk %s quarantined (%s)", session_id, seq, reason)
+
     # -- capacity and reports
 
     def check_room(self, nbytes: int = 0) -> None:

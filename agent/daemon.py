@@ -1,0 +1,273 @@
+"""`room-agent run`: the room device's service. Records when commanded, uploads what it
+recorded, reports over MQTT, until SIGTERM or SIGINT.
+
+Wiring, in data-flow order: the recorder writes sealed chunks into the spool; its events
+wake the uplink (so chunks leave during the session) and go out on MQTT; the uplink drains
+the spool to the gateway; the control link turns MQTT commands into recorder starts and
+stops. Without ``link.gateway_url`` chunks stay in the spool (record only); without
+``mqtt.broker_url`` there are no commands; an unreachable broker or gateway is retried in
+the background and never stops a recording.
+
+Restart mid-session (power cut, crash, update): the gateway still considers the session
+running, and the clinician is still in the room, so the interrupted session is resumed at
+once (same session id, seq and timeline continue) before commands are taken: a stop the
+gateway sent meanwhile arrives through the persistent MQTT session and ends it. If the
+microphone cannot be opened, the session stays interrupted: a start for it resumes it, a
+stop closes it.
+
+SIGTERM/SIGINT mid-session (a service stop: update, reboot): the session is *suspended*,
+not closed: capture ends, what was captured is spooled, and the session stays open and
+resumable, so the restarted service continues it instead of splitting one therapy session
+in two. Commands arriving during shutdown are answered "shutting_down". Exit status 0.
+
+systemd: READY=1 once running; WATCHDOG=1 only while the spool is usable and the recorder,
+uplink and control threads are alive (see Health).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import ssl
+import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import httpx
+
+from agent import __version__
+from agent.audio import AudioInputError, AudioSource
+from agent.control import ControlLink, tls_context
+from agent.pipeline import SealingKeyError, gateway_key
+from agent.recorder import Recorder, RecorderError, RecorderListener
+from agent.settings import AgentSettings, LinkSettings, MqttSettings
+from agent.spool import Spool, SpoolBusy, SpoolError
+from agent.status import DeviceStatus
+from agent.uplink import Uplink, make_client
+from protocol.manifest import SessionManifest
+from protocol.messages import ChunkSpooled, SessionClosed
+from runtime import systemd
+from runtime.cli import Fatal
+
+log = logging.getLogger("agent")
+
+SUSPEND_WAIT_S = 10.0
+IDLE_CHECK_S = 5.0  # how often the main loop looks at health without a watchdog
+
+
+class UplinkWaker(RecorderListener):
+    """A spooled chunk or a closed session is work for the uplink: now, not at a poll."""
+
+    def __init__(self, uplink: Uplink) -> None:
+        self.uplink = uplink
+
+    def chunk_spooled(self, event: ChunkSpooled) -> None:
+        self.uplink.wake()
+
+    def session_closed(self, event: SessionClosed, manifest: SessionManifest) -> None:
+        self.uplink.wake()
+
+
+class Health:
+    """What the watchdog vouches for: a hung agent is restarted by systemd, a merely
+    unlucky one (no broker, no gateway, an unplugged microphone being reopened) is not."""
+
+    def __init__(
+        self,
+        spool: Spool,
+        recorder: Recorder,
+        uplink: Uplink | None,
+        control: ControlLink | None,
+    ) -> None:
+        self.spool = spool
+        self.recorder = recorder
+        self.uplink = uplink
+        self.control = control
+
+    def problem(self) -> str | None:
+        """None when healthy, else a code for the log."""
+        try:
+            os.statvfs(self.spool.directory)
+        except OSError:
+            return "spool_unusable"
+        if not os.access(self.spool.directory, os.W_OK):
+            return "spool_read_only"
+        if self.recorder.state.state == "recording" and self.recorder.wait(0):
+            return "recorder_thread_gone"
+        if self.uplink is not None and not self.uplink.alive():
+            return "uplink_thread_gone"
+        if self.control is not None and not self.control.alive():
+            return "control_thread_gone"
+        return None
+
+
+def run_agent(settings: AgentSettings) -> None:
+    """The service's life: set up (Fatal on what a person must fix), run, shut down."""
+    _configure_logging(settings.log_level)
+    # Everything a person must fix is found before the spool is touched.
+    try:
+        gateway_key(settings.gateway_public_key)
+    except SealingKeyError as exc:
+        raise Fatal(str(exc)) from None
+    link_client = _uplink_client(settings.link) if settings.link.gateway_url else None
+    if settings.mqtt.broker_url:
+        _check_mqtt(settings.mqtt)
+    with _open_spool(settings) as spool:
+        recorder = Recorder(settings, spool, lambda: _microphone(settings))
+        uplink = None
+        if link_client is not None:
+            uplink = Uplink(settings.link, settings.device_id, spool, link_client)
+            recorder.add_listener(UplinkWaker(uplink))
+        status = DeviceStatus(settings.device_id, recorder, spool, uplink)
+        control = None
+        if settings.mqtt.broker_url:
+            mqtt = settings.mqtt
+            control = ControlLink(mqtt, settings.device_id, recorder, status, mqtt.password)
+            recorder.add_listener(control)
+        _serve(recorder, uplink, control, Health(spool, recorder, uplink, control), settings)
+
+
+def _serve(
+    recorder: Recorder,
+    uplink: Uplink | None,
+    control: ControlLink | None,
+    health: Health,
+    settings: AgentSettings,
+) -> None:
+    stop = threading.Event()
+    with _stop_on_signals(stop):
+        if uplink is not None:
+            uplink.start()
+        _resume(recorder)
+        if control is not None:
+            control.start()
+        log.info(
+            "room-agent %s running: device %s, uplink %s, control %s",
+            __version__,
+            settings.device_id,
+            "on" if uplink else "off (record only)",
+            "on" if control else "off",
+        )
+        systemd.notify("READY=1")
+        _watch(stop, health)
+        log.info("room-agent: stopping")
+        systemd.notify("STOPPING=1")
+        if control is not None:
+            control.refuse_commands()
+        recorder.suspend(SUSPEND_WAIT_S)
+        if control is not None:
+            control.stop()
+        if uplink is not None:
+            uplink.stop()
+    log.info("room-agent: stopped")
+
+
+def _resume(recorder: Recorder) -> None:
+    session_id = recorder.interrupted_session
+    if session_id is None:
+        return
+    try:
+        recorder.start(session_id)
+    except (AudioInputError, RecorderError, SpoolError) as exc:
+        log.warning(
+            "room-agent: session %s not resumed (%s); a start command resumes it, a stop closes it",
+            session_id,
+            type(exc).__name__,
+        )
+        return
+    log.info("room-agent: session %s resumed after a restart", session_id)
+
+
+def _watch(stop: threading.Event, health: Health) -> None:
+    """Until a signal: ping the watchdog while healthy; log a problem once when it starts."""
+    interval = systemd.watchdog_interval_s() or IDLE_CHECK_S
+    reported: str | None = None
+    while not stop.wait(interval):
+        problem = health.problem()
+        if problem is None:
+            systemd.notify("WATCHDOG=1")
+        elif problem != reported:
+            log.error("room-agent: unhealthy (%s); the watchdog is no longer pinged", problem)
+        reported = problem
+
+
+def _microphone(settings: AgentSettings) -> AudioSource:
+    from agent.capture import MicrophoneSource
+
+    return MicrophoneSource(settings.audio)
+
+
+def _uplink_client(settings: LinkSettings) -> httpx.Client:
+    token = settings.ingest_token
+    if token is None:
+        raise Fatal(
+            "agent.link.ingest_token is not set (needed with agent.link.gateway_url; give it "
+            "as ingest_token_file, ROOM_AGENT_LINK__INGEST_TOKEN or the credential ingest-token)"
+        )
+    try:
+        return make_client(settings, token)
+    except (OSError, ssl.SSLError) as exc:
+        raise Fatal(f"agent.link.ca_file: {settings.ca_file}: {_why(exc)}") from None
+
+
+def _check_mqtt(mqtt: MqttSettings) -> None:
+    if mqtt.password is None and mqtt.client_cert_file is None:
+        raise Fatal(
+            "agent.mqtt.password is not set (give it as password_file, "
+            "ROOM_AGENT_MQTT__PASSWORD or the credential mqtt-password; or use a client "
+            "certificate)"
+        )
+    if not mqtt.broker_url.startswith("mqtts://"):
+        return
+    try:
+        tls_context(mqtt)
+    except (OSError, ssl.SSLError) as exc:
+        files = ", ".join(
+            str(path)
+            for path in (mqtt.ca_file, mqtt.client_cert_file, mqtt.client_key_file)
+            if path is not None
+        )
+        raise Fatal(f"agent.mqtt TLS files ({files or 'system CA'}): {_why(exc)}") from None
+
+
+def _why(exc: BaseException) -> str:
+    return getattr(exc, "strerror", None) or getattr(exc, "reason", None) or type(exc).__name__
+
+
+@contextmanager
+def _open_spool(settings: AgentSettings) -> Iterator[Spool]:
+    limits = settings.spool
+    try:
+        spool = Spool(settings.spool_dir, limits.max_bytes, limits.min_free_bytes)
+    except SpoolBusy as exc:
+        raise Fatal(str(exc)) from None
+    except OSError as exc:
+        raise Fatal(f"{settings.spool_dir}: {exc.strerror}") from None
+    with spool:
+        yield spool
+
+
+@contextmanager
+def _stop_on_signals(stop: threading.Event) -> Iterator[None]:
+    def handler(signum: int, frame: object) -> None:
+        stop.set()
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+def _configure_logging(level: str) -> None:
+    """One line per event on stderr (journald adds the time); ids only, never content."""
+    logging.basicConfig(
+        level=level.upper(),
+        stream=sys.stderr,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    for noisy in ("httpx", "httpcore"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
