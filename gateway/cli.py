@@ -2,19 +2,60 @@
 
 from __future__ import annotations
 
-import sys
+import dataclasses
+import json
+import os
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 import click
 
-from gateway import __version__
-from runtime.cli import Fatal
+from gateway import __version__, rooms
+from gateway.devices.provisioning import Provisioning, ProvisioningError
+from gateway.devices.snippet import write_bundle
+from gateway.jobs import queue as jobs
+from gateway.jobs.queue import JOB_STATES
+from gateway.keys import KeyFileError, create_key, load_key, public_text
+from gateway.partner import tokens
+from gateway.sessions.audio_files import CONTENT_TYPES, AudioRejected, copy_audio
+from gateway.settings import CONFIG_ENV, GatewaySettings, load_gateway_settings
+from gateway.store.database import Database, StoreError
+from protocol.ids import ID_DESCRIPTION, ID_PATTERN
+from runtime.cli import Fatal, run_program
+from runtime.settings import ConfigError
+
+SUFFIX_TYPES = {".flac": "audio/flac", ".ogg": "audio/ogg", ".opus": "audio/ogg"}
 
 
 @dataclass
 class CliState:
     config_path: Path | None
+    _settings: GatewaySettings | None = None
+
+    @property
+    def settings(self) -> GatewaySettings:
+        if self._settings is None:
+            try:
+                self._settings = load_gateway_settings(self.config_path)
+            except ConfigError as exc:
+                raise Fatal(str(exc)) from None
+        return self._settings
+
+    @contextmanager
+    def database(self) -> Iterator[Database]:
+        """The gateway's store, for admin commands (safe while the service runs)."""
+        try:
+            db = Database.open(self.settings.database_path)
+        except StoreError as exc:
+            raise Fatal(str(exc)) from None
+        try:
+            yield db
+        finally:
+            db.close()
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -36,19 +77,374 @@ def cli(ctx: click.Context, config_path: Path | None) -> None:
 @click.pass_obj
 def serve(state: CliState) -> None:
     """Run the gateway service (HTTP API, webhook receiver, job worker)."""
-    raise Fatal("serve: not implemented yet")
+    from gateway.server import ServeError
+    from gateway.server import serve as run_service
+
+    try:
+        run_service(state.settings)
+    except ServeError as exc:
+        raise Fatal(str(exc)) from None
+
+
+@cli.group()
+def config() -> None:
+    """Check the settings."""
+
+
+@config.command("validate")
+@click.pass_obj
+def config_validate(state: CliState) -> None:
+    """Load the settings (file and environment) and report the first problems, if any."""
+    settings = state.settings
+    source = state.config_path or os.environ.get(CONFIG_ENV) or "defaults and environment"
+    click.echo(
+        f"{source}: ok (database {settings.database_path},"
+        f" Blueprint {settings.blueprint.base_url}, listening on"
+        f" {settings.http.host}:{settings.http.port})"
+    )
+
+
+@cli.command()
+@click.option("--force", is_flag=True, help="Replace an existing key (devices must be updated).")
+@click.pass_obj
+def keygen(state: CliState, force: bool) -> None:
+    """Create the sealing key pair; print the public key for the room devices' config.
+
+    With a key already in place, prints its public key and changes nothing.
+    """
+    path = state.settings.sealing_key_path
+    try:
+        if path.exists() and not force:
+            key = load_key(path)
+            click.echo(f"{path}: key exists; its public key:", err=True)
+        else:
+            key = create_key(path, replace=force)
+            click.echo(f"{path}: new sealing key written (mode 0600); public key:", err=True)
+    except KeyFileError as exc:
+        raise Fatal(str(exc)) from None
+    click.echo(public_text(key))
+
+
+@cli.group("partner-token")
+def partner_token() -> None:
+    """Bearer tokens for the partner application (stored hashed)."""
+
+
+@partner_token.command("create")
+@click.option("--label", default="", help="What the token is for (shown by list).")
+@click.pass_obj
+def partner_token_create(state: CliState, label: str) -> None:
+    """Create a token and print it; it is shown only this once."""
+    with state.database() as db, db.transaction() as conn:
+        info, token = tokens.create(conn, label)
+    click.echo(f"token {info.id} created; store it now, it is not shown again:", err=True)
+    click.echo(token)
+
+
+@partner_token.command("list")
+@click.pass_obj
+def partner_token_list(state: CliState) -> None:
+    """Token ids, labels and whether each is revoked (never the tokens)."""
+    with state.database() as db, db.transaction(write=False) as conn:
+        found = tokens.list_tokens(conn)
+    for info in found:
+        status = "revoked" if info.revoked_at else "active"
+        click.echo(f"{info.id}  {status:7}  {_when(info.created_at)}  {info.label}")
+
+
+@partner_token.command("revoke")
+@click.argument("token_id")
+@click.pass_obj
+def partner_token_revoke(state: CliState, token_id: str) -> None:
+    """Revoke a token by its id (from list)."""
+    with state.database() as db, db.transaction() as conn:
+        revoked = tokens.revoke(conn, token_id)
+    if not revoked:
+        raise Fatal(f"partner-token revoke: no active token {token_id}")
+    click.echo(f"token {token_id} revoked")
+
+
+@cli.group("jobs")
+def jobs_group() -> None:
+    """The durable job queue: what the gateway still has to do, and what failed."""
+
+
+@jobs_group.command("list")
+@click.option("--state", "job_state", type=click.Choice(JOB_STATES), default=None)
+@click.option("--limit", type=click.IntRange(1, 10_000), default=50, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
+@click.pass_obj
+def jobs_list(state: CliState, job_state: str | None, limit: int, as_json: bool) -> None:
+    """Newest first: id, kind, state, attempts, next run, last error, payload (ids only)."""
+    with state.database() as db, db.transaction(write=False) as conn:
+        found = jobs.list_jobs(conn, job_state, limit)  # type: ignore[arg-type]
+    for job in found:
+        if as_json:
+            click.echo(json.dumps(dataclasses.asdict(job)))
+            continue
+        error = f"  error: {job.last_error}" if job.last_error else ""
+        click.echo(
+            f"{job.id:>6}  {job.kind:17} {job.state:7} {job.attempts}/{job.max_attempts}"
+            f"  next {_when(job.next_run_at)}  {json.dumps(job.payload)}{error}"
+        )
+
+
+@jobs_group.command("retry")
+@click.argument("job_id", type=int)
+@click.pass_obj
+def jobs_retry(state: CliState, job_id: int) -> None:
+    """Queue a failed job again (fresh attempts); its session resumes where it failed."""
+    from gateway.sessions.lifecycle import SessionLifecycle
+
+    lifecycle = SessionLifecycle(state.settings.jobs)
+    with state.database() as db, db.transaction() as conn:
+        job = jobs.retry(conn, job_id)
+        if job is not None and job.session_id is not None:
+            lifecycle.resumed(conn, job.session_id)
+    if job is None:
+        raise Fatal(f"jobs retry: no failed job {job_id} (see: room-gateway jobs list)")
+    click.echo(f"job {job_id} {job.kind} queued again")
+
+
+@cli.group()
+def room() -> None:
+    """Rooms sessions can be started in (devices will be added by `device add`)."""
+
+
+@room.command("add")
+@click.argument("room_ids", metavar="ROOM_ID...", nargs=-1, required=True)
+@click.pass_obj
+def room_add(state: CliState, room_ids: tuple[str, ...]) -> None:
+    """Provision rooms by id (each room device's id)."""
+    for room_id in room_ids:
+        if not re.fullmatch(ID_PATTERN, room_id):
+            raise Fatal(f"room add: {room_id!r}: must be {ID_DESCRIPTION}")
+    with state.database() as db, db.transaction() as conn:
+        created = {room_id: rooms.add(conn, room_id) for room_id in room_ids}
+    for room_id, added in created.items():
+        click.echo(f"room {room_id} {'added' if added else 'exists already'}")
+
+
+@room.command("list")
+@click.pass_obj
+def room_list(state: CliState) -> None:
+    with state.database() as db, db.transaction(write=False) as conn:
+        found = rooms.list_rooms(conn)
+    for entry in found:
+        click.echo(f"{entry.id}  {entry.active_session_id or '-'}")
+
+
+@cli.group()
+def device() -> None:
+    """Room devices: credentials, their agent settings, revocation."""
+
+
+@device.command("add")
+@click.argument("room_id")
+@click.option("--name", default=None, help="A label for the room (shown by list; not PHI).")
+@click.option(
+    "--out",
+    type=click.Path(path_type=Path, file_okay=False),
+    default=None,
+    help="Where to write agent.toml and the credential files [default: state_dir/devices/ID].",
+)
+@click.option(
+    "--install-dir",
+    type=click.Path(path_type=Path, file_okay=False),
+    default=None,
+    help="Where those files will be on the device [default: devices.install_dir].",
+)
+@click.option("--rotate", is_flag=True, help="Replace an active device's credentials.")
+@click.pass_obj
+def device_add(
+    state: CliState,
+    room_id: str,
+    name: str | None,
+    out: Path | None,
+    install_dir: Path | None,
+    rotate: bool,
+) -> None:
+    """Register ROOM_ID's device (the room is added if needed): issue its MQTT credentials
+    and ingest token, write its agent.toml and credential files, admit it at the broker.
+    Prints agent.toml; the secrets are only in the files."""
+    if not re.fullmatch(ID_PATTERN, room_id):
+        raise Fatal(f"device add: {room_id!r}: must be {ID_DESCRIPTION}")
+    settings = state.settings
+    out = out or settings.state_dir / "devices" / room_id
+    with state.database() as db:
+        try:
+            added = Provisioning(settings, db).add(room_id, name, rotate)
+        except ProvisioningError as exc:
+            raise Fatal(f"device add: {exc}") from None
+    config = write_bundle(added.bundle, out, install_dir or Path(settings.devices.install_dir))
+    click.echo(f"device {room_id}: credentials issued; files in {out} (mode 0600)", err=True)
+    if added.broker is not None:
+        click.echo(f"broker: {added.broker}", err=True)
+    click.echo(config, nl=False)
+
+
+@device.command("list")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
+@click.pass_obj
+def device_list(state: CliState, as_json: bool) -> None:
+    """Every room: its device's status (active, revoked, no-credentials) and credentials."""
+    with state.database() as db:
+        found = Provisioning(state.settings, db).list()
+    for entry in found:
+        if as_json:
+            fields = {
+                "id": entry.id,
+                "name": entry.name,
+                "status": entry.status,
+                "credentials": entry.credential_kind,
+                "issued_at": entry.credentials_issued_at,
+                "revoked_at": entry.revoked_at,
+            }
+            click.echo(json.dumps(fields))
+            continue
+        issued = _when(entry.credentials_issued_at) if entry.credentials_issued_at else "-"
+        click.echo(
+            f"{entry.id}  {entry.status:14} {entry.credential_kind or '-':11} {issued}"
+            f"  {entry.name or ''}".rstrip()
+        )
+
+
+@device.command("revoke")
+@click.argument("room_id")
+@click.pass_obj
+def device_revoke(state: CliState, room_id: str) -> None:
+    """Refuse ROOM_ID's device at ingest and at the broker, now (no restarts)."""
+    with state.database() as db:
+        try:
+            broker = Provisioning(state.settings, db).revoke(room_id)
+        except ProvisioningError as exc:
+            raise Fatal(f"device revoke: {exc}") from None
+    click.echo(f"device {room_id} revoked")
+    if broker is not None:
+        click.echo(f"broker: {broker}")
+
+
+@device.command("unclaimed")
+@click.argument("room_id", required=False)
+@click.pass_obj
+def device_unclaimed(state: CliState, room_id: str | None) -> None:
+    """Sessions a device sent that no partner session claims (e.g. recorded with
+    `room-agent record`): kept at the gateway, never uploaded. Newest first."""
+    from gateway.ingest import records as ingest_records
+
+    with state.database() as db, db.transaction(write=False) as conn:
+        found = ingest_records.unclaimed(conn, room_id)
+    for entry in found:
+        click.echo(
+            f"{entry.session_id}  {entry.device_id}  {entry.state:18} {_when(entry.created_at)}"
+            f"  {entry.audio_path or '-'}"
+        )
+
+
+@cli.command("broker-config")
+@click.option(
+    "--out",
+    type=click.Path(path_type=Path, file_okay=False),
+    default=None,
+    help="Directory for mosquitto.conf, passwd and acl [default: state_dir/broker].",
+)
+@click.pass_obj
+def broker_config(state: CliState, out: Path | None) -> None:
+    """Write mosquitto's config, password file and ACL for the registered devices (each
+    only rooms/<its id>/#, the gateway all rooms/#). Later device changes keep them
+    current. Run mosquitto with: mosquitto -c OUT/mosquitto.conf"""
+    settings = state.settings
+    out = out or settings.state_dir / "broker"
+    with state.database() as db:
+        try:
+            written = Provisioning(settings, db).write_broker_config(out)
+        except ProvisioningError as exc:
+            raise Fatal(f"broker-config: {exc}") from None
+    click.echo(f"{written.files.config}: written (with passwd and acl)")
+    if written.password_file is not None:
+        click.echo(f"gateway MQTT password: {written.password_file} (mode 0600)")
+    if written.client_cert is not None:
+        click.echo(f"gateway client certificate: {written.client_cert}")
+    click.echo(f"broker: {written.broker}")
+
+
+@cli.group()
+def session() -> None:
+    """Sessions, by id."""
+
+
+@session.command("attach-audio")
+@click.argument("session_id")
+@click.argument("file", type=click.Path(path_type=Path, dir_okay=False, exists=True))
+@click.option(
+    "--content-type",
+    type=click.Choice(sorted(CONTENT_TYPES)),
+    default=None,
+    help="Default: from the file name (.flac, .ogg, .opus).",
+)
+@click.pass_obj
+def session_attach_audio(
+    state: CliState, session_id: str, file: Path, content_type: str | None
+) -> None:
+    """Give a session its complete audio FILE and queue the upload (tests and demos;
+    in production the room device's chunks are assembled into this file)."""
+    from gateway.errors import GatewayError
+    from gateway.sessions.lifecycle import SessionLifecycle
+
+    content_type = content_type or SUFFIX_TYPES.get(file.suffix.lower())
+    if content_type is None:
+        raise Fatal(f"session attach-audio: {file.name}: give --content-type")
+    settings = state.settings
+    lifecycle = SessionLifecycle(settings.jobs)
+    with state.database() as db:
+        try:
+            with db.transaction(write=False) as conn:
+                lifecycle.get(conn, session_id)
+            target = copy_audio(
+                settings.audio_dir, session_id, content_type, file, settings.http.audio_max_bytes
+            )
+            with db.transaction() as conn:
+                attached = lifecycle.attach_audio(conn, session_id, str(target), content_type)
+        except (GatewayError, AudioRejected) as exc:
+            raise Fatal(f"session attach-audio: {exc}") from None
+    click.echo(f"session {session_id} {attached.state}; upload queued")
+
+
+def _when(timestamp: float) -> str:
+    return datetime.fromtimestamp(timestamp, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 @cli.command()
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", type=int, default=8090, show_default=True)
-def simulator(host: str, port: int) -> None:
-    """Run the Blueprint API simulator (the embedded default for demo and tests)."""
-    raise Fatal("simulator: not implemented yet")
+@click.option("--callback-url", default=None, help="Where webhooks go (also: PUT /_sim/callback).")
+@click.option("--public-url", default=None, help="Base of artifact URLs [default: as requested].")
+@click.option("--processing-delay", type=float, default=0.5, show_default=True, help="Seconds.")
+@click.option("--webhook-retry-interval", type=float, default=1.0, show_default=True)
+@click.option("--token-lifetime", type=float, default=3600.0, show_default=True, help="Seconds.")
+@click.option("--fail-next", type=int, default=0, help="Fail the next N calls.")
+@click.option("--fail-status", type=click.IntRange(400, 599), default=500, show_default=True)
+@click.option("--throttle-next", type=int, default=0, help="Answer the next N calls with 429.")
+@click.option("--retry-after", type=int, default=1, show_default=True, help="429's Retry-After.")
+@click.option("--latency-ms", type=int, default=0, help="Delay before answering each call.")
+@click.option("--duplicate-webhooks", is_flag=True, help="Deliver every webhook twice.")
+@click.option("--out-of-order-webhooks", is_flag=True, help="Note before transcript.")
+@click.option("--transcript-error-next", type=int, default=0, help="Fail the next N sessions.")
+@click.option("--log-level", default="info", show_default=True)
+def simulator(host: str, port: int, log_level: str, **knobs: object) -> None:
+    """Run the Blueprint API simulator (the embedded default for demo and tests).
+
+    Credentials are the simulator's defaults (sim-api-key, sim-client, sim-secret);
+    its control API is under /_sim (see /docs).
+    """
+    from gateway.blueprint.simulator import config_from_options, run
+
+    try:
+        config = config_from_options(**knobs)
+    except ValueError as exc:
+        raise Fatal(f"simulator: {exc}") from None
+    run(config, host=host, port=port, log_level=log_level)
 
 
 def main() -> None:
-    try:
-        cli(prog_name="room-gateway")
-    except KeyboardInterrupt:
-        sys.exit(130)
+    run_program(cli, "room-gateway")

@@ -9,7 +9,7 @@ A memfd is an ordinary file descriptor backed by memory; libsndfile reads it dir
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -44,17 +44,30 @@ def opus_compression_level(bitrate_kbps: int) -> float:
 
 def encode(pcm: np.ndarray, codec: Codec, opus_bitrate_kbps: int = 24) -> bytes:
     """Encode 16 kHz mono int16 samples."""
+    with _memfd("encode") as fd:
+        encode_into(fd, [pcm], codec, opus_bitrate_kbps)
+        size = os.lseek(fd, 0, os.SEEK_END)
+        return os.pread(fd, size, 0)
+
+
+def encode_into(
+    fd: int, pieces: Iterable[np.ndarray], codec: Codec, opus_bitrate_kbps: int = 24
+) -> int:
+    """Encode consecutive pieces of 16 kHz mono int16 audio as one file written to ``fd``
+    (a regular file, at its start), piece by piece: a session's hour of audio is never
+    held twice in memory. Returns the number of samples written."""
     container, subtype = _FORMATS[codec]
     options = {}
     if codec == "opus":
         options["compression_level"] = opus_compression_level(opus_bitrate_kbps)
-    with _memfd("encode") as fd:
-        with soundfile.SoundFile(
-            fd, "w", SAMPLE_RATE, 1, subtype, format=container, closefd=False, **options
-        ) as out:
-            out.write(np.asarray(pcm, dtype=np.int16))
-        size = os.lseek(fd, 0, os.SEEK_END)
-        return os.pread(fd, size, 0)
+    samples = 0
+    with soundfile.SoundFile(
+        fd, "w", SAMPLE_RATE, 1, subtype, format=container, closefd=False, **options
+    ) as out:
+        for piece in pieces:
+            out.write(np.asarray(piece, dtype=np.int16))
+            samples += len(piece)
+    return samples
 
 
 def decode(data: bytes) -> DecodedAudio:

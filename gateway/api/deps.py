@@ -1,0 +1,37 @@
+"""What routes depend on: the running service, and a partner's bearer token."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Depends, HTTPException, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from gateway.service import GatewayService
+
+_bearer = HTTPBearer(
+    auto_error=False, description="A token from `room-gateway partner-token create`"
+)
+
+
+def get_service(request: Request) -> GatewayService:
+    return request.app.state.service
+
+
+Service = Annotated[GatewayService, Depends(get_service)]
+
+
+async def require_partner(
+    service: Service,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> None:
+    """401 unless the request carries a configured or created, unrevoked partner token."""
+    challenge = {"WWW-Authenticate": "Bearer"}
+    if credentials is None:
+        raise HTTPException(401, "missing bearer token (Authorization: Bearer ...)", challenge)
+    token = credentials.credentials
+    if service.tokens.is_configured(token):
+        return
+    if await service.db.run(service.tokens.is_stored, token, write=False):
+        return
+    raise HTTPException(401, "invalid or revoked bearer token", challenge)

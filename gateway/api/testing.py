@@ -1,0 +1,72 @@
+"""TESTING ONLY: ``POST /v1/sessions/{id}/audio`` gives a session its whole audio over HTTP.
+
+Mounted only with ``testing.audio_endpoint = true``, so the Blueprint half can be driven
+end to end before room devices exist. In production a session's audio is assembled from
+the room device's sealed chunks and handed to ``SessionLifecycle.attach_audio``, exactly
+as this route does.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+
+from fastapi import APIRouter, Depends, HTTPException, Request
+
+from gateway.api.deps import Service, require_partner
+from gateway.api.models import Problem, SessionOut
+from gateway.api.partner import ERRORS, NOT_FOUND, SessionIdPath, session_out
+from gateway.errors import Conflict
+from gateway.sessions.audio_files import CONTENT_TYPES, AudioRejected, AudioTooLarge, write_audio
+from gateway.sessions.lifecycle import UPLOADABLE_FROM
+
+router = APIRouter(prefix="/v1", dependencies=[Depends(require_partner)], responses=ERRORS)
+
+
+@router.post(
+    "/sessions/{session_id}/audio",
+    status_code=202,
+    response_model=SessionOut,
+    responses={**NOT_FOUND, 409: {"model": Problem}, 415: {"model": Problem}},
+    tags=["testing"],
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {
+                ctype: {"schema": {"type": "string", "format": "binary"}} for ctype in CONTENT_TYPES
+            },
+        }
+    },
+)
+async def upload_session_audio(
+    session_id: SessionIdPath, request: Request, service: Service
+) -> SessionOut:
+    """TESTING ONLY (``testing.audio_endpoint``): the session's whole audio as the raw body
+    (audio/flac or audio/ogg); it is stored and its upload to Blueprint queued. In
+    production the room device's sealed chunks are assembled into this file instead."""
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if content_type not in CONTENT_TYPES:
+        raise HTTPException(415, f"Content-Type must be one of {', '.join(CONTENT_TYPES)}")
+    session = await service.db.run(service.lifecycle.get, session_id, write=False)
+    if session.state not in UPLOADABLE_FROM:
+        raise Conflict(f"session {session_id} is {session.state}; audio is already attached")
+    settings = service.settings
+    try:
+        path = await write_audio(
+            settings.audio_dir,
+            session_id,
+            content_type,
+            request.stream(),
+            settings.http.audio_max_bytes,
+        )
+    except AudioTooLarge as exc:
+        raise HTTPException(413, str(exc)) from None
+    except AudioRejected as exc:
+        raise HTTPException(400, str(exc)) from None
+
+    def attach(conn: sqlite3.Connection) -> SessionOut:
+        service.lifecycle.attach_audio(conn, session_id, str(path), content_type)
+        return session_out(conn, session_id)
+
+    answer = await service.db.run(attach)
+    service.worker.wake()
+    return answer

@@ -1,0 +1,79 @@
+"""The gateway's ASGI app: the routers, the error answers, and a lifespan that opens the
+store and runs the job worker for as long as the app serves."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import sqlite3
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from gateway import __version__
+from gateway.api import devices, errors, health, partner, rooms, testing, webhooks
+from gateway.service import GatewayService
+from gateway.settings import GatewaySettings
+from gateway.store.database import probe_write
+from runtime.systemd import notify, watchdog_interval_s
+
+DESCRIPTION = """
+Room audio for Blueprint: the partner API of the gateway.
+
+1. `PUT /v1/clinicians/{external_id}` and `PUT /v1/clients/{external_id}`, by your own ids;
+   the gateway creates them in Blueprint (once, however often you PUT).
+2. `POST /v1/sessions` in a provisioned room; `POST /v1/sessions/{id}/stop` at the end.
+3. Poll `GET /v1/sessions/{id}` (state, timeline) or take the signed callback, then
+   `GET /v1/sessions/{id}/artifacts` for the progress note and transcript.
+
+Authenticate with `Authorization: Bearer <token>` (`room-gateway partner-token create`).
+"""
+
+
+def create_app(settings: GatewaySettings) -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        service = GatewayService.open(settings)
+        app.state.service = service
+        service.start()
+        watchdog = asyncio.create_task(_watchdog(service))
+        try:
+            yield
+        finally:
+            watchdog.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watchdog
+            await service.aclose()
+
+    app = FastAPI(
+        title="Room audio gateway",
+        version=__version__,
+        description=DESCRIPTION,
+        lifespan=lifespan,
+        max_body_size=settings.http.max_body_bytes,
+    )
+    errors.install(app)
+    app.include_router(partner.router)
+    app.include_router(rooms.router)
+    app.include_router(devices.router, max_body_size=settings.ingest.max_chunk_bytes)
+    if settings.testing.audio_endpoint:
+        app.include_router(testing.router, max_body_size=settings.http.audio_max_bytes)
+    app.include_router(webhooks.router, max_body_size=settings.http.webhook_max_body_bytes)
+    app.include_router(health.router)
+    return app
+
+
+async def _watchdog(service: GatewayService) -> None:
+    """Ping systemd's watchdog only while the database takes writes and the worker loops."""
+    interval = watchdog_interval_s()
+    if interval is None:
+        return
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            await service.db.run(probe_write)
+        except sqlite3.Error:
+            continue
+        if service.worker.alive:
+            notify("WATCHDOG=1")

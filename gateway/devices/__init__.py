@@ -1,0 +1,1 @@
+"""Room devices: their credentials, the broker's files that admit them, their config."""

@@ -1,0 +1,158 @@
+"""The broker's files: a mosquitto config, its password file and its ACL, from the store.
+
+``room-gateway broker-config --out DIR`` writes all three and records DIR; from then on
+``device add`` and ``device revoke`` rewrite the password file and the ACL there (each
+atomically: a broker never reads half a file) and reload the broker. The ACL names each
+device: it may use only ``rooms/<its id>/#``; the gateway user may use all of ``rooms/#``.
+A revoked device is simply absent from both files.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from gateway.devices import registry
+from gateway.sessions.audio_files import write_small_file
+from gateway.settings import BrokerSettings
+from protocol import topics
+
+CONFIG_NAME = "mosquitto.conf"
+PASSWD_NAME = "passwd"
+ACL_NAME = "acl"
+PID_NAME = "mosquitto.pid"
+MAX_PACKET_BYTES = 64 * 1024  # ids and states only: nothing on MQTT is larger
+MAX_QUEUED_MESSAGES = 1000  # per offline client with a persistent session
+
+
+@dataclass(frozen=True)
+class BrokerFiles:
+    """Where the broker's files are, and the gateway's own MQTT user."""
+
+    directory: Path
+    gateway_user: str
+    gateway_password_hash: str | None
+
+    @property
+    def config(self) -> Path:
+        return self.directory / CONFIG_NAME
+
+    @property
+    def passwd(self) -> Path:
+        return self.directory / PASSWD_NAME
+
+    @property
+    def acl(self) -> Path:
+        return self.directory / ACL_NAME
+
+    @property
+    def pid_file(self) -> Path:
+        return self.directory / PID_NAME
+
+
+def record(conn: sqlite3.Connection, files: BrokerFiles) -> None:
+    conn.execute(
+        "INSERT INTO broker_files (id, directory, gateway_user, gateway_password_hash,"
+        " written_at) VALUES (1, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET"
+        " directory = excluded.directory, gateway_user = excluded.gateway_user,"
+        " gateway_password_hash = excluded.gateway_password_hash,"
+        " written_at = excluded.written_at",
+        (str(files.directory), files.gateway_user, files.gateway_password_hash, time.time()),
+    )
+
+
+def recorded(conn: sqlite3.Connection) -> BrokerFiles | None:
+    row = conn.execute(
+        "SELECT directory, gateway_user, gateway_password_hash FROM broker_files WHERE id = 1"
+    ).fetchone()
+    if row is None:
+        return None
+    return BrokerFiles(Path(row["directory"]), row["gateway_user"], row["gateway_password_hash"])
+
+
+def render_config(files: BrokerFiles, settings: BrokerSettings, client_ca: Path | None) -> str:
+    directory = files.directory
+    lines = [
+        "# Written by `room-gateway broker-config`. `room-gateway device add` and",
+        "# `device revoke` rewrite passwd and acl here and reload the broker (SIGHUP).",
+        "per_listener_settings false",
+        "allow_anonymous false",
+        f"password_file {files.passwd}",
+        f"acl_file {files.acl}",
+        f"pid_file {files.pid_file}",
+        f"persistence {'true' if settings.persistence else 'false'}",
+    ]
+    if settings.persistence:
+        lines += [f"persistence_location {directory / 'data'}/", "autosave_interval 60"]
+    lines += [
+        f"user {settings.user}",
+        f"max_packet_size {MAX_PACKET_BYTES}",
+        f"max_queued_messages {MAX_QUEUED_MESSAGES}",
+        "",
+        f"listener {settings.port} {settings.host}",
+    ]
+    if settings.tls_cert_file is not None and settings.tls_key_file is not None:
+        lines += [f"certfile {settings.tls_cert_file}", f"keyfile {settings.tls_key_file}"]
+    if settings.require_certificate and client_ca is not None:
+        # The certificate's CN is the MQTT user name, so the same ACL confines it.
+        lines += [
+            f"cafile {client_ca}",
+            "require_certificate true",
+            "use_identity_as_username true",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def render_passwd(files: BrokerFiles, devices: list[registry.Device]) -> str:
+    entries = []
+    if files.gateway_password_hash is not None:
+        entries.append(f"{files.gateway_user}:{files.gateway_password_hash}")
+    entries += [
+        f"{device.id}:{device.mqtt_password_hash}"
+        for device in devices
+        if device.mqtt_password_hash is not None
+    ]
+    return "".join(f"{entry}\n" for entry in entries)
+
+
+def render_acl(files: BrokerFiles, devices: list[registry.Device]) -> str:
+    lines = [
+        "# Each device only rooms/<its id>/#; the gateway all of rooms/#.",
+        f"user {files.gateway_user}",
+        f"topic readwrite {topics.ROOT}/#",
+    ]
+    for device in devices:
+        lines += ["", f"user {device.id}", f"topic readwrite {topics.ROOT}/{device.id}/#"]
+    return "\n".join(lines) + "\n"
+
+
+def write_config(files: BrokerFiles, settings: BrokerSettings, client_ca: Path | None) -> None:
+    files.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+    if settings.persistence:
+        (files.directory / "data").mkdir(exist_ok=True, mode=0o700)
+    write_small_file(files.config, render_config(files, settings, client_ca).encode(), 0o600)
+
+
+def write_credentials(files: BrokerFiles, devices: list[registry.Device]) -> None:
+    """Rewrite passwd and acl for the active ``devices``; each file is replaced whole."""
+    files.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+    write_small_file(files.passwd, render_passwd(files, devices).encode(), 0o600)
+    write_small_file(files.acl, render_acl(files, devices).encode(), 0o600)
+
+
+def broker_pid(files: BrokerFiles) -> int | None:
+    """The pid mosquitto wrote, if that process is still there."""
+    try:
+        pid = int(files.pid_file.read_text().strip())
+    except (OSError, ValueError):
+        return None
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return None
+    except PermissionError:
+        return pid
+    return pid

@@ -1,0 +1,283 @@
+"""Sealed chunks and manifests from room devices, as protocol/ingest.py describes them.
+
+A chunk is checked in the order that costs least to refuse: the device's token (store),
+the header against the URL (no key needed), ownership of the session (store), then the
+seal is opened (authenticating header and audio), the file made durable, and the chunk
+recorded. Only then does the device get its 200, and may delete its copy.
+
+Which sessions a device may send: its own (a session started in its room) and ones the
+gateway does not know (recorded without a partner session, e.g. ``room-agent record``):
+those are stored and assembled like any other but never uploaded (*unclaimed*), because
+refusing them would leave them blocking the device's uplink, and audio is never dropped.
+A session started in another room is refused (403).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import sqlite3
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
+from gateway.devices import credentials, registry
+from gateway.ingest import records
+from gateway.ingest.errors import (
+    Conflict,
+    Forbidden,
+    Rejected,
+    Unauthenticated,
+    Unavailable,
+)
+from gateway.ingest.files import ChunkFiles
+from gateway.ingest.records import IngestSession, StoredChunk
+from gateway.sessions import states as sessions
+from gateway.sessions.lifecycle import JobKind, SessionLifecycle
+from gateway.store.database import Database
+from protocol.envelope import ChunkHeader, EnvelopeError, open_chunk, read_header
+from protocol.ingest import ChunkReceipt, CloseReceipt
+from protocol.manifest import SessionManifest
+
+logger = logging.getLogger(__name__)
+
+ChunkStored = Callable[[str, str, int], None]
+"""Told (device, session, seq) after a new chunk is stored: the relay's chunk_acked."""
+Wake = Callable[[], None]
+
+
+@dataclass(frozen=True)
+class _Recorded:
+    receipt: ChunkReceipt
+    assemble: bool
+
+
+class ChunkReceiver:
+    def __init__(
+        self,
+        db: Database,
+        files: ChunkFiles,
+        key: X25519PrivateKey | None,
+        lifecycle: SessionLifecycle,
+        wake: Wake,
+    ) -> None:
+        self._db = db
+        self._files = files
+        self._key = key
+        self._lifecycle = lifecycle
+        self._wake = wake
+        self._listeners: list[ChunkStored] = []
+
+    def on_stored(self, listener: ChunkStored) -> None:
+        self._listeners.append(listener)
+
+    # --- authentication ---------------------------------------------------------------------
+
+    async def authenticate(self, token: str | None, device_id: str) -> registry.Device:
+        """The device behind ``token``, which must be the one in the path; checked against
+        the store on every request, so a revocation takes effect at once."""
+        if not token:
+            raise Unauthenticated("missing bearer token (Authorization: Bearer ...)")
+        device = await self._db.run(registry.by_token, credentials.token_digest(token), write=False)
+        if device is None:
+            raise Unauthenticated("unknown ingest token")
+        if device.revoked_at is not None:
+            raise Forbidden(f"device {device.id} is revoked")
+        if device.id != device_id:
+            raise Forbidden(f"this token is device {device.id}'s, not {device_id}'s")
+        return device
+
+    # --- chunks -------------------------------------------------------------------------------
+
+    async def receive_chunk(
+        self, device_id: str, session_id: str, seq: int, blob: bytes
+    ) -> ChunkReceipt:
+        key = self._require_key()
+        header = _header_matching(blob, device_id, session_id, seq)
+        sha256 = hashlib.sha256(blob).hexdigest()
+        early = await self._db.run(_precheck, device_id, header, sha256, write=False)
+        if early is not None:
+            return early
+        await asyncio.to_thread(_open, blob, key)
+        name = await asyncio.to_thread(self._files.write, session_id, seq, sha256, blob)
+        chunk = StoredChunk(
+            seq=seq,
+            sha256=sha256,
+            bytes=len(blob),
+            start_s=header.start_s,
+            duration_s=header.duration_s,
+            file=name,
+            received_at=time.time(),
+        )
+        try:
+            recorded = await self._db.run(self._record, device_id, session_id, chunk)
+        except Conflict:
+            self._files.discard(session_id, name)  # a different chunk won the race
+            raise
+        if recorded.assemble:
+            self._wake()
+        if not recorded.receipt.duplicate:
+            for listener in self._listeners:
+                listener(device_id, session_id, seq)
+        return recorded.receipt
+
+    def _record(
+        self, conn: sqlite3.Connection, device_id: str, session_id: str, chunk: StoredChunk
+    ) -> _Recorded:
+        session = _owned_session(conn, device_id, session_id)
+        if session is None:
+            session = records.create_session(
+                conn, session_id, device_id, claimed=_claims(conn, device_id, session_id)
+            )
+            if session.claimed:
+                sessions.add_event(conn, session_id, "first_chunk_received")
+            else:
+                logger.warning(
+                    "device %s: chunks for session %s, which no partner session claims;"
+                    " kept, not uploaded",
+                    device_id,
+                    session_id,
+                )
+        existing = records.get_chunk(conn, session_id, chunk.seq)
+        if existing is not None:
+            return _Recorded(_repeat(session_id, chunk.seq, existing, chunk.sha256), False)
+        if session.state in ("assembling", "assembled"):
+            raise Conflict(f"session {session_id} is already assembled; seq {chunk.seq} is new")
+        records.insert_chunk(conn, session_id, chunk)
+        receipt = ChunkReceipt(
+            session_id=session_id, seq=chunk.seq, sha256=chunk.sha256, duplicate=False
+        )
+        if session.state == "waiting_for_chunks" and session.manifest is not None:
+            return _Recorded(receipt, self._complete_if_ready(conn, session, session.manifest))
+        return _Recorded(receipt, False)
+
+    # --- manifests ----------------------------------------------------------------------------
+
+    async def close(
+        self, device_id: str, session_id: str, manifest: SessionManifest
+    ) -> CloseReceipt:
+        if (manifest.device_id, manifest.session_id) != (device_id, session_id):
+            raise Rejected("manifest device_id/session_id do not match the path")
+        receipt, assemble = await self._db.run(self._close, device_id, manifest)
+        if assemble:
+            self._wake()
+        return receipt
+
+    def _close(
+        self, conn: sqlite3.Connection, device_id: str, manifest: SessionManifest
+    ) -> tuple[CloseReceipt, bool]:
+        session_id = manifest.session_id
+        session = _owned_session(conn, device_id, session_id)
+        if session is None:
+            session = records.create_session(
+                conn, session_id, device_id, claimed=_claims(conn, device_id, session_id)
+            )
+        if session.state in ("assembling", "assembled", "failed"):
+            state = "assembled" if session.state != "assembling" else "assembling"
+            return CloseReceipt(session_id=session_id, complete=True, state=state), False
+        stored = records.chunks(conn, session_id)
+        for listed in manifest.chunks:
+            held = stored.get(listed.seq)
+            if held is not None and held.sha256 != listed.sha256:
+                raise Conflict(f"chunk {listed.seq} stored here differs from the manifest's")
+        first_close = session.manifest is None
+        records.set_manifest(conn, manifest)
+        if session.claimed and first_close:
+            sessions.add_event(
+                conn,
+                session_id,
+                "audio_closed",
+                f"{len(manifest.chunks)} chunks, {manifest.speech_s:.2f} s of speech,"
+                f" {manifest.reason}",
+            )
+        missing = [c.seq for c in manifest.chunks if c.seq not in stored]
+        if missing:
+            records.set_state(conn, session_id, "waiting_for_chunks")
+            receipt = CloseReceipt(
+                session_id=session_id, complete=False, missing=missing, state="waiting_for_chunks"
+            )
+            return receipt, False
+        self._start_assembly(conn, session)
+        return CloseReceipt(session_id=session_id, complete=True, state="assembling"), True
+
+    # --- helpers ------------------------------------------------------------------------------
+
+    def _complete_if_ready(
+        self, conn: sqlite3.Connection, session: IngestSession, manifest: SessionManifest
+    ) -> bool:
+        stored = records.chunks(conn, session.session_id)
+        if any(c.seq not in stored for c in manifest.chunks):
+            return False
+        self._start_assembly(conn, session)
+        return True
+
+    def _start_assembly(self, conn: sqlite3.Connection, session: IngestSession) -> None:
+        records.set_state(conn, session.session_id, "assembling")
+        self._lifecycle.enqueue(
+            conn,
+            JobKind.ASSEMBLE_AUDIO,
+            {"session_id": session.session_id},
+            session_id=session.session_id if session.claimed else None,
+            key=f"{JobKind.ASSEMBLE_AUDIO}:{session.session_id}",
+        )
+
+    def _require_key(self) -> X25519PrivateKey:
+        if self._key is None:
+            raise Unavailable("the gateway has no sealing key yet (room-gateway keygen)")
+        return self._key
+
+
+def _header_matching(blob: bytes, device_id: str, session_id: str, seq: int) -> ChunkHeader:
+    try:
+        header = read_header(blob)
+    except EnvelopeError as exc:
+        raise Rejected(str(exc)) from None
+    if (header.device_id, header.session_id, header.seq) != (device_id, session_id, seq):
+        raise Rejected("chunk header device_id/session_id/seq do not match the path")
+    return header
+
+
+def _open(blob: bytes, key: X25519PrivateKey) -> None:
+    try:
+        open_chunk(blob, key)
+    except EnvelopeError as exc:
+        raise Rejected(str(exc)) from None
+
+
+def _precheck(
+    conn: sqlite3.Connection, device_id: str, header: ChunkHeader, sha256: str
+) -> ChunkReceipt | None:
+    """Refuse another room's session before any work; answer a repeat without any."""
+    _owned_session(conn, device_id, header.session_id)
+    existing = records.get_chunk(conn, header.session_id, header.seq)
+    if existing is None:
+        return None
+    return _repeat(header.session_id, header.seq, existing, sha256)
+
+
+def _repeat(session_id: str, seq: int, existing: StoredChunk, sha256: str) -> ChunkReceipt:
+    if existing.sha256 != sha256:
+        raise Conflict(f"a different chunk is stored under seq {seq}")
+    return ChunkReceipt(session_id=session_id, seq=seq, sha256=sha256, duplicate=True)
+
+
+def _owned_session(
+    conn: sqlite3.Connection, device_id: str, session_id: str
+) -> IngestSession | None:
+    """This device's ingest record of the session (None: first chunk); 403 if the session
+    is another room's, by the partner's session or by the device that sent it first."""
+    started = sessions.get(conn, session_id)
+    if started is not None and started.room_id != device_id:
+        raise Forbidden(f"session {session_id} was not started in room {device_id}")
+    session = records.get_session(conn, session_id)
+    if session is not None and session.device_id != device_id:
+        raise Forbidden(f"session {session_id} belongs to another device")
+    return session
+
+
+def _claims(conn: sqlite3.Connection, device_id: str, session_id: str) -> bool:
+    started = sessions.get(conn, session_id)
+    return started is not None and started.room_id == device_id

@@ -1,0 +1,71 @@
+"""Session audio is deleted once Blueprint holds it, after ``ingest.retention_s``.
+
+Blueprint accepting the upload (``audio_uploaded``) queues a ``purge_audio`` job due after
+the retention time; it deletes the session's sealed chunks and its assembled file. A
+failed session keeps its audio (a retried upload needs it). Chunk rows stay, so a device
+repeating an upload still gets the right answer.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+from pathlib import Path
+
+from gateway.ingest import records
+from gateway.ingest.files import ChunkFiles
+from gateway.jobs.queue import Job
+from gateway.sessions import states as sessions
+from gateway.sessions.lifecycle import JobKind, SessionEvent, SessionLifecycle
+from gateway.sessions.states import Session
+from gateway.settings import IngestSettings
+from gateway.store.database import Database
+
+logger = logging.getLogger(__name__)
+
+
+class Retention:
+    def __init__(
+        self,
+        db: Database,
+        files: ChunkFiles,
+        lifecycle: SessionLifecycle,
+        settings: IngestSettings,
+        audio_dir: Path,
+    ) -> None:
+        self._db = db
+        self._files = files
+        self._lifecycle = lifecycle
+        self._settings = settings
+        self._audio_dir = audio_dir
+
+    def notifier(self, conn: sqlite3.Connection, session: Session, event: SessionEvent) -> None:
+        """Session notifier: Blueprint has the audio; delete ours after the retention."""
+        if event != SessionEvent.AUDIO_UPLOADED:
+            return
+        self._lifecycle.enqueue(
+            conn,
+            JobKind.PURGE_AUDIO,
+            {"session_id": session.id},
+            key=f"{JobKind.PURGE_AUDIO}:{session.id}",
+            delay_s=self._settings.retention_s,
+        )
+
+    async def handle(self, job: Job) -> None:
+        session_id = job.payload["session_id"]
+        session = await self._db.run(sessions.get, session_id, write=False)
+        if session is None or session.state == "failed":
+            return  # keep a failed session's audio for its retry
+        self._files.delete_session(session_id)
+        if session.audio_path is not None:
+            audio = Path(session.audio_path)
+            if audio.is_relative_to(self._audio_dir):
+                audio.unlink(missing_ok=True)
+        await self._db.run(self._purged, session_id)
+        logger.info("session %s: audio deleted (Blueprint has it)", session_id)
+
+    @staticmethod
+    def _purged(conn: sqlite3.Connection, session_id: str) -> None:
+        if records.get_session(conn, session_id) is not None:
+            records.mark_purged(conn, session_id)
+        sessions.add_event(conn, session_id, "audio_deleted")

@@ -1,0 +1,110 @@
+"""Prometheus metrics: jobs by state, webhooks and their latency, Blueprint calls by status.
+
+One registry per app (not the global default), so several apps in a test process do not
+collide. Label values are ids of kinds, never of sessions or people, to keep cardinality
+bounded; unknown webhook event types are folded into "other".
+"""
+
+from __future__ import annotations
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+
+from gateway.blueprint import models as bp
+from gateway.jobs.queue import JOB_STATES
+
+KNOWN_EVENT_TYPES = frozenset(
+    {
+        bp.PROGRESS_NOTE_GENERATED,
+        bp.PROGRESS_NOTE_REGENERATED,
+        bp.PROGRESS_NOTE_FINALIZED,
+        bp.TRANSCRIPT_READY,
+        bp.MDM_ELEMENTS_IDENTIFIED,
+        bp.SESSION_TRANSCRIPT_ERROR,
+        bp.ASSESSMENT_COMPLETED,
+    }
+)
+WEBHOOK_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+
+
+class GatewayMetrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.jobs = Gauge(
+            "gateway_jobs",
+            "Jobs in the store by kind and state",
+            ["kind", "state"],
+            registry=self.registry,
+        )
+        self.job_attempts = Counter(
+            "gateway_job_attempts",
+            "Job attempts by kind and outcome (done, retry, failed)",
+            ["kind", "outcome"],
+            registry=self.registry,
+        )
+        self.webhooks = Counter(
+            "gateway_webhooks",
+            "Blueprint webhooks received, by event type and outcome",
+            ["event_type", "outcome"],
+            registry=self.registry,
+        )
+        self.webhook_seconds = Histogram(
+            "gateway_webhook_seconds",
+            "Time to answer a Blueprint webhook",
+            buckets=WEBHOOK_BUCKETS_S,
+            registry=self.registry,
+        )
+        self.blueprint_calls = Counter(
+            "gateway_blueprint_calls",
+            "Blueprint API calls by operation and HTTP status (0: none)",
+            ["operation", "status"],
+            registry=self.registry,
+        )
+
+        self.ingest = Counter(
+            "gateway_ingest_requests",
+            "Room devices' chunk and manifest requests by kind and HTTP status",
+            ["kind", "status"],
+            registry=self.registry,
+        )
+        self.ingest_bytes = Counter(
+            "gateway_ingest_bytes", "Sealed chunk bytes stored", registry=self.registry
+        )
+        self.mqtt_connected = Gauge(
+            "gateway_mqtt_connected",
+            "1 while the relay is connected to the broker (0 also when no relay is configured)",
+            registry=self.registry,
+        )
+
+    def ingested(self, kind: str, status: int, size: int = 0) -> None:
+        self.ingest.labels(kind, str(status)).inc()
+        if size:
+            self.ingest_bytes.inc(size)
+
+    def blueprint_call(self, operation: str, status: int) -> None:
+        self.blueprint_calls.labels(operation, str(status)).inc()
+
+    def job_attempt(self, kind: str, outcome: str) -> None:
+        self.job_attempts.labels(kind, outcome).inc()
+
+    def webhook(self, event_type: str | None, outcome: str, seconds: float) -> None:
+        label = event_type if event_type in KNOWN_EVENT_TYPES else "other"
+        self.webhooks.labels(label, outcome).inc()
+        self.webhook_seconds.observe(seconds)
+
+    def set_job_counts(self, counts: dict[tuple[str, str], int]) -> None:
+        """Refresh the gauge from the store; every known state of a kind is exported."""
+        self.jobs.clear()
+        for kind in {kind for kind, _ in counts}:
+            for state in JOB_STATES:
+                self.jobs.labels(kind, state).set(counts.get((kind, state), 0))
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

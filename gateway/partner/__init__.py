@@ -1,0 +1,1 @@
+"""The partner application's access: bearer tokens in, signed callbacks out."""

@@ -1,0 +1,77 @@
+"""Bearer tokens of the partner application: shown once when created, stored as SHA-256.
+
+A token is 256 random bits, so a plain hash is enough (nothing to brute-force) and lets a
+request be checked with one indexed lookup. Tokens may also be configured
+(``partner.tokens``, typically from a credential); those are hashed in memory.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+import sqlite3
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from pydantic import SecretStr
+
+TOKEN_PREFIX = "rgp_"
+
+
+@dataclass(frozen=True)
+class TokenInfo:
+    id: str
+    label: str
+    created_at: float
+    revoked_at: float | None
+
+
+def digest(token: str) -> str:
+    return hashlib.sha256(token.encode("utf-8")).hexdigest()
+
+
+def create(conn: sqlite3.Connection, label: str = "") -> tuple[TokenInfo, str]:
+    """A new token: its record and the token itself, which is never stored."""
+    token = TOKEN_PREFIX + secrets.token_urlsafe(32)
+    info = TokenInfo(id=secrets.token_hex(4), label=label, created_at=time.time(), revoked_at=None)
+    conn.execute(
+        "INSERT INTO partner_tokens (id, sha256, label, created_at) VALUES (?, ?, ?, ?)",
+        (info.id, digest(token), label, info.created_at),
+    )
+    return info, token
+
+
+def revoke(conn: sqlite3.Connection, token_id: str) -> bool:
+    cursor = conn.execute(
+        "UPDATE partner_tokens SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL",
+        (time.time(), token_id),
+    )
+    return cursor.rowcount == 1
+
+
+def list_tokens(conn: sqlite3.Connection) -> list[TokenInfo]:
+    rows = conn.execute(
+        "SELECT id, label, created_at, revoked_at FROM partner_tokens ORDER BY created_at"
+    ).fetchall()
+    return [TokenInfo(**dict(row)) for row in rows]
+
+
+class TokenCheck:
+    """Is this bearer token one of ours: configured, or created and not revoked?"""
+
+    def __init__(self, configured: Iterable[SecretStr]) -> None:
+        self._configured = [digest(token.get_secret_value()) for token in configured]
+
+    def is_configured(self, token: str) -> bool:
+        wanted = digest(token)
+        return any(hmac.compare_digest(wanted, known) for known in self._configured)
+
+    @staticmethod
+    def is_stored(conn: sqlite3.Connection, token: str) -> bool:
+        row = conn.execute(
+            "SELECT 1 FROM partner_tokens WHERE sha256 = ? AND revoked_at IS NULL",
+            (digest(token),),
+        ).fetchone()
+        return row is not None

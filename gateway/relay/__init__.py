@@ -1,0 +1,1 @@
+"""The gateway's MQTT side: room state in, commands and notifications out."""

@@ -1,0 +1,115 @@
+"""What room devices publish, as the gateway takes it: state, heartbeats and events.
+
+Payloads are parsed with the protocol's models (extra fields forbidden) and must name the
+device whose topic they came on; anything else is dropped with a log line naming the topic
+and the problem's type, never the payload. Messages from rooms the gateway does not know
+are ignored. Each message is one short transaction.
+
+Besides keeping room status, the device's reports are reconciled with the sessions: a
+device recording a session the gateway has stopped (its stop expired while it was away,
+or it resumed after a restart) is sent a stop again, at most once per command expiry.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import time
+from collections.abc import Callable
+
+from pydantic import ValidationError
+
+from gateway import rooms
+from gateway.relay import room_status
+from gateway.relay.commands import Commands, last_for_session
+from gateway.sessions import states as sessions
+from gateway.store.database import Database
+from protocol import topics
+from protocol.messages import (
+    CommandResult,
+    DeviceState,
+    Heartbeat,
+    SessionClosed,
+    SessionStarted,
+    device_events,
+)
+
+logger = logging.getLogger(__name__)
+
+
+class DeviceMessages:
+    def __init__(
+        self, db: Database, commands: Commands, command_expiry_s: int, wake: Callable[[], None]
+    ) -> None:
+        self._db = db
+        self._commands = commands
+        self._expiry_s = command_expiry_s
+        self._wake = wake
+
+    async def handle(self, topic: str, payload: bytes) -> None:
+        parsed = topics.parse(topic)
+        if parsed is None:
+            return
+        device_id, kind = parsed
+        try:
+            if kind == "state":
+                message: object = DeviceState.model_validate_json(payload)
+            elif kind == "events":
+                message = device_events.validate_json(payload)
+            else:
+                return  # cmd and notify: our own messages
+        except ValidationError as exc:
+            logger.warning("relay: invalid message on %s (%d errors)", topic, exc.error_count())
+            return
+        if isinstance(message, DeviceState) and message.device_id != device_id:
+            logger.warning("relay: state on %s names another device; ignored", topic)
+            return
+        queued = await self._db.run(self._apply, device_id, message)
+        if queued:
+            self._wake()
+
+    def _apply(self, conn: sqlite3.Connection, device_id: str, message: object) -> bool:
+        """One message in one transaction; True when it queued a command."""
+        if not rooms.exists(conn, device_id):
+            return False
+        if isinstance(message, DeviceState):
+            room_status.record_state(conn, device_id, message)
+            return self._reconcile(conn, device_id, message)
+        if isinstance(message, Heartbeat):
+            room_status.record_heartbeat(conn, device_id, message)
+        elif isinstance(message, CommandResult):
+            self._commands.result(conn, device_id, message)
+        elif isinstance(message, SessionStarted):
+            self._session_event(
+                conn, device_id, message.session_id, "device_recording",
+                "resumed" if message.resumed else None,
+            )  # fmt: skip
+        elif isinstance(message, SessionClosed):
+            detail = f"{message.chunks} chunks, {message.speech_s:.2f} s, {message.reason}"
+            self._session_event(conn, device_id, message.session_id, "device_closed", detail)
+        return False
+
+    def _session_event(
+        self,
+        conn: sqlite3.Connection,
+        device_id: str,
+        session_id: str,
+        step: str,
+        detail: str | None,
+    ) -> None:
+        session = sessions.get(conn, session_id)
+        if session is not None and session.room_id == device_id:
+            sessions.add_event(conn, session_id, step, detail)
+
+    def _reconcile(self, conn: sqlite3.Connection, device_id: str, state: DeviceState) -> bool:
+        if not state.online or state.recorder != "recording" or state.session_id is None:
+            return False
+        session = sessions.get(conn, state.session_id)
+        if session is None or session.room_id != device_id or session.state == "recording":
+            return False  # not a partner session (e.g. room-agent record), or as it should be
+        last = last_for_session(conn, session.id, "stop")
+        if last is not None and time.time() - last.created_at < self._expiry_s:
+            return False  # a stop is on its way, or was just sent
+        sessions.add_event(conn, session.id, "device_still_recording", session.state)
+        self._commands.queue(conn, device_id, session.id, "stop")
+        return True

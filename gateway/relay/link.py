@@ -1,0 +1,262 @@
+"""The gateway's MQTT connection (paho-mqtt, MQTT 5, QoS 1), bridged to asyncio.
+
+paho runs its network loop on its own thread and reconnects by itself (exponential delay
+between ``reconnect_min_s`` and ``reconnect_max_s``). Messages arrive on that thread and
+are handed to the event loop with ``call_soon_threadsafe``, into one queue consumed in
+order. Publishing is done from the event loop (paho's publish is thread-safe) and awaited
+until the broker's PUBACK, whose MQTT 5 reason code tells an ACL refusal from success.
+
+The session is persistent (clean start off, a session expiry), so device events sent while
+the gateway is away are delivered when it is back, and retained room states arrive at
+every subscription.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import ssl
+import threading
+from collections.abc import Awaitable, Callable
+from urllib.parse import urlsplit
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
+from paho.mqtt.subscribeoptions import SubscribeOptions
+from pydantic import SecretStr
+
+from gateway.settings import MqttSettings
+
+logger = logging.getLogger(__name__)
+
+Inbound = Callable[[str, bytes], Awaitable[None]]
+Connected = Callable[[], Awaitable[None]]
+INBOX_MAX = 10_000
+
+
+class BrokerUnavailable(Exception):
+    """Not connected, or the connection dropped before the broker acknowledged."""
+
+
+class PublishRefused(Exception):
+    """The broker acknowledged with a failure reason code (e.g. 0x87 not authorized)."""
+
+
+def broker_address(url: str) -> tuple[str, int, bool]:
+    """``mqtt://host[:port]`` / ``mqtts://host[:port]`` -> (host, port, tls)."""
+    parts = urlsplit(url)
+    tls = parts.scheme == "mqtts"
+    if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
+        raise ValueError("broker_url must be mqtt://host[:port] or mqtts://host[:port]")
+    return parts.hostname, parts.port or (8883 if tls else 1883), tls
+
+
+class MqttLink:
+    def __init__(
+        self,
+        settings: MqttSettings,
+        password: SecretStr | None,
+        subscriptions: list[str],
+        inbound: Inbound,
+        connected: Connected | None = None,
+    ) -> None:
+        self.settings = settings
+        self.host, self.port, tls = broker_address(settings.broker_url)
+        self._subscriptions = subscriptions
+        self._inbound = inbound
+        self._on_connected = connected
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._inbox: asyncio.Queue[tuple[str, bytes]] = asyncio.Queue(INBOX_MAX)
+        self._consumer: asyncio.Task[None] | None = None
+        self._pending: dict[int, asyncio.Future[None]] = {}
+        self._connected = threading.Event()
+        self._stopping = False
+        self.client = mqtt.Client(
+            callback_api_version=CallbackAPIVersion.VERSION2,
+            client_id=settings.client_id,
+            protocol=mqtt.MQTTv5,
+        )
+        secret = password.get_secret_value() if password is not None else None
+        self.client.username_pw_set(settings.username, secret)
+        if tls:
+            self.client.tls_set_context(self._tls_context())
+        self.client.reconnect_delay_set(settings.reconnect_min_s, settings.reconnect_max_s)
+        self.client.on_connect = self._on_connect
+        self.client.on_disconnect = self._on_disconnect
+        self.client.on_subscribe = self._on_subscribe
+        self.client.on_message = self._on_message
+        self.client.on_publish = self._on_publish
+
+    @property
+    def connected(self) -> bool:
+        return self._connected.is_set()
+
+    def start(self) -> None:
+        """Connect in the background (retried until it works); call from the event loop."""
+        self._loop = asyncio.get_running_loop()
+        self._consumer = asyncio.create_task(self._consume(), name="mqtt-inbound")
+        properties = Properties(PacketTypes.CONNECT)
+        properties.SessionExpiryInterval = self.settings.session_expiry_s
+        self.client.connect_async(
+            self.host,
+            self.port,
+            keepalive=self.settings.keepalive_s,
+            clean_start=False,
+            properties=properties,
+        )
+        self.client.loop_start()
+
+    async def stop(self) -> None:
+        self._stopping = True
+        with contextlib.suppress(Exception):
+            self.client.disconnect()
+        await asyncio.to_thread(self.client.loop_stop)
+        if self._consumer is not None:
+            self._consumer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._consumer
+        self._fail_pending()
+
+    async def publish(self, topic: str, payload: str, expiry_s: int | None = None) -> None:
+        """QoS 1; returns once the broker has acknowledged it, else raises."""
+        if not self.connected:
+            raise BrokerUnavailable("not connected to the broker")
+        properties = None
+        if expiry_s is not None:
+            properties = Properties(PacketTypes.PUBLISH)
+            properties.MessageExpiryInterval = max(1, int(expiry_s))
+        assert self._loop is not None
+        # Registered before the next await, and the PUBACK is settled on this loop too:
+        # no lock (paho calls on_publish holding its own lock, which publish() takes).
+        info = self.client.publish(topic, payload, qos=1, properties=properties)
+        if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+            raise BrokerUnavailable(f"publish not queued ({mqtt.error_string(info.rc)})")
+        future: asyncio.Future[None] = self._loop.create_future()
+        self._pending[info.mid] = future
+        try:
+            async with asyncio.timeout(self.settings.publish_timeout_s):
+                await future
+        except TimeoutError:
+            raise BrokerUnavailable("no acknowledgement from the broker") from None
+        finally:
+            self._pending.pop(info.mid, None)
+
+    def publish_nowait(self, topic: str, payload: str) -> None:
+        """QoS 1 without waiting (best effort: dropped while disconnected)."""
+        if self.connected:
+            self.client.publish(topic, payload, qos=1)
+
+    # --- paho callbacks (network thread) --------------------------------------------------
+
+    def _on_connect(
+        self,
+        client: mqtt.Client,
+        userdata: object,
+        flags: mqtt.ConnectFlags,
+        reason_code: ReasonCode,
+        properties: Properties | None,
+    ) -> None:
+        if reason_code.is_failure:
+            logger.warning("relay: the broker refused the connection (%s)", reason_code)
+            return
+        options = SubscribeOptions(qos=1)
+        client.subscribe([(topic, options) for topic in self._subscriptions])
+        self._connected.set()
+        logger.info("relay: connected to the broker at %s:%d", self.host, self.port)
+        if self._on_connected is not None:
+            self._call(self._spawn, self._on_connected)
+
+    def _on_disconnect(
+        self,
+        client: mqtt.Client,
+        userdata: object,
+        flags: mqtt.DisconnectFlags,
+        reason_code: ReasonCode,
+        properties: Properties | None,
+    ) -> None:
+        was = self._connected.is_set()
+        self._connected.clear()
+        if was and not self._stopping:
+            logger.warning("relay: disconnected from the broker (%s); reconnecting", reason_code)
+        self._call(self._fail_pending)
+
+    def _on_subscribe(
+        self,
+        client: mqtt.Client,
+        userdata: object,
+        mid: int,
+        reason_codes: list[ReasonCode],
+        properties: Properties | None,
+    ) -> None:
+        refused = [str(code) for code in reason_codes if code.is_failure]
+        if refused:
+            logger.error("relay: subscription refused by the broker (%s)", ", ".join(refused))
+
+    def _on_message(self, client: mqtt.Client, userdata: object, message: mqtt.MQTTMessage) -> None:
+        self._call(self._enqueue, message.topic, bytes(message.payload))
+
+    def _on_publish(
+        self,
+        client: mqtt.Client,
+        userdata: object,
+        mid: int,
+        reason_code: ReasonCode,
+        properties: Properties | None,
+    ) -> None:
+        self._call(self._settle, mid, reason_code)
+
+    # --- on the event loop ------------------------------------------------------------------
+
+    def _call(self, fn: Callable[..., object], *args: object) -> None:
+        loop = self._loop
+        if loop is not None and not loop.is_closed():
+            with contextlib.suppress(RuntimeError):  # the loop is shutting down
+                loop.call_soon_threadsafe(fn, *args)
+
+    def _spawn(self, make: Connected) -> None:
+        task = asyncio.create_task(make())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _enqueue(self, topic: str, payload: bytes) -> None:
+        try:
+            self._inbox.put_nowait((topic, payload))
+        except asyncio.QueueFull:
+            logger.error("relay: inbound queue full; message on %s dropped", topic)
+
+    async def _consume(self) -> None:
+        while True:
+            topic, payload = await self._inbox.get()
+            try:
+                await self._inbound(topic, payload)
+            except Exception as exc:
+                # Type and topic only: the payload came from a device and is not logged.
+                logger.error("relay: message on %s not handled (%s)", topic, type(exc).__name__)
+
+    def _settle(self, mid: int, reason_code: ReasonCode) -> None:
+        future = self._pending.get(mid)
+        if future is None or future.done():
+            return
+        if reason_code.is_failure:
+            future.set_exception(PublishRefused(f"the broker refused the message ({reason_code})"))
+        else:
+            future.set_result(None)
+
+    def _fail_pending(self) -> None:
+        for future in list(self._pending.values()):
+            if not future.done():
+                future.set_exception(BrokerUnavailable("disconnected before acknowledgement"))
+
+    def _tls_context(self) -> ssl.SSLContext:
+        settings = self.settings
+        cafile = str(settings.ca_file) if settings.ca_file else None
+        context = ssl.create_default_context(cafile=cafile)
+        if settings.client_cert_file is not None:
+            key = str(settings.client_key_file) if settings.client_key_file else None
+            context.load_cert_chain(str(settings.client_cert_file), key)
+        return context

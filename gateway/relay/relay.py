@@ -1,0 +1,90 @@
+"""The relay, as the service runs it: one MQTT link, what comes in, what goes out.
+
+Subscribes to every room's ``state`` and ``events`` (a shared subscription when several
+gateways share the broker), keeps room status, sends commands, notifies devices. When the
+broker comes back, commands and notifications that waited for it are made due at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sqlite3
+import time
+from collections.abc import Callable
+
+from pydantic import SecretStr
+
+from gateway.jobs.worker import Handler
+from gateway.relay.commands import Commands
+from gateway.relay.inbound import DeviceMessages
+from gateway.relay.link import MqttLink
+from gateway.relay.notify import DeviceNotifier
+from gateway.sessions.lifecycle import JobKind, SessionLifecycle
+from gateway.settings import MqttSettings
+from gateway.store.database import Database
+from protocol import topics
+
+logger = logging.getLogger(__name__)
+
+BROKER_JOBS = (JobKind.DEVICE_COMMAND, JobKind.NOTIFY_DEVICE)
+
+
+class Relay:
+    def __init__(
+        self,
+        settings: MqttSettings,
+        password: SecretStr | None,
+        db: Database,
+        lifecycle: SessionLifecycle,
+        wake: Callable[[], None],
+    ) -> None:
+        self._db = db
+        self._wake = wake
+        subscriptions = [
+            topics.all_devices(kind, shared=settings.shared_subscription)
+            for kind in ("state", "events")
+        ]
+        self.link = MqttLink(
+            settings, password, subscriptions, self._inbound, connected=self._reconnected
+        )
+        self.commands = Commands(db, self.link, lifecycle, settings.command_expiry_s)
+        self.notifier = DeviceNotifier(db, self.link, lifecycle, wake)
+        self.messages = DeviceMessages(db, self.commands, settings.command_expiry_s, wake)
+
+    def handlers(self) -> dict[str, Handler]:
+        return {
+            JobKind.DEVICE_COMMAND: self.commands.send,
+            JobKind.COMMAND_EXPIRY: self.commands.expire,
+            JobKind.NOTIFY_DEVICE: self.notifier.handle,
+        }
+
+    @property
+    def connected(self) -> bool:
+        return self.link.connected
+
+    def start(self) -> None:
+        self.notifier.bind(asyncio.get_running_loop())
+        self.link.start()
+
+    async def stop(self) -> None:
+        await self.link.stop()
+
+    async def _inbound(self, topic: str, payload: bytes) -> None:
+        await self.messages.handle(topic, payload)
+
+    async def _reconnected(self) -> None:
+        due = await self._db.run(_make_due, BROKER_JOBS)
+        if due:
+            logger.info("relay: %d command(s)/notification(s) waiting for the broker are due", due)
+            self._wake()
+
+
+def _make_due(conn: sqlite3.Connection, kinds: tuple[str, ...]) -> int:
+    placeholders = ", ".join("?" for _ in kinds)
+    cursor = conn.execute(
+        f"UPDATE jobs SET next_run_at = ? WHERE state = 'queued' AND kind IN ({placeholders})"
+        " AND next_run_at > ?",
+        (time.time(), *kinds, time.time()),
+    )
+    return cursor.rowcount

@@ -1,0 +1,81 @@
+"""``room-gateway serve``: logging, the store checked up front, uvicorn, systemd READY.
+
+Startup problems a person can fix (a bad database file, a port in use) end as one line on
+stderr: the store is opened (and migrated) and the port bound before uvicorn starts, so
+they are reported as such rather than as an ASGI lifespan traceback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+
+import uvicorn
+
+from gateway.app import create_app
+from gateway.settings import GatewaySettings
+from gateway.store.database import Database, StoreError
+from runtime.systemd import notify
+
+logger = logging.getLogger(__name__)
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+class ServeError(Exception):
+    """The service could not start; the message says why."""
+
+
+def configure_logging(level: str) -> None:
+    logging.basicConfig(level=level.upper(), format=LOG_FORMAT, force=True)
+    # httpx logs every request URL at INFO; ours carry ids only, but keep the log readable.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+
+
+def serve(settings: GatewaySettings) -> None:
+    configure_logging(settings.log_level)
+    try:
+        Database.open(settings.database_path).close()
+    except StoreError as exc:
+        raise ServeError(str(exc)) from None
+    listener = bind(settings.http.host, settings.http.port)
+    asyncio.run(_serve(settings, listener))
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """The listening socket, bound before anything starts, so "port in use" is one line."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
+    except socket.gaierror as exc:
+        raise ServeError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
+    listener = socket.socket(family, kind, proto)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        listener.bind(address)
+    except OSError as exc:
+        listener.close()
+        raise ServeError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
+    return listener
+
+
+async def _serve(settings: GatewaySettings, listener: socket.socket) -> None:
+    config = uvicorn.Config(
+        create_app(settings),
+        log_config=None,
+        log_level=settings.log_level,
+        lifespan="on",
+        server_header=False,
+    )
+    server = uvicorn.Server(config)
+    serving = asyncio.create_task(server.serve(sockets=[listener]))
+    while not server.started and not serving.done():
+        await asyncio.sleep(0.02)
+    if server.started:
+        notify("READY=1")
+    with contextlib.suppress(SystemExit):  # uvicorn's way of giving up during startup
+        await serving
+    if not server.started:
+        raise ServeError("the gateway did not start (see the log above)")

@@ -1,0 +1,265 @@
+"""Which job follows which: each method is one transaction that changes a session's state
+and queues the work that state calls for, so a crash can never leave one without the other.
+
+Partner actions (start, stop, attach audio) and job outcomes (session created in
+Blueprint, upload started/finished, artifact fetched, failed) all come through here.
+Notifiers are told about ``notes_ready``, ``note_updated``, ``failed`` and
+``audio_uploaded`` inside the same transaction, so the jobs they queue (a partner callback,
+a device notification over MQTT, deleting the audio after its retention) are as durable as
+the state change itself.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable
+from enum import StrEnum
+from typing import Any
+
+from gateway import rooms
+from gateway.errors import Conflict, InvalidReference, NotFound
+from gateway.jobs import queue as jobs
+from gateway.sessions import artifacts, records
+from gateway.sessions import states as sessions
+from gateway.sessions.artifacts import ArtifactKind
+from gateway.sessions.states import RoomBusy, Session
+from gateway.settings import JobSettings
+
+
+class JobKind(StrEnum):
+    ENSURE_CLINICIAN = "ensure_clinician"
+    ENSURE_CLIENT = "ensure_client"
+    CREATE_SESSION = "create_session"
+    UPLOAD_AUDIO = "upload_audio"
+    FETCH_ARTIFACT = "fetch_artifact"
+    NOTIFY_PARTNER = "notify_partner"
+    # The device link: the room device's audio and its MQTT control plane.
+    ASSEMBLE_AUDIO = "assemble_audio"
+    PURGE_AUDIO = "purge_audio"
+    DEVICE_COMMAND = "device_command"
+    COMMAND_EXPIRY = "command_expiry"
+    NOTIFY_DEVICE = "notify_device"
+
+
+class SessionEvent(StrEnum):
+    """What notifiers hear about."""
+
+    NOTES_READY = "notes_ready"
+    NOTE_UPDATED = "note_updated"
+    FAILED = "failed"
+    AUDIO_UPLOADED = "audio_uploaded"  # Blueprint accepted the audio (retention starts)
+
+
+Notifier = Callable[[sqlite3.Connection, Session, SessionEvent], None]
+"""Called inside the transaction of a session event; may enqueue jobs on ``conn``."""
+
+UPLOADABLE_FROM: tuple[sessions.SessionState, ...] = ("recording", "stopping")
+AFTER_UPLOAD: tuple[sessions.SessionState, ...] = ("audio_ready", "uploading", "processing")
+
+
+class SessionLifecycle:
+    def __init__(self, job_settings: JobSettings) -> None:
+        self._max_attempts = job_settings.max_attempts
+        self._notifiers: list[Notifier] = []
+
+    def add_notifier(self, notifier: Notifier) -> None:
+        self._notifiers.append(notifier)
+
+    def enqueue(
+        self,
+        conn: sqlite3.Connection,
+        kind: JobKind,
+        payload: dict[str, Any],
+        *,
+        session_id: str | None = None,
+        key: str | None = None,
+        delay_s: float = 0.0,
+    ) -> int:
+        return jobs.enqueue(
+            conn,
+            kind,
+            payload,
+            max_attempts=self._max_attempts,
+            session_id=session_id,
+            key=key,
+            delay_s=delay_s,
+        )
+
+    # --- people ---------------------------------------------------------------------------
+
+    def ensure_clinician(self, conn: sqlite3.Connection, external_id: str) -> int | None:
+        """Queue creating the clinician in Blueprint; None when the id is already known."""
+        clinician = records.get_clinician(conn, external_id)
+        if clinician is None:
+            raise NotFound(f"clinician {external_id} not found")
+        if clinician.blueprint_id is not None:
+            return None
+        return self.enqueue(
+            conn,
+            JobKind.ENSURE_CLINICIAN,
+            {"external_id": external_id},
+            key=f"{JobKind.ENSURE_CLINICIAN}:{external_id}",
+        )
+
+    def ensure_client(self, conn: sqlite3.Connection, external_id: str) -> int | None:
+        client = records.get_client(conn, external_id)
+        if client is None:
+            raise NotFound(f"client {external_id} not found")
+        if client.blueprint_id is not None:
+            return None
+        return self.enqueue(
+            conn,
+            JobKind.ENSURE_CLIENT,
+            {"external_id": external_id},
+            key=f"{JobKind.ENSURE_CLIENT}:{external_id}",
+        )
+
+    # --- partner actions ------------------------------------------------------------------
+
+    def start(
+        self,
+        conn: sqlite3.Connection,
+        room_id: str,
+        clinician_external_id: str,
+        client_external_id: str,
+        session_setting: str,
+        note_type: str | None,
+    ) -> Session:
+        """A new session recording in ``room_id``; its Blueprint session is created now,
+        so the upload at the end does not wait for it."""
+        if not rooms.exists(conn, room_id):
+            raise InvalidReference(f"room {room_id} is not provisioned")
+        if records.get_clinician(conn, clinician_external_id) is None:
+            raise InvalidReference(f"clinician {clinician_external_id} not found; PUT it first")
+        client = records.get_client(conn, client_external_id)
+        if client is None:
+            raise InvalidReference(f"client {client_external_id} not found; PUT it first")
+        try:
+            session = sessions.insert(
+                conn,
+                room_id,
+                clinician_external_id,
+                client_external_id,
+                session_setting,
+                note_type,
+            )
+        except RoomBusy as exc:
+            active = sessions.active_in_room(conn, room_id)
+            raise Conflict(f"{exc} ({active.id if active else 'unknown'})") from None
+        self.enqueue(
+            conn,
+            JobKind.CREATE_SESSION,
+            {"session_id": session.id},
+            session_id=session.id,
+            key=f"{JobKind.CREATE_SESSION}:{session.id}",
+        )
+        return session
+
+    def stop(self, conn: sqlite3.Connection, session_id: str) -> Session:
+        """Stop recording; repeating it, or stopping a session already past, is harmless."""
+        session = self.get(conn, session_id)
+        stopped = sessions.transition(conn, session_id, "stopping", ("recording",), step="stopped")
+        return stopped or session
+
+    def attach_audio(
+        self, conn: sqlite3.Connection, session_id: str, audio_path: str, content_type: str
+    ) -> Session:
+        """The session's complete audio is at ``audio_path``: queue its upload.
+
+        The device link calls this once a session is assembled; tests and demos call it
+        through ``POST /v1/sessions/{id}/audio`` or ``room-gateway session attach-audio``.
+        """
+        session = self.get(conn, session_id)
+        if session.state not in UPLOADABLE_FROM:
+            raise Conflict(f"session {session_id} is {session.state}; audio is already attached")
+        sessions.set_audio(conn, session_id, audio_path, content_type)
+        ready = sessions.transition(
+            conn, session_id, "audio_ready", UPLOADABLE_FROM, step="audio_ready"
+        )
+        assert ready is not None
+        self.enqueue(
+            conn,
+            JobKind.UPLOAD_AUDIO,
+            {"session_id": session_id},
+            session_id=session_id,
+            key=f"{JobKind.UPLOAD_AUDIO}:{session_id}",
+        )
+        return ready
+
+    def get(self, conn: sqlite3.Connection, session_id: str) -> Session:
+        session = sessions.get(conn, session_id)
+        if session is None:
+            raise NotFound(f"session {session_id} not found")
+        return session
+
+    # --- job outcomes ---------------------------------------------------------------------
+
+    def blueprint_session_created(
+        self, conn: sqlite3.Connection, session_id: str, blueprint_session_id: str
+    ) -> None:
+        sessions.set_blueprint_session_id(conn, session_id, blueprint_session_id)
+        sessions.add_event(conn, session_id, "blueprint_session_created", blueprint_session_id)
+
+    def upload_started(self, conn: sqlite3.Connection, session_id: str) -> Session | None:
+        """Move to uploading; None if the session is no longer waiting for its upload."""
+        return sessions.transition(
+            conn, session_id, "uploading", ("audio_ready", "uploading"), step="upload_started"
+        )
+
+    def upload_finished(self, conn: sqlite3.Connection, session_id: str) -> None:
+        moved = sessions.transition(
+            conn, session_id, "processing", ("uploading",), step="audio_uploaded"
+        )
+        if moved is None:  # a webhook overtook us; keep the later state, record the step
+            sessions.add_event(conn, session_id, "audio_uploaded")
+        session = moved or sessions.get(conn, session_id)
+        if session is not None:
+            self._notify(conn, session, SessionEvent.AUDIO_UPLOADED)
+
+    def artifact_fetched(
+        self,
+        conn: sqlite3.Connection,
+        session_id: str,
+        kind: ArtifactKind,
+        event_type: str,
+        body: dict[str, Any],
+    ) -> None:
+        """Store an artifact; the first progress note makes the session notes_ready."""
+        artifacts.save(conn, session_id, kind, event_type, body)
+        sessions.add_event(conn, session_id, f"{kind}_fetched", event_type)
+        if kind != "progress_note":
+            return
+        ready = sessions.transition(
+            conn, session_id, "notes_ready", AFTER_UPLOAD, step="notes_ready"
+        )
+        if ready is not None:
+            self._notify(conn, ready, SessionEvent.NOTES_READY)
+            return
+        session = sessions.get(conn, session_id)
+        if session is not None and session.state == "notes_ready":
+            self._notify(conn, session, SessionEvent.NOTE_UPDATED)
+
+    def artifact_fetch_failed(self, conn: sqlite3.Connection, session_id: str, reason: str) -> None:
+        """An artifact could not be fetched: the session fails, unless its note is already
+        here (a lost transcript does not take back a ready note; the timeline says so)."""
+        session = sessions.get(conn, session_id)
+        if session is not None and session.state == "notes_ready":
+            sessions.add_event(conn, session_id, "fetch_failed", reason)
+        else:
+            self.failed(conn, session_id, reason)
+
+    def failed(self, conn: sqlite3.Connection, session_id: str, reason: str) -> None:
+        session = sessions.mark_failed(conn, session_id, reason)
+        if session is not None:
+            self._notify(conn, session, SessionEvent.FAILED)
+
+    def resumed(self, conn: sqlite3.Connection, session_id: str) -> None:
+        """A failed job of this session was retried: take the session back where it was."""
+        try:
+            sessions.resume(conn, session_id)
+        except sqlite3.IntegrityError:  # its room has started another session since
+            sessions.add_event(conn, session_id, "not_resumed", "room has a newer session")
+
+    def _notify(self, conn: sqlite3.Connection, session: Session, event: SessionEvent) -> None:
+        for notifier in self._notifiers:
+            notifier(conn, session, event)

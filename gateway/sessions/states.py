@@ -1,0 +1,219 @@
+"""Session rows and their timeline: ids, states, Blueprint ids, the audio file; no names.
+
+A session moves through::
+
+    recording -> stopping -> audio_ready -> uploading -> processing -> notes_ready
+                      \\________________________________________________/
+                                  any of them -> failed (with a reason)
+
+``recording``: started by the partner, the room is recording. ``stopping``: the partner
+stopped it; the room is sending its last audio. ``audio_ready``: the whole session's
+audio is one file at the gateway (``audio_path``) and its upload is queued. The rest
+follows Blueprint. The timeline records every step with its time.
+"""
+
+from __future__ import annotations
+
+import secrets
+import sqlite3
+import time
+from collections.abc import Collection
+from dataclasses import dataclass
+from typing import Literal
+
+SessionState = Literal[
+    "recording", "stopping", "audio_ready", "uploading", "processing", "notes_ready", "failed"
+]
+SESSION_STATES: tuple[SessionState, ...] = (
+    "recording",
+    "stopping",
+    "audio_ready",
+    "uploading",
+    "processing",
+    "notes_ready",
+    "failed",
+)
+ACTIVE_STATES: tuple[SessionState, ...] = ("recording", "stopping")
+
+
+class RoomBusy(Exception):
+    def __init__(self, room_id: str) -> None:
+        super().__init__(f"room {room_id} is already recording a session")
+        self.room_id = room_id
+
+
+@dataclass(frozen=True)
+class Session:
+    id: str
+    room_id: str
+    clinician_external_id: str
+    client_external_id: str
+    session_setting: str
+    note_type: str | None
+    state: SessionState
+    resume_state: SessionState | None
+    blueprint_session_id: str | None
+    audio_path: str | None
+    audio_content_type: str | None
+    error: str | None
+    created_at: float
+    updated_at: float
+
+
+@dataclass(frozen=True)
+class TimelineEntry:
+    at: float
+    step: str
+    detail: str | None
+
+
+def new_session_id() -> str:
+    """Unguessable, and valid wherever protocol.ids.SessionId is (MQTT topics, paths)."""
+    return "ses_" + secrets.token_hex(10)
+
+
+def insert(
+    conn: sqlite3.Connection,
+    room_id: str,
+    clinician_external_id: str,
+    client_external_id: str,
+    session_setting: str,
+    note_type: str | None,
+) -> Session:
+    now = time.time()
+    session_id = new_session_id()
+    try:
+        conn.execute(
+            "INSERT INTO sessions (id, room_id, clinician_external_id, client_external_id,"
+            " session_setting, note_type, state, created_at, updated_at)"
+            " VALUES (?, ?, ?, ?, ?, ?, 'recording', ?, ?)",
+            (
+                session_id,
+                room_id,
+                clinician_external_id,
+                client_external_id,
+                session_setting,
+                note_type,
+                now,
+                now,
+            ),
+        )
+    except sqlite3.IntegrityError as exc:
+        if "one_active_session_per_room" in str(exc) or "sessions.room_id" in str(exc):
+            raise RoomBusy(room_id) from None
+        raise
+    add_event(conn, session_id, "created")
+    return _get(conn, session_id)
+
+
+def get(conn: sqlite3.Connection, session_id: str) -> Session | None:
+    row = conn.execute("SELECT * FROM sessions WHERE id = ?", (session_id,)).fetchone()
+    return Session(**dict(row)) if row is not None else None
+
+
+def by_blueprint_id(conn: sqlite3.Connection, blueprint_session_id: str) -> Session | None:
+    row = conn.execute(
+        "SELECT * FROM sessions WHERE blueprint_session_id = ?", (blueprint_session_id,)
+    ).fetchone()
+    return Session(**dict(row)) if row is not None else None
+
+
+def active_in_room(conn: sqlite3.Connection, room_id: str) -> Session | None:
+    row = conn.execute(
+        "SELECT * FROM sessions WHERE room_id = ? AND state IN ('recording', 'stopping')",
+        (room_id,),
+    ).fetchone()
+    return Session(**dict(row)) if row is not None else None
+
+
+def timeline(conn: sqlite3.Connection, session_id: str) -> list[TimelineEntry]:
+    rows = conn.execute(
+        "SELECT at, step, detail FROM session_events WHERE session_id = ? ORDER BY id",
+        (session_id,),
+    ).fetchall()
+    return [TimelineEntry(**dict(row)) for row in rows]
+
+
+def add_event(
+    conn: sqlite3.Connection, session_id: str, step: str, detail: str | None = None
+) -> None:
+    conn.execute(
+        "INSERT INTO session_events (session_id, at, step, detail) VALUES (?, ?, ?, ?)",
+        (session_id, time.time(), step, detail),
+    )
+
+
+def transition(
+    conn: sqlite3.Connection,
+    session_id: str,
+    to_state: SessionState,
+    allowed_from: Collection[SessionState],
+    *,
+    step: str,
+    detail: str | None = None,
+) -> Session | None:
+    """Move to ``to_state`` if the session is in one of ``allowed_from``; record the step.
+
+    Returns the updated session, or None when it was elsewhere (a late or repeated event:
+    e.g. the note's webhook can overtake the end of the upload), which is not an error.
+    """
+    placeholders = ", ".join("?" for _ in allowed_from)
+    cursor = conn.execute(
+        f"UPDATE sessions SET state = ?, updated_at = ? WHERE id = ? AND state IN ({placeholders})",
+        (to_state, time.time(), session_id, *allowed_from),
+    )
+    if cursor.rowcount == 0:
+        return None
+    add_event(conn, session_id, step, detail)
+    return _get(conn, session_id)
+
+
+def mark_failed(conn: sqlite3.Connection, session_id: str, reason: str) -> Session | None:
+    """Fail the session, remembering its state so a retried job can resume it."""
+    now = time.time()
+    cursor = conn.execute(
+        "UPDATE sessions SET resume_state = state, state = 'failed', error = ?, updated_at = ?"
+        " WHERE id = ? AND state != 'failed'",
+        (reason, now, session_id),
+    )
+    if cursor.rowcount == 0:
+        return None
+    add_event(conn, session_id, "failed", reason)
+    return _get(conn, session_id)
+
+
+def resume(conn: sqlite3.Connection, session_id: str) -> Session | None:
+    """Undo mark_failed (a failed job was retried by hand); None if not failed."""
+    cursor = conn.execute(
+        "UPDATE sessions SET state = resume_state, resume_state = NULL, error = NULL,"
+        " updated_at = ? WHERE id = ? AND state = 'failed' AND resume_state IS NOT NULL",
+        (time.time(), session_id),
+    )
+    if cursor.rowcount == 0:
+        return None
+    add_event(conn, session_id, "resumed")
+    return _get(conn, session_id)
+
+
+def set_blueprint_session_id(
+    conn: sqlite3.Connection, session_id: str, blueprint_session_id: str
+) -> None:
+    conn.execute(
+        "UPDATE sessions SET blueprint_session_id = ?, updated_at = ? WHERE id = ?",
+        (blueprint_session_id, time.time(), session_id),
+    )
+
+
+def set_audio(
+    conn: sqlite3.Connection, session_id: str, audio_path: str, content_type: str
+) -> None:
+    conn.execute(
+        "UPDATE sessions SET audio_path = ?, audio_content_type = ?, updated_at = ? WHERE id = ?",
+        (audio_path, content_type, time.time(), session_id),
+    )
+
+
+def _get(conn: sqlite3.Connection, session_id: str) -> Session:
+    session = get(conn, session_id)
+    assert session is not None, session_id
+    return session

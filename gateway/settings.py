@@ -1,0 +1,315 @@
+"""The gateway's settings: the ``[gateway]`` table of the TOML file, then ``ROOM_GATEWAY_*``.
+
+Every key is documented, with its default and unit, in config.example.toml; a test keeps
+the two in step. The Blueprint defaults are the embedded simulator's, so ``room-gateway
+serve`` runs out of the box for the demo; a real deployment sets all four.
+
+Secrets (Blueprint api key and client secret, the partner callback secret) are SecretStr
+so they never show in a repr, a log line or an error. Each may be given directly (file or
+environment), as ``*_file`` (a path to read), or as a systemd credential
+(``LoadCredential=NAME:...`` puts it in ``$CREDENTIALS_DIRECTORY/NAME``), so a unit never
+needs them in its config file or environment.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal, Self
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
+from pydantic_settings import SettingsConfigDict
+
+from gateway.blueprint.simulator_defaults import (
+    DEFAULT_API_KEY,
+    DEFAULT_CLIENT_ID,
+    DEFAULT_CLIENT_SECRET,
+    DEFAULT_PORT,
+)
+from runtime.secrets import read_secret_file, resolve_secret
+from runtime.settings import FileSettings, default_state_dir, load_settings
+
+CONFIG_ENV = "ROOM_GATEWAY_CONFIG"
+# The names systemd/room-gateway.service gives its LoadCredential= entries.
+API_KEY_CREDENTIAL = "blueprint-api-key"
+CLIENT_SECRET_CREDENTIAL = "blueprint-client-secret"
+CALLBACK_SECRET_CREDENTIAL = "partner-callback-secret"
+MQTT_PASSWORD_CREDENTIAL = "gateway-mqtt-password"
+MQTT_PASSWORD_FILE = "mqtt-password"  # in state_dir, written by `room-gateway broker-config`
+KiB = 1024
+MiB = 1024 * KiB
+
+
+class HttpSettings(BaseModel):
+    """The listener for the partner API, Blueprint's webhooks and (later) room devices."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=8080, ge=1, le=65535)
+    max_body_bytes: int = Field(default=1 * MiB, ge=1 * KiB)
+    webhook_max_body_bytes: int = Field(default=256 * KiB, ge=1 * KiB)
+    audio_max_bytes: int = Field(default=500 * MiB, ge=1 * KiB)
+
+
+class BlueprintSettings(BaseModel):
+    """Where Blueprint is and the partner credentials; defaults: the embedded simulator."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    base_url: str = Field(
+        default=f"http://127.0.0.1:{DEFAULT_PORT}",
+        pattern=r"^https?://[^\s/?#]+(/[^\s?#]*)?$",
+        description="an http:// or https:// URL",
+    )
+    api_key: SecretStr = SecretStr(DEFAULT_API_KEY)
+    api_key_file: Path | None = None
+    client_id: str = Field(default=DEFAULT_CLIENT_ID, min_length=1)
+    client_secret: SecretStr = SecretStr(DEFAULT_CLIENT_SECRET)
+    client_secret_file: Path | None = None
+    timeout_s: float = Field(default=30.0, gt=0, le=600)
+    max_attempts: int = Field(default=5, ge=1, le=20)
+    backoff_base_s: float = Field(default=0.5, ge=0, le=60)
+    backoff_max_s: float = Field(default=30.0, ge=0, le=3600)
+    artifact_origins: list[str] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _resolve_secrets(self) -> Self:
+        given = self.model_fields_set
+        self.api_key = resolve_secret(
+            self.api_key, "api_key" in given, self.api_key_file, API_KEY_CREDENTIAL, "api_key"
+        )
+        self.client_secret = resolve_secret(
+            self.client_secret,
+            "client_secret" in given,
+            self.client_secret_file,
+            CLIENT_SECRET_CREDENTIAL,
+            "client_secret",
+        )
+        return self
+
+
+class JobSettings(BaseModel):
+    """The durable job queue: every call to Blueprint or to the partner is a job."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    concurrency: int = Field(default=4, ge=1, le=64)
+    poll_interval_s: float = Field(default=1.0, gt=0, le=60)
+    max_attempts: int = Field(default=10, ge=1, le=1000)
+    backoff_base_s: float = Field(default=5.0, ge=0, le=3600)
+    backoff_max_s: float = Field(default=900.0, ge=0, le=86_400)
+
+
+class PartnerSettings(BaseModel):
+    """The partner application: its API tokens and its optional notes-ready callback."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    tokens: list[SecretStr] = Field(default_factory=list)
+    callback_url: str | None = Field(
+        default=None,
+        pattern=r"^https?://[^\s/?#]+(/[^\s#]*)?$",
+        description="an http:// or https:// URL",
+    )
+    callback_secret: SecretStr | None = None
+    callback_secret_file: Path | None = None
+    callback_timeout_s: float = Field(default=10.0, gt=0, le=300)
+    ensure_wait_s: float = Field(default=10.0, ge=0, le=120)
+
+    @model_validator(mode="after")
+    def _resolve_secrets(self) -> Self:
+        self.callback_secret = resolve_secret(
+            self.callback_secret,
+            "callback_secret" in self.model_fields_set,
+            self.callback_secret_file,
+            CALLBACK_SECRET_CREDENTIAL,
+            "callback_secret",
+        )
+        if self.callback_url is not None and self.callback_secret is None:
+            raise ValueError("callback_url needs callback_secret (or callback_secret_file)")
+        return self
+
+
+class TestingSettings(BaseModel):
+    """Switches for tests and demos only; all off in production."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    audio_endpoint: bool = False
+
+
+class MqttSettings(BaseModel):
+    """The gateway's own connection to the broker (the relay); empty broker_url: no relay.
+
+    The password may be given directly, as ``password_file``, as the systemd credential
+    ``gateway-mqtt-password``, and otherwise is read from ``state_dir/mqtt-password``, where
+    ``room-gateway broker-config`` writes it.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    broker_url: str = Field(
+        default="",
+        pattern=r"^(mqtts?://[^\s/?#:@]+(:\d{1,5})?/?)?$",
+        description="mqtt://host[:port] or mqtts://host[:port], or empty",
+    )
+    username: str = Field(default="gateway", min_length=1, max_length=64)
+    client_id: str = Field(default="room-gateway", min_length=1, max_length=64)
+    password: SecretStr | None = None
+    password_file: Path | None = None
+    ca_file: Path | None = None
+    client_cert_file: Path | None = None
+    client_key_file: Path | None = None
+    keepalive_s: int = Field(default=30, ge=5, le=3600)
+    session_expiry_s: int = Field(default=86_400, ge=0, le=7 * 86_400)
+    reconnect_min_s: int = Field(default=1, ge=1, le=60)
+    reconnect_max_s: int = Field(default=30, ge=1, le=3600)
+    publish_timeout_s: float = Field(default=10.0, gt=0, le=300)
+    command_expiry_s: int = Field(default=120, ge=1, le=86_400)
+    shared_subscription: bool = False
+
+    @model_validator(mode="after")
+    def _resolve_password(self) -> Self:
+        self.password = resolve_secret(
+            self.password,
+            "password" in self.model_fields_set,
+            self.password_file,
+            MQTT_PASSWORD_CREDENTIAL,
+            "password",
+        )
+        tls_files = (self.ca_file, self.client_cert_file, self.client_key_file)
+        if any(tls_files) and not self.broker_url.startswith("mqtts://"):
+            raise ValueError("ca_file and client certificates need an mqtts:// broker_url")
+        if (self.client_cert_file is None) != (self.client_key_file is None):
+            raise ValueError("client_cert_file and client_key_file go together")
+        return self
+
+
+class IngestSettings(BaseModel):
+    """Room devices' audio: sealed chunks in, one file per session out."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_chunk_bytes: int = Field(default=16 * MiB, ge=1 * KiB)
+    codec: Literal["flac", "opus"] = "flac"
+    opus_bitrate_kbps: int = Field(default=24, ge=6, le=256)
+    retention_s: float = Field(default=86_400.0, ge=0, le=365 * 86_400)
+
+
+class DeviceSettings(BaseModel):
+    """What `room-gateway device add` tells a room device: where to reach the gateway."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    gateway_url: str = Field(
+        default="",
+        pattern=r"^(https?://[^\s/?#]+(/[^\s?#]*)?)?$",
+        description="an http:// or https:// URL, or empty",
+    )
+    broker_url: str = Field(
+        default="",
+        pattern=r"^(mqtts?://[^\s/?#:@]+(:\d{1,5})?/?)?$",
+        description="mqtt://host[:port] or mqtts://host[:port], or empty",
+    )
+    # A path on the device, not on this host: kept as text.
+    install_dir: str = Field(
+        default="/etc/room-audio/credentials", pattern=r"^/\S*$", description="an absolute path"
+    )
+    broker_ca_file: Path | None = None
+
+
+class BrokerSettings(BaseModel):
+    """The mosquitto configuration `room-gateway broker-config` writes."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    host: str = Field(default="0.0.0.0", min_length=1)
+    port: int = Field(default=1883, ge=1, le=65535)
+    tls_cert_file: Path | None = None
+    tls_key_file: Path | None = None
+    require_certificate: bool = False
+    persistence: bool = True
+    user: str = Field(default="mosquitto", pattern=r"^[a-z_][a-z0-9_-]{0,31}$")
+    reload_command: list[str] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _tls_pair(self) -> Self:
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise ValueError("tls_cert_file and tls_key_file go together")
+        if self.require_certificate and self.tls_cert_file is None:
+            raise ValueError("require_certificate needs tls_cert_file and tls_key_file")
+        return self
+
+
+class GatewaySettings(FileSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="ROOM_GATEWAY_", env_nested_delimiter="__", extra="forbid"
+    )
+
+    state_dir: Path = Field(default_factory=lambda: default_state_dir("room-gateway"))
+    database_file: Path | None = None
+    sealing_key_file: Path | None = None
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    http: HttpSettings = Field(default_factory=HttpSettings)
+    blueprint: BlueprintSettings = Field(default_factory=BlueprintSettings)
+    jobs: JobSettings = Field(default_factory=JobSettings)
+    partner: PartnerSettings = Field(default_factory=PartnerSettings)
+    testing: TestingSettings = Field(default_factory=TestingSettings)
+    mqtt: MqttSettings = Field(default_factory=MqttSettings)
+    ingest: IngestSettings = Field(default_factory=IngestSettings)
+    devices: DeviceSettings = Field(default_factory=DeviceSettings)
+    broker: BrokerSettings = Field(default_factory=BrokerSettings)
+
+    @property
+    def database_path(self) -> Path:
+        return self.database_file or self.state_dir / "gateway.db"
+
+    @property
+    def sealing_key_path(self) -> Path:
+        return self.sealing_key_file or self.state_dir / "sealing-key.pem"
+
+    @property
+    def audio_dir(self) -> Path:
+        return self.state_dir / "audio"
+
+    @property
+    def chunk_dir(self) -> Path:
+        return self.state_dir / "chunks"
+
+    @property
+    def mqtt_password_path(self) -> Path:
+        return self.state_dir / MQTT_PASSWORD_FILE
+
+    @property
+    def mqtt_password(self) -> SecretStr | None:
+        """The relay's password: as configured, else the file broker-config wrote."""
+        if self.mqtt.password is not None:
+            return self.mqtt.password
+        if self.mqtt_password_path.is_file():
+            return read_secret_file(self.mqtt_password_path)
+        return None
+
+    @property
+    def device_ca_cert_path(self) -> Path:
+        return self.state_dir / "device-ca.crt"
+
+    @property
+    def device_ca_key_path(self) -> Path:
+        return self.state_dir / "device-ca.key"
+
+    @property
+    def device_gateway_url(self) -> str:
+        """The ingest URL devices are given: devices.gateway_url, else the listener's."""
+        return self.devices.gateway_url or f"http://{self.http.host}:{self.http.port}"
+
+    @property
+    def device_broker_url(self) -> str:
+        return self.devices.broker_url or self.mqtt.broker_url
+
+
+def load_gateway_settings(path: Path | None = None) -> GatewaySettings:
+    """``--config`` wins over ``ROOM_GATEWAY_CONFIG``; with neither, defaults and env only."""
+    if path is None and os.environ.get(CONFIG_ENV):
+        path = Path(os.environ[CONFIG_ENV])
+    return load_settings(GatewaySettings, "gateway", path)

@@ -1,0 +1,174 @@
+"""The gateway's tables, as ordered migrations: never edit a shipped one, append a new one.
+
+Migration N runs once, in one transaction, on a database at version N-1; the version is
+recorded in ``schema_version``. Names, emails and note text live only in ``clinicians``,
+``clients`` and ``artifacts``; every other table holds ids and states, so jobs, timelines
+and webhook records can be listed and logged freely.
+"""
+
+MIGRATIONS: tuple[tuple[str, ...], ...] = (
+    # 1: rooms, people, sessions and their timeline, artifacts, webhooks, jobs, tokens.
+    (
+        """CREATE TABLE rooms (
+            id TEXT PRIMARY KEY,
+            created_at REAL NOT NULL
+        )""",
+        """CREATE TABLE clinicians (
+            external_id TEXT PRIMARY KEY,
+            first_name TEXT NOT NULL,
+            last_name TEXT NOT NULL,
+            email TEXT,
+            blueprint_id TEXT,
+            error TEXT,
+            created_at REAL NOT NULL,
+            updated_at REAL NOT NULL
+        )""",
+        """CREATE TABLE clients (
+            external_id TEXT PRIMARY KEY,
+            first_name TEXT NOT NULL,
+            last_name TEXT NOT NULL,
+            clinician_external_id TEXT NOT NULL REFERENCES clinicians (external_id),
+            blueprint_id TEXT,
+            error TEXT,
+            created_at REAL NOT NULL,
+            updated_at REAL NOT NULL
+        )""",
+        """CREATE TABLE sessions (
+            id TEXT PRIMARY KEY,
+            room_id TEXT NOT NULL REFERENCES rooms (id),
+            clinician_external_id TEXT NOT NULL REFERENCES clinicians (external_id),
+            client_external_id TEXT NOT NULL REFERENCES clients (external_id),
+            session_setting TEXT NOT NULL,
+            note_type TEXT,
+            state TEXT NOT NULL,
+            resume_state TEXT,
+            blueprint_session_id TEXT,
+            audio_path TEXT,
+            audio_content_type TEXT,
+            error TEXT,
+            created_at REAL NOT NULL,
+            updated_at REAL NOT NULL
+        )""",
+        "CREATE INDEX sessions_by_blueprint_id ON sessions (blueprint_session_id)",
+        # A room records one session at a time; the database enforces it, not a race.
+        """CREATE UNIQUE INDEX one_active_session_per_room ON sessions (room_id)
+            WHERE state IN ('recording', 'stopping')""",
+        """CREATE TABLE session_events (
+            id INTEGER PRIMARY KEY,
+            session_id TEXT NOT NULL REFERENCES sessions (id),
+            at REAL NOT NULL,
+            step TEXT NOT NULL,
+            detail TEXT
+        )""",
+        "CREATE INDEX session_events_by_session ON session_events (session_id, id)",
+        """CREATE TABLE artifacts (
+            session_id TEXT NOT NULL REFERENCES sessions (id),
+            kind TEXT NOT NULL,
+            event_type TEXT NOT NULL,
+            body TEXT NOT NULL,
+            fetched_at REAL NOT NULL,
+            PRIMARY KEY (session_id, kind)
+        )""",
+        """CREATE TABLE webhook_events (
+            id INTEGER PRIMARY KEY,
+            digest TEXT NOT NULL UNIQUE,
+            event_type TEXT NOT NULL,
+            blueprint_session_id TEXT,
+            session_id TEXT,
+            outcome TEXT NOT NULL,
+            received_at REAL NOT NULL
+        )""",
+        """CREATE TABLE jobs (
+            id INTEGER PRIMARY KEY,
+            kind TEXT NOT NULL,
+            payload TEXT NOT NULL,
+            state TEXT NOT NULL CHECK (state IN ('queued', 'running', 'done', 'failed')),
+            attempts INTEGER NOT NULL DEFAULT 0,
+            max_attempts INTEGER NOT NULL,
+            next_run_at REAL NOT NULL,
+            last_error TEXT,
+            session_id TEXT,
+            dedupe_key TEXT UNIQUE,
+            created_at REAL NOT NULL,
+            updated_at REAL NOT NULL
+        )""",
+        "CREATE INDEX jobs_due ON jobs (state, next_run_at)",
+        "CREATE INDEX jobs_by_session ON jobs (session_id)",
+        """CREATE TABLE partner_tokens (
+            id TEXT PRIMARY KEY,
+            sha256 TEXT NOT NULL UNIQUE,
+            label TEXT NOT NULL DEFAULT '',
+            created_at REAL NOT NULL,
+            revoked_at REAL
+        )""",
+    ),
+    # 2: the device link. A room's device: its credentials (hashes only), its last reported
+    # state, the sealed chunks it sent and the sessions they make up, the commands sent to it,
+    # and where the broker's files are kept.
+    (
+        "ALTER TABLE rooms ADD COLUMN name TEXT",
+        "ALTER TABLE rooms ADD COLUMN token_sha256 TEXT",
+        "ALTER TABLE rooms ADD COLUMN mqtt_password_hash TEXT",
+        "ALTER TABLE rooms ADD COLUMN cert_fingerprint TEXT",
+        "ALTER TABLE rooms ADD COLUMN credentials_issued_at REAL",
+        "ALTER TABLE rooms ADD COLUMN revoked_at REAL",
+        "CREATE UNIQUE INDEX rooms_by_token ON rooms (token_sha256)",
+        """CREATE TABLE room_status (
+            room_id TEXT PRIMARY KEY REFERENCES rooms (id),
+            online INTEGER NOT NULL,
+            recorder TEXT NOT NULL,
+            session_id TEXT,
+            reason TEXT,
+            backlog_chunks INTEGER NOT NULL DEFAULT 0,
+            backlog_bytes INTEGER NOT NULL DEFAULT 0,
+            spool_free_bytes INTEGER,
+            version TEXT,
+            state_at REAL NOT NULL,
+            last_seen_at REAL NOT NULL
+        )""",
+        """CREATE TABLE ingest_sessions (
+            session_id TEXT PRIMARY KEY,
+            device_id TEXT NOT NULL,
+            claimed INTEGER NOT NULL,
+            state TEXT NOT NULL CHECK (state IN
+                ('receiving', 'waiting_for_chunks', 'assembling', 'assembled', 'failed')),
+            manifest TEXT,
+            closed_at REAL,
+            audio_path TEXT,
+            purged_at REAL,
+            created_at REAL NOT NULL,
+            updated_at REAL NOT NULL
+        )""",
+        """CREATE TABLE chunks (
+            session_id TEXT NOT NULL REFERENCES ingest_sessions (session_id),
+            seq INTEGER NOT NULL,
+            sha256 TEXT NOT NULL,
+            bytes INTEGER NOT NULL,
+            start_s REAL NOT NULL,
+            duration_s REAL NOT NULL,
+            file TEXT NOT NULL,
+            received_at REAL NOT NULL,
+            PRIMARY KEY (session_id, seq)
+        )""",
+        """CREATE TABLE device_commands (
+            id TEXT PRIMARY KEY,
+            room_id TEXT NOT NULL,
+            session_id TEXT,
+            kind TEXT NOT NULL,
+            state TEXT NOT NULL CHECK (state IN ('queued', 'sent', 'ok', 'refused', 'expired')),
+            reason TEXT,
+            created_at REAL NOT NULL,
+            expires_at REAL NOT NULL,
+            sent_at REAL,
+            answered_at REAL
+        )""",
+        "CREATE INDEX device_commands_by_session ON device_commands (session_id)",
+        """CREATE TABLE broker_files (
+            id INTEGER PRIMARY KEY CHECK (id = 1),
+            directory TEXT NOT NULL,
+            gateway_user TEXT NOT NULL,
+            gateway_password_hash TEXT,
+            written_at REAL NOT NULL
+        )""",
+    ),
+)

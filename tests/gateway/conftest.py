@@ -1,0 +1,246 @@
+"""Real processes for the gateway tests: `room-gateway simulator` and `room-gateway serve`
+on free loopback ports, configured only through the environment, talking real HTTP.
+
+One simulator serves all gateway tests (reset between tests); each test module starts its
+own gateway, which tests can SIGKILL and restart on the same state directory and port.
+Timings are shrunk (backoff, polls, processing) so fault tests take seconds.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+import soundfile
+
+from gateway.blueprint.simulator import DEFAULT_CLIENT_SECRET
+from tests.support.processes import Service, free_port, wait_for_http
+
+ROOM_GATEWAY = str(Path(sys.executable).with_name("room-gateway"))
+PARTNER_TOKEN = "rgp_test-token-configured-in-env"
+SIMULATOR_FLAGS = ("--processing-delay", "0.05", "--webhook-retry-interval", "0.2")
+# Names used by the tests; the log checks grep for every one of them.
+CLINICIAN = {"first_name": "Adelaide", "last_name": "Quintrell", "email": "aq@clinic.example"}
+CLIENT_NAMES = {"first_name": "Bartholomew", "last_name": "Zanzibarre"}
+PHI_STRINGS = ("Adelaide", "Quintrell", "aq@clinic.example", "Bartholomew", "Zanzibarre")
+SECRETS = (DEFAULT_CLIENT_SECRET, "sim-api-key", PARTNER_TOKEN)
+FAST_ENV = {
+    "ROOM_GATEWAY_BLUEPRINT__BACKOFF_BASE_S": "0.05",
+    "ROOM_GATEWAY_BLUEPRINT__BACKOFF_MAX_S": "2",
+    "ROOM_GATEWAY_BLUEPRINT__TIMEOUT_S": "10",
+    "ROOM_GATEWAY_JOBS__BACKOFF_BASE_S": "0.1",
+    "ROOM_GATEWAY_JOBS__BACKOFF_MAX_S": "1",
+    "ROOM_GATEWAY_JOBS__POLL_INTERVAL_S": "0.2",
+    "ROOM_GATEWAY_PARTNER__ENSURE_WAIT_S": "5",
+}
+
+
+class SimulatorProcess:
+    def __init__(self, service: Service, url: str) -> None:
+        self.service = service
+        self.url = url
+        self._http = httpx.Client(base_url=url, timeout=10)
+
+    def state(self) -> dict[str, Any]:
+        return self._control("GET", "/_sim/state")
+
+    def faults(self, **knobs: Any) -> dict[str, Any]:
+        return self._control("POST", "/_sim/faults", json=knobs)
+
+    def set_callback(self, url: str | None) -> None:
+        self._control("PUT", "/_sim/callback", json={"url": url})
+
+    def reset(self) -> None:
+        self._control("POST", "/_sim/reset")
+
+    def _control(self, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
+        response = self._http.request(method, path, **kwargs)
+        response.raise_for_status()
+        return response.json()
+
+
+class GatewayProcess:
+    """`room-gateway serve` with its settings in the environment, and its admin CLI."""
+
+    def __init__(self, state_dir: Path, blueprint_url: str, env: dict[str, str]) -> None:
+        self.state_dir = state_dir
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.webhook_url = f"{self.url}/v1/webhooks/blueprint"
+        self.env = {
+            "PYTHONUNBUFFERED": "1",
+            "ROOM_GATEWAY_STATE_DIR": str(state_dir),
+            "ROOM_GATEWAY_HTTP__HOST": "127.0.0.1",
+            "ROOM_GATEWAY_HTTP__PORT": str(self.port),
+            "ROOM_GATEWAY_BLUEPRINT__BASE_URL": blueprint_url,
+            "ROOM_GATEWAY_PARTNER__TOKENS": json.dumps([PARTNER_TOKEN]),
+            "ROOM_GATEWAY_TESTING__AUDIO_ENDPOINT": "true",
+            **FAST_ENV,
+            **env,
+        }
+        self.log_path = state_dir / "gateway.log"
+        self.service: Service | None = None
+        self.http = httpx.Client(
+            base_url=self.url, timeout=30, headers={"Authorization": f"Bearer {PARTNER_TOKEN}"}
+        )
+
+    def start(self) -> GatewayProcess:
+        self.service = Service([ROOM_GATEWAY, "serve"], self.log_path, env=self._clean_env())
+        self.service.start()
+        wait_for_http(f"{self.url}/healthz", timeout=20)
+        return self
+
+    def kill(self) -> None:
+        assert self.service is not None
+        self.service.kill()
+
+    def stop(self) -> None:
+        if self.service is not None:
+            self.service.stop()
+
+    def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        result = subprocess.run(
+            [ROOM_GATEWAY, *args], env=self._clean_env(), capture_output=True, text=True
+        )
+        if check and result.returncode != 0:
+            raise AssertionError(f"room-gateway {' '.join(args)}: {result.stderr}")
+        return result
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def _clean_env(self) -> dict[str, str]:
+        """The test runner's ROOM_GATEWAY_* variables must not leak into the child."""
+        base = {k: v for k, v in os.environ.items() if not k.startswith("ROOM_GATEWAY_")}
+        return {**base, **self.env}
+
+    # --- partner API helpers --------------------------------------------------------------
+
+    def put_people(self, clinician: str, client: str) -> None:
+        answer = self.http.put(f"/v1/clinicians/{clinician}", json=CLINICIAN)
+        assert answer.status_code in (200, 202), answer.text
+        body = {**CLIENT_NAMES, "clinician_external_id": clinician}
+        answer = self.http.put(f"/v1/clients/{client}", json=body)
+        assert answer.status_code in (200, 202), answer.text
+
+    def start_session(self, room: str, clinician: str, client: str, **extra: Any) -> str:
+        body = {
+            "room": room,
+            "clinician_external_id": clinician,
+            "client_external_id": client,
+            **extra,
+        }
+        answer = self.http.post("/v1/sessions", json=body)
+        assert answer.status_code == 201, answer.text
+        return answer.json()["session_id"]
+
+    def attach_audio(self, session_id: str, audio: Path) -> httpx.Response:
+        return self.http.post(
+            f"/v1/sessions/{session_id}/audio",
+            content=audio.read_bytes(),
+            headers={"Content-Type": "audio/flac"},
+        )
+
+    def session(self, session_id: str) -> dict[str, Any]:
+        answer = self.http.get(f"/v1/sessions/{session_id}")
+        assert answer.status_code == 200, answer.text
+        return answer.json()
+
+    def wait_for_session(
+        self,
+        session_id: str,
+        predicate: Callable[[dict[str, Any]], bool],
+        timeout: float = 20.0,
+    ) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                current = self.session(session_id)
+            except httpx.TransportError:
+                current = {}
+            if current and predicate(current):
+                return current
+            if time.monotonic() > deadline:
+                raise AssertionError(f"session never matched: {current}\n{self.log()[-3000:]}")
+            time.sleep(0.05)
+
+    def wait_for_state(self, session_id: str, state: str, timeout: float = 20.0) -> dict:
+        return self.wait_for_session(session_id, lambda s: s["state"] == state, timeout)
+
+
+def steps(session: dict[str, Any]) -> list[str]:
+    return [entry["step"] for entry in session["timeline"]]
+
+
+@pytest.fixture(scope="session")
+def blueprint_sim(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SimulatorProcess]:
+    port = free_port()
+    log = tmp_path_factory.mktemp("simulator") / "simulator.log"
+    argv = [ROOM_GATEWAY, "simulator", "--port", str(port), *SIMULATOR_FLAGS]
+    service = Service(argv, log, env={"PYTHONUNBUFFERED": "1"}).start()
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_for_http(f"{url}/_sim/state", timeout=20)
+        yield SimulatorProcess(service, url)
+    finally:
+        service.stop()
+
+
+@pytest.fixture
+def sim(blueprint_sim: SimulatorProcess) -> SimulatorProcess:
+    """The shared simulator, reset: no records, no faults, default timings."""
+    blueprint_sim.reset()
+    return blueprint_sim
+
+
+GatewayFactory = Callable[..., GatewayProcess]
+
+
+@pytest.fixture(scope="module")
+def gateway_factory(
+    blueprint_sim: SimulatorProcess, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[GatewayFactory]:
+    """Start gateways (stopped at the end of the module) against the shared simulator."""
+    started: list[GatewayProcess] = []
+
+    def start(**env: str) -> GatewayProcess:
+        gateway = GatewayProcess(tmp_path_factory.mktemp("gateway"), blueprint_sim.url, env)
+        started.append(gateway.start())
+        return gateway
+
+    yield start
+    for gateway in started:
+        gateway.stop()
+
+
+@pytest.fixture(scope="module")
+def gateway(gateway_factory: GatewayFactory) -> GatewayProcess:
+    """One gateway per test module, with room-1 .. room-9 provisioned."""
+    gateway = gateway_factory()
+    gateway.cli("room", "add", *(f"room-{n}" for n in range(1, 10)))
+    return gateway
+
+
+@pytest.fixture
+def linked(sim: SimulatorProcess, gateway: GatewayProcess) -> GatewayProcess:
+    """The module's gateway, with the (reset) simulator's webhooks pointed at it."""
+    sim.set_callback(gateway.webhook_url)
+    return gateway
+
+
+@pytest.fixture(scope="session")
+def flac_audio(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Two seconds of a tone as FLAC: the simulator decodes what it is sent."""
+    path = tmp_path_factory.mktemp("audio") / "session.flac"
+    t = np.arange(2 * 16_000) / 16_000
+    soundfile.write(path, (0.3 * np.sin(2 * np.pi * 220 * t)).astype(np.float32), 16_000)
+    return path

@@ -1,0 +1,306 @@
+"""The gateway's HTTPS ingest against protocol/ingest.py, on a real `room-gateway serve`:
+every answer a device can get, durability before the 200 (checked by SIGKILL), assembly
+into one file that reaches the simulator with exactly the chunks' duration, retention.
+Devices are played by this test: chunks sealed as the agent seals them.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from gateway.ingest import records
+from gateway.ingest.assembly import Assembler, _Plan
+from gateway.ingest.files import ChunkFiles
+from gateway.sessions.lifecycle import SessionLifecycle
+from gateway.settings import IngestSettings, JobSettings
+from protocol.codec import decode
+from protocol.envelope import generate_private_key
+from protocol.manifest import SessionManifest
+from tests.gateway.conftest import PHI_STRINGS, SECRETS, SimulatorProcess, steps
+from tests.gateway.deployment import Deployment, SealedChunk, tone
+
+pytestmark = pytest.mark.timeout(120)
+MAX_CHUNK_BYTES = 200 * 1024
+
+
+@pytest.fixture(scope="module")
+def deployed(tmp_path_factory: pytest.TempPathFactory, blueprint_sim: SimulatorProcess):
+    deployment = Deployment(
+        tmp_path_factory.mktemp("ingest"),
+        blueprint_sim.url,
+        ("room-1", "room-2", "room-3"),
+        ROOM_GATEWAY_INGEST__MAX_CHUNK_BYTES=str(MAX_CHUNK_BYTES),
+        ROOM_GATEWAY_INGEST__RETENTION_S="0",
+    ).start()
+    yield deployment
+    deployment.stop()
+
+
+@pytest.fixture
+def linked(
+    deployed: Deployment, sim: SimulatorProcess, request: pytest.FixtureRequest
+) -> Deployment:
+    """The module's deployment with the (reset) simulator: people new to it each test."""
+    sim.set_callback(deployed.gateway.webhook_url)
+    deployed.people = (f"clin-{request.node.name}", f"client-{request.node.name}")
+    deployed.gateway.put_people(*deployed.people)
+    return deployed
+
+
+def session_in(deployed: Deployment, room: str) -> str:
+    return deployed.gateway.start_session(room, *deployed.people)
+
+
+def stop(deployed: Deployment, session_id: str) -> None:
+    assert deployed.gateway.http.post(f"/v1/sessions/{session_id}/stop").status_code == 200
+
+
+def test_every_answer_of_the_chunk_contract(linked: Deployment) -> None:
+    session_id = session_in(linked, "room-1")
+    chunk = linked.seal("room-1", session_id, 0, tone(1.0))
+
+    first = linked.put_chunk("room-1", session_id, chunk)
+    assert first.status_code == 200, first.text
+    assert first.json() == {
+        "session_id": session_id, "seq": 0, "sha256": chunk.sha256, "duplicate": False,
+    }  # fmt: skip
+    again = linked.put_chunk("room-1", session_id, chunk)
+    assert (again.status_code, again.json()["duplicate"]) == (200, True)
+    # Different content under a used seq (a fresh seal of other audio).
+    other = linked.seal("room-1", session_id, 0, tone(1.0, hz=330))
+    conflict = linked.put_chunk("room-1", session_id, other)
+    assert conflict.status_code == 409 and "seq 0" in conflict.json()["detail"]
+
+    # Tampered: one ciphertext bit flipped, the header untouched.
+    blob = bytearray(linked.seal("room-1", session_id, 1, tone(1.0)).blob)
+    blob[-20] ^= 1
+    tampered = SealedChunk(1, bytes(blob), chunk.pcm, 0.0)
+    answer = linked.put_chunk("room-1", session_id, tampered)
+    assert answer.status_code == 422 and "authentication" in answer.json()["detail"]
+    # Sealed to another key.
+    stranger = generate_private_key().public_key()
+    wrong_key = linked.seal("room-1", session_id, 1, tone(1.0), recipient=stranger)
+    answer = linked.put_chunk("room-1", session_id, wrong_key)
+    assert answer.status_code == 422 and "another gateway key" in answer.json()["detail"]
+    # Header and path disagree: seq 2 sealed, sent as seq 1.
+    mislabeled = linked.seal("room-1", session_id, 2, tone(1.0))
+    answer = linked.put_chunk("room-1", session_id, SealedChunk(1, mislabeled.blob, tone(1), 0))
+    assert answer.status_code == 422 and "do not match the path" in answer.json()["detail"]
+    junk = SealedChunk(1, b"junk", tone(1), 0)
+    assert linked.put_chunk("room-1", session_id, junk).status_code == 422
+
+    # Over the size limit: ten seconds of noise do not compress.
+    noise = (np.random.default_rng(1).standard_normal(160_000) * 8000).astype(np.int16)
+    big = linked.seal("room-1", session_id, 3, noise)
+    assert len(big.blob) > MAX_CHUNK_BYTES
+    assert linked.put_chunk("room-1", session_id, big).status_code == 413
+
+    # Wrong or missing token, another device's token or path, another room's session.
+    fresh = linked.seal("room-1", session_id, 4, tone(1.0))
+    assert linked.put_chunk("room-1", session_id, fresh, token="rgd_nope").status_code == 401
+    assert linked.put_chunk("room-1", session_id, fresh, token="").status_code == 401
+    room2_token = linked.devices["room-2"].token
+    assert linked.put_chunk("room-1", session_id, fresh, token=room2_token).status_code == 403
+    as_room2 = linked.seal("room-2", session_id, 4, tone(1.0))
+    refused = linked.put_chunk("room-2", session_id, as_room2)
+    assert refused.status_code == 403 and "not started in room room-2" in refused.json()["detail"]
+    wrong_type = linked.gateway.http.put(
+        f"/v1/devices/room-1/sessions/{session_id}/chunks/4",
+        content=fresh.blob,
+        headers={"Authorization": f"Bearer {linked.devices['room-1'].token}"},
+    )
+    assert wrong_type.status_code == 415
+    # A partner token is not a device token.
+    partner = linked.gateway.http.put(
+        f"/v1/devices/room-1/sessions/{session_id}/chunks/4", content=fresh.blob
+    )
+    assert partner.status_code == 401
+
+    # None of this stored anything beyond chunk 0.
+    with_chunks = linked.gateway.session(session_id)["audio"]
+    assert (with_chunks["chunks_received"], with_chunks["speech_s"]) == (1, 1.0)
+    stop(linked, session_id)
+    assert linked.close("room-1", session_id, [chunk]).json()["complete"]
+    linked.gateway.wait_for_state(session_id, "notes_ready")
+    metrics = linked.gateway.http.get("/metrics").text
+    assert 'gateway_ingest_requests_total{kind="chunk",status="409"}' in metrics
+    assert 'gateway_ingest_requests_total{kind="auth",status="403"}' in metrics
+    assert "gateway_mqtt_connected 1.0" in metrics
+    log = linked.gateway.log()
+    assert "Traceback" not in log and " 500 " not in log
+    assert not [text for text in (*PHI_STRINGS, *SECRETS) if text in log]
+    assert linked.devices["room-1"].token not in log
+
+
+def test_a_chunk_is_on_disk_before_the_200_and_survives_sigkill(linked: Deployment) -> None:
+    session_id = session_in(linked, "room-2")
+    chunk = linked.seal("room-2", session_id, 0, tone(2.0))
+    assert linked.put_chunk("room-2", session_id, chunk).status_code == 200
+    linked.gateway.kill()  # right after the answer: nothing is flushed later
+    stored = list((linked.gateway.state_dir / "chunks" / session_id).glob("*.sealed"))
+    assert [path.read_bytes() for path in stored] == [chunk.blob]
+    linked.gateway.start()
+    again = linked.put_chunk("room-2", session_id, chunk)
+    assert (again.status_code, again.json()["duplicate"]) == (200, True)
+    changed = linked.seal("room-2", session_id, 0, tone(2.0, hz=500))
+    assert linked.put_chunk("room-2", session_id, changed).status_code == 409
+    stop(linked, session_id)
+    assert linked.close("room-2", session_id, [chunk]).status_code == 200
+    linked.gateway.wait_for_state(session_id, "notes_ready")
+
+
+def test_a_session_is_assembled_uploaded_once_and_its_audio_deleted(
+    linked: Deployment, sim: SimulatorProcess
+) -> None:
+    session_id = session_in(linked, "room-3")
+    chunks = [
+        linked.seal("room-3", session_id, seq, tone(0.5 + seq * 0.37, seed=seq), 3.0 * seq)
+        for seq in range(6)
+    ]
+    for chunk in reversed(chunks):  # order of arrival does not matter
+        assert linked.put_chunk("room-3", session_id, chunk).status_code == 200
+    stop(linked, session_id)
+    # The manifest comes twice (a device whose first answer was lost): answered alike.
+    closed = linked.close("room-3", session_id, chunks)
+    assert closed.json() == {
+        "session_id": session_id, "complete": True, "missing": [], "state": "assembling",
+    }  # fmt: skip
+    repeated = linked.close("room-3", session_id, chunks).json()
+    assert repeated["complete"] and repeated["state"] in ("assembling", "assembled")
+    done = linked.gateway.wait_for_state(session_id, "notes_ready")
+    expected_s = sum(chunk.duration_s for chunk in chunks)
+    at_blueprint = next(
+        s for s in sim.state()["session_details"].values()
+        if s["session_external_id"] == session_id
+    )  # fmt: skip
+    assert at_blueprint["audio_duration_s"] == pytest.approx(expected_s, abs=1e-3)
+    assert sim.state()["audio_uploads"] == 1
+    assert done["audio"] == {
+        "chunks_received": 6, "speech_s": round(expected_s, 3), "manifest_chunks": 6,
+        "state": "assembled",
+    }  # fmt: skip
+    timeline = steps(done)
+    for step in ("first_chunk_received", "audio_closed", "audio_ready", "audio_uploaded"):
+        assert step in timeline
+    assert timeline.index("audio_closed") < timeline.index("audio_ready")
+    # Retention 0: deleted once Blueprint accepted the audio.
+    deadline = time.monotonic() + 10
+    while "audio_deleted" not in steps(linked.gateway.session(session_id)):
+        assert time.monotonic() < deadline, "audio not deleted"
+        time.sleep(0.05)
+    state_dir = linked.gateway.state_dir
+    assert not (state_dir / "chunks" / session_id).exists()
+    assert not list((state_dir / "audio").glob(f"{session_id}.*"))
+    # A repeat after deletion is still recognised.
+    assert linked.put_chunk("room-3", session_id, chunks[2]).json()["duplicate"]
+
+
+def test_a_manifest_before_its_last_chunk_waits_for_it(linked: Deployment) -> None:
+    session_id = session_in(linked, "room-1")
+    chunks = [linked.seal("room-1", session_id, seq, tone(1.0, seed=seq)) for seq in range(3)]
+    for chunk in chunks[:2]:
+        assert linked.put_chunk("room-1", session_id, chunk).status_code == 200
+    stop(linked, session_id)
+    waiting = linked.close("room-1", session_id, chunks).json()
+    assert (waiting["complete"], waiting["missing"], waiting["state"]) == (
+        False, [2], "waiting_for_chunks",
+    )  # fmt: skip
+    assert linked.gateway.session(session_id)["state"] == "stopping"
+    assert linked.put_chunk("room-1", session_id, chunks[2]).status_code == 200
+    linked.gateway.wait_for_state(session_id, "notes_ready")
+    # A manifest that disagrees with a stored chunk is refused.
+    other = session_in(linked, "room-1")
+    stored = linked.seal("room-1", other, 0, tone(1.0))
+    assert linked.put_chunk("room-1", other, stored).status_code == 200
+    lying = linked.seal("room-1", other, 0, tone(1.0, hz=900))
+    assert linked.close("room-1", other, [lying]).status_code == 409
+    stop(linked, other)
+    assert linked.close("room-1", other, [stored]).status_code == 200
+    linked.gateway.wait_for_state(other, "notes_ready")
+
+
+def test_a_session_no_partner_started_is_kept_but_not_uploaded(
+    linked: Deployment, sim: SimulatorProcess
+) -> None:
+    chunks = [linked.seal("room-2", "recorded-by-hand", seq, tone(1.0)) for seq in range(2)]
+    for chunk in chunks:
+        assert linked.put_chunk("room-2", "recorded-by-hand", chunk).status_code == 200
+    assert linked.close("room-2", "recorded-by-hand", chunks).json()["complete"]
+    kept = linked.gateway.state_dir / "audio" / "unclaimed" / "room-2" / "recorded-by-hand.flac"
+    deadline = time.monotonic() + 10
+    while not kept.exists():
+        assert time.monotonic() < deadline, "not assembled"
+        time.sleep(0.05)
+    assert decode(kept.read_bytes()).duration_s == pytest.approx(2.0)
+    assert sim.state()["audio_uploads"] == 0
+    listed = linked.gateway.cli("device", "unclaimed", "room-2").stdout
+    assert listed.startswith("recorded-by-hand  room-2  assembled") and str(kept) in listed
+    # Another device cannot add to it.
+    intruder = linked.seal("room-3", "recorded-by-hand", 2, tone(1.0))
+    assert linked.put_chunk("room-3", "recorded-by-hand", intruder).status_code == 403
+
+
+def test_a_session_without_speech_fails_with_a_reason(linked: Deployment) -> None:
+    session_id = session_in(linked, "room-2")
+    stop(linked, session_id)
+    assert linked.close("room-2", session_id, []).json()["complete"]
+    failed = linked.gateway.wait_for_state(session_id, "failed")
+    assert failed["error"] == "no speech was recorded"
+
+
+def test_a_revoked_device_is_refused_at_ingest_at_once(linked: Deployment) -> None:
+    session_id = session_in(linked, "room-3")
+    chunk = linked.seal("room-3", session_id, 0, tone(1.0))
+    assert linked.put_chunk("room-3", session_id, chunk).status_code == 200
+    linked.gateway.cli("device", "revoke", "room-3")  # the service keeps running
+    again = linked.seal("room-3", session_id, 1, tone(1.0))
+    refused = linked.put_chunk("room-3", session_id, again)
+    assert refused.status_code == 403 and "revoked" in refused.json()["detail"]
+    linked.devices["room-3"] = linked.add_device("room-3", "--rotate")
+    assert linked.put_chunk("room-3", session_id, again).status_code == 200
+    stop(linked, session_id)
+    assert linked.close("room-3", session_id, [chunk, again]).status_code == 200
+    linked.gateway.wait_for_state(session_id, "notes_ready")
+
+
+# --- assembly itself, in process ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("codec", ["flac", "opus"])
+def test_assembly_concatenates_the_chunks_in_order(
+    tmp_path: Path, deployed: Deployment, codec: str
+) -> None:
+    files = ChunkFiles(tmp_path / "chunks")
+    chunks = [deployed.seal("room-1", "ses_x", seq, tone(0.7, seed=seq)) for seq in range(4)]
+    for chunk in chunks:
+        files.write("ses_x", chunk.seq, chunk.sha256, chunk.blob)
+    manifest = SessionManifest(
+        device_id="room-1", session_id="ses_x", chunks=[c.listed() for c in chunks]
+    )
+    session = records.IngestSession(
+        "ses_x", "room-1", True, "assembling", manifest, 0.0, None, None, 0.0
+    )
+    plan = _Plan(session, [(c.seq, files.name(c.seq, c.sha256)) for c in chunks])
+    assembler = Assembler(
+        None,  # type: ignore[arg-type]  # build() touches no database
+        files,
+        deployed.key,
+        SessionLifecycle(JobSettings()),
+        IngestSettings(codec=codec),  # type: ignore[arg-type]
+        tmp_path / "audio",
+        10**8,
+    )
+    assembled = assembler.build(plan)
+    audio = decode(assembled.path.read_bytes())
+    expected = np.concatenate([chunk.pcm for chunk in chunks])
+    assert assembled.duration_s == pytest.approx(len(expected) / 16_000)
+    if codec == "flac":
+        assert assembled.content_type == "audio/flac"
+        assert np.array_equal(audio.pcm, expected), "lossless and in seq order"
+    else:
+        assert assembled.content_type == "audio/ogg"
+        assert audio.duration_s == pytest.approx(len(expected) / 16_000, abs=0.05)
