@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup test demo bench lint clean
+.PHONY: setup test demo bench docs lint clean install-agent install-gateway
 
 setup: $(STAMP)
 	@scripts/setup-system.sh
@@ -27,6 +27,18 @@ demo: setup
 bench: setup
 	$(BIN)/python tests/benchmarks/pipeline.py
 	$(BIN)/python tests/benchmarks/vad_quality.py
+	$(BIN)/python tests/benchmarks/uplink_drain.py
+	$(BIN)/python tests/benchmarks/gateway_ingest.py
+	$(BIN)/python tests/benchmarks/notify_latency.py
+
+docs: setup
+	$(BIN)/python scripts/config_reference.py
+
+install-agent:
+	scripts/install.sh agent
+
+install-gateway:
+	scripts/install.sh gateway
 
 lint: setup
 	$(BIN)/ruff check .
