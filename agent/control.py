@@ -28,16 +28,13 @@ import contextlib
 import json
 import logging
 import queue
-import ssl
 import threading
 import time
 from collections import OrderedDict, deque
-from urllib.parse import urlsplit
 
 import paho.mqtt.client as mqtt
 import tenacity
-from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
-from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.enums import MQTTErrorCode
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
@@ -62,6 +59,7 @@ from protocol.messages import (
     commands,
     notifications,
 )
+from runtime.mqtt import BrokerUnavailable, broker_address, new_client, persistent_session
 
 log = logging.getLogger(__name__)
 
@@ -73,28 +71,6 @@ STOP_WAIT_S = 30.0  # how long a stop command waits for the session to be closed
 GOODBYE_WAIT_S = 2.0  # how long stop() waits for the broker to take the offline state
 EVENT_BUFFER = 1000  # events kept while the broker is away
 NOTIFIED_KEPT = 256  # sessions whose last notification is remembered
-
-
-class BrokerUnavailable(Exception):
-    """No usable connection to the broker (yet); the message is a code, never a secret."""
-
-
-def broker_address(url: str) -> tuple[str, int, bool]:
-    """``mqtt://host[:port]`` / ``mqtts://host[:port]`` -> (host, port, tls)."""
-    parts = urlsplit(url)
-    tls = parts.scheme == "mqtts"
-    if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
-        raise ValueError("broker_url must be mqtt://host[:port] or mqtts://host[:port]")
-    return parts.hostname, parts.port or (8883 if tls else 1883), tls
-
-
-def tls_context(settings: MqttSettings) -> ssl.SSLContext:
-    """The broker's CA (else the system's) and, for mutual TLS, this device's certificate."""
-    context = ssl.create_default_context(cafile=str(settings.ca_file) if settings.ca_file else None)
-    if settings.client_cert_file is not None:
-        key = str(settings.client_key_file) if settings.client_key_file else None
-        context.load_cert_chain(str(settings.client_cert_file), key)
-    return context
 
 
 class ControlLink(RecorderListener):
@@ -110,7 +86,7 @@ class ControlLink(RecorderListener):
         self.device_id = device_id
         self.recorder = recorder
         self.status = status
-        self.host, self.port, tls = broker_address(settings.broker_url)
+        self.host, self.port, _ = broker_address(settings.broker_url)
         self._lock = threading.Lock()
         self._online = False
         self._buffer: deque[tuple[str, str]] = deque(maxlen=EVENT_BUFFER)
@@ -123,17 +99,10 @@ class ControlLink(RecorderListener):
         self._refusing = threading.Event()
         self._executing = threading.Lock()
         self._threads: list[threading.Thread] = []
-        self.client = mqtt.Client(
-            callback_api_version=CallbackAPIVersion.VERSION2,
-            client_id=device_id,
-            protocol=mqtt.MQTTv5,
-            reconnect_on_failure=False,
+        # Reconnection is ours (backoff with jitter, see _supervise), not paho's.
+        self.client = new_client(
+            settings, device_id, device_id, password, reconnect_on_failure=False
         )
-        self.client.username_pw_set(
-            device_id, password.get_secret_value() if password is not None else None
-        )
-        if tls:
-            self.client.tls_set_context(tls_context(settings))
         self.client.on_connect = self._on_connect
         self.client.on_disconnect = self._on_disconnect
         self.client.on_subscribe = self._on_subscribe
@@ -275,15 +244,13 @@ class ControlLink(RecorderListener):
         self.client.will_set(
             self._topic("state"), self._state_json(online=False), qos=1, retain=True
         )
-        properties = Properties(PacketTypes.CONNECT)
-        properties.SessionExpiryInterval = self.settings.session_expiry_s
         try:
             self.client.connect(
                 self.host,
                 self.port,
                 keepalive=self.settings.keepalive_s,
                 clean_start=False,
-                properties=properties,
+                properties=persistent_session(self.settings),
             )
         except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
             raise BrokerUnavailable(type(exc).__name__) from None

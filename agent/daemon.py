@@ -39,7 +39,7 @@ import httpx
 
 from agent import __version__
 from agent.audio import AudioInputError, AudioSource
-from agent.control import ControlLink, tls_context
+from agent.control import ControlLink
 from agent.pipeline import SealingKeyError, gateway_key
 from agent.recorder import Recorder, RecorderError, RecorderListener
 from agent.settings import AgentSettings, LinkSettings, MqttSettings
@@ -50,6 +50,7 @@ from protocol.manifest import SessionManifest
 from protocol.messages import ChunkSpooled, SessionClosed
 from runtime import systemd
 from runtime.cli import Fatal
+from runtime.mqtt import tls_context
 
 log = logging.getLogger("agent")
 

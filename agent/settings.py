@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 from pydantic_settings import SettingsConfigDict
 
+from runtime.mqtt import BrokerSettings
 from runtime.secrets import resolve_secret
 from runtime.settings import FileSettings, default_state_dir, load_settings
 
@@ -83,46 +84,15 @@ class LinkSettings(BaseModel):
         return self
 
 
-class MqttSettings(BaseModel):
+class MqttSettings(BrokerSettings):
     """The MQTT control plane; an empty broker_url means no control plane.
 
     The MQTT user name is the device id; the broker's ACL confines it to rooms/<id>/#.
     """
 
-    model_config = ConfigDict(extra="forbid")
+    password_credential: ClassVar[str] = MQTT_PASSWORD_CREDENTIAL
 
-    broker_url: str = Field(
-        default="",
-        pattern=r"^(mqtts?://[^\s/?#:@]+(:\d{1,5})?/?)?$",
-        description="mqtt://host[:port] or mqtts://host[:port], or empty",
-    )
-    password: SecretStr | None = None
-    password_file: Path | None = None
-    ca_file: Path | None = None
-    client_cert_file: Path | None = None
-    client_key_file: Path | None = None
-    keepalive_s: int = Field(default=30, ge=5, le=3600)
-    session_expiry_s: int = Field(default=3600, ge=0, le=7 * 86400)
     heartbeat_s: float = Field(default=60.0, ge=0.1, le=3600)
-    reconnect_min_s: float = Field(default=1.0, gt=0, le=60)
-    reconnect_max_s: float = Field(default=60.0, gt=0, le=3600)
-
-    @model_validator(mode="after")
-    def _resolve_password(self) -> MqttSettings:
-        self.password = resolve_secret(
-            self.password,
-            "password" in self.model_fields_set,
-            self.password_file,
-            MQTT_PASSWORD_CREDENTIAL,
-            "password",
-        )
-        tls_files = (self.ca_file, self.client_cert_file, self.client_key_file)
-        if any(tls_files) and not self.broker_url.startswith("mqtts://"):
-            raise ValueError("ca_file and client certificates need an mqtts:// broker_url")
-        if self.client_key_file is not None and self.client_cert_file is None:
-            raise ValueError("client_key_file needs client_cert_file")
-        return self
-
 
 class AgentSettings(FileSettings):
     model_config = SettingsConfigDict(

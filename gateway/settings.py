@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Literal, Self
+from typing import ClassVar, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 from pydantic_settings import SettingsConfigDict
@@ -26,6 +26,7 @@ from gateway.blueprint.simulator_defaults import (
     DEFAULT_CLIENT_SECRET,
     DEFAULT_PORT,
 )
+from runtime.mqtt import BrokerSettings
 from runtime.secrets import read_secret_file, resolve_secret
 from runtime.settings import FileSettings, default_state_dir, load_settings
 
@@ -139,7 +140,7 @@ class TestingSettings(BaseModel):
     audio_endpoint: bool = False
 
 
-class MqttSettings(BaseModel):
+class MqttSettings(BrokerSettings):
     """The gateway's own connection to the broker (the relay); empty broker_url: no relay.
 
     The password may be given directly, as ``password_file``, as the systemd credential
@@ -147,44 +148,15 @@ class MqttSettings(BaseModel):
     ``room-gateway broker-config`` writes it.
     """
 
-    model_config = ConfigDict(extra="forbid")
+    password_credential: ClassVar[str] = MQTT_PASSWORD_CREDENTIAL
 
-    broker_url: str = Field(
-        default="",
-        pattern=r"^(mqtts?://[^\s/?#:@]+(:\d{1,5})?/?)?$",
-        description="mqtt://host[:port] or mqtts://host[:port], or empty",
-    )
     username: str = Field(default="gateway", min_length=1, max_length=64)
     client_id: str = Field(default="room-gateway", min_length=1, max_length=64)
-    password: SecretStr | None = None
-    password_file: Path | None = None
-    ca_file: Path | None = None
-    client_cert_file: Path | None = None
-    client_key_file: Path | None = None
-    keepalive_s: int = Field(default=30, ge=5, le=3600)
     session_expiry_s: int = Field(default=86_400, ge=0, le=7 * 86_400)
-    reconnect_min_s: int = Field(default=1, ge=1, le=60)
-    reconnect_max_s: int = Field(default=30, ge=1, le=3600)
+    reconnect_max_s: float = Field(default=30.0, gt=0, le=3600)
     publish_timeout_s: float = Field(default=10.0, gt=0, le=300)
     command_expiry_s: int = Field(default=120, ge=1, le=86_400)
     shared_subscription: bool = False
-
-    @model_validator(mode="after")
-    def _resolve_password(self) -> Self:
-        self.password = resolve_secret(
-            self.password,
-            "password" in self.model_fields_set,
-            self.password_file,
-            MQTT_PASSWORD_CREDENTIAL,
-            "password",
-        )
-        tls_files = (self.ca_file, self.client_cert_file, self.client_key_file)
-        if any(tls_files) and not self.broker_url.startswith("mqtts://"):
-            raise ValueError("ca_file and client certificates need an mqtts:// broker_url")
-        if (self.client_cert_file is None) != (self.client_key_file is None):
-            raise ValueError("client_cert_file and client_key_file go together")
-        return self
-
 
 class IngestSettings(BaseModel):
     """Room devices' audio: sealed chunks in, one file per session out."""

@@ -21,12 +21,13 @@ from typing import Literal
 
 from gateway.jobs.queue import Job
 from gateway.jobs.worker import Retryable
-from gateway.relay.link import BrokerUnavailable, MqttLink, PublishRefused
+from gateway.relay.link import MqttLink, PublishRefused
 from gateway.sessions import states as sessions
 from gateway.sessions.lifecycle import JobKind, SessionLifecycle
 from gateway.store.database import Database
 from protocol import topics
 from protocol.messages import CommandResult, StartCommand, StopCommand
+from runtime.mqtt import BrokerUnavailable
 
 logger = logging.getLogger(__name__)
 

@@ -16,13 +16,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import ssl
 import threading
 from collections.abc import Awaitable, Callable
-from urllib.parse import urlsplit
 
 import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
+from paho.mqtt.enums import MQTTErrorCode
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
@@ -30,6 +28,7 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 from pydantic import SecretStr
 
 from gateway.settings import MqttSettings
+from runtime.mqtt import BrokerUnavailable, broker_address, new_client, persistent_session
 
 logger = logging.getLogger(__name__)
 
@@ -38,21 +37,8 @@ Connected = Callable[[], Awaitable[None]]
 INBOX_MAX = 10_000
 
 
-class BrokerUnavailable(Exception):
-    """Not connected, or the connection dropped before the broker acknowledged."""
-
-
 class PublishRefused(Exception):
     """The broker acknowledged with a failure reason code (e.g. 0x87 not authorized)."""
-
-
-def broker_address(url: str) -> tuple[str, int, bool]:
-    """``mqtt://host[:port]`` / ``mqtts://host[:port]`` -> (host, port, tls)."""
-    parts = urlsplit(url)
-    tls = parts.scheme == "mqtts"
-    if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
-        raise ValueError("broker_url must be mqtt://host[:port] or mqtts://host[:port]")
-    return parts.hostname, parts.port or (8883 if tls else 1883), tls
 
 
 class MqttLink:
@@ -65,7 +51,7 @@ class MqttLink:
         connected: Connected | None = None,
     ) -> None:
         self.settings = settings
-        self.host, self.port, tls = broker_address(settings.broker_url)
+        self.host, self.port, _ = broker_address(settings.broker_url)
         self._subscriptions = subscriptions
         self._inbound = inbound
         self._on_connected = connected
@@ -76,15 +62,7 @@ class MqttLink:
         self._pending: dict[int, asyncio.Future[None]] = {}
         self._connected = threading.Event()
         self._stopping = False
-        self.client = mqtt.Client(
-            callback_api_version=CallbackAPIVersion.VERSION2,
-            client_id=settings.client_id,
-            protocol=mqtt.MQTTv5,
-        )
-        secret = password.get_secret_value() if password is not None else None
-        self.client.username_pw_set(settings.username, secret)
-        if tls:
-            self.client.tls_set_context(self._tls_context())
+        self.client = new_client(settings, settings.client_id, settings.username, password)
         self.client.reconnect_delay_set(settings.reconnect_min_s, settings.reconnect_max_s)
         self.client.on_connect = self._on_connect
         self.client.on_disconnect = self._on_disconnect
@@ -100,14 +78,12 @@ class MqttLink:
         """Connect in the background (retried until it works); call from the event loop."""
         self._loop = asyncio.get_running_loop()
         self._consumer = asyncio.create_task(self._consume(), name="mqtt-inbound")
-        properties = Properties(PacketTypes.CONNECT)
-        properties.SessionExpiryInterval = self.settings.session_expiry_s
         self.client.connect_async(
             self.host,
             self.port,
             keepalive=self.settings.keepalive_s,
             clean_start=False,
-            properties=properties,
+            properties=persistent_session(self.settings),
         )
         self.client.loop_start()
 
@@ -251,12 +227,3 @@ class MqttLink:
         for future in list(self._pending.values()):
             if not future.done():
                 future.set_exception(BrokerUnavailable("disconnected before acknowledgement"))
-
-    def _tls_context(self) -> ssl.SSLContext:
-        settings = self.settings
-        cafile = str(settings.ca_file) if settings.ca_file else None
-        context = ssl.create_default_context(cafile=cafile)
-        if settings.client_cert_file is not None:
-            key = str(settings.client_key_file) if settings.client_key_file else None
-            context.load_cert_chain(str(settings.client_cert_file), key)
-        return context

@@ -17,13 +17,14 @@ from collections.abc import Callable
 
 from gateway.jobs.queue import Job
 from gateway.jobs.worker import Retryable
-from gateway.relay.link import BrokerUnavailable, MqttLink, PublishRefused
+from gateway.relay.link import MqttLink, PublishRefused
 from gateway.sessions import states as sessions
 from gateway.sessions.lifecycle import JobKind, SessionEvent, SessionLifecycle
 from gateway.sessions.states import Session
 from gateway.store.database import Database
 from protocol import topics
 from protocol.messages import ChunkAcked, NotesReady, SessionFailed, SessionUploaded
+from runtime.mqtt import BrokerUnavailable
 
 logger = logging.getLogger(__name__)
 

@@ -1,0 +1,115 @@
+"""How both programs reach the MQTT broker: the same settings, URL form, TLS and client.
+
+The device and the gateway connect alike (MQTT 5, a persistent session, user name and
+password or a client certificate, optional TLS); only what they do once connected differs.
+Each side subclasses BrokerSettings for its own extras and credential name.
+"""
+
+from __future__ import annotations
+
+import ssl
+from pathlib import Path
+from typing import ClassVar, Self
+from urllib.parse import urlsplit
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
+
+from runtime.secrets import resolve_secret
+
+BROKER_URL_PATTERN = r"^(mqtts?://[^\s/?#:@]+(:\d{1,5})?/?)?$"
+
+
+class BrokerUnavailable(Exception):
+    """No usable connection to the broker; the message is a code, never a secret."""
+
+
+class BrokerSettings(BaseModel):
+    """The connection to the broker; an empty broker_url means no MQTT at all."""
+
+    model_config = ConfigDict(extra="forbid")
+    # The name of the systemd credential (LoadCredential=) holding the password.
+    password_credential: ClassVar[str] = "mqtt-password"
+
+    broker_url: str = Field(
+        default="",
+        pattern=BROKER_URL_PATTERN,
+        description="mqtt://host[:port] or mqtts://host[:port], or empty",
+    )
+    password: SecretStr | None = None
+    password_file: Path | None = None
+    ca_file: Path | None = None
+    client_cert_file: Path | None = None
+    client_key_file: Path | None = None
+    keepalive_s: int = Field(default=30, ge=5, le=3600)
+    session_expiry_s: int = Field(default=3600, ge=0, le=7 * 86_400)
+    reconnect_min_s: float = Field(default=1.0, gt=0, le=60)
+    reconnect_max_s: float = Field(default=60.0, gt=0, le=3600)
+
+    @model_validator(mode="after")
+    def _resolve_password(self) -> Self:
+        self.password = resolve_secret(
+            self.password,
+            "password" in self.model_fields_set,
+            self.password_file,
+            self.password_credential,
+            "password",
+        )
+        tls_files = (self.ca_file, self.client_cert_file, self.client_key_file)
+        if any(tls_files) and not self.broker_url.startswith("mqtts://"):
+            raise ValueError("ca_file and client certificates need an mqtts:// broker_url")
+        if self.client_key_file is not None and self.client_cert_file is None:
+            raise ValueError("client_key_file needs client_cert_file")
+        return self
+
+
+def broker_address(url: str) -> tuple[str, int, bool]:
+    """``mqtt://host[:port]`` / ``mqtts://host[:port]`` -> (host, port, tls)."""
+    parts = urlsplit(url)
+    tls = parts.scheme == "mqtts"
+    if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
+        raise ValueError("broker_url must be mqtt://host[:port] or mqtts://host[:port]")
+    return parts.hostname, parts.port or (8883 if tls else 1883), tls
+
+
+def tls_context(settings: BrokerSettings) -> ssl.SSLContext:
+    """The broker's CA (else the system's) and, for mutual TLS, our certificate."""
+    cafile = str(settings.ca_file) if settings.ca_file else None
+    context = ssl.create_default_context(cafile=cafile)
+    if settings.client_cert_file is not None:
+        key = str(settings.client_key_file) if settings.client_key_file else None
+        context.load_cert_chain(str(settings.client_cert_file), key)
+    return context
+
+
+def new_client(
+    settings: BrokerSettings,
+    client_id: str,
+    username: str,
+    password: SecretStr | None,
+    *,
+    reconnect_on_failure: bool = True,
+) -> mqtt.Client:
+    """An MQTT 5 client with our credentials and, for mqtts://, TLS; not yet connected."""
+    client = mqtt.Client(
+        callback_api_version=CallbackAPIVersion.VERSION2,
+        client_id=client_id,
+        protocol=mqtt.MQTTv5,
+        reconnect_on_failure=reconnect_on_failure,
+    )
+    secret = password.get_secret_value() if password is not None else None
+    client.username_pw_set(username, secret)
+    if broker_address(settings.broker_url)[2]:
+        client.tls_set_context(tls_context(settings))
+    return client
+
+
+def persistent_session(settings: BrokerSettings) -> Properties:
+    """CONNECT properties asking the broker to keep our session (and QoS 1 messages sent
+    while we are away) for session_expiry_s; used with clean_start=False."""
+    properties = Properties(PacketTypes.CONNECT)
+    properties.SessionExpiryInterval = settings.session_expiry_s
+    return properties
