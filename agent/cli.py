@@ -8,41 +8,23 @@ from __future__ import annotations
 
 import json
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 
 import click
 
 from agent import __version__
 from agent.audio import SAMPLE_RATE, AudioInputError
-from agent.settings import AgentSettings, load_agent_settings
-from runtime.cli import Fatal, run_program
-from runtime.settings import ConfigError
+from agent.settings import CONFIG_ENV, AgentSettings, load_agent_settings
+from runtime.cli import Fatal, SettingsContext, config_option, run_program
 
 
-@dataclass
-class CliState:
-    config_path: Path | None
-    _settings: AgentSettings | None = None
-
-    @property
-    def settings(self) -> AgentSettings:
-        if self._settings is None:
-            try:
-                self._settings = load_agent_settings(self.config_path)
-            except ConfigError as exc:
-                raise Fatal(str(exc)) from None
-        return self._settings
+class CliState(SettingsContext[AgentSettings]):
+    def __init__(self, config_path: Path | None) -> None:
+        super().__init__(config_path, load_agent_settings)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option(
-    "--config",
-    "config_path",
-    type=click.Path(path_type=Path, dir_okay=False),
-    default=None,
-    help="TOML settings file (default: $ROOM_AGENT_CONFIG, else built-in defaults).",
-)
+@config_option(CONFIG_ENV)
 @click.version_option(__version__, prog_name="room-agent")
 @click.pass_context
 def cli(ctx: click.Context, config_path: Path | None) -> None:

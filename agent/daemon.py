@@ -43,7 +43,7 @@ from agent.control import ControlLink
 from agent.pipeline import SealingKeyError, gateway_key
 from agent.recorder import Recorder, RecorderError, RecorderListener
 from agent.settings import AgentSettings, LinkSettings, MqttSettings
-from agent.spool import Spool, SpoolBusy, SpoolError
+from agent.spool import Spool, SpoolError
 from agent.status import DeviceStatus
 from agent.uplink import Uplink, make_client
 from protocol.manifest import SessionManifest
@@ -115,7 +115,11 @@ def run_agent(settings: AgentSettings) -> None:
     link_client = _uplink_client(settings.link) if settings.link.gateway_url else None
     if settings.mqtt.broker_url:
         _check_mqtt(settings.mqtt)
-    with _open_spool(settings) as spool:
+    try:
+        spool = Spool.open(settings.spool_dir, settings.spool)
+    except SpoolError as exc:
+        raise Fatal(str(exc)) from None
+    with spool:
         recorder = Recorder(settings, spool, lambda: _microphone(settings))
         uplink = None
         if link_client is not None:
@@ -235,19 +239,6 @@ def _check_mqtt(mqtt: MqttSettings) -> None:
 
 def _why(exc: BaseException) -> str:
     return getattr(exc, "strerror", None) or getattr(exc, "reason", None) or type(exc).__name__
-
-
-@contextmanager
-def _open_spool(settings: AgentSettings) -> Iterator[Spool]:
-    limits = settings.spool
-    try:
-        spool = Spool(settings.spool_dir, limits.max_bytes, limits.min_free_bytes)
-    except SpoolBusy as exc:
-        raise Fatal(str(exc)) from None
-    except OSError as exc:
-        raise Fatal(f"{settings.spool_dir}: {exc.strerror}") from None
-    with spool:
-        yield spool
 
 
 @contextmanager

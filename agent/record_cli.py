@@ -20,7 +20,7 @@ from agent.audio import AudioInputError, AudioSource
 from agent.pipeline import SealingKeyError
 from agent.recorder import Recorder, RecorderError
 from agent.settings import AgentSettings
-from agent.spool import Spool, SpoolBusy, SpoolError, SpoolFull
+from agent.spool import Spool, SpoolError, SpoolFull
 from protocol.manifest import CloseReason
 from protocol.messages import RecorderState
 from runtime.cli import Fatal
@@ -51,22 +51,13 @@ def record_session(
     realtime: bool,
 ) -> RecordSummary:
     """Record, print the summary line, and raise Fatal unless the session ended normally."""
-    source = _open_source(settings, input_file, realtime)
-    with source, _open_spool(settings) as spool:
+    with _open_source(settings, input_file, realtime) as source:
         try:
-            recorder = Recorder(settings, spool, lambda: source)
-        except SealingKeyError as exc:
+            spool = Spool.open(settings.spool_dir, settings.spool)
+        except SpoolError as exc:
             raise Fatal(str(exc)) from None
-        target = _choose_session(recorder, session_id, new_session)
-        with _stop_on_signals(recorder):
-            try:
-                recorder.start(target, max_audio_s=seconds)
-            except SpoolFull as exc:
-                raise Fatal(f"{exc}; nothing recorded") from None
-            except (AudioInputError, RecorderError, SpoolError) as exc:
-                raise Fatal(str(exc)) from None
-            while not recorder.wait(WAIT_STEP_S):
-                pass
+        with spool:
+            recorder = _record(settings, spool, source, session_id, new_session, seconds)
     summary = RecordSummary.model_validate(recorder.state.model_dump(exclude={"capture"}))
     click.echo(summary.model_dump_json(exclude={"detail"}))
     if summary.reason != "stopped":
@@ -75,6 +66,32 @@ def record_session(
             f"the {summary.chunks} chunks spooled are kept"
         )
     return summary
+
+
+def _record(
+    settings: AgentSettings,
+    spool: Spool,
+    source: AudioSource,
+    session_id: str | None,
+    new_session: bool,
+    seconds: float | None,
+) -> Recorder:
+    """One session from start to close (or to the first error), in the given spool."""
+    try:
+        recorder = Recorder(settings, spool, lambda: source)
+    except SealingKeyError as exc:
+        raise Fatal(str(exc)) from None
+    target = _choose_session(recorder, session_id, new_session)
+    with _stop_on_signals(recorder):
+        try:
+            recorder.start(target, max_audio_s=seconds)
+        except SpoolFull as exc:
+            raise Fatal(f"{exc}; nothing recorded") from None
+        except (AudioInputError, RecorderError, SpoolError) as exc:
+            raise Fatal(str(exc)) from None
+        while not recorder.wait(WAIT_STEP_S):
+            pass
+    return recorder
 
 
 def _open_source(settings: AgentSettings, input_file: Path | None, realtime: bool) -> AudioSource:
@@ -88,19 +105,6 @@ def _open_source(settings: AgentSettings, input_file: Path | None, realtime: boo
         return MicrophoneSource(settings.audio)
     except AudioInputError as exc:
         raise Fatal(str(exc)) from None
-
-
-@contextmanager
-def _open_spool(settings: AgentSettings) -> Iterator[Spool]:
-    limits = settings.spool
-    try:
-        spool = Spool(settings.spool_dir, limits.max_bytes, limits.min_free_bytes)
-    except SpoolBusy as exc:
-        raise Fatal(str(exc)) from None
-    except OSError as exc:
-        raise Fatal(f"{settings.spool_dir}: {exc.strerror}") from None
-    with spool:
-        yield spool
 
 
 def _choose_session(recorder: Recorder, session_id: str | None, new_session: bool) -> str | None:

@@ -8,7 +8,6 @@ import os
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -25,25 +24,14 @@ from gateway.sessions.audio_files import CONTENT_TYPES, AudioRejected, copy_audi
 from gateway.settings import CONFIG_ENV, GatewaySettings, load_gateway_settings
 from gateway.store.database import Database, StoreError
 from protocol.ids import ID_DESCRIPTION, ID_PATTERN
-from runtime.cli import Fatal, run_program
-from runtime.settings import ConfigError
+from runtime.cli import Fatal, SettingsContext, config_option, run_program
 
 SUFFIX_TYPES = {".flac": "audio/flac", ".ogg": "audio/ogg", ".opus": "audio/ogg"}
 
 
-@dataclass
-class CliState:
-    config_path: Path | None
-    _settings: GatewaySettings | None = None
-
-    @property
-    def settings(self) -> GatewaySettings:
-        if self._settings is None:
-            try:
-                self._settings = load_gateway_settings(self.config_path)
-            except ConfigError as exc:
-                raise Fatal(str(exc)) from None
-        return self._settings
+class CliState(SettingsContext[GatewaySettings]):
+    def __init__(self, config_path: Path | None) -> None:
+        super().__init__(config_path, load_gateway_settings)
 
     @contextmanager
     def database(self) -> Iterator[Database]:
@@ -59,13 +47,7 @@ class CliState:
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option(
-    "--config",
-    "config_path",
-    type=click.Path(path_type=Path, dir_okay=False),
-    default=None,
-    help="TOML settings file (default: $ROOM_GATEWAY_CONFIG, else built-in defaults).",
-)
+@config_option(CONFIG_ENV)
 @click.version_option(__version__, prog_name="room-gateway")
 @click.pass_context
 def cli(ctx: click.Context, config_path: Path | None) -> None:

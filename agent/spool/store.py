@@ -20,6 +20,7 @@ from typing import Literal
 
 from pydantic import ValidationError
 
+from agent.settings import SpoolSettings
 from agent.spool.files import append_line, disk_full, fsync_dir, write_atomically
 from agent.spool.journal import (
     JOURNAL,
@@ -95,6 +96,15 @@ class Spool:
         if not _live:
             self._take_lock()
         self.scan()
+
+    @classmethod
+    def open(cls, directory: Path, limits: SpoolSettings) -> Spool:
+        """The spool, or a SpoolError whose message is one line a person can act on (held
+        by another process; the directory cannot be created or read)."""
+        try:
+            return cls(directory, limits.max_bytes, limits.min_free_bytes)
+        except OSError as exc:
+            raise SpoolError(f"{directory}: {exc.strerror or type(exc).__name__}") from None
 
     @classmethod
     def inspect(cls, directory: Path) -> SpoolReport:
