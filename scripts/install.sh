@@ -75,13 +75,20 @@ else
     awk -v role="$role" '
         /^\[/ { table = $0; gsub(/^\[|\]$/, "", table); keep = (table == role || index(table, role ".") == 1); seen = 1 }
         !seen || keep { print }
-    ' "$src/config.example.toml" >"$destdir$config.new"
+    ' "$src/config.example.toml" |
+        # The service (StateDirectory=) and admin commands run as $user must agree.
+        sed "s|^# state_dir = .*|state_dir = \"/var/lib/$user\"|" >"$destdir$config.new"
     chmod 0640 "$destdir$config.new"
     mv "$destdir$config.new" "$destdir$config"
     [ -z "$destdir" ] && chgrp "$user" "$config"
 fi
 
 install -m 0644 "$src/systemd/$unit" "$destdir/etc/systemd/system/$unit"
+if [ "$role" = gateway ]; then
+    # Debian's mosquitto, when used, runs from the files `room-gateway broker-config` writes.
+    install -D -m 0644 "$src/systemd/mosquitto-room-audio.conf" \
+        "$destdir/etc/systemd/system/mosquitto.service.d/room-audio.conf"
+fi
 [ -n "$destdir" ] && { say "staged in $destdir"; exit 0; }
 
 systemctl daemon-reload

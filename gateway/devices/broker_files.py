@@ -131,16 +131,35 @@ def render_acl(files: BrokerFiles, devices: list[registry.Device]) -> str:
 
 def write_config(files: BrokerFiles, settings: BrokerSettings, client_ca: Path | None) -> None:
     files.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+    written = [write_small_file(files.config, render_config(files, settings, client_ca).encode())]
     if settings.persistence:
         (files.directory / "data").mkdir(exist_ok=True, mode=0o700)
-    write_small_file(files.config, render_config(files, settings, client_ca).encode(), 0o600)
+        written.append(files.directory / "data")
+    _match_directory_owner(files.directory, written)
 
 
 def write_credentials(files: BrokerFiles, devices: list[registry.Device]) -> None:
     """Rewrite passwd and acl for the active ``devices``; each file is replaced whole."""
     files.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-    write_small_file(files.passwd, render_passwd(files, devices).encode(), 0o600)
-    write_small_file(files.acl, render_acl(files, devices).encode(), 0o600)
+    written = [
+        write_small_file(files.passwd, render_passwd(files, devices).encode()),
+        write_small_file(files.acl, render_acl(files, devices).encode()),
+    ]
+    _match_directory_owner(files.directory, written)
+
+
+def _match_directory_owner(directory: Path, paths: list[Path]) -> None:
+    """Files an admin rewrites as root stay owned by whoever owns the broker directory.
+
+    The broker runs as the gateway's user (systemd/mosquitto-room-audio.conf) and rereads
+    passwd and acl on SIGHUP with that user's rights: root-owned 0600 files would lock it
+    out of its own credentials after a `sudo room-gateway device add`.
+    """
+    if os.geteuid() != 0:
+        return
+    owner = directory.stat()
+    for path in paths:
+        os.chown(path, owner.st_uid, owner.st_gid)
 
 
 def broker_pid(files: BrokerFiles) -> int | None:

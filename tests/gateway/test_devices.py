@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import stat
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -286,3 +287,25 @@ def test_mutual_tls_devices_get_certificates_confined_and_revocable(
         assert publish_as(deployed.devices["room-2"].certificate) == 0
     finally:
         deployed.stop()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to hand files to another user")
+def test_files_rewritten_by_root_stay_readable_by_the_broker_user(tmp_path):
+    """The broker runs as the gateway's user and rereads passwd/acl on SIGHUP: a
+    `sudo room-gateway device add` must not leave them root-owned (and unreadable)."""
+    import pwd
+
+    broker_user = pwd.getpwnam("nobody")
+    broker_dir = tmp_path / "broker"
+    broker_dir.mkdir()
+    os.chown(broker_dir, broker_user.pw_uid, broker_user.pw_gid)
+    env = {**os.environ, "ROOM_GATEWAY_STATE_DIR": str(tmp_path / "state")}
+    room_gateway = str(Path(sys.executable).parent / "room-gateway")
+    steps = (["keygen"], ["broker-config", "--out", str(broker_dir)], ["device", "add", "room-5"])
+    for args in steps:
+        result = subprocess.run([room_gateway, *args], capture_output=True, text=True, env=env)
+        assert result.returncode == 0, result.stderr
+    for name in ("mosquitto.conf", "passwd", "acl"):
+        info = (broker_dir / name).stat()
+        assert (info.st_uid, stat.S_IMODE(info.st_mode)) == (broker_user.pw_uid, 0o600), name
+    assert "room-5:" in (broker_dir / "passwd").read_text()

@@ -29,6 +29,7 @@ def test_staged_install(tmp_path, role):
     assert stat.S_IMODE(config.stat().st_mode) == 0o640
     assert stat.S_IMODE(credentials.stat().st_mode) == 0o700
     assert unit.read_text() == (ROOT / "systemd" / unit.name).read_text()
+    assert f'state_dir = "/var/lib/room-{role}"' in config.read_text()
     tables = [line for line in config.read_text().splitlines() if line.startswith("[")]
     assert tables and all(t.strip("[]").split(".")[0] == role for t in tables)
 
@@ -39,6 +40,8 @@ def test_staged_install(tmp_path, role):
     )
     if role == "gateway":
         assert validate.returncode == 0, validate.stderr
+        drop_in = tmp_path / "etc/systemd/system/mosquitto.service.d/room-audio.conf"
+        assert drop_in.read_text() == (ROOT / "systemd/mosquitto-room-audio.conf").read_text()
     else:  # a device has no gateway key until it is provisioned, and says so
         assert validate.returncode == 2
         assert "agent.gateway_public_key" in validate.stderr

@@ -28,25 +28,29 @@ def unit(request, tmp_path) -> Path:
     return copy
 
 
-def test_verify(unit):
-    result = subprocess.run(
-        ["systemd-analyze", "verify", str(unit)], capture_output=True, text=True
-    )
+def verify(unit: Path) -> None:
+    command = ["systemd-analyze", "verify", str(unit)]
+    result = subprocess.run(command, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert unit.name not in result.stderr, result.stderr
 
 
-def test_security_exposure(unit):
+def exposure(unit: Path) -> float:
     result = subprocess.run(
-        ["systemd-analyze", "security", "--offline=yes", str(unit)],
-        capture_output=True,
-        text=True,
+        ["systemd-analyze", "security", "--offline=yes", str(unit)], capture_output=True, text=True
     )
     match = re.search(r"Overall exposure level for \S+: ([0-9.]+)", result.stdout)
     assert match, result.stdout + result.stderr
-    exposure = float(match.group(1))
-    print(f"{unit.name}: exposure {exposure}")
-    assert exposure <= MAX_EXPOSURE
+    print(f"{unit.name}: exposure {match.group(1)}")
+    return float(match.group(1))
+
+
+def test_verify(unit):
+    verify(unit)
+
+
+def test_security_exposure(unit):
+    assert exposure(unit) <= MAX_EXPOSURE
 
 
 def test_agent_keeps_sound_devices():
@@ -66,3 +70,19 @@ def test_required_directives(name):
         "CapabilityBoundingSet=\n", "UMask=0077", "User=",
     ):
         assert directive in text, f"{name} lacks {directive.strip()}"
+
+
+DEBIAN_MOSQUITTO = Path("/lib/systemd/system/mosquitto.service")
+
+
+@pytest.mark.skipif(not DEBIAN_MOSQUITTO.exists(), reason="Debian's mosquitto not installed")
+def test_mosquitto_drop_in(tmp_path):
+    """Debian's mosquitto.service with our drop-in applied: valid, and as hardened."""
+    drop_in = (UNITS / "mosquitto-room-audio.conf").read_text()
+    merged = DEBIAN_MOSQUITTO.read_text().replace(
+        "\n[Install]", drop_in.split("[Service]", 1)[1] + "\n[Install]"
+    )
+    unit = tmp_path / "mosquitto.service"
+    unit.write_text(merged)
+    verify(unit)
+    assert exposure(unit) <= MAX_EXPOSURE
