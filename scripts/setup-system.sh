@@ -19,8 +19,12 @@ for pkg in "${packages[@]}"; do
         missing+=("$pkg")
     fi
 done
-# Debian's own python3 needs python3-venv for `python3 -m venv`; other pythons bring it.
+# Debian's own python3 needs python3-venv for `python3 -m venv`, and pyaudio compiles a C
+# extension (gcc, Python.h); other pythons (pyenv, ...) bring their own venv and headers.
 python3 -c 'import ensurepip' 2>/dev/null || missing+=(python3-venv)
+headers=$(python3 -c 'import sysconfig; print(sysconfig.get_paths()["include"])')
+[ -f "$headers/Python.h" ] || missing+=(python3-dev)
+command -v gcc >/dev/null || missing+=(gcc)
 [ ${#missing[@]} -eq 0 ] && exit 0
 
 echo "setup: installing Debian packages: ${missing[*]}"
