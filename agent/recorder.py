@@ -164,6 +164,15 @@ class Recorder:
         self._source = source
         self._stop.clear()
         self._suspending.clear()
+        limit = None if max_audio_s is None else int(max_audio_s * SAMPLE_RATE)
+        # Made before "recording" is published, started after: whoever sees "recording"
+        # (the watchdog's health check) never sees the previous session's finished thread.
+        self._thread = threading.Thread(
+            target=self._record,
+            args=(session_id, source, info.end_s, info.next_seq, limit),
+            name=f"recorder-{session_id[:8]}",
+            daemon=True,
+        )
         self._update(
             state="recording",
             session_id=session_id,
@@ -176,13 +185,6 @@ class Recorder:
             unspooled_s=0.0,
         )
         self._emit("session_started", SessionStarted(session_id=session_id, resumed=resumed))
-        limit = None if max_audio_s is None else int(max_audio_s * SAMPLE_RATE)
-        self._thread = threading.Thread(
-            target=self._record,
-            args=(session_id, source, info.end_s, info.next_seq, limit),
-            name=f"recorder-{session_id[:8]}",
-            daemon=True,
-        )
         self._thread.start()
         return session_id
 
@@ -209,10 +211,12 @@ class Recorder:
     def wait(self, timeout: float | None = None) -> bool:
         """True once no session is running."""
         thread = self._thread
-        if thread is not None:
-            thread.join(timeout)
-            return not thread.is_alive()
-        return True
+        if thread is None:
+            return True
+        if thread.ident is None:  # made, about to be started by start()
+            return False
+        thread.join(timeout)
+        return not thread.is_alive()
 
     def close_interrupted(self) -> SessionManifest | None:
         """Close the interrupted session (reason "interrupted") instead of resuming it."""

@@ -11,6 +11,7 @@ packages=(
     sox                 # resampling of synthetic speech, and the benchmark baseline
     openssl             # test certificates
     systemd             # systemd-analyze verify / security for the unit tests
+    procps              # /bin/kill, which mosquitto.service's ExecReload= names
 )
 
 missing=()

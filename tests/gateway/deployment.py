@@ -99,7 +99,7 @@ class Deployment:
         broker_url = f"mqtt://127.0.0.1:{self.broker_port}"
         tls_env = {}
         if tls is not None:
-            broker_url = f"mqtts://localhost:{self.broker_port}"
+            broker_url = f"mqtts://127.0.0.1:{self.broker_port}"
             tls_env = {
                 "ROOM_GATEWAY_BROKER__TLS_CERT_FILE": str(tls.server_cert),
                 "ROOM_GATEWAY_BROKER__TLS_KEY_FILE": str(tls.server_key),

@@ -276,7 +276,7 @@ def test_mutual_tls_devices_get_certificates_confined_and_revocable(
         # the same command with room-2's own certificate goes through.
         def publish_as(cert: ClientCert) -> int:
             argv = [
-                "mosquitto_pub", "-V", "mqttv5", "-h", "localhost",
+                "mosquitto_pub", "-V", "mqttv5", "-h", "127.0.0.1",
                 "-p", str(deployed.broker_port), "--cafile", str(pki.ca_cert),
                 "--cert", str(cert.cert), "--key", str(cert.key),
                 "-t", "rooms/room-2/state", "-m", "{}", "-q", "1",

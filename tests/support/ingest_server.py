@@ -185,7 +185,7 @@ class IngestServer:
         tls: Pki | None = None,
     ) -> None:
         """``tokens``: device id -> the ingest token it must present; ``tls``: serve HTTPS
-        with the PKI's server certificate (for ``localhost``)."""
+        with the PKI's server certificate (for 127.0.0.1)."""
         self.state = IngestState(key=key, tokens=dict(tokens))
         self.app = make_app(self.state)
         self.port = port or free_port()
@@ -196,7 +196,7 @@ class IngestServer:
     @property
     def url(self) -> str:
         if self.tls is not None:
-            return f"https://localhost:{self.port}"
+            return f"https://127.0.0.1:{self.port}"
         return f"http://{HOST}:{self.port}"
 
     # -- lifecycle

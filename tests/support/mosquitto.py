@@ -82,7 +82,7 @@ class Broker:
     def url(self) -> str:
         """What the agent's ``mqtt.broker_url`` is set to."""
         if self.tls:
-            return f"mqtts://localhost:{self.port}"
+            return f"mqtts://127.0.0.1:{self.port}"
         return f"mqtt://{self.host}:{self.port}"
 
     def start(self) -> Broker:

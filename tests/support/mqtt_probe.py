@@ -66,8 +66,7 @@ class Probe:
         self.client.on_connect = self._on_connect
         self.client.on_subscribe = self._on_subscribe
         self.client.on_message = self._on_message
-        host = "localhost" if ca_file else broker.host
-        self.client.connect(host, broker.port, keepalive=10)
+        self.client.connect(broker.host, broker.port, keepalive=10)
         self.client.loop_start()
         if not self._subscribed.wait(10):
             raise TimeoutError("probe: not subscribed within 10 s")
