@@ -16,6 +16,7 @@ from agent import __version__
 from agent.audio import SAMPLE_RATE, AudioInputError
 from agent.settings import CONFIG_ENV, AgentSettings, load_agent_settings
 from runtime.cli import Fatal, SettingsContext, config_option, run_program
+from runtime.settings import ConfigError
 
 
 class CliState(SettingsContext[AgentSettings]):
@@ -184,6 +185,63 @@ def run(state: CliState) -> None:
     from agent.daemon import run_agent
 
     run_agent(state.settings)
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Print the report as one JSON object.")
+@click.pass_obj
+def status(state: CliState, as_json: bool) -> None:
+    """Is this device doing its job, and if not, what to do.
+
+    The agent (running? MQTT connected, last heartbeat, uplink, last error, from the
+    status file it keeps), the broker and the gateway (reachable from here, and do they
+    accept this device's credentials?), the spool (backlog, quarantined files). Changes
+    nothing. Exit status 0 when healthy, 1 when something needs fixing (each problem
+    with its fix), 2 when the settings do not load.
+    """
+    from agent.status_report import format_status, gather
+    from agent.validate import config_path
+
+    report = gather(state.settings, config_path(None, state.config_path))
+    click.echo(report.model_dump_json() if as_json else format_status(report))
+    if not report.healthy:
+        sys.exit(1)
+
+
+@cli.command()
+@click.option(
+    "--seconds",
+    type=click.FloatRange(min=1, max=60),
+    default=3.0,
+    show_default=True,
+    help="Seconds of sound to measure (someone should talk).",
+)
+@click.option("--no-check", is_flag=True, help="Leave out the sound check (room in use).")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as one JSON object.")
+@click.pass_obj
+def doctor(state: CliState, seconds: float, no_check: bool, as_json: bool) -> None:
+    """Run every check (config validate, devices, a short check, status) and print what
+    to fix: a checklist of ok / PROBLEM / skipped items, each problem with its fix.
+
+    Exit status 0 when all is well, 1 when something needs fixing, 2 when the settings
+    do not even load.
+    """
+    from agent.doctor import diagnose, format_doctor
+    from agent.validate import config_path
+
+    def prompt() -> None:
+        if not as_json:
+            click.echo(f"sound check: talk in the room for {seconds:g} s ...", err=True)
+
+    try:
+        report = diagnose(
+            config_path(None, state.config_path), None if no_check else seconds, prompt
+        )
+    except ConfigError as exc:
+        raise Fatal(str(exc)) from None
+    click.echo(report.model_dump_json() if as_json else format_doctor(report))
+    if not report.healthy:
+        sys.exit(1)
 
 
 @cli.group()

@@ -34,6 +34,7 @@ import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime
 
 import httpx
 
@@ -45,6 +46,7 @@ from agent.recorder import Recorder, RecorderError, RecorderListener
 from agent.settings import AgentSettings, LinkSettings, MqttSettings
 from agent.spool import Spool, SpoolError
 from agent.status import DeviceStatus
+from agent.status_file import STATUS_FILE, StatusWriter, build_snapshot
 from agent.uplink import Uplink, make_client
 from protocol.manifest import SessionManifest
 from protocol.messages import ChunkSpooled, SessionClosed
@@ -131,7 +133,9 @@ def run_agent(settings: AgentSettings) -> None:
             mqtt = settings.mqtt
             control = ControlLink(mqtt, settings.device_id, recorder, status, mqtt.password)
             recorder.add_listener(control)
-        _serve(recorder, uplink, control, Health(spool, recorder, uplink, control), settings)
+        health = Health(spool, recorder, uplink, control)
+        snapshots = _status_writer(settings, status, control, health)
+        _serve(recorder, uplink, control, health, settings, snapshots)
 
 
 def _serve(
@@ -140,9 +144,11 @@ def _serve(
     control: ControlLink | None,
     health: Health,
     settings: AgentSettings,
+    snapshots: StatusWriter,
 ) -> None:
     stop = threading.Event()
     with _stop_on_signals(stop):
+        snapshots.start()
         if uplink is not None:
             uplink.start()
         _resume(recorder)
@@ -162,11 +168,27 @@ def _serve(
         if control is not None:
             control.refuse_commands()
         recorder.suspend(SUSPEND_WAIT_S)
+        snapshots.stop()  # its last word: the recorder's final state, all parts still up
         if control is not None:
             control.stop()
         if uplink is not None:
             uplink.stop()
     log.info("room-agent: stopped")
+
+
+def _status_writer(
+    settings: AgentSettings, status: DeviceStatus, control: ControlLink | None, health: Health
+) -> StatusWriter:
+    """state_dir/status.json for `room-agent status` (agent/status_file.py): rewritten on
+    every recorder change and heartbeat, and whenever anything else it shows changed."""
+    started = datetime.now(UTC)
+    writer = StatusWriter(
+        settings.state_dir / STATUS_FILE,
+        lambda: build_snapshot(status, control, health.problem, started),
+    )
+    status.recorder.add_listener(writer)
+    status.on_heartbeat.append(writer.poke)
+    return writer
 
 
 def _resume(recorder: Recorder) -> None:

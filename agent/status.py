@@ -9,6 +9,8 @@ outage's backlog grow and drain from the retained state alone.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
+from datetime import UTC, datetime
 
 from agent import __version__
 from agent.recorder import Recorder
@@ -28,6 +30,10 @@ class DeviceStatus:
         self.spool = spool
         self.uplink = uplink
         self.started = time.monotonic()
+        # When the last heartbeat was built (the control link sends it at once, while
+        # connected), and who wants to know (the status file): for `room-agent status`.
+        self.last_heartbeat_at: datetime | None = None
+        self.on_heartbeat: list[Callable[[], None]] = []
 
     def state(self, online: bool = True) -> DeviceState:
         snapshot = self.recorder.state
@@ -48,6 +54,9 @@ class DeviceStatus:
     def heartbeat(self) -> Heartbeat:
         usage = self.spool.usage()
         capture = self.recorder.state.capture
+        self.last_heartbeat_at = datetime.now(UTC)
+        for hook in self.on_heartbeat:
+            hook()
         return Heartbeat(
             backlog_chunks=usage.chunks,
             backlog_bytes=usage.bytes,
