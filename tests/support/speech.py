@@ -5,7 +5,8 @@ session is built from espeak-ng utterances (several voices and speeds) placed be
 silences of known length (some of tens of seconds, like a session's pauses), over room
 noise (pink + brown + an HVAC hump, mains hum, a slow level drift) and door knocks placed
 in the silences. The utterances are rendered once per (text, voice, speed) and cached on
-disk, so building a session is fast after the first run.
+disk, so building a session is fast after the first run (gateway/demo/speech.py: the demo
+speaks through the same renderer).
 
 Speech truth: each utterance spans from the first to the last sample of the clean espeak
 signal whose magnitude reaches 1% (-40 dB) of that utterance's peak; espeak's leading and
@@ -19,19 +20,18 @@ Sentences are neutral on purpose: no test ever contains anything resembling a pa
 
 from __future__ import annotations
 
-import hashlib
-import os
-import subprocess
-import tempfile
 from collections.abc import Iterable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import soundfile as sf
 
-SAMPLE_RATE = 16_000
+# The renderer ships with the demo; synthesize and speech_cache_dir are re-exported for tests.
+from gateway.demo.speech import SAMPLE_RATE, synthesize_many
+from gateway.demo.speech import speech_cache_dir as speech_cache_dir
+from gateway.demo.speech import synthesize as synthesize
+
 FULL_SCALE = 32_767
 
 SENTENCES = (
@@ -80,7 +80,6 @@ VOICES = (
 SPEEDS = (130, 155, 180)
 
 SPEECH_LEVEL_DBFS = -28.0
-TRIM_RATIO = 0.01  # -40 dB of the utterance's peak: where an utterance starts and ends
 HUM_HARMONICS = ((1, 0.20), (2, 0.10), (3, 0.06))  # mains hum, amplitude per harmonic
 DRIFT_DB = 2.0  # HVAC level drift, +/- dB over 40-120 s
 PIECE = 1 << 20  # samples handled at once, to keep an hour-long session within memory
@@ -321,53 +320,6 @@ def knock_sound(rng: np.random.Generator) -> np.ndarray:
     sound = body + click
     peak = 10 ** (rng.uniform(-12.0, -3.0) / 20) * FULL_SCALE
     return (sound / np.max(np.abs(sound)) * peak).astype(np.float32)
-
-
-def synthesize_many(keys: Iterable[tuple[str, str, int]]) -> dict[tuple[str, str, int], np.ndarray]:
-    """Render (text, voice, speed) utterances, the uncached ones two at a time."""
-    unique = list(dict.fromkeys(keys))
-    with ThreadPoolExecutor(max_workers=2) as pool:
-        clips = pool.map(lambda key: synthesize(*key), unique)
-        return dict(zip(unique, clips, strict=True))
-
-
-def synthesize(text: str, voice: str, speed: int) -> np.ndarray:
-    """One utterance as float32 16 kHz samples, trimmed to its true speech span."""
-    path = _cached_render(text, voice, speed)
-    pcm, rate = sf.read(path, dtype="float32")
-    assert rate == SAMPLE_RATE, f"{path}: {rate} Hz"
-    return trim_to_speech(pcm)
-
-
-def trim_to_speech(pcm: np.ndarray) -> np.ndarray:
-    """Cut espeak's leading and trailing silence at TRIM_RATIO of the peak."""
-    loud = np.flatnonzero(np.abs(pcm) >= TRIM_RATIO * np.max(np.abs(pcm)))
-    return pcm[loud[0] : loud[-1] + 1] if len(loud) else pcm[:0]
-
-
-def speech_cache_dir() -> Path:
-    """$ROOM_AUDIO_SPEECH_CACHE, else a directory under the system temp dir."""
-    env = os.environ.get("ROOM_AUDIO_SPEECH_CACHE")
-    return Path(env) if env else Path(tempfile.gettempdir()) / "room-audio-speech"
-
-
-def _cached_render(text: str, voice: str, speed: int) -> Path:
-    """espeak-ng -> sox to 16 kHz mono int16 without dither, once per key."""
-    cache = speech_cache_dir()
-    key = hashlib.sha256(f"{voice}\n{speed}\n{text}".encode()).hexdigest()[:24]
-    path = cache / f"{key}.wav"
-    if path.exists():
-        return path
-    cache.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=cache) as tmp:
-        raw, out = Path(tmp) / "raw.wav", Path(tmp) / "out.wav"
-        espeak = ["espeak-ng", "-v", voice, "-s", str(speed), "-w", str(raw), text]
-        subprocess.run(espeak, check=True, capture_output=True)
-        # -v 0.9: headroom, so resampling never clips; levels are set later anyway.
-        sox = ["sox", "-v", "0.9", str(raw), "-r", str(SAMPLE_RATE), "-c", "1", "-b", "16"]
-        subprocess.run([*sox, "-D", str(out)], check=True, capture_output=True)
-        os.replace(out, path)  # atomic: concurrent test runs never see half a file
-    return path
 
 
 def _to_samples(spans_s: Iterable[tuple[float, float]], rate: int, limit: int):
