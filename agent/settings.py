@@ -94,6 +94,7 @@ class MqttSettings(BrokerSettings):
 
     heartbeat_s: float = Field(default=60.0, ge=0.1, le=3600)
 
+
 class AgentSettings(FileSettings):
     model_config = SettingsConfigDict(
         env_prefix="ROOM_AGENT_", env_nested_delimiter="__", extra="forbid"

@@ -11,14 +11,14 @@ Nothing is created or changed. Secrets are never printed.
 from __future__ import annotations
 
 import os
-import ssl
 from collections.abc import Callable
 from pathlib import Path
 
 from agent.audio import AudioInputError
 from agent.settings import CONFIG_ENV, AgentSettings, load_agent_settings
 from protocol.envelope import EnvelopeError, public_key_from_text
-from runtime.settings import ConfigError
+from runtime.file_checks import ca_file_problem, client_cert_problem, unwritable_dir
+from runtime.settings import ConfigError, value_source
 
 # A check returns (dotted key under [agent], problem) pairs; empty when all is well.
 Problems = list[tuple[str, str]]
@@ -49,7 +49,9 @@ def validate(path: Path | None, devices: bool) -> tuple[AgentSettings | None, li
     if devices:
         checks.append(_audio_device)
     found = [problem for check in checks for problem in check(settings)]
-    return settings, [f"{_source(key, path)}: agent.{key}: {text}" for key, text in found]
+    prefix = str(AgentSettings.model_config["env_prefix"])
+    lines = [f"{value_source(prefix, key, path)}: agent.{key}: {text}" for key, text in found]
+    return settings, lines
 
 
 def summary(settings: AgentSettings) -> str:
@@ -60,14 +62,6 @@ def summary(settings: AgentSettings) -> str:
         f"device {settings.device_id}, microphone {settings.audio.device!r},"
         f" state {settings.state_dir}, gateway {link}, broker {broker}"
     )
-
-
-def _source(key: str, path: Path | None) -> str:
-    """Where a key's value came from, as the loader names it: environment wins over file."""
-    env = "ROOM_AGENT_" + key.replace(".", "__").upper()
-    if env in os.environ:
-        return f"environment {env}"
-    return path.name if path is not None else "defaults"
 
 
 def _sealing_key(settings: AgentSettings) -> Problems:
@@ -82,22 +76,8 @@ def _sealing_key(settings: AgentSettings) -> Problems:
 
 
 def _state_dir(settings: AgentSettings) -> Problems:
-    problem = _unwritable_dir(settings.state_dir)
+    problem = unwritable_dir(settings.state_dir)
     return [("state_dir", problem)] if problem else []
-
-
-def _unwritable_dir(path: Path) -> str | None:
-    """Why ``path`` cannot be used (or created) as a writable directory, or None."""
-    existing = path
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
-    if not existing.is_dir():
-        return f"{path}: {existing} is not a directory"
-    if not os.access(existing, os.W_OK | os.X_OK):
-        if existing == path:
-            return f"{path}: not writable"
-        return f"{path}: cannot be created ({existing} is not writable)"
-    return None
 
 
 def _link(settings: AgentSettings) -> Problems:
@@ -138,27 +118,13 @@ def _mqtt(settings: AgentSettings) -> Problems:
 
 
 def _ca_problems(key: str, path: Path) -> Problems:
-    return _tls_problems(key, path, lambda context: context.load_verify_locations(cafile=path))
+    problem = ca_file_problem(path)
+    return [(key, problem)] if problem else []
 
 
 def _cert_problems(key: str, cert: Path, key_file: Path | None) -> Problems:
-    return _tls_problems(key, cert, lambda context: context.load_cert_chain(cert, key_file))
-
-
-def _tls_problems(key: str, path: Path, load: Callable[[ssl.SSLContext], None]) -> Problems:
-    """Load the file(s) as the TLS connection will, so a bad PEM shows now, not at start."""
-    try:
-        load(ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT))
-    except FileNotFoundError as exc:
-        return [(key, f"{exc.filename or path}: no such file")]
-    except PermissionError as exc:
-        return [(key, f"{exc.filename or path}: permission denied")]
-    except IsADirectoryError as exc:
-        return [(key, f"{exc.filename or path}: is a directory")]
-    except (ssl.SSLError, OSError, ValueError) as exc:
-        why = getattr(exc, "reason", None) or str(exc)
-        return [(key, f"{path}: not a usable PEM file ({why})")]
-    return []
+    problem = client_cert_problem(cert, key_file)
+    return [(key, problem)] if problem else []
 
 
 def _audio_device(settings: AgentSettings) -> Problems:

@@ -158,6 +158,7 @@ class MqttSettings(BrokerSettings):
     command_expiry_s: int = Field(default=120, ge=1, le=86_400)
     shared_subscription: bool = False
 
+
 class IngestSettings(BaseModel):
     """Room devices' audio: sealed chunks in, one file per session out."""
 

@@ -39,7 +39,7 @@ from runtime.file_checks import (
     unwritable_dir,
 )
 from runtime.mqtt import broker_address
-from runtime.settings import ConfigError
+from runtime.settings import ConfigError, value_source
 
 # A check returns (dotted key under [gateway], problem) pairs; empty when all is well.
 Problems = list[tuple[str, str]]
@@ -70,7 +70,9 @@ def validate(path: Path | None) -> tuple[GatewaySettings | None, list[str]]:
         _broker,
     ]
     found = [problem for check in checks for problem in check(settings)]
-    return settings, [f"{_source(key, path)}: gateway.{key}: {text}" for key, text in found]
+    prefix = str(GatewaySettings.model_config["env_prefix"])
+    lines = [f"{value_source(prefix, key, path)}: gateway.{key}: {text}" for key, text in found]
+    return settings, lines
 
 
 def summary(settings: GatewaySettings) -> str:
@@ -80,14 +82,6 @@ def summary(settings: GatewaySettings) -> str:
         f"database {settings.database_path}, Blueprint {settings.blueprint.base_url},"
         f" listening on {settings.http.host}:{settings.http.port}, sealing key {key}"
     )
-
-
-def _source(key: str, path: Path | None) -> str:
-    """Where a key's value came from, as the loader names it: environment wins over file."""
-    env = "ROOM_GATEWAY_" + key.replace(".", "__").upper()
-    if env in os.environ:
-        return f"environment {env}"
-    return path.name if path is not None else "defaults"
 
 
 def _sealing_key(settings: GatewaySettings) -> Problems:

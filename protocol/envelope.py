@@ -226,9 +226,9 @@ def _canonical(header: ChunkHeader) -> bytes:
 
 
 def _derive_key(shared: bytes, epk: bytes, recipient: bytes) -> bytes:
-    return HKDF(
-        algorithm=hashes.SHA256(), length=32, salt=epk + recipient, info=_HKDF_INFO
-    ).derive(shared)
+    return HKDF(algorithm=hashes.SHA256(), length=32, salt=epk + recipient, info=_HKDF_INFO).derive(
+        shared
+    )
 
 
 def _raw_public(public_key: X25519PublicKey) -> bytes:

@@ -14,6 +14,11 @@ from pathlib import Path
 from pydantic import SecretStr
 
 CREDENTIALS_ENV = "CREDENTIALS_DIRECTORY"
+# Where scripts/install.sh keeps the credential files that the units load. A person who
+# runs a command by hand (`sudo room-agent status`) has no $CREDENTIALS_DIRECTORY, so the
+# same files are read from here; ROOM_AUDIO_CREDENTIALS moves it (the tests do).
+INSTALLED_CREDENTIALS_ENV = "ROOM_AUDIO_CREDENTIALS"
+INSTALLED_CREDENTIALS = "/etc/room-audio/credentials"
 MAX_SECRET_FILE_BYTES = 64 * 1024
 
 
@@ -41,15 +46,23 @@ def read_secret_file(path: Path) -> SecretStr:
 def resolve_secret(
     value: SecretStr | None, given: bool, file: Path | None, credential: str, name: str
 ) -> SecretStr | None:
-    """The value set directly, else the ``*_file``, else the systemd credential, else the
-    default; setting both a value and a file is a mistake worth reporting."""
+    """The value set directly, else the ``*_file``, else the systemd credential (or, by
+    hand, the installed credential file), else the default; setting both a value and a
+    file is a mistake worth reporting."""
     if given and file is not None:
         raise ValueError(f"set {name} or {name}_file, not both")
     if given:
         return value
     if file is not None:
         return read_secret_file(file)
-    directory = os.environ.get(CREDENTIALS_ENV)
-    if directory and (Path(directory) / credential).is_file():
-        return read_secret_file(Path(directory) / credential)
-    return value
+    path = _credential_file(credential)
+    return read_secret_file(path) if path is not None else value
+
+
+def _credential_file(credential: str) -> Path | None:
+    """systemd's copy when run as a unit; else the installed file, if we may read it."""
+    if os.environ.get(CREDENTIALS_ENV):
+        path = Path(os.environ[CREDENTIALS_ENV]) / credential
+        return path if path.is_file() else None
+    path = Path(os.environ.get(INSTALLED_CREDENTIALS_ENV, INSTALLED_CREDENTIALS)) / credential
+    return path if path.is_file() and os.access(path, os.R_OK) else None

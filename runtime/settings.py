@@ -168,6 +168,15 @@ def _present(values: dict, loc: tuple[str, ...]) -> bool:
     return True
 
 
+def value_source(env_prefix: str, key: str, path: Path | None) -> str:
+    """Where a dotted key's value comes from, as load_settings names it in its errors:
+    the environment wins over the file, the file over the defaults."""
+    env = env_prefix + key.replace(".", "__").upper()
+    if env in os.environ:
+        return f"environment {env}"
+    return path.name if path is not None else "defaults"
+
+
 def _env_name(model: type[BaseModel], loc: tuple[str, ...]) -> str:
     prefix = str(getattr(model, "model_config", {}).get("env_prefix", ""))
     name = prefix + "__".join(loc).upper()

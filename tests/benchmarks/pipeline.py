@@ -115,16 +115,35 @@ def measure_sox(path: Path, audio_s: float, out: Path) -> dict:
     """sox: 48k -> 16k mono, its silence effect (drop pauses > 0.6 s below 1%), FLAC."""
     wall = time.perf_counter()
     sox = subprocess.Popen(
-        ["taskset", "-c", "0", "sox", str(path), "-r", "16000", "-c", "1", str(out),
-         "silence", "-l", "1", "0.1", "1%", "-1", "0.6", "1%"],
+        [
+            "taskset",
+            "-c",
+            "0",
+            "sox",
+            str(path),
+            "-r",
+            "16000",
+            "-c",
+            "1",
+            str(out),
+            "silence",
+            "-l",
+            "1",
+            "0.1",
+            "1%",
+            "-1",
+            "0.6",
+            "1%",
+        ],
     )
     _, status, usage = os.wait4(sox.pid, 0)
     sox.returncode = os.waitstatus_to_exitcode(status)
     wall = time.perf_counter() - wall
     if sox.returncode:
         raise SystemExit(f"sox failed with status {sox.returncode}")
-    kept = float(subprocess.run(["soxi", "-D", str(out)], capture_output=True, text=True,
-                                check=True).stdout)
+    kept = float(
+        subprocess.run(["soxi", "-D", str(out)], capture_output=True, text=True, check=True).stdout
+    )
     return {
         "audio_s": audio_s,
         "wall_s": wall,
@@ -161,10 +180,14 @@ def main() -> None:
     flac = measure_pipeline(path, "flac")
     opus = measure_pipeline(path, "opus")
     sox = measure_sox(path, flac["audio_s"], path.with_name("bench-sox-out.flac"))
-    print(f"\ninput: {path.name}: {flac['audio_s'] / 3600:.2f} h at 48 kHz, "
-          f"{args.snr:g} dB SNR; one core each\n")
-    print(f"{'':<22} {'wall s':>7} {'cpu s':>7} {'speed':>9} {'RSS MB':>8} {'out MB':>9}"
-          f" {'/ PCM':>7} {'kept':>7}")
+    print(
+        f"\ninput: {path.name}: {flac['audio_s'] / 3600:.2f} h at 48 kHz, "
+        f"{args.snr:g} dB SNR; one core each\n"
+    )
+    print(
+        f"{'':<22} {'wall s':>7} {'cpu s':>7} {'speed':>9} {'RSS MB':>8} {'out MB':>9}"
+        f" {'/ PCM':>7} {'kept':>7}"
+    )
     print(report("agent (FLAC, sealed)", flac))
     print(report("agent (Opus, sealed)", opus))
     print(report("sox silence + FLAC", sox))

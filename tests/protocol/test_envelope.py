@@ -95,8 +95,12 @@ def test_garbage(key):
 def test_tampered(key, sealed, where):
     raw = bytearray(sealed)
     header_at = 19
-    offsets = {"header": header_at + 30, "epk": len(raw) - len(AUDIO) - 16 - 40,
-               "ciphertext": len(raw) - 100, "tag": len(raw) - 1}
+    offsets = {
+        "header": header_at + 30,
+        "epk": len(raw) - len(AUDIO) - 16 - 40,
+        "ciphertext": len(raw) - 100,
+        "tag": len(raw) - 1,
+    }
     raw[offsets[where]] ^= 0x01
     with pytest.raises(EnvelopeError):
         open_chunk(bytes(raw), key)

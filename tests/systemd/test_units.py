@@ -64,10 +64,21 @@ def test_agent_keeps_sound_devices():
 def test_required_directives(name):
     text = (UNITS / name).read_text()
     for directive in (
-        "Type=notify", "WatchdogSec=", "Restart=always", "StartLimitBurst=", "StateDirectory=",
-        "LoadCredential=", "ProtectSystem=strict", "ProtectHome=yes", "PrivateTmp=yes",
-        "NoNewPrivileges=yes", "RestrictAddressFamilies=", "SystemCallFilter=@system-service",
-        "CapabilityBoundingSet=\n", "UMask=0077", "User=",
+        "Type=notify",
+        "WatchdogSec=",
+        "Restart=always",
+        "StartLimitBurst=",
+        "StateDirectory=",
+        "LoadCredential=",
+        "ProtectSystem=strict",
+        "ProtectHome=yes",
+        "PrivateTmp=yes",
+        "NoNewPrivileges=yes",
+        "RestrictAddressFamilies=",
+        "SystemCallFilter=@system-service",
+        "CapabilityBoundingSet=\n",
+        "UMask=0077",
+        "User=",
     ):
         assert directive in text, f"{name} lacks {directive.strip()}"
 
@@ -81,9 +92,7 @@ def test_mosquitto_drop_in(tmp_path):
     drop_in = (UNITS / "mosquitto-room-audio.conf").read_text()
     # Debian's Documentation=man:... makes verify run man, absent from minimal systems.
     debian = re.sub(r"^Documentation=.*\n", "", DEBIAN_MOSQUITTO.read_text(), flags=re.M)
-    merged = debian.replace(
-        "\n[Install]", drop_in.split("[Service]", 1)[1] + "\n[Install]"
-    )
+    merged = debian.replace("\n[Install]", drop_in.split("[Service]", 1)[1] + "\n[Install]")
     unit = tmp_path / "mosquitto.service"
     unit.write_text(merged)
     verify(unit)
