@@ -10,7 +10,6 @@ Nothing is created or changed. Secrets are never printed.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -18,20 +17,14 @@ from agent.audio import AudioInputError
 from agent.settings import CONFIG_ENV, AgentSettings, load_agent_settings
 from protocol.envelope import EnvelopeError, public_key_from_text
 from runtime.file_checks import ca_file_problem, client_cert_problem, unwritable_dir
-from runtime.settings import ConfigError, value_source
+from runtime.settings import ConfigError, chosen_config, value_source
 
 # A check returns (dotted key under [agent], problem) pairs; empty when all is well.
 Problems = list[tuple[str, str]]
 
 
 def config_path(file: Path | None, option: Path | None) -> Path | None:
-    """FILE, else --config, else $ROOM_AGENT_CONFIG, else none (defaults and environment)."""
-    if file is not None:
-        return file
-    if option is not None:
-        return option
-    env = os.environ.get(CONFIG_ENV)
-    return Path(env) if env else None
+    return chosen_config(file, option, CONFIG_ENV)
 
 
 def validate(path: Path | None, devices: bool) -> tuple[AgentSettings | None, list[str]]:

@@ -19,7 +19,6 @@ Nothing is created or changed; secrets are never printed.
 from __future__ import annotations
 
 import ipaddress
-import os
 import stat
 from collections.abc import Callable
 from pathlib import Path
@@ -39,20 +38,14 @@ from runtime.file_checks import (
     unwritable_dir,
 )
 from runtime.mqtt import broker_address
-from runtime.settings import ConfigError, value_source
+from runtime.settings import ConfigError, chosen_config, value_source
 
 # A check returns (dotted key under [gateway], problem) pairs; empty when all is well.
 Problems = list[tuple[str, str]]
 
 
 def config_path(file: Path | None, option: Path | None) -> Path | None:
-    """FILE, else --config, else $ROOM_GATEWAY_CONFIG, else none (defaults and environment)."""
-    if file is not None:
-        return file
-    if option is not None:
-        return option
-    env = os.environ.get(CONFIG_ENV)
-    return Path(env) if env else None
+    return chosen_config(file, option, CONFIG_ENV)
 
 
 def validate(path: Path | None) -> tuple[GatewaySettings | None, list[str]]:

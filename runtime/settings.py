@@ -168,6 +168,16 @@ def _present(values: dict, loc: tuple[str, ...]) -> bool:
     return True
 
 
+def chosen_config(file: Path | None, option: Path | None, env_var: str) -> Path | None:
+    """The file `config validate [FILE]` checks: FILE, else --config, else $env_var, else
+    none (defaults and environment)."""
+    if file is not None:
+        return file
+    if option is not None:
+        return option
+    return Path(os.environ[env_var]) if os.environ.get(env_var) else None
+
+
 def value_source(env_prefix: str, key: str, path: Path | None) -> str:
     """Where a dotted key's value comes from, as load_settings names it in its errors:
     the environment wins over the file, the file over the defaults."""
