@@ -124,7 +124,8 @@ class FifoFeeder:
             raise ValueError(
                 f"a period of {self.period_bytes} bytes is over PIPE_BUF ({select.PIPE_BUF})"
             )
-        self.frames_written = 0
+        self.frames_played = 0  # frames of played (queued) audio written into the FIFO
+        self._frames_queued = 0
         self._periods: deque[bytes] = deque()
         self._wake = threading.Condition()
         self._paused = False
@@ -144,13 +145,15 @@ class FifoFeeder:
         with self._wake:
             for start in range(0, len(data), self.period_bytes):
                 self._periods.append(data[start : start + self.period_bytes])
+            self._frames_queued += len(data) // self.period_bytes * self.period_frames
             self._wake.notify_all()
 
     def wait_played(self, timeout: float) -> bool:
-        """True once every queued period has been written into the FIFO."""
+        """True once every queued period has been written into the FIFO. Counted, not
+        inferred from an idle writer: with idle silence the writer is never idle."""
         deadline = time.monotonic() + timeout
         with self._wake:
-            while self._periods or self._writing:
+            while self.frames_played < self._frames_queued:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     return False
@@ -252,7 +255,7 @@ class FifoFeeder:
             written = self._write(fd, period)
             with self._wake:
                 if written:
-                    self.frames_written += self.period_frames
+                    self.frames_played += self.period_frames if queued else 0
                     due += interval
                 elif queued:
                     self._periods.appendleft(period)

@@ -224,14 +224,14 @@ class Demo:
     def speak(self, session_id: str) -> None:
         conversation, feeder, partner = self._conversation(), self._feeder(), self._partner()
         with self.step("chunks uploaded", "playing the speech into the microphone", ("agent",)):
-            start = feeder.frames_written
+            start = feeder.frames_played
             feeder.play(conversation.pcm)
-            total = len(conversation.pcm) + feeder.period_frames
+            total = len(conversation.pcm)
             seen = {"chunks": 0}
 
             def played() -> bool:
                 self._check_children()
-                done = feeder.frames_written - start
+                done = feeder.frames_played - start
                 session = self._poll(lambda: partner.session(session_id))
                 audio = (session or {}).get("audio") or {}
                 chunks = audio.get("chunks_received", 0)

@@ -101,15 +101,9 @@ def agent_env(tmp_path, broker_url: str, gateway_url: str, fifo: Path) -> dict[s
 
 
 def play(feeder: FifoFeeder, pcm: np.ndarray, timeout: float = 30.0) -> None:
-    """Play ``pcm`` and return once all of it is in the FIFO. (FifoFeeder.wait_played()
-    rarely sees a gap while idle silence is written, so count the frames instead: queued
-    periods go before silence, plus the one period that was in flight at play().)"""
-    start = feeder.frames_written
+    """Play ``pcm`` and return once all of it is in the FIFO."""
     feeder.play(pcm)
-    deadline = time.monotonic() + timeout
-    while feeder.frames_written - start < len(pcm) + feeder.period_frames:
-        assert time.monotonic() < deadline, "the FIFO was not read"
-        time.sleep(0.02)
+    assert feeder.wait_played(timeout), "the FIFO was not read"
 
 
 class NotifySocket:

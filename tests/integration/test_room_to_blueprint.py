@@ -44,13 +44,9 @@ def cut(seconds: float) -> int:
 
 
 def play(feeder: FifoFeeder, pcm: np.ndarray, timeout: float = 30.0) -> None:
-    """Return once all of ``pcm`` is in the FIFO (plus the period in flight)."""
-    start = feeder.frames_written
+    """Play ``pcm`` and return once all of it is in the FIFO."""
     feeder.play(pcm)
-    deadline = time.monotonic() + timeout
-    while feeder.frames_written - start < len(pcm) + feeder.period_frames:
-        assert time.monotonic() < deadline, "the FIFO was not read"
-        time.sleep(0.02)
+    assert feeder.wait_played(timeout), "the FIFO was not read"
 
 
 class Gateway:
