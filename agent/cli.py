@@ -13,7 +13,7 @@ from pathlib import Path
 import click
 
 from agent import __version__
-from agent.audio import SAMPLE_RATE, AudioInputError
+from agent.pipeline.audio import SAMPLE_RATE, AudioInputError
 from agent.settings import CONFIG_ENV, AgentSettings, load_agent_settings
 from runtime.cli import Fatal, SettingsContext, config_option, run_program
 from runtime.settings import ConfigError
@@ -39,8 +39,8 @@ def cli(ctx: click.Context, config_path: Path | None) -> None:
 def segment(state: CliState, file: Path) -> None:
     """Print the speech segments VAD keeps in FILE (WAV or FLAC), as one JSON object."""
     settings = state.settings
-    from agent.filesource import FileSource
-    from agent.vad import Segmenter, merge_spans
+    from agent.pipeline.filesource import FileSource
+    from agent.pipeline.vad import Segmenter, merge_spans
 
     segmenter = Segmenter(settings.audio)
     chunks = []
@@ -67,7 +67,7 @@ def segment(state: CliState, file: Path) -> None:
 @click.option("--json", "as_json", is_flag=True, help="One JSON list, for scripts.")
 def devices(as_json: bool) -> None:
     """List the audio input devices: what audio.device can name (by a part of the name)."""
-    from agent.capture import list_input_devices
+    from agent.pipeline.capture import list_input_devices
 
     try:
         found = list_input_devices()
@@ -106,7 +106,7 @@ def check(state: CliState, seconds: float, as_json: bool) -> None:
     signal, clipping, too quiet, no speech heard, or noisy room. Exit status 0 for good,
     1 for any other verdict, 2 on errors (no such device, bad config), 130 on Ctrl-C.
     """
-    from agent.check import Meter, print_report, run_check
+    from agent.diagnostics.mic_check import Meter, print_report, run_check
 
     settings = state.settings
     meter = Meter(sys.stderr, seconds)
@@ -160,7 +160,7 @@ def record(
     SIGTERM or SIGINT ends the session cleanly. Exit status 2 when the spool filled up or
     recording failed: what was spooled before is kept.
     """
-    from agent.record_cli import record_session
+    from agent.record import record_session
 
     if until_eof and input_file is None:
         raise Fatal("--until-eof needs --input")
@@ -199,8 +199,8 @@ def status(state: CliState, as_json: bool) -> None:
     nothing. Exit status 0 when healthy, 1 when something needs fixing (each problem
     with its fix), 2 when the settings do not load.
     """
-    from agent.status_report import format_status, gather
-    from agent.validate import config_path
+    from agent.diagnostics.status_report import format_status, gather
+    from agent.diagnostics.validate import config_path
 
     report = gather(state.settings, config_path(None, state.config_path))
     click.echo(report.model_dump_json() if as_json else format_status(report))
@@ -226,8 +226,8 @@ def doctor(state: CliState, seconds: float, no_check: bool, as_json: bool) -> No
     Exit status 0 when all is well, 1 when something needs fixing, 2 when the settings
     do not even load.
     """
-    from agent.doctor import diagnose, format_doctor
-    from agent.validate import config_path
+    from agent.diagnostics.doctor import diagnose, format_doctor
+    from agent.diagnostics.validate import config_path
 
     def prompt() -> None:
         if not as_json:
@@ -295,7 +295,7 @@ def config_validate(state: CliState, file: Path | None, check_devices: bool) -> 
     and the broker have their credentials, TLS files load. Prints every problem, one line
     each (exit status 2), or "FILE: ok".
     """
-    from agent.validate import config_path, summary, validate
+    from agent.diagnostics.validate import config_path, summary, validate
 
     path = config_path(file, state.config_path)
     settings, problems = validate(path, check_devices)

@@ -39,15 +39,15 @@ from datetime import UTC, datetime
 import httpx
 
 from agent import __version__
-from agent.audio import AudioInputError, AudioSource
-from agent.control import ControlLink
-from agent.pipeline import SealingKeyError, gateway_key
-from agent.recorder import Recorder, RecorderError, RecorderListener
+from agent.diagnostics.status_file import STATUS_FILE, StatusWriter, build_snapshot
+from agent.link.control import ControlLink
+from agent.link.device_status import DeviceStatus
+from agent.link.uplink import Uplink, make_client
+from agent.pipeline.audio import AudioInputError, AudioSource
+from agent.pipeline.recorder import Recorder, RecorderError, RecorderListener
+from agent.pipeline.seal import SealingKeyError, gateway_key
 from agent.settings import AgentSettings, LinkSettings, MqttSettings
 from agent.spool import Spool, SpoolError
-from agent.status import DeviceStatus
-from agent.status_file import STATUS_FILE, StatusWriter, build_snapshot
-from agent.uplink import Uplink, make_client
 from protocol.manifest import SessionManifest
 from protocol.messages import ChunkSpooled, SessionClosed
 from runtime import systemd
@@ -179,8 +179,9 @@ def _serve(
 def _status_writer(
     settings: AgentSettings, status: DeviceStatus, control: ControlLink | None, health: Health
 ) -> StatusWriter:
-    """state_dir/status.json for `room-agent status` (agent/status_file.py): rewritten on
-    every recorder change and heartbeat, and whenever anything else it shows changed."""
+    """state_dir/status.json for `room-agent status` (agent/diagnostics/status_file.py):
+    rewritten on every recorder change and heartbeat, and whenever anything else it shows
+    changed."""
     started = datetime.now(UTC)
     writer = StatusWriter(
         settings.state_dir / STATUS_FILE,
@@ -221,7 +222,7 @@ def _watch(stop: threading.Event, health: Health) -> None:
 
 
 def _microphone(settings: AgentSettings) -> AudioSource:
-    from agent.capture import MicrophoneSource
+    from agent.pipeline.capture import MicrophoneSource
 
     return MicrophoneSource(settings.audio)
 

@@ -425,7 +425,7 @@ def simulator(host: str, port: int, log_level: str, **knobs: object) -> None:
     Credentials are the simulator's defaults (sim-api-key, sim-client, sim-secret);
     its control API is under /_sim (see /docs).
     """
-    from gateway.blueprint.simulator import config_from_options, run
+    from devtools.simulator.app import config_from_options, run
 
     try:
         config = config_from_options(**knobs)
@@ -450,7 +450,7 @@ def demo(no_tty: bool, keep: bool) -> int:
     """
     import sys
 
-    from gateway.demo.run import DemoOptions, run_demo
+    from devtools.demo.run import DemoOptions, run_demo
 
     return run_demo(DemoOptions(tty=not no_tty and sys.stdout.isatty(), keep=keep))
 

@@ -20,7 +20,7 @@ from typing import ClassVar, Literal, Self
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 from pydantic_settings import SettingsConfigDict
 
-from gateway.blueprint.simulator_defaults import (
+from gateway.blueprint.defaults import (
     DEFAULT_API_KEY,
     DEFAULT_CLIENT_ID,
     DEFAULT_CLIENT_SECRET,

@@ -1,8 +1,5 @@
-"""Blueprint partner API: the client the gateway uses, webhook signatures, and a simulator.
-
-The simulator (``gateway.blueprint.simulator``) is not imported here, so using the client
-never pulls in the simulator's server-side code.
-"""
+"""Blueprint partner API as the gateway uses it: the client, its models and paths, webhook
+signatures, and the out-of-the-box defaults. The simulator lives in devtools/simulator."""
 
 from gateway.blueprint.client import (
     BlueprintClient,

@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from agent.status_file import STATUS_FILE, StatusSnapshot, read_snapshot
+from agent.diagnostics.status_file import STATUS_FILE, StatusSnapshot, read_snapshot
 from protocol.envelope import generate_private_key, public_key_to_text
 from tests.support.alsa import write_asound_conf
 from tests.support.processes import Service

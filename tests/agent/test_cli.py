@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import soundfile
 
-from agent.pipeline import ChunkSealer
+from agent.pipeline.seal import ChunkSealer
 from agent.spool import Spool
 from protocol.codec import decode
 from protocol.envelope import generate_private_key, open_chunk, public_key_to_text

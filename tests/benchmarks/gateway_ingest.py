@@ -43,7 +43,7 @@ def throughput(deployment, room: str, chunks: list, count: int, concurrency: int
     """Chunks/s for ``count`` PUTs (distinct seqs, one session) from ``concurrency`` clients."""
     import httpx
 
-    from agent.pipeline import ChunkSealer
+    from agent.pipeline.seal import ChunkSealer
     from protocol.ingest import SEALED_CHUNK_CONTENT_TYPE, chunk_path
 
     session_id = deployment.gateway.start_session(room, *deployment.people)
@@ -79,10 +79,10 @@ def drain(deployment, chunks: list, minutes: float, root: Path) -> dict[str, flo
     """An hour (say) of one session in the agent's spool, drained by the agent's uplink."""
     from pydantic import SecretStr
 
-    from agent.pipeline import ChunkSealer
+    from agent.link.uplink import Uplink, make_client
+    from agent.pipeline.seal import ChunkSealer
     from agent.settings import LinkSettings
     from agent.spool import Spool
-    from agent.uplink import Uplink, make_client
 
     gateway = deployment.gateway
     session_id = gateway.start_session(DRAIN_ROOM, *deployment.people)

@@ -66,10 +66,10 @@ def peak_rss_mb() -> float:
 
 def run_pipeline(path: Path, codec: str) -> dict:
     """In this (child) process: the whole pipeline on one core, measured."""
-    from agent.filesource import FileSource
-    from agent.pipeline import ChunkSealer
+    from agent.pipeline.filesource import FileSource
+    from agent.pipeline.seal import ChunkSealer
+    from agent.pipeline.vad import Segmenter
     from agent.settings import AudioSettings
-    from agent.vad import Segmenter
     from protocol.envelope import generate_private_key
 
     os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})

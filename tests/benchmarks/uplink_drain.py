@@ -29,8 +29,8 @@ DEVICE, TOKEN = "bench-room", "bench-token"
 
 def speech_chunks() -> list:
     """One 10 min session through the real VAD: its speech chunks."""
+    from agent.pipeline.vad import Segmenter
     from agent.settings import AudioSettings
-    from agent.vad import Segmenter
     from tests.support.speech import make_session_pcm
 
     pcm, _ = make_session_pcm(SESSION_S, 20, seed=5)
@@ -43,7 +43,7 @@ def speech_chunks() -> list:
 
 def fill_spool(spool, key, chunks: list, sessions: int, run: str) -> tuple[float, int]:
     """``sessions`` closed sessions of those chunks; returns (speech seconds, bytes)."""
-    from agent.pipeline import ChunkSealer
+    from agent.pipeline.seal import ChunkSealer
 
     sealer = ChunkSealer(DEVICE, key.public_key())
     speech_s, size = 0.0, 0
@@ -61,8 +61,8 @@ def fill_spool(spool, key, chunks: list, sessions: int, run: str) -> tuple[float
 def drain(spool, url: str, concurrency: int, sessions: int) -> float:
     from pydantic import SecretStr
 
+    from agent.link.uplink import Uplink, make_client
     from agent.settings import LinkSettings
-    from agent.uplink import Uplink, make_client
 
     settings = LinkSettings(gateway_url=url, ingest_token=TOKEN, upload_concurrency=concurrency)
     uplink = Uplink(settings, DEVICE, spool, make_client(settings, SecretStr(TOKEN)))

@@ -21,9 +21,9 @@ if __package__ in (None, ""):  # run as a script: make `tests.support` importabl
 import numpy as np
 import webrtcvad
 
-from agent.audio import FRAME_MS, FRAME_SAMPLES
+from agent.pipeline.audio import FRAME_MS, FRAME_SAMPLES
+from agent.pipeline.vad import Segmenter, SpeechChunk, merge_spans
 from agent.settings import AudioSettings
-from agent.vad import Segmenter, SpeechChunk, merge_spans
 from tests.support.speech import SAMPLE_RATE, Score, make_session_pcm
 
 

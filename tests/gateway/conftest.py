@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 import soundfile
 
-from gateway.blueprint.simulator import DEFAULT_CLIENT_SECRET
+from gateway.blueprint.defaults import DEFAULT_CLIENT_SECRET
 from tests.support.processes import Service, free_port, wait_for_http
 
 ROOM_GATEWAY = str(Path(sys.executable).with_name("room-gateway"))

@@ -1,10 +1,10 @@
 """A real capture device without a sound card: the ALSA `file` plugin, fed from a file or FIFO.
 
-The implementation ships in the package (gateway/demo/microphone.py), because `room-gateway
+The implementation ships in the package (devtools/demo/microphone.py), because `room-gateway
 demo` captures through it too; its docstring lists the plugin's gotchas.
 """
 
-from gateway.demo.microphone import (
+from devtools.demo.microphone import (
     PCM_NAME,
     SAMPLE_BYTES,
     FifoFeeder,

@@ -5,7 +5,7 @@ session is built from espeak-ng utterances (several voices and speeds) placed be
 silences of known length (some of tens of seconds, like a session's pauses), over room
 noise (pink + brown + an HVAC hump, mains hum, a slow level drift) and door knocks placed
 in the silences. The utterances are rendered once per (text, voice, speed) and cached on
-disk, so building a session is fast after the first run (gateway/demo/speech.py: the demo
+disk, so building a session is fast after the first run (devtools/demo/speech.py: the demo
 speaks through the same renderer).
 
 Speech truth: each utterance spans from the first to the last sample of the clean espeak
@@ -28,9 +28,9 @@ import numpy as np
 import soundfile as sf
 
 # The renderer ships with the demo; synthesize and speech_cache_dir are re-exported for tests.
-from gateway.demo.speech import SAMPLE_RATE, synthesize_many
-from gateway.demo.speech import speech_cache_dir as speech_cache_dir
-from gateway.demo.speech import synthesize as synthesize
+from devtools.demo.speech import SAMPLE_RATE, synthesize_many
+from devtools.demo.speech import speech_cache_dir as speech_cache_dir
+from devtools.demo.speech import synthesize as synthesize
 
 FULL_SCALE = 32_767
 

@@ -23,7 +23,7 @@ import uvicorn
 from fastapi import FastAPI, Request, Response
 
 from gateway.blueprint.client import BlueprintClient
-from gateway.blueprint.simulator import (
+from gateway.blueprint.defaults import (
     DEFAULT_API_KEY,
     DEFAULT_CLIENT_ID,
     DEFAULT_CLIENT_SECRET,

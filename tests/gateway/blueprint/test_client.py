@@ -18,7 +18,7 @@ from gateway.blueprint.client import (
     BlueprintUnavailable,
     reuse_window_s,
 )
-from gateway.blueprint.simulator import (
+from gateway.blueprint.defaults import (
     DEFAULT_API_KEY,
     DEFAULT_CLIENT_SECRET,
 )

@@ -1,0 +1,335 @@
+"""Judging what `room-agent status` found: each item ok, skipped, or a problem with its fix.
+
+The fixes are what a technician types or does next, in the device's own terms: the setting
+to change, the command to run (on the device or on the gateway), who to call. The same
+findings are `room-agent doctor`'s checklist. Codes, ids and numbers only.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel
+
+from agent.diagnostics.observations import AgentView, SpoolView
+from agent.diagnostics.probes import BrokerProbe, GatewayProbe, public_url
+from agent.diagnostics.status_file import REFRESH_S
+from agent.settings import AgentSettings
+
+# The snapshot is rewritten at least every REFRESH_S: three missed rewrites mean a hung agent.
+STALE_SNAPSHOT_S = 3 * REFRESH_S
+# Spool use at which a technician should act: at 100% the agent stops recording (it never
+# deletes unsent audio), and what is left may be a single day of sessions.
+SPOOL_FULL_SHARE = 0.8
+# A chunk normally leaves within seconds of being spooled; after this long, it is stuck.
+BACKLOG_STUCK_S = 15 * 60
+GATEWAY_FAILS = "the gateway fails: ask its operator (room-gateway logs and /readyz)"
+RESTART = "sudo systemctl restart room-agent (its log: journalctl -u room-agent -n 50)"
+
+Verdict = Literal["ok", "problem", "skipped"]
+
+
+class Finding(BaseModel):
+    """One checklist item: what was found and, for a problem, what to do about it."""
+
+    item: str
+    verdict: Verdict
+    summary: str
+    fix: str | None = None
+
+
+def judge(
+    settings: AgentSettings,
+    agent: AgentView,
+    broker: BrokerProbe | None,
+    gateway: GatewayProbe | None,
+    spool: SpoolView,
+) -> list[Finding]:
+    """One finding per item, in the order a technician works through them."""
+    return [
+        judge_agent(agent),
+        judge_broker(settings, broker, agent),
+        judge_gateway(settings, gateway),
+        judge_spool(spool, agent),
+        judge_quarantine(spool),
+        judge_errors(settings, agent),
+    ]
+
+
+def judge_agent(agent: AgentView) -> Finding:
+    snap = agent.snapshot
+    start = "start it: sudo systemctl enable --now room-agent (its log: journalctl -u room-agent)"
+    if agent.error is not None:
+        return Finding(
+            item="agent",
+            verdict="problem",
+            summary=f"unknown: {agent.error}",
+            fix="run it as root or the room-agent user (sudo room-agent --config ... status)",
+        )
+    if snap is None and agent.running:
+        return Finding(
+            item="agent",
+            verdict="problem",
+            summary=f"running, pid {agent.pid}, but its status file cannot be read",
+            fix="check that the room-agent user can write state_dir and that the disk is not"
+            " full (df -h); the agent's log names the problem (journalctl -u room-agent)",
+        )
+    if snap is None:
+        return Finding(item="agent", verdict="problem", summary="not running", fix=start)
+    if not agent.running:
+        summary = f"not running (last seen {ago(agent.snapshot_age_s)} ago as pid {snap.pid})"
+        return Finding(item="agent", verdict="problem", summary=summary, fix=start)
+    doing = snap.recorder + (f" session {snap.session_id}" if snap.session_id else "")
+    summary = f"running, pid {snap.pid}, {doing}; status {ago(agent.snapshot_age_s)} old"
+    if (agent.snapshot_age_s or 0) > STALE_SNAPSHOT_S:
+        return Finding(
+            item="agent",
+            verdict="problem",
+            summary=f"{summary}: not updating it (hung?)",
+            fix=f"restart it: {RESTART}",
+        )
+    if snap.health is not None:
+        return Finding(
+            item="agent",
+            verdict="problem",
+            summary=f"{summary}; unhealthy: {snap.health}",
+            fix=_health_fix(snap.health),
+        )
+    return Finding(item="agent", verdict="ok", summary=summary)
+
+
+def _health_fix(code: str) -> str:
+    if code.startswith("spool"):
+        return (
+            "the spool directory is not usable: check the disk (df -h, dmesg) and that the"
+            f" room-agent user owns state_dir; then {RESTART}"
+        )
+    return f"a part of the agent stopped ({code}); systemd's watchdog restarts it, or: {RESTART}"
+
+
+def judge_broker(settings: AgentSettings, probe: BrokerProbe | None, agent: AgentView) -> Finding:
+    if probe is None:
+        return Finding(
+            item="broker",
+            verdict="skipped",
+            summary="not configured (mqtt.broker_url): no commands",
+        )
+    where = f"{probe.host}:{probe.port}"
+    if not probe.reachable:
+        return Finding(
+            item="broker",
+            verdict="problem",
+            summary=f"unreachable at {where} ({probe.error})",
+            fix=_unreachable_fix(probe.error, "broker", where, "mqtt"),
+        )
+    if probe.connect == "refused":
+        return Finding(
+            item="broker",
+            verdict="problem",
+            summary=f"{where} refuses this device's credentials ({probe.error})",
+            fix=_reprovision(settings.device_id, "the broker"),
+        )
+    if probe.connect == "no_answer":
+        return Finding(
+            item="broker",
+            verdict="problem",
+            summary=f"{where} answers TCP but not MQTT ({probe.error})",
+            fix="check mqtt.broker_url: the port, and mqtt:// versus mqtts://",
+        )
+    proved = "credentials accepted" if probe.connect == "accepted" else "no credentials to try"
+    summary = f"{public_url(probe.url)} reachable, {proved}"
+    snap = agent.snapshot
+    if not agent.running or snap is None:
+        return Finding(item="broker", verdict="ok", summary=summary)
+    if not snap.mqtt_connected:
+        return Finding(
+            item="broker",
+            verdict="problem",
+            summary=f"{summary}, but the agent is not connected",
+            fix=f"it retries every {settings.mqtt.reconnect_max_s:g} s at most; if this"
+            f" persists: {RESTART}",
+        )
+    beat = agent.last_heartbeat_age_s
+    if beat is not None and beat > 2 * settings.mqtt.heartbeat_s + 10:
+        return Finding(
+            item="broker",
+            verdict="problem",
+            summary=f"{summary}; agent connected, but its last heartbeat went {ago(beat)} ago"
+            f" (every {settings.mqtt.heartbeat_s:g} s)",
+            fix=f"restart it: {RESTART}",
+        )
+    heard = f"last heartbeat {ago(beat)} ago" if beat is not None else "no heartbeat yet"
+    return Finding(item="broker", verdict="ok", summary=f"{summary}; agent connected, {heard}")
+
+
+def judge_gateway(settings: AgentSettings, probe: GatewayProbe | None) -> Finding:
+    if probe is None:
+        return Finding(
+            item="gateway",
+            verdict="skipped",
+            summary="not configured (link.gateway_url): audio stays in the spool",
+        )
+    if not probe.reachable:
+        return Finding(
+            item="gateway",
+            verdict="problem",
+            summary=f"unreachable at {probe.url} ({probe.error})",
+            fix=_unreachable_fix(probe.error, "gateway", probe.url, "link"),
+        )
+    health = f"/healthz {probe.healthz}"
+    if probe.token == "refused":
+        return Finding(
+            item="gateway",
+            verdict="problem",
+            summary=f"{probe.url} reachable ({health}), but it refuses this device's token",
+            fix=_reprovision(settings.device_id, "the gateway"),
+        )
+    if probe.token == "forbidden":
+        return Finding(
+            item="gateway",
+            verdict="problem",
+            summary=f"{probe.url}: device {settings.device_id} is revoked there, or the token"
+            " is another device's",
+            fix=f"check device_id; then {_reprovision(settings.device_id, 'the gateway')}",
+        )
+    if probe.token == "unexpected" and (probe.token_status or 0) >= 500:
+        return Finding(
+            item="gateway",
+            verdict="problem",
+            summary=f"{probe.url} reachable but failing (HTTP {probe.token_status})",
+            fix=GATEWAY_FAILS,
+        )
+    if probe.token == "unexpected":
+        return Finding(
+            item="gateway",
+            verdict="problem",
+            summary=f"{probe.url} answers the ingest path with HTTP {probe.token_status}"
+            f" ({health})",
+            fix="check link.gateway_url: it must be the room-gateway's address",
+        )
+    token = "token accepted" if probe.token == "accepted" else "no ingest token to try"
+    return Finding(
+        item="gateway", verdict="ok", summary=f"{probe.url} reachable ({health}), {token}"
+    )
+
+
+def _unreachable_fix(error: str | None, what: str, where: str, table: str) -> str:
+    if error and error.startswith("TLS"):
+        return (
+            f"the {what}'s certificate is not trusted or not for this name: set {table}.ca_file"
+            " to its CA (room-gateway device add writes it) and use the host name in its"
+            " certificate"
+        )
+    if error == "name not resolved":
+        return f"check the host name in {table} settings and this device's DNS"
+    return f"{what} unreachable at {where}: check network/firewall, and that the {what} runs"
+
+
+def _reprovision(device_id: str, where: str) -> str:
+    return (
+        f"{where} refuses this device's credentials: re-provision with `room-gateway device"
+        f" add {device_id} --rotate` on the gateway and install the new credential files here"
+    )
+
+
+def judge_spool(spool: SpoolView, agent: AgentView) -> Finding:
+    if spool.error is not None:
+        return Finding(
+            item="spool",
+            verdict="problem",
+            summary=f"{spool.directory}: cannot read ({spool.error})",
+            fix="run as root or the room-agent user (sudo -u room-agent room-agent status)",
+        )
+    share = f"{spool.used_share:.0%} of {human_bytes(spool.quota_bytes)}"
+    summary = f"{spool.backlog_chunks} chunks ({human_bytes(spool.backlog_bytes)}) waiting, {share}"
+    if spool.free_bytes is not None:
+        summary += f", {human_bytes(spool.free_bytes)} free on disk"
+    oldest = spool.oldest_pending_age_s
+    if oldest is not None:
+        summary += f"; oldest {ago(oldest)}"
+    unacked = f"the gateway has not acknowledged chunks for {ago(oldest or 0)}"
+    low_disk = spool.free_bytes is not None and spool.free_bytes < 2 * spool.min_free_bytes
+    if spool.used_share >= SPOOL_FULL_SHARE or low_disk:
+        what = f"spool {spool.used_share:.0%} full" if not low_disk else "disk almost full"
+        return Finding(
+            item="spool",
+            verdict="problem",
+            summary=summary,
+            fix=f"{what}: {unacked}; fix the gateway link (recording stops when full, and"
+            " unsent audio is never deleted)",
+        )
+    if oldest is not None and oldest > BACKLOG_STUCK_S:
+        cause = "start the agent" if not agent.running else "fix the gateway link"
+        return Finding(item="spool", verdict="problem", summary=summary, fix=f"{unacked}: {cause}")
+    return Finding(item="spool", verdict="ok", summary=summary)
+
+
+def judge_quarantine(spool: SpoolView) -> Finding:
+    entries = spool.quarantined
+    if not entries and not spool.to_quarantine:
+        return Finding(item="quarantine", verdict="ok", summary="none")
+    reasons = sorted({entry.reason for entry in entries})
+    summary = f"{len(entries)} file(s) quarantined"
+    if reasons:
+        summary += f" ({'; '.join(reasons)[:120]})"
+    if spool.to_quarantine:
+        summary += f"; {spool.to_quarantine} more found corrupt (moved at the agent's next start)"
+    return Finding(
+        item="quarantine",
+        verdict="problem",
+        summary=summary,
+        fix="they may hold sealed audio the gateway never got: list them with `room-agent"
+        " spool verify`, then decide what happens to them (the agent never deletes them)",
+    )
+
+
+def judge_errors(settings: AgentSettings, agent: AgentView) -> Finding:
+    snap = agent.snapshot
+    if not agent.running:
+        return Finding(item="last error", verdict="skipped", summary="agent not running")
+    if snap is None:
+        return Finding(item="last error", verdict="skipped", summary="unknown (no status file)")
+    code = snap.last_error
+    if code is None:
+        return Finding(item="last error", verdict="ok", summary="none")
+    return Finding(
+        item="last error", verdict="problem", summary=code, fix=error_fix(code, settings)
+    )
+
+
+def error_fix(code: str, settings: AgentSettings) -> str:
+    """What to do about an agent's error code (recorder's first, else the uplink's)."""
+    if code == "spool_full":
+        return "recording stopped: the spool is full; the gateway must take the backlog first"
+    if code == "device_lost":
+        return "the microphone went away mid-session: check its USB cable (room-agent devices)"
+    if code == "unauthorized":
+        return _reprovision(settings.device_id, "the gateway")
+    if code == "gateway_unreachable":
+        return f"check network/firewall to {public_url(settings.link.gateway_url)}"
+    if code == "gateway_error" or code.startswith("http_5"):
+        return GATEWAY_FAILS
+    if code.startswith(("chunk_", "manifest_", "bad_receipt")):
+        return (
+            "the gateway would not take a chunk: `room-agent spool verify` names the session;"
+            " give its id to the gateway's operator"
+        )
+    return f"see the agent's log: journalctl -u room-agent -n 100 (then: {RESTART})"
+
+
+def ago(seconds: float | None) -> str:
+    if seconds is None:
+        return "?"
+    for unit, size in (("d", 86_400), ("h", 3600), ("min", 60)):
+        if seconds >= 2 * size:
+            return f"{seconds / size:.0f} {unit}"
+    return f"{seconds:.0f} s"
+
+
+def human_bytes(count: int) -> str:
+    value = float(count)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024 or unit == "GiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{value:.1f} GiB"

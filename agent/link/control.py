@@ -1,0 +1,452 @@
+"""The MQTT control plane (paho-mqtt, MQTT 5, QoS 1): commands in, state and events out.
+
+The device is a broker client whose user name and client id are its device id, so the
+broker's ACL (``rooms/%u/#``) confines it to its own topics. It keeps a persistent session
+(clean start off, a session expiry), so a command sent while it is away (a restart, a
+network outage) is delivered when it is back. Its last will is the retained
+``rooms/<id>/state`` with online=False (its other fields are as of the connection: read
+only ``online`` from it); the retained state is republished on every recorder change, at
+every (re)connection and with every heartbeat, so it also carries the current backlog.
+
+Recording never waits for the broker: while it is away, events are kept in a bounded
+buffer and sent after reconnecting (the state is not buffered: the current one is sent at
+reconnection), and the connection is retried with exponential backoff and jitter
+(tenacity). Only this module's own threads touch the paho client while it is not running
+its network thread: paho's socket is not safe for two writers.
+
+Commands run one at a time on a thread of their own (a stop waits for the session to be
+closed in the spool), and each gets a CommandResult on ``events``: a start while another
+session records is refused ("already_recording"), a repeated start of the session being
+recorded is fine (QoS 1 may deliver twice), a stop of anything but the current session is
+refused ("not_recording"). Notifications (chunk acked, uploaded, notes ready, failed) are
+kept, the last per session, and logged by id.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import queue
+import threading
+import time
+from collections import OrderedDict, deque
+
+import paho.mqtt.client as mqtt
+import tenacity
+from paho.mqtt.enums import MQTTErrorCode
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
+from paho.mqtt.subscribeoptions import SubscribeOptions
+from pydantic import BaseModel, SecretStr, ValidationError
+
+from agent.link.device_status import DeviceStatus
+from agent.pipeline.audio import AudioInputError
+from agent.pipeline.recorder import Recorder, RecorderError, RecorderListener, RecorderSnapshot
+from agent.settings import MqttSettings
+from agent.spool import SpoolError, SpoolFull
+from protocol import topics
+from protocol.manifest import SessionManifest
+from protocol.messages import (
+    ChunkSpooled,
+    CommandResult,
+    Notification,
+    PingCommand,
+    SessionClosed,
+    SessionStarted,
+    StartCommand,
+    StopCommand,
+    commands,
+    notifications,
+)
+from runtime.mqtt import BrokerUnavailable, broker_address, new_client, persistent_session
+
+log = logging.getLogger(__name__)
+
+CONNACK_WAIT_S = 10.0
+# A connection that lasted less than this before it dropped counts as flapping: wait
+# reconnect_min_s before the next attempt rather than hammering the broker.
+STABLE_S = 10.0
+STOP_WAIT_S = 30.0  # how long a stop command waits for the session to be closed
+GOODBYE_WAIT_S = 2.0  # how long stop() waits for the broker to take the offline state
+EVENT_BUFFER = 1000  # events kept while the broker is away
+NOTIFIED_KEPT = 256  # sessions whose last notification is remembered
+
+
+class ControlLink(RecorderListener):
+    def __init__(
+        self,
+        settings: MqttSettings,
+        device_id: str,
+        recorder: Recorder,
+        status: DeviceStatus,
+        password: SecretStr | None = None,
+    ) -> None:
+        self.settings = settings
+        self.device_id = device_id
+        self.recorder = recorder
+        self.status = status
+        self.host, self.port, _ = broker_address(settings.broker_url)
+        self._lock = threading.Lock()
+        self._online = False
+        self._buffer: deque[tuple[str, str]] = deque(maxlen=EVENT_BUFFER)
+        self._notified: OrderedDict[str, Notification] = OrderedDict()
+        self._stopping = threading.Event()
+        self._lost = threading.Event()
+        self._connack = threading.Event()
+        self._refusal: str | None = None
+        self._commands: queue.Queue[bytes | None] = queue.Queue()
+        self._refusing = threading.Event()
+        self._executing = threading.Lock()
+        self._threads: list[threading.Thread] = []
+        # Reconnection is ours (backoff with jitter, see _supervise), not paho's.
+        self.client = new_client(
+            settings, device_id, device_id, password, reconnect_on_failure=False
+        )
+        self.client.on_connect = self._on_connect
+        self.client.on_disconnect = self._on_disconnect
+        self.client.on_subscribe = self._on_subscribe
+        self.client.on_message = self._on_message
+
+    # -- lifecycle
+
+    def start(self) -> None:
+        for target, name in ((self._supervise, "mqtt-link"), (self._run_commands, "commands")):
+            thread = threading.Thread(target=target, name=name, daemon=True)
+            thread.start()
+            self._threads.append(thread)
+
+    def refuse_commands(self) -> None:
+        """From now on commands are answered "shutting_down" (so the sender can try again
+        later); returns once the command in progress, if any, is done."""
+        self._refusing.set()
+        with self._executing:
+            pass
+
+    def stop(self) -> None:
+        """Say goodbye (the retained state goes offline) and disconnect. The broker keeps
+        the session, so commands sent meanwhile arrive at the next start."""
+        self.refuse_commands()
+        self._stopping.set()
+        self._lost.set()
+        self._connack.set()
+        self._commands.put(None)
+        for thread in self._threads:
+            thread.join(STOP_WAIT_S)
+        with self._lock:
+            online, self._online = self._online, False
+        if online:
+            info = self.client.publish(
+                self._topic("state"), self._state_json(online=False), qos=1, retain=True
+            )
+            # If the connection is already gone, the last will says offline instead.
+            with contextlib.suppress(RuntimeError, ValueError):
+                info.wait_for_publish(GOODBYE_WAIT_S)
+            self.client.disconnect()
+        self.client.loop_stop()
+
+    def alive(self) -> bool:
+        """The connection supervisor and the command thread are running (for the watchdog)."""
+        return all(thread.is_alive() for thread in self._threads)
+
+    @property
+    def connected(self) -> bool:
+        with self._lock:
+            return self._online
+
+    def notifications(self) -> dict[str, Notification]:
+        """The last notification per session (newest sessions kept)."""
+        with self._lock:
+            return dict(self._notified)
+
+    # -- recorder events (on the recorder's thread: never block)
+
+    def session_started(self, event: SessionStarted) -> None:
+        self._send_event(event)
+
+    def chunk_spooled(self, event: ChunkSpooled) -> None:
+        self._send_event(event)
+
+    def session_closed(self, event: SessionClosed, manifest: SessionManifest) -> None:
+        self._send_event(event)
+
+    def state_changed(self, snapshot: RecorderSnapshot) -> None:
+        self.publish_state()
+
+    def publish_state(self) -> None:
+        """The retained state, now; skipped while offline (sent again on reconnection)."""
+        with self._lock:
+            if self._online:
+                self._publish("state", self._state_json(online=True), retain=True)
+
+    # -- publishing
+
+    def _send_event(self, event: BaseModel) -> None:
+        payload = event.model_dump_json()
+        with self._lock:
+            if self._online:
+                self._publish("events", payload)
+                return
+            if len(self._buffer) == self._buffer.maxlen:
+                log.warning("control: broker away; oldest buffered event dropped")
+            self._buffer.append(("events", payload))
+
+    def _publish(self, kind: topics.TopicKind, payload: str, retain: bool = False) -> None:
+        """Caller holds ``_lock`` and the network thread is running."""
+        info = self.client.publish(self._topic(kind), payload, qos=1, retain=retain)
+        if info.rc not in (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_NO_CONN):
+            log.warning("control: %s not queued (%s)", kind, mqtt.error_string(info.rc))
+
+    def _topic(self, kind: topics.TopicKind) -> str:
+        return topics.topic(self.device_id, kind)
+
+    def _state_json(self, online: bool) -> str:
+        return self.status.state(online=online).model_dump_json()
+
+    # -- connection (the supervisor thread)
+
+    def _supervise(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                self._retrying()(self._connect)
+            except BrokerUnavailable:
+                return  # stopping
+            connected_at = time.monotonic()
+            self._hold()
+            if self._stopping.is_set():
+                return  # stop() says goodbye on the running connection
+            self.client.loop_stop()
+            log.warning("control: connection to the broker lost; reconnecting")
+            if time.monotonic() - connected_at < STABLE_S:
+                self._stopping.wait(self.settings.reconnect_min_s)
+
+    def _retrying(self) -> tenacity.Retrying:
+        settings = self.settings
+        return tenacity.Retrying(
+            retry=tenacity.retry_if_exception_type(BrokerUnavailable),
+            wait=tenacity.wait_exponential(
+                multiplier=settings.reconnect_min_s, max=settings.reconnect_max_s
+            )
+            + tenacity.wait_random(0, settings.reconnect_min_s),
+            stop=lambda _state: self._stopping.is_set(),
+            sleep=self._stopping.wait,
+            before_sleep=_log_retry,
+            reraise=True,
+        )
+
+    def _connect(self) -> None:
+        """One attempt: TCP (and TLS), CONNECT, and a successful CONNACK; else raises."""
+        if self._stopping.is_set():
+            raise BrokerUnavailable("stopping")
+        self._lost.clear()
+        self._connack.clear()
+        self._refusal = None
+        self.client.will_set(
+            self._topic("state"), self._state_json(online=False), qos=1, retain=True
+        )
+        try:
+            self.client.connect(
+                self.host,
+                self.port,
+                keepalive=self.settings.keepalive_s,
+                clean_start=False,
+                properties=persistent_session(self.settings),
+            )
+        except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
+            raise BrokerUnavailable(type(exc).__name__) from None
+        self.client.loop_start()
+        self._connack.wait(CONNACK_WAIT_S)
+        if not self.connected or self._stopping.is_set():
+            self.client.disconnect()
+            self.client.loop_stop()
+            with self._lock:
+                self._online = False
+            raise BrokerUnavailable(self._refusal or "no CONNACK")
+        log.info("control: connected to the broker")
+
+    def _hold(self) -> None:
+        """Heartbeats (with a state refresh) until the connection drops or stop()."""
+        due = time.monotonic()
+        while not self._lost.is_set() and not self._stopping.is_set():
+            if time.monotonic() >= due:
+                self._heartbeat()
+                due += self.settings.heartbeat_s
+            self._lost.wait(max(0.0, due - time.monotonic()))
+
+    def _heartbeat(self) -> None:
+        try:
+            beat = self.status.heartbeat().model_dump_json()
+        except Exception:
+            log.exception("control: heartbeat not built")
+            return
+        with self._lock:
+            if self._online:
+                self._publish("events", beat)
+        self.publish_state()
+
+    # -- paho callbacks (on paho's network thread)
+
+    def _on_connect(
+        self,
+        client: mqtt.Client,
+        userdata: object,
+        flags: mqtt.ConnectFlags,
+        reason_code: ReasonCode,
+        properties: Properties,
+    ) -> None:
+        if reason_code.is_failure:
+            self._refusal = str(reason_code)
+            log.warning("control: broker refused the connection (%s)", reason_code)
+            self._connack.set()
+            return
+        options = SubscribeOptions(qos=1)
+        client.subscribe([(self._topic("cmd"), options), (self._topic("notify"), options)])
+        with self._lock:
+            self._online = True
+            self._publish("state", self._state_json(online=True), retain=True)
+            while self._buffer:
+                kind, payload = self._buffer.popleft()
+                self._publish(kind, payload)  # type: ignore[arg-type]
+        self._connack.set()
+
+    def _on_disconnect(
+        self,
+        client: mqtt.Client,
+        userdata: object,
+        flags: mqtt.DisconnectFlags,
+        reason_code: ReasonCode,
+        properties: Properties | None,
+    ) -> None:
+        with self._lock:
+            self._online = False
+        self._lost.set()
+
+    def _on_subscribe(
+        self,
+        client: mqtt.Client,
+        userdata: object,
+        mid: int,
+        reason_codes: list[ReasonCode],
+        properties: Properties,
+    ) -> None:
+        refused = [str(code) for code in reason_codes if code.is_failure]
+        if refused:
+            log.warning("control: subscription refused by the broker (%s)", ", ".join(refused))
+
+    def _on_message(self, client: mqtt.Client, userdata: object, message: mqtt.MQTTMessage) -> None:
+        parsed = topics.parse(message.topic)
+        if parsed is None or parsed[0] != self.device_id:
+            return
+        if parsed[1] == "cmd":
+            self._commands.put(message.payload)
+        elif parsed[1] == "notify":
+            self._notified_of(message.payload)
+
+    # -- commands (the commands thread)
+
+    def _run_commands(self) -> None:
+        while (payload := self._commands.get()) is not None:
+            with self._executing:
+                try:
+                    self._execute(payload)
+                except Exception:
+                    log.exception("control: command failed")
+
+    def _execute(self, payload: bytes) -> None:
+        try:
+            command = commands.validate_json(payload)
+        except ValidationError:
+            command_id = _command_id(payload)
+            log.warning("control: invalid command %s ignored", command_id or "(no id)")
+            if command_id is not None:
+                self._result(command_id, False, "invalid_command")
+            return
+        if self._refusing.is_set():
+            ok, reason = False, "shutting_down"
+        elif isinstance(command, StartCommand):
+            ok, reason = self._start(command.session_id)
+        elif isinstance(command, StopCommand):
+            ok, reason = self._stop(command.session_id)
+        else:
+            assert isinstance(command, PingCommand)
+            ok, reason = True, None
+        log.info(
+            "control: %s %s: %s",
+            command.type,
+            getattr(command, "session_id", command.command_id),
+            "ok" if ok else reason,
+        )
+        self._result(command.command_id, ok, reason)
+
+    def _start(self, session_id: str) -> tuple[bool, str | None]:
+        snapshot = self.recorder.state
+        if snapshot.session_id == session_id and snapshot.state == "recording":
+            return True, None  # delivered twice
+        if snapshot.session_id == session_id and snapshot.state in ("closing", "closed"):
+            return False, "session_closed"
+        if snapshot.state in ("recording", "closing"):
+            return False, "already_recording"
+        try:
+            self.recorder.start(session_id)
+        except RecorderError:
+            return False, "already_recording"
+        except SpoolFull:
+            return False, "spool_full"
+        except AudioInputError:
+            return False, "audio_input_unavailable"
+        except SpoolError:
+            return False, "spool_error"
+        return True, None
+
+    def _stop(self, session_id: str) -> tuple[bool, str | None]:
+        snapshot = self.recorder.state
+        if snapshot.session_id == session_id and snapshot.state == "recording":
+            self.recorder.stop(STOP_WAIT_S)
+            return True, None
+        if snapshot.session_id == session_id and snapshot.state in ("closing", "closed"):
+            return True, None  # delivered twice
+        if snapshot.state in ("idle", "closed") and self.recorder.interrupted_session == session_id:
+            self.recorder.close_interrupted()  # interrupted and not resumed: close it now
+            return True, None
+        return False, "not_recording"
+
+    def _result(self, command_id: str, ok: bool, reason: str | None) -> None:
+        self._send_event(CommandResult(command_id=command_id[:64], ok=ok, reason=reason))
+
+    # -- notifications
+
+    def _notified_of(self, payload: bytes) -> None:
+        try:
+            notification = notifications.validate_json(payload)
+        except ValidationError:
+            log.warning("control: invalid notification ignored")
+            return
+        session_id = notification.session_id
+        with self._lock:
+            self._notified[session_id] = notification
+            self._notified.move_to_end(session_id)
+            while len(self._notified) > NOTIFIED_KEPT:
+                self._notified.popitem(last=False)
+        if notification.type == "failed":
+            log.warning(
+                "control: session %s failed at the gateway (%s)", session_id, notification.reason
+            )
+        else:
+            log.info("control: session %s: %s", session_id, notification.type)
+
+
+def _command_id(payload: bytes) -> str | None:
+    """The command id of a command that is otherwise invalid, to answer it."""
+    try:
+        value = json.loads(payload).get("command_id")
+    except (ValueError, AttributeError):
+        return None
+    return value if isinstance(value, str) and 0 < len(value) <= 64 else None
+
+
+def _log_retry(state: tenacity.RetryCallState) -> None:
+    """The first failure and then every tenth: a broker can be away for hours."""
+    attempt = state.attempt_number
+    if attempt == 1 or attempt % 10 == 0:
+        error = state.outcome.exception() if state.outcome is not None else None
+        log.warning("control: broker not reachable (attempt %d): %s", attempt, error)

@@ -1,0 +1,499 @@
+"""Live capture from a PortAudio input device: the therapy room's microphone.
+
+Callback mode: PortAudio's thread only puts each block into a bounded queue, so a slow
+consumer costs counted, logged drops and never stalls the driver. The device is found by
+name (indexes change when USB devices come and go). When it vanishes (stream stopped, or
+no audio for a while) it is reopened with backoff in the background while read() goes on
+returning empty blocks: a session must not end because a cable was knocked.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import queue
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from types import TracebackType
+
+import numpy as np
+import pyaudio
+import tenacity
+from pydantic import BaseModel, ConfigDict
+
+from agent.pipeline.audio import SAMPLE_RATE, AudioInputError, CaptureStats
+from agent.pipeline.resample import Resampler
+from agent.settings import AudioSettings
+
+log = logging.getLogger(__name__)
+
+NO_SAMPLES = np.zeros(0, dtype=np.int16)
+# How often a read() without timeout looks whether the source was closed meanwhile.
+POLL_S = 0.1
+# How long close() waits for the device to let go (a stalled driver may never).
+CLOSE_WAIT_S = 3.0
+# libjack's complaints at every PortAudio start when no JACK server runs (there never is).
+JACK_NOISE = (b"Cannot connect to server", b"jack server is not running", b"JackShmReadWritePtr")
+# PortAudio's global state (Pa_Initialize / Pa_Terminate) is not thread-safe.
+_PORTAUDIO_LOCK = threading.Lock()
+
+
+class InputDevice(BaseModel):
+    """An input device as PortAudio lists it; ``index`` is only valid until the next start."""
+
+    model_config = ConfigDict(frozen=True)
+
+    index: int
+    name: str
+    default_rate: int
+    max_input_channels: int
+
+
+@dataclass(frozen=True)
+class ReopenPolicy:
+    """When a device counts as lost, and how eagerly it is looked for again."""
+
+    stall_s: float = 2.0
+    first_wait_s: float = 0.25
+    max_wait_s: float = 5.0
+    check_every_s: float = 0.1
+
+
+def list_input_devices() -> list[InputDevice]:
+    """The input devices present now (a fresh PortAudio session, so re-plugged ones show)."""
+    pa = _start_portaudio()
+    try:
+        return _input_devices(pa)
+    finally:
+        _stop_portaudio(pa)
+
+
+def choose_device(devices: list[InputDevice], wanted: str) -> InputDevice:
+    """The first device whose name contains ``wanted`` (any case); an index only as fallback.
+
+    Names, because an index moves whenever a USB device is added or removed. A name equal
+    to ``wanted`` comes first, so "default" means ALSA's default and not "sysdefault".
+    """
+    needle = wanted.casefold()
+    for device in devices:
+        if needle == device.name.casefold():
+            return device
+    for device in devices:
+        if needle in device.name.casefold():
+            return device
+    if wanted.strip().isdigit():
+        for device in devices:
+            if device.index == int(wanted):
+                return device
+    names = ", ".join(repr(device.name) for device in devices) or "none"
+    raise AudioInputError(f"no input device matches {wanted!r} (input devices: {names})")
+
+
+def choose_rate(
+    device: InputDevice, configured_rate: int, channels: int, supports: Callable[[int], bool]
+) -> int:
+    """The configured rate, else 16 kHz if offered (no resampling), else the device's own."""
+    if configured_rate:
+        if not supports(configured_rate):
+            raise AudioInputError(
+                f"{device.name}: cannot capture {channels} channel(s) at {configured_rate} Hz"
+                " (audio.device_rate)"
+            )
+        return configured_rate
+    if supports(SAMPLE_RATE):
+        return SAMPLE_RATE
+    if not supports(device.default_rate):
+        raise AudioInputError(
+            f"{device.name}: offers neither {SAMPLE_RATE} Hz nor its default"
+            f" {device.default_rate} Hz with {channels} channel(s)"
+        )
+    return device.default_rate
+
+
+@dataclass(frozen=True)
+class _Block:
+    """Raw frames as the device delivered them; ``opening`` tells device sessions apart."""
+
+    opening: int
+    rate: int
+    channels: int
+    data: bytes
+
+
+class MicrophoneSource:
+    """16 kHz mono int16 blocks from the input device ``settings.device`` names.
+
+    The device is opened here (AudioInputError if it cannot be); if it is lost later it is
+    reopened in the background, counted in ``stats.reopens``. After close(), read() hands
+    out what is still queued and then None: audio captured is never thrown away at stop.
+    """
+
+    def __init__(self, settings: AudioSettings, *, reopen: ReopenPolicy | None = None) -> None:
+        self.stats = CaptureStats()
+        self._settings = settings
+        self._policy = reopen or ReopenPolicy()
+        self._stall_s = max(self._policy.stall_s, 4 * settings.block_ms / 1000)
+        self._queue: queue.Queue[_Block] = queue.Queue(
+            maxsize=max(1, math.ceil(settings.queue_max_s * 1000 / settings.block_ms))
+        )
+        self._losses = _LossLog()
+        self._closing = threading.Event()
+        self._closed = False
+        self._openings = 0
+        self._resampler: Resampler | None = None
+        self._resampler_opening = 0
+        self._stream: _DeviceStream | None = self._open()
+        self._supervisor = threading.Thread(
+            target=self._supervise, name="capture-supervisor", daemon=True
+        )
+        self._supervisor.start()
+
+    def read(self, timeout: float | None = None) -> np.ndarray | None:
+        """The next block; empty if none came within ``timeout``; None once closed and drained."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            block = self._next_block(deadline)
+            if block is None:
+                return self._end() if self._closed else NO_SAMPLES
+            samples = self._to_16k(block)
+            if samples.size:
+                self.stats.samples += samples.size
+                return samples
+
+    def close(self) -> None:
+        """Stop capturing; blocks already captured stay readable."""
+        if self._closing.is_set():
+            return
+        self._closing.set()
+        self._supervisor.join(timeout=CLOSE_WAIT_S)
+        if self._supervisor.is_alive():
+            log.warning(
+                "capture: %s did not let go within %.0f s (driver blocked); abandoned",
+                self.stats.device_name,
+                CLOSE_WAIT_S,
+            )
+        # Only now: a reader in another thread keeps taking blocks until the device is shut.
+        self._closed = True
+        self._losses.summary(self.stats)
+
+    def __enter__(self) -> MicrophoneSource:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    # -- consumer side ------------------------------------------------------------------
+
+    def _next_block(self, deadline: float | None) -> _Block | None:
+        """A queued block, or None when the deadline passed or the source is closed and empty."""
+        while True:
+            if self._closed:
+                try:
+                    return self._queue.get_nowait()
+                except queue.Empty:
+                    return None
+            wait = POLL_S if deadline is None else min(POLL_S, deadline - time.monotonic())
+            try:
+                return self._queue.get(timeout=max(0.0, wait))
+            except queue.Empty:
+                if deadline is not None and time.monotonic() >= deadline:
+                    return None
+
+    def _to_16k(self, block: _Block) -> np.ndarray:
+        frames = np.frombuffer(block.data, dtype=np.int16).reshape(-1, block.channels).copy()
+        if self._resampler is not None and block.opening == self._resampler_opening:
+            return self._resampler.process(frames)
+        # A new device session: what the old resampler still holds belongs before it.
+        tail = self._resampler.flush() if self._resampler is not None else NO_SAMPLES
+        self._resampler = Resampler(block.rate, block.channels)
+        self._resampler_opening = block.opening
+        return np.concatenate([tail, self._resampler.process(frames)])
+
+    def _end(self) -> np.ndarray | None:
+        if self._resampler is None:
+            return None
+        tail = self._resampler.flush()
+        self._resampler = None
+        if not tail.size:
+            return None
+        self.stats.samples += tail.size
+        return tail
+
+    # -- device side ----------------------------------------------------------------------
+
+    def _open(self) -> _DeviceStream:
+        settings = self._settings
+        pa = _start_portaudio()
+        try:
+            device = choose_device(_input_devices(pa), settings.device)
+            rate = choose_rate(
+                device,
+                settings.device_rate,
+                settings.channels,
+                lambda r: _supports(pa, device, r, settings.channels),
+            )
+            self._openings += 1
+            stream = _DeviceStream(
+                pa,
+                device,
+                rate,
+                settings.channels,
+                round(rate * settings.block_ms / 1000),
+                self._openings,
+                self._accept,
+            )
+        except BaseException:
+            _stop_portaudio(pa)
+            raise
+        self.stats.device_name = device.name
+        self.stats.device_rate = rate
+        log.info("capture: %s open at %d Hz, %d channel(s)", device.name, rate, settings.channels)
+        return stream
+
+    def _accept(self, block: _Block, frames: int, status: int) -> None:
+        """Runs on PortAudio's thread: count, queue, never wait."""
+        if status & pyaudio.paInputOverflow:
+            self.stats.overruns += 1
+            self._losses.report("overrun", self.stats)
+        try:
+            self._queue.put_nowait(block)
+        except queue.Full:
+            self.stats.dropped_blocks += 1
+            self.stats.dropped_s += frames / block.rate
+            self._losses.report("dropped", self.stats)
+
+    def _supervise(self) -> None:
+        try:
+            while not self._closing.is_set():
+                stream = self._stream
+                if stream is None:
+                    self._stream = self._reopen()
+                    continue
+                problem = stream.problem(self._stall_s)
+                if problem is None:
+                    self._closing.wait(self._policy.check_every_s)
+                    continue
+                log.warning("capture: %s lost (%s); reopening", stream.device.name, problem)
+                self._stream = None
+                stream.close()
+        finally:
+            if self._stream is not None:
+                self._stream.close()
+                self._stream = None
+
+    def _reopen(self) -> _DeviceStream | None:
+        policy = self._policy
+        retrying = tenacity.Retrying(
+            retry=tenacity.retry_if_exception_type(AudioInputError),
+            wait=tenacity.wait_exponential(multiplier=policy.first_wait_s, max=policy.max_wait_s)
+            + tenacity.wait_random(0, policy.first_wait_s),
+            stop=lambda _state: self._closing.is_set(),
+            sleep=self._closing.wait,
+            before_sleep=_log_retry,
+            reraise=True,
+        )
+        try:
+            stream = retrying(self._open)
+        except AudioInputError:
+            return None  # closing
+        self.stats.reopens += 1
+        log.info("capture: %s back (reopen %d)", stream.device.name, self.stats.reopens)
+        return stream
+
+
+class _DeviceStream:
+    """One opening of the device: its own PortAudio session, stream and callback."""
+
+    def __init__(
+        self,
+        pa: pyaudio.PyAudio,
+        device: InputDevice,
+        rate: int,
+        channels: int,
+        block_frames: int,
+        opening: int,
+        deliver: Callable[[_Block, int, int], None],
+    ) -> None:
+        self.device = device
+        self.rate = rate
+        self.channels = channels
+        self.opening = opening
+        self.abandoned = False
+        self.last_audio = time.monotonic()
+        self._pa = pa
+        self._deliver = deliver
+        try:
+            with _PORTAUDIO_LOCK:
+                self._stream = pa.open(
+                    rate=rate,
+                    channels=channels,
+                    format=pyaudio.paInt16,
+                    input=True,
+                    input_device_index=device.index,
+                    frames_per_buffer=block_frames,
+                    stream_callback=self._on_audio,
+                )
+        except (OSError, ValueError) as exc:
+            raise AudioInputError(
+                f"{device.name}: cannot open at {rate} Hz, {channels} channel(s): {exc}"
+            ) from None
+
+    def problem(self, stall_s: float) -> str | None:
+        """Why this stream is no use any more, or None while audio flows."""
+        try:
+            active = self._stream.is_active()
+        except OSError as exc:
+            return f"stream error: {exc}"
+        if not active:
+            return "stream stopped"
+        silent_s = time.monotonic() - self.last_audio
+        if silent_s > stall_s:
+            return f"no audio for {silent_s:.1f} s"
+        return None
+
+    def close(self) -> None:
+        """May block while the driver is stuck in a read; the consumer is not held up."""
+        self.abandoned = True
+        try:
+            self._stream.close()
+        except OSError as exc:
+            log.warning("capture: closing %s: %s", self.device.name, exc)
+        _stop_portaudio(self._pa)
+
+    def _on_audio(
+        self, data: bytes | None, frame_count: int, time_info: object, status: int
+    ) -> tuple[None, int]:
+        if self.abandoned or data is None:
+            return None, pyaudio.paAbort
+        self.last_audio = time.monotonic()
+        self._deliver(_Block(self.opening, self.rate, self.channels, data), frame_count, status)
+        return None, pyaudio.paContinue
+
+
+class _LossLog:
+    """Logs overruns and drops at once, then at most every ``every_s`` with the totals.
+
+    A full queue drops a block every few tens of milliseconds; one line per block would
+    bury everything else in the journal, none at all would hide lost audio.
+    """
+
+    def __init__(self, every_s: float = 5.0) -> None:
+        self.every_s = every_s
+        self._last: dict[str, float] = {}
+
+    def report(self, kind: str, stats: CaptureStats) -> None:
+        now = time.monotonic()
+        if now - self._last.get(kind, -math.inf) < self.every_s:
+            return
+        self._last[kind] = now
+        if kind == "overrun":
+            log.warning("capture: input overrun at the device (%d so far)", stats.overruns)
+        else:
+            log.warning(
+                "capture: queue full, %d block(s) (%.2f s of audio) dropped so far",
+                stats.dropped_blocks,
+                stats.dropped_s,
+            )
+
+    def summary(self, stats: CaptureStats) -> None:
+        if stats.overruns or stats.dropped_blocks:
+            log.warning(
+                "capture: closed with %d overrun(s), %d block(s) (%.2f s) dropped",
+                stats.overruns,
+                stats.dropped_blocks,
+                stats.dropped_s,
+            )
+
+
+def _log_retry(state: tenacity.RetryCallState) -> None:
+    """First failure and then about once a minute: an unplugged device can stay away for hours."""
+    attempt = state.attempt_number
+    if attempt == 1 or attempt % 12 == 0:
+        error = state.outcome.exception() if state.outcome is not None else None
+        log.warning("capture: device not back yet (attempt %d): %s", attempt, error)
+
+
+def _input_devices(pa: pyaudio.PyAudio) -> list[InputDevice]:
+    found = []
+    for index in range(pa.get_device_count()):
+        info = pa.get_device_info_by_index(index)
+        channels = int(info["maxInputChannels"])
+        if channels > 0:
+            found.append(
+                InputDevice(
+                    index=index,
+                    name=str(info["name"]),
+                    default_rate=round(float(info["defaultSampleRate"])),
+                    max_input_channels=channels,
+                )
+            )
+    return found
+
+
+def _supports(pa: pyaudio.PyAudio, device: InputDevice, rate: int, channels: int) -> bool:
+    try:
+        return bool(
+            pa.is_format_supported(
+                rate,
+                input_device=device.index,
+                input_channels=channels,
+                input_format=pyaudio.paInt16,
+            )
+        )
+    except ValueError:
+        return False
+
+
+def _start_portaudio() -> pyaudio.PyAudio:
+    """A new PortAudio session: only a new one sees devices plugged in since the last.
+
+    (PortAudio enumerates devices once per session, and only if no other session is alive
+    in this process; ALSA re-reads ALSA_CONFIG_PATH then too.)
+    """
+    with _PORTAUDIO_LOCK, _jack_noise_filtered():
+        try:
+            return pyaudio.PyAudio()
+        except OSError as exc:
+            raise AudioInputError(f"PortAudio cannot start: {exc}") from None
+
+
+def _stop_portaudio(pa: pyaudio.PyAudio) -> None:
+    with _PORTAUDIO_LOCK:
+        pa.terminate()
+
+
+@contextmanager
+def _jack_noise_filtered() -> Iterator[None]:
+    """Drops libjack's stderr lines at PortAudio start; everything else still gets through.
+
+    stderr (fd 2, which C libraries write to) is diverted to a file for the moment and then
+    replayed without the JACK lines, so other threads' messages are delayed, not lost.
+    """
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as captured:
+        os.dup2(captured.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            captured.seek(0)
+            kept = [
+                line
+                for line in captured.read().splitlines(keepends=True)
+                if not line.startswith(JACK_NOISE)
+            ]
+            if kept:
+                os.write(2, b"".join(kept))

@@ -1,0 +1,415 @@
+"""The recorder: one session at a time, source -> segmenter -> encode -> seal -> spool.
+
+States: idle -> recording -> closing -> closed; ``closed`` is idle with the outcome of the
+last session (its reason and counts) kept for status, and a new start leaves it.
+
+A power cut must not end a therapy session's recording for good, so the session being
+recorded is written to ``<state_dir>/recorder.json`` (atomically) before any audio is
+taken, and cleared once the session is closed in the spool. A session named there and
+still open in the spool is *interrupted*: the next start resumes it, continuing the seq
+after the highest ever used and the timeline after its last chunk. Any other open session
+in the spool is closed as "interrupted" so its manifest can go to the gateway. suspend()
+leaves the same situation on purpose (recording -> idle, the session open and resumable):
+what a service stop mid-session does.
+
+When the spool is full the session is closed with reason "spool_full": what is spooled is
+kept, nothing is deleted to make room. Listeners hear of every step (for MQTT); they run on
+the recorder thread and a failing listener never stops a recording.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import re
+import threading
+import uuid
+from collections.abc import Callable
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from agent.pipeline.audio import SAMPLE_RATE, AudioInputError, AudioSource, CaptureStats
+from agent.pipeline.seal import ChunkSealer, gateway_key
+from agent.pipeline.vad import Segmenter, SpeechChunk
+from agent.settings import AgentSettings
+from agent.spool import Spool, SpoolError, SpoolFull
+from agent.spool.files import write_atomically
+from protocol.ids import ID_DESCRIPTION, ID_PATTERN, SessionId
+from protocol.manifest import CloseReason, SessionManifest
+from protocol.messages import ChunkSpooled, RecorderState, SessionClosed, SessionStarted, now
+
+log = logging.getLogger(__name__)
+
+STATE_FILE = "recorder.json"
+READ_TIMEOUT_S = 0.2
+SESSION_ID = re.compile(ID_PATTERN)
+
+SourceFactory = Callable[[], AudioSource]
+
+
+class RecorderError(Exception):
+    """A start or stop the recorder refuses; one line, ids only."""
+
+
+class RecorderSnapshot(BaseModel):
+    """What status and MQTT report about the recorder."""
+
+    state: RecorderState = "idle"
+    session_id: str | None = None
+    resumed: bool = False
+    reason: CloseReason | None = None
+    last_error: str | None = None
+    detail: str | None = None
+    chunks: int = 0
+    speech_s: float = 0.0
+    unspooled_s: float = 0.0
+    capture: CaptureStats = CaptureStats()
+
+
+class RecorderListener:
+    """Receives the recorder's events on its thread; override what you need, return fast."""
+
+    def session_started(self, event: SessionStarted) -> None:
+        pass
+
+    def chunk_spooled(self, event: ChunkSpooled) -> None:
+        pass
+
+    def session_closed(self, event: SessionClosed, manifest: SessionManifest) -> None:
+        pass
+
+    def state_changed(self, snapshot: RecorderSnapshot) -> None:
+        pass
+
+
+class _StateFile(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    session_id: SessionId | None
+    at: datetime
+
+
+def new_session_id() -> str:
+    return uuid.uuid4().hex
+
+
+class Recorder:
+    def __init__(
+        self, settings: AgentSettings, spool: Spool, source_factory: SourceFactory
+    ) -> None:
+        """Raises SealingKeyError when the gateway key is missing or invalid."""
+        self.settings = settings
+        self.spool = spool
+        self.source_factory = source_factory
+        self.sealer = ChunkSealer(
+            settings.device_id,
+            gateway_key(settings.gateway_public_key),
+            settings.audio.codec,
+            settings.audio.opus_bitrate_kbps,
+        )
+        self.state_path = Path(settings.state_dir) / STATE_FILE
+        self._listeners: list[RecorderListener] = []
+        self._mutex = threading.Lock()
+        self._snapshot = RecorderSnapshot()
+        self._stop = threading.Event()
+        self._suspending = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._source: AudioSource | None = None
+        self.interrupted_session = self._find_interrupted()
+
+    # -- public API
+
+    def add_listener(self, listener: RecorderListener) -> None:
+        self._listeners.append(listener)
+
+    @property
+    def state(self) -> RecorderSnapshot:
+        with self._mutex:
+            snapshot = self._snapshot.model_copy()
+        source = self._source
+        if source is not None:
+            snapshot.capture = dataclasses.replace(source.stats)
+        return snapshot
+
+    def start(self, session_id: str | None = None, max_audio_s: float | None = None) -> str:
+        """Start (or resume the interrupted) session and return its id; recording runs on a
+        thread. ``max_audio_s`` ends the session after that much captured audio.
+
+        Raises RecorderError (busy), SpoolFull, AudioInputError (source), SpoolError."""
+        with self._mutex:
+            if self._snapshot.state in ("recording", "closing"):
+                raise RecorderError(f"already recording session {self._snapshot.session_id}")
+        if session_id is not None and not SESSION_ID.match(session_id):
+            raise RecorderError(f"session id must be {ID_DESCRIPTION}")
+        interrupted = self.interrupted_session
+        if session_id is None:
+            session_id = interrupted or new_session_id()
+        resumed = session_id == interrupted and self._in_spool(session_id)
+        self.spool.check_room(self._largest_chunk_bytes())
+        source = self.source_factory()
+        try:
+            if interrupted is not None and session_id != interrupted:
+                self.close_interrupted()
+            _write_state(self.state_path, session_id)
+            if not resumed:
+                self.spool.create_session(session_id, self.settings.device_id)
+        except BaseException:
+            source.close()
+            raise
+        info = self.spool.session(session_id)
+        self.interrupted_session = None
+        self._source = source
+        self._stop.clear()
+        self._suspending.clear()
+        limit = None if max_audio_s is None else int(max_audio_s * SAMPLE_RATE)
+        # Made before "recording" is published, started after: whoever sees "recording"
+        # (the watchdog's health check) never sees the previous session's finished thread.
+        self._thread = threading.Thread(
+            target=self._record,
+            args=(session_id, source, info.end_s, info.next_seq, limit),
+            name=f"recorder-{session_id[:8]}",
+            daemon=True,
+        )
+        self._update(
+            state="recording",
+            session_id=session_id,
+            resumed=resumed,
+            reason=None,
+            last_error=None,
+            detail=None,
+            chunks=info.chunks,
+            speech_s=info.speech_s,
+            unspooled_s=0.0,
+        )
+        self._emit("session_started", SessionStarted(session_id=session_id, resumed=resumed))
+        self._thread.start()
+        return session_id
+
+    def suspend(self, timeout: float | None = None) -> RecorderSnapshot:
+        """End capture but keep the session open and named in the state file, so the next
+        start (in this process or after a restart) resumes it: a service stop mid-session
+        (an update, a reboot) must not split a therapy session in two. What was captured
+        is spooled first, as at a stop."""
+        self._suspending.set()
+        self.request_stop()
+        self.wait(timeout)
+        return self.state
+
+    def request_stop(self) -> None:
+        """Ask the session to end; safe from a signal handler."""
+        self._stop.set()
+
+    def stop(self, timeout: float | None = None) -> RecorderSnapshot:
+        """End the session (reason "stopped") and wait until it is closed in the spool."""
+        self.request_stop()
+        self.wait(timeout)
+        return self.state
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """True once no session is running."""
+        thread = self._thread
+        if thread is None:
+            return True
+        if thread.ident is None:  # made, about to be started by start()
+            return False
+        thread.join(timeout)
+        return not thread.is_alive()
+
+    def close_interrupted(self) -> SessionManifest | None:
+        """Close the interrupted session (reason "interrupted") instead of resuming it."""
+        session_id = self.interrupted_session
+        if session_id is None:
+            return None
+        manifest = None
+        if self._in_spool(session_id):
+            manifest = self.spool.close_session(session_id, "interrupted")
+        _write_state(self.state_path, None)
+        self.interrupted_session = None
+        if manifest is not None:
+            self._emit_closed(manifest)
+        return manifest
+
+    # -- the recording thread
+
+    def _record(
+        self,
+        session_id: str,
+        source: AudioSource,
+        offset_s: float,
+        next_seq: int,
+        limit: int | None,
+    ) -> None:
+        reason: CloseReason = "stopped"
+        error: str | None = None
+        detail: str | None = None
+        segmenter = Segmenter(self.settings.audio)
+        taken = 0
+
+        def room_left() -> bool:
+            return limit is None or taken < limit
+
+        def take(block: np.ndarray) -> None:
+            nonlocal taken, next_seq
+            if limit is not None:
+                block = block[: limit - taken]
+            taken += len(block)
+            if len(block):
+                for chunk in segmenter.push(block):
+                    next_seq = self._spool_chunk(session_id, next_seq, offset_s, chunk)
+
+        try:
+            while not self._stop.is_set() and room_left():
+                block = source.read(READ_TIMEOUT_S)
+                if block is None:
+                    break
+                take(block)
+            # A stop ends capture, but what the device had already delivered is kept.
+            source.close()
+            while room_left() and (block := source.read(READ_TIMEOUT_S)) is not None:
+                take(block)
+            for chunk in segmenter.flush():
+                next_seq = self._spool_chunk(session_id, next_seq, offset_s, chunk)
+        except SpoolFull as exc:
+            # Not a warning in the log: the state and the closed event carry the alarm.
+            reason, error, detail = "spool_full", "spool_full", str(exc)
+            log.info("recorder: session %s: %s; recording stopped", session_id, exc)
+            self._count_unspooled(segmenter)
+        except AudioInputError as exc:
+            reason, error, detail = "device_lost", "device_lost", str(exc)
+            log.info("recorder: session %s: audio input lost", session_id)
+        except Exception as exc:
+            reason, error = "error", f"error:{type(exc).__name__}"
+            log.exception("recorder: session %s failed", session_id)
+        finally:
+            source.close()
+        if reason == "stopped" and self._suspending.is_set():
+            self._suspend(session_id)
+        else:
+            self._close(session_id, reason, error, detail)
+
+    def _suspend(self, session_id: str) -> None:
+        self._source = None
+        self.interrupted_session = session_id
+        self._update(state="idle")
+        log.info("recorder: session %s suspended; the next start resumes it", session_id)
+
+    def _spool_chunk(self, session_id: str, seq: int, offset_s: float, chunk: SpeechChunk) -> int:
+        if not len(chunk.pcm):
+            return seq
+        sealed = self.sealer.seal(session_id, seq, offset_s + chunk.start_s, chunk.pcm)
+        try:
+            pending = self.spool.append(sealed)
+        except SpoolFull:
+            with self._mutex:
+                self._snapshot.unspooled_s += chunk.duration_s
+            raise
+        with self._mutex:
+            self._snapshot.chunks += 1
+            self._snapshot.speech_s = round(self._snapshot.speech_s + pending.duration_s, 3)
+        self._emit(
+            "chunk_spooled",
+            ChunkSpooled(session_id=session_id, seq=seq, duration_s=pending.duration_s),
+        )
+        return seq + 1
+
+    def _count_unspooled(self, segmenter: Segmenter) -> None:
+        """Speech still in the segmenter when the spool filled is not stored: count it."""
+        lost = sum(chunk.duration_s for chunk in segmenter.flush())
+        with self._mutex:
+            self._snapshot.unspooled_s = round(self._snapshot.unspooled_s + lost, 3)
+
+    def _close(
+        self, session_id: str, reason: CloseReason, error: str | None, detail: str | None
+    ) -> None:
+        self._update(state="closing", reason=reason, last_error=error, detail=detail)
+        try:
+            manifest = self.spool.close_session(session_id, reason)
+            _write_state(self.state_path, None)
+        except (SpoolError, OSError) as exc:
+            # The state file still names the session: the next start resumes and closes it.
+            log.error("recorder: session %s could not be closed: %s", session_id, exc)
+            self._source = None
+            self._update(state="closed", last_error="close_failed")
+            return
+        capture = dataclasses.replace(self._source.stats) if self._source else CaptureStats()
+        self._source = None
+        self._update(
+            state="closed",
+            chunks=len(manifest.chunks),
+            speech_s=round(manifest.speech_s, 3),
+            capture=capture,
+        )
+        self._emit_closed(manifest)
+
+    # -- helpers
+
+    def _largest_chunk_bytes(self) -> int:
+        """Room a session needs to store at least one chunk: raw PCM bounds FLAC and Opus."""
+        return int(self.settings.audio.max_chunk_s * SAMPLE_RATE * 2) + 4096
+
+    def _find_interrupted(self) -> str | None:
+        """The session to resume, from the state file (also when the power went before
+        its spool session existed); other open sessions are closed."""
+        recorded = _read_state(self.state_path)
+        interrupted = recorded if recorded is not None and not self._in_spool(recorded) else None
+        for info in self.spool.sessions():
+            if info.closed:
+                continue
+            if info.session_id == recorded:
+                interrupted = recorded
+                continue
+            log.warning("recorder: session %s was left open; closing it", info.session_id)
+            self._emit_closed(self.spool.close_session(info.session_id, "interrupted"))
+        if recorded is not None and interrupted is None:
+            _write_state(self.state_path, None)
+        return interrupted
+
+    def _in_spool(self, session_id: str) -> bool:
+        try:
+            self.spool.session(session_id)
+        except SpoolError:
+            return False
+        return True
+
+    def _emit_closed(self, manifest: SessionManifest) -> None:
+        event = SessionClosed(
+            session_id=manifest.session_id,
+            reason=manifest.reason,
+            chunks=len(manifest.chunks),
+            speech_s=round(manifest.speech_s, 3),
+        )
+        self._emit("session_closed", event, manifest)
+
+    def _update(self, **changes: object) -> None:
+        with self._mutex:
+            for name, value in changes.items():
+                setattr(self._snapshot, name, value)
+        if "state" in changes:
+            self._emit("state_changed", self.state)
+
+    def _emit(self, method: str, *args: object) -> None:
+        for listener in list(self._listeners):
+            try:
+                getattr(listener, method)(*args)
+            except Exception:
+                log.exception("recorder: a %s listener failed", method)
+
+
+def _read_state(path: Path) -> str | None:
+    try:
+        return _StateFile.model_validate_json(path.read_bytes()).session_id
+    except FileNotFoundError:
+        return None
+    except ValidationError:
+        log.warning("recorder: %s is unreadable; no session to resume", path.name)
+        return None
+
+
+def _write_state(path: Path, session_id: str | None) -> None:
+    """Atomically: a torn state file would lose which session to resume."""
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    data = _StateFile(session_id=session_id, at=now()).model_dump_json().encode()
+    write_atomically(path, data)
