@@ -221,7 +221,14 @@ def test_a_running_agent_its_backlog_and_a_broker_that_goes_away(tmp_path, broke
 
         ingest.answer_all(None)  # the gateway recovers: the backlog drains
         ingest.wait_until(lambda: ingest.manifest("therapy-5") is not None)
-        wait_for_snapshot(tmp_path, lambda s: s.uplink is not None and s.uplink.reason is None)
+        # The manifest at the ingest server is before the agent counts its answer: wait for
+        # the count itself, not for the first snapshot without a reason.
+        wait_for_snapshot(
+            tmp_path,
+            lambda s: (
+                s.uplink is not None and s.uplink.reason is None and s.uplink.sessions_delivered
+            ),
+        )
         done = room_agent(env, "status")
         assert done.returncode == 0, done.stdout
         rows = block(done)
