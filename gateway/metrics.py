@@ -83,6 +83,18 @@ class GatewayMetrics:
             registry=self.registry,
         )
 
+        self.dependency_up = Gauge(
+            "gateway_dependency_up",
+            "1 while a dependency /readyz checks is ok (0 failing; not configured: absent)",
+            ["dependency"],
+            registry=self.registry,
+        )
+
+    def set_dependencies(self, up: dict[str, bool]) -> None:
+        self.dependency_up.clear()
+        for name, value in up.items():
+            self.dependency_up.labels(name).set(int(value))
+
     def ingested(self, kind: str, status: int, size: int = 0) -> None:
         self.ingest.labels(kind, str(status)).inc()
         if size:

@@ -24,6 +24,7 @@ from gateway.keys import KeyFileError, load_key
 from gateway.metrics import GatewayMetrics
 from gateway.partner.callbacks import PartnerCallbacks
 from gateway.partner.tokens import TokenCheck
+from gateway.readiness import BlueprintHealth
 from gateway.relay.relay import Relay
 from gateway.sessions.lifecycle import JobKind, SessionLifecycle
 from gateway.sessions.workflow import Workflow
@@ -43,6 +44,7 @@ class GatewayService:
     worker: Worker
     tokens: TokenCheck
     ingest: ChunkReceiver
+    blueprint_health: BlueprintHealth
     relay: Relay | None = None
     callbacks: PartnerCallbacks | None = None
     handlers: dict[str, Handler] = field(default_factory=dict)
@@ -54,6 +56,8 @@ class GatewayService:
         db = Database.open(settings.database_path)
         metrics = GatewayMetrics()
         blueprint = _blueprint_client(settings, metrics)
+        blueprint_health = BlueprintHealth(blueprint.probe)
+        blueprint.on_call(blueprint_health.saw)
         lifecycle = SessionLifecycle(settings.jobs)
         workflow = Workflow(db, blueprint, lifecycle)
         handlers = workflow.handlers()
@@ -101,6 +105,7 @@ class GatewayService:
             worker=worker,
             tokens=TokenCheck(settings.partner.tokens),
             ingest=ingest,
+            blueprint_health=blueprint_health,
             relay=relay,
             callbacks=callbacks,
             handlers=handlers,

@@ -141,6 +141,12 @@ def key_id(public_key: X25519PublicKey) -> bytes:
     return hashlib.sha256(_raw_public(public_key)).digest()[:8]
 
 
+def key_fingerprint(public_key: X25519PublicKey) -> str:
+    """``sha256:<hex>`` of the raw public key: what a device compares with the gateway's
+    (the envelope's key_id is its first 8 bytes)."""
+    return "sha256:" + hashlib.sha256(_raw_public(public_key)).hexdigest()
+
+
 def generate_private_key() -> X25519PrivateKey:
     return X25519PrivateKey.generate()
 

@@ -1,13 +1,12 @@
 """Health for process managers and load balancers, and metrics for Prometheus.
 
-``/healthz``: the process answers. ``/readyz``: it can do its work (the database takes a
-write, the job worker is looping); 503 with the reasons otherwise. ``/metrics``: the
-Prometheus text format. None of them needs a token or reveals an id.
+``/healthz``: the process answers. ``/readyz``: each dependency's state (database, job
+worker, disk, broker, Blueprint, sealing key), 503 when a critical one fails (see
+gateway/readiness.py). ``/metrics``: the Prometheus text format. None of them needs a
+token or reveals an id of a person.
 """
 
 from __future__ import annotations
-
-import sqlite3
 
 from fastapi import APIRouter, Response
 from fastapi.responses import JSONResponse
@@ -16,7 +15,7 @@ from pydantic import BaseModel
 from gateway.api.deps import Service
 from gateway.jobs import queue as jobs
 from gateway.metrics import CONTENT_TYPE
-from gateway.store.database import probe_write
+from gateway.readiness import Readiness, readiness
 
 router = APIRouter(tags=["health"])
 
@@ -31,17 +30,11 @@ async def healthz() -> Health:
     return Health(status="ok")
 
 
-@router.get("/readyz", response_model=Health, responses={503: {"model": Health}})
+@router.get("/readyz", response_model=Readiness, responses={503: {"model": Readiness}})
 async def readyz(service: Service) -> Response:
-    problems = []
-    try:
-        await service.db.run(probe_write)
-    except sqlite3.Error as exc:
-        problems.append(f"database not writable ({type(exc).__name__})")
-    if not service.worker.alive:
-        problems.append("job worker not running")
-    health = Health(status="unavailable" if problems else "ok", problems=problems)
-    return JSONResponse(health.model_dump(), status_code=503 if problems else 200)
+    """One entry per dependency; 503 only when a critical one fails (gateway/readiness.py)."""
+    ready = await readiness(service)
+    return JSONResponse(ready.model_dump(), status_code=ready.http_status)
 
 
 @router.get("/metrics", response_class=Response, responses={200: {"content": {CONTENT_TYPE: {}}}})
@@ -49,4 +42,12 @@ async def metrics(service: Service) -> Response:
     counts = await service.db.run(jobs.counts, write=False)
     service.metrics.set_job_counts(counts)
     service.metrics.mqtt_connected.set(int(service.relay is not None and service.relay.connected))
+    ready = await readiness(service)
+    service.metrics.set_dependencies(
+        {
+            name: check.status == "ok"
+            for name, check in ready.checks.items()
+            if check.status != "not_configured"
+        }
+    )
     return Response(service.metrics.render(), media_type=CONTENT_TYPE)

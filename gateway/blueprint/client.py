@@ -131,7 +131,7 @@ class BlueprintClient:
             multiplier=backoff_base_s, max=backoff_max_s, jitter=backoff_base_s
         )
         self._wait = _RetryAfterOrBackoff(backoff)
-        self._on_call = on_call
+        self._on_call: list[OnCall] = [on_call] if on_call is not None else []
         self._artifact_origins = {_origin(httpx.URL(base_url))}
         self._artifact_origins.update(_origin(httpx.URL(url)) for url in artifact_origins)
 
@@ -326,15 +326,35 @@ class BlueprintClient:
         self._report(request.operation, response.status_code)
         return _checked(request.operation, response)
 
+    async def probe(self, timeout_s: float) -> int:
+        """One authenticate call, no retries, for readiness: its HTTP status, 0 for none.
+        Proves reachability and the partner credentials; the token is not kept."""
+        request = _Request(
+            "authenticate", "POST", paths.AUTHENTICATE, self._credentials, None, {}, None
+        )
+        try:
+            async with asyncio.timeout(timeout_s):
+                await self._send(request)
+        except (_Transient, BlueprintRejected) as exc:
+            return exc.status
+        except TimeoutError:
+            self._report("authenticate", 0)
+            return 0
+        return 200
+
     async def _authenticate(self) -> AccessToken:
         response = await self._call(
             "authenticate", "POST", paths.AUTHENTICATE, body=self._credentials, authenticated=False
         )
         return _parse(response, AccessToken, "authenticate")
 
+    def on_call(self, listener: OnCall) -> None:
+        """Also tell ``listener`` of every exchange (metrics, readiness)."""
+        self._on_call.append(listener)
+
     def _report(self, operation: str, status: int) -> None:
-        if self._on_call is not None:
-            self._on_call(operation, status)
+        for listener in self._on_call:
+            listener(operation, status)
 
 
 class _Request:

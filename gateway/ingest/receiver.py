@@ -38,7 +38,13 @@ from gateway.ingest.records import IngestSession, StoredChunk
 from gateway.sessions import states as sessions
 from gateway.sessions.lifecycle import JobKind, SessionLifecycle
 from gateway.store.database import Database
-from protocol.envelope import ChunkHeader, EnvelopeError, open_chunk, read_header
+from protocol.envelope import (
+    ChunkHeader,
+    EnvelopeError,
+    key_fingerprint,
+    open_chunk,
+    read_header,
+)
 from protocol.ingest import ChunkReceipt, CloseReceipt
 from protocol.manifest import SessionManifest
 
@@ -70,6 +76,15 @@ class ChunkReceiver:
         self._lifecycle = lifecycle
         self._wake = wake
         self._listeners: list[ChunkStored] = []
+
+    @property
+    def has_key(self) -> bool:
+        return self._key is not None
+
+    @property
+    def key_fingerprint(self) -> str | None:
+        """The sealing key's fingerprint (what devices must seal to), if there is a key."""
+        return key_fingerprint(self._key.public_key()) if self._key is not None else None
 
     def on_stored(self, listener: ChunkStored) -> None:
         self._listeners.append(listener)
