@@ -15,6 +15,13 @@ from protocol.ids import DeviceId, SessionId
 from protocol.manifest import CloseReason
 
 RecorderState = Literal["idle", "recording", "closing", "closed"]
+# The configured input device: there and opening, not found (unplugged, wrong name), or
+# there but not opening (busy, unsupported format). None: not known yet.
+MicrophoneState = Literal["ok", "missing", "unavailable"]
+# Is the key the device seals to the gateway's? verified (the gateway's fingerprint
+# matches), mismatch (it does not: recording is refused), unverified (not asked yet).
+SealingKeyState = Literal["verified", "mismatch", "unverified"]
+Code = Annotated[str, Field(max_length=64, pattern=r"^[a-z0-9_.:-]*$")]
 
 
 def now() -> datetime:
@@ -25,6 +32,17 @@ class _Message(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     at: datetime = Field(default_factory=now)
+
+
+class ChunkRefusal(BaseModel):
+    """The gateway's latest refusal of this device's audio: which chunk, and its reason."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    session_id: SessionId
+    seq: int | None = Field(default=None, description="None: the session's manifest")
+    status: int = Field(ge=100, le=599, description="the gateway's HTTP status")
+    code: Code = Field(description="the gateway's stable reason code, e.g. wrong_key")
 
 
 # rooms/{device}/state — retained; the last will publishes online=False.
@@ -40,6 +58,12 @@ class DeviceState(_Message):
     spool_free_bytes: int | None = None
     quarantined: int = 0
     version: str = ""
+    microphone: MicrophoneState | None = None
+    microphone_device: str | None = Field(
+        default=None, max_length=64, description="audio.device as configured (a name part)"
+    )
+    sealing_key: SealingKeyState | None = None
+    refused: ChunkRefusal | None = None
 
 
 # rooms/{device}/events — not retained.
@@ -52,6 +76,7 @@ class Heartbeat(_Message):
     dropped_s: float
     uptime_s: float
     version: str
+    microphone: MicrophoneState | None = None
 
 
 class SessionStarted(_Message):
@@ -75,11 +100,40 @@ class SessionClosed(_Message):
     speech_s: float
 
 
+class RoomCheck(BaseModel):
+    """What ``room check`` measured in the room: numbers and a verdict code, no audio."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    seconds: float
+    rms_dbfs: float
+    peak_dbfs: float
+    speech_dbfs: float | None
+    noise_floor_dbfs: float | None
+    snr_db: float | None
+    speech_share: float = Field(ge=0, le=1, description="share of the time the VAD kept")
+    clipped_share: float = Field(ge=0, le=1)
+    verdict: Code = Field(description="good, no_signal, clipping, too_quiet, no_speech, ...")
+
+
+class LogLine(BaseModel):
+    """One line of the agent's own log (ids and codes only, as it logs them)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    at: datetime
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
+    logger: str = Field(max_length=64)
+    message: str = Field(max_length=500)
+
+
 class CommandResult(_Message):
     type: Literal["command_result"] = "command_result"
     command_id: str = Field(max_length=64)
     ok: bool
     reason: str | None = Field(default=None, max_length=64, description="a code when refused")
+    check: RoomCheck | None = None  # the answer to a check command
+    logs: list[LogLine] | None = Field(default=None, max_length=500)  # to a logs command
 
 
 DeviceEvent = Annotated[
@@ -107,7 +161,25 @@ class PingCommand(_Command):
     type: Literal["ping"] = "ping"
 
 
-Command = Annotated[StartCommand | StopCommand | PingCommand, Field(discriminator="type")]
+class CheckCommand(_Command):
+    """Run the level check on the room's microphone (not while recording) and report."""
+
+    type: Literal["check"] = "check"
+    seconds: float = Field(default=5.0, ge=1, le=30)
+
+
+class LogsCommand(_Command):
+    """Send the agent's recent log lines."""
+
+    type: Literal["logs"] = "logs"
+    since_s: float = Field(default=600.0, gt=0, le=7 * 86_400)
+    max_lines: int = Field(default=200, ge=1, le=500)
+
+
+Command = Annotated[
+    StartCommand | StopCommand | PingCommand | CheckCommand | LogsCommand,
+    Field(discriminator="type"),
+]
 
 
 # rooms/{device}/notify — to the device.

@@ -367,9 +367,10 @@ class ControlLink(RecorderListener):
             ok, reason = self._start(command.session_id)
         elif isinstance(command, StopCommand):
             ok, reason = self._stop(command.session_id)
-        else:
-            assert isinstance(command, PingCommand)
+        elif isinstance(command, PingCommand):
             ok, reason = True, None
+        else:
+            ok, reason = False, "not_supported"
         log.info(
             "control: %s %s: %s",
             command.type,

@@ -222,7 +222,14 @@ class RoomOut(BaseModel):
     backlog_chunks: int | None = Field(description="chunks the device has not delivered")
     backlog_bytes: int | None
     reason: str | None = Field(description="the device's problem code, e.g. spool_full")
+    microphone: Literal["ok", "missing", "unavailable"] | None = Field(
+        default=None, description="the configured input device: there, missing, not opening"
+    )
+    microphone_device: str | None = Field(
+        default=None, description="audio.device as the room device has it configured"
+    )
     last_seen_at: datetime | None
+    last_heartbeat_at: datetime | None = None
 
 
 class WebhookAck(BaseModel):

@@ -70,5 +70,10 @@ def _room(room: rooms.Room, device: registry.Device, status: RoomStatus | None) 
         backlog_chunks=status.backlog_chunks if status else None,
         backlog_bytes=status.backlog_bytes if status else None,
         reason=status.reason if status else None,
+        microphone=status.microphone if status else None,  # type: ignore[arg-type]
+        microphone_device=status.microphone_device if status else None,
         last_seen_at=timestamp(status.last_seen_at) if status else None,
+        last_heartbeat_at=(
+            timestamp(status.heartbeat_at) if status and status.heartbeat_at else None
+        ),
     )

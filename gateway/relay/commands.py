@@ -49,6 +49,7 @@ class DeviceCommand:
     expires_at: float
     sent_at: float | None
     answered_at: float | None
+    result: str | None = None  # JSON: what a diagnostic command (check, logs) answered
 
 
 def get(conn: sqlite3.Connection, command_id: str) -> DeviceCommand | None:

@@ -27,19 +27,24 @@ class RoomStatus:
     version: str | None
     state_at: float
     last_seen_at: float
+    microphone: str | None = None
+    microphone_device: str | None = None
+    heartbeat_at: float | None = None
 
 
 def record_state(conn: sqlite3.Connection, room_id: str, state: DeviceState) -> None:
     now = time.time()
     conn.execute(
         "INSERT INTO room_status (room_id, online, recorder, session_id, reason,"
-        " backlog_chunks, backlog_bytes, spool_free_bytes, version, state_at, last_seen_at)"
-        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (room_id) DO UPDATE SET"
+        " backlog_chunks, backlog_bytes, spool_free_bytes, version, state_at, last_seen_at,"
+        " microphone, microphone_device)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (room_id) DO UPDATE SET"
         " online = excluded.online, recorder = excluded.recorder,"
         " session_id = excluded.session_id, reason = excluded.reason,"
         " backlog_chunks = excluded.backlog_chunks, backlog_bytes = excluded.backlog_bytes,"
         " spool_free_bytes = excluded.spool_free_bytes, version = excluded.version,"
-        " state_at = excluded.state_at, last_seen_at = excluded.last_seen_at",
+        " state_at = excluded.state_at, last_seen_at = excluded.last_seen_at,"
+        " microphone = excluded.microphone, microphone_device = excluded.microphone_device",
         (
             room_id,
             int(state.online),
@@ -52,21 +57,28 @@ def record_state(conn: sqlite3.Connection, room_id: str, state: DeviceState) -> 
             state.version,
             state.at.timestamp(),
             now,
+            state.microphone,
+            state.microphone_device,
         ),
     )
 
 
 def record_heartbeat(conn: sqlite3.Connection, room_id: str, beat: Heartbeat) -> None:
-    """A heartbeat comes only from a connected device: online, with its current backlog."""
+    """A heartbeat comes only from a connected device: online, with its current backlog
+    (and microphone, when the agent reports it)."""
+    now = time.time()
     conn.execute(
         "UPDATE room_status SET online = 1, backlog_chunks = ?, backlog_bytes = ?,"
-        " spool_free_bytes = ?, version = ?, last_seen_at = ? WHERE room_id = ?",
+        " spool_free_bytes = ?, version = ?, last_seen_at = ?, heartbeat_at = ?,"
+        " microphone = COALESCE(?, microphone) WHERE room_id = ?",
         (
             beat.backlog_chunks,
             beat.backlog_bytes,
             beat.spool_free_bytes,
             beat.version,
-            time.time(),
+            now,
+            now,
+            beat.microphone,
             room_id,
         ),
     )

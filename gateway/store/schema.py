@@ -171,4 +171,24 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             written_at REAL NOT NULL
         )""",
     ),
+    # 3: the field. What a room's device says of its microphone and when it last sent a
+    # heartbeat; what a diagnostic command (ping, check, logs) answered (numbers and the
+    # agent's own log lines, no audio and no names); one-time enrollment codes: only a
+    # lookup id derived from the code and the device's bundle sealed with a key derived
+    # from it, so the store alone cannot enroll anyone (gateway/devices/enrollment.py).
+    (
+        "ALTER TABLE room_status ADD COLUMN microphone TEXT",
+        "ALTER TABLE room_status ADD COLUMN microphone_device TEXT",
+        "ALTER TABLE room_status ADD COLUMN heartbeat_at REAL",
+        "ALTER TABLE device_commands ADD COLUMN result TEXT",
+        """CREATE TABLE enrollments (
+            id TEXT PRIMARY KEY,
+            room_id TEXT NOT NULL REFERENCES rooms (id),
+            sealed_bundle TEXT,
+            created_at REAL NOT NULL,
+            expires_at REAL NOT NULL,
+            used_at REAL
+        )""",
+        "CREATE INDEX enrollments_by_room ON enrollments (room_id)",
+    ),
 )

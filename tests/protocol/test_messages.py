@@ -18,6 +18,26 @@ def test_topics_round_trip():
     [
         (messages.commands, messages.StartCommand(command_id="c1", session_id="s-1")),
         (messages.commands, messages.StopCommand(command_id="c2", session_id="s-1")),
+        (messages.commands, messages.CheckCommand(command_id="c3", seconds=3)),
+        (messages.commands, messages.LogsCommand(command_id="c4", since_s=60, max_lines=10)),
+        (
+            messages.device_events,
+            messages.CommandResult(
+                command_id="c3",
+                ok=True,
+                check=messages.RoomCheck(
+                    seconds=3,
+                    rms_dbfs=-40,
+                    peak_dbfs=-12,
+                    speech_dbfs=-30,
+                    noise_floor_dbfs=-60,
+                    snr_db=30,
+                    speech_share=0.4,
+                    clipped_share=0,
+                    verdict="good",
+                ),
+            ),
+        ),
         (messages.notifications, messages.NotesReady(session_id="s-1")),
         (messages.notifications, messages.SessionFailed(session_id="s-1", reason="upload")),
         (messages.device_events, messages.ChunkSpooled(session_id="s-1", seq=4, duration_s=2.5)),
@@ -42,3 +62,19 @@ def test_no_extra_fields_can_ride_along():
 def test_ids_are_checked():
     with pytest.raises(ValidationError):
         messages.StartCommand(command_id="c", session_id="../../etc")
+
+
+def test_device_state_fields_are_additive():
+    """A state from an agent that knows nothing of microphone or key checks still parses;
+    the new fields carry codes only."""
+    old = '{"type":"state","device_id":"room-1","online":true,"at":"2025-01-01T00:00:00Z"}'
+    state = messages.DeviceState.model_validate_json(old)
+    assert (state.microphone, state.sealing_key, state.refused) == (None, None, None)
+    refused = messages.ChunkRefusal(session_id="s-1", seq=3, status=422, code="wrong_key")
+    state = messages.DeviceState(
+        device_id="room-1", online=True, microphone="missing", sealing_key="mismatch",
+        refused=refused,
+    )  # fmt: skip
+    assert messages.DeviceState.model_validate_json(state.model_dump_json()) == state
+    with pytest.raises(ValidationError):  # a code, not free text
+        messages.ChunkRefusal(session_id="s-1", status=422, code="Sam Doe's chunk")

@@ -147,9 +147,11 @@ def state_of(message: Received) -> DeviceState:
 
 
 def result(probe: Probe, command_id: str, timeout=10.0) -> dict:
-    return probe.wait_for(
+    """The command's result; without the answers only check and logs commands carry."""
+    answer = probe.wait_for(
         probe.on(EVENTS, type="command_result", command_id=command_id), timeout
     ).json()
+    return {k: v for k, v in answer.items() if k not in ("check", "logs") or v is not None}
 
 
 def retained_state(broker: Broker) -> DeviceState:

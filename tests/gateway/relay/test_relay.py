@@ -209,20 +209,26 @@ def test_room_state_and_backlog_and_after_a_gateway_restart(
     linked: Deployment, device: FakeDevice
 ) -> None:
     room = device.device_id
-    device.state(recorder="idle", backlog_chunks=5, backlog_bytes=5000, version="t")
+    device.state(
+        recorder="idle", backlog_chunks=5, backlog_bytes=5000, version="t",
+        microphone="missing", microphone_device="USB PnP",
+    )  # fmt: skip
     deadline = time.monotonic() + 10
     while (found := linked.gateway.http.get(f"/v1/rooms/{room}").json())["online"] is not True:
         assert time.monotonic() < deadline, found
         time.sleep(0.05)
     assert (found["backlog_chunks"], found["recorder"], found["device"]) == (5, "idle", "active")
+    assert (found["microphone"], found["microphone_device"]) == ("missing", "USB PnP")
+    assert found["last_heartbeat_at"] is None
     beat = Heartbeat(
         backlog_chunks=2, backlog_bytes=2000, spool_free_bytes=10**9, overruns=0,
-        dropped_s=0, uptime_s=3, version="t",
+        dropped_s=0, uptime_s=3, version="t", microphone="ok",
     )  # fmt: skip
     device.publish("events", beat.model_dump_json())
-    while linked.gateway.http.get(f"/v1/rooms/{room}").json()["backlog_chunks"] != 2:
+    while (found := linked.gateway.http.get(f"/v1/rooms/{room}").json())["backlog_chunks"] != 2:
         assert time.monotonic() < deadline
         time.sleep(0.05)
+    assert found["microphone"] == "ok" and found["last_heartbeat_at"] is not None
 
     linked.gateway.kill()
     device.state(recorder="idle", backlog_chunks=7, backlog_bytes=7000)  # while it is down
