@@ -305,4 +305,8 @@ def config_validate(state: CliState, file: Path | None, check_devices: bool) -> 
 
 
 def main() -> None:
-    run_program(cli, "room-agent")
+    run_program(
+        cli,
+        "room-agent",
+        permission_hint="run it as root (sudo), as the README's alias does",
+    )

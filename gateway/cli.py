@@ -83,13 +83,15 @@ def config_validate(state: CliState, file: Path | None) -> None:
     TLS files load, the relay has its credentials and matches the broker broker-config
     writes. Prints every problem, one line each (exit status 2), or "FILE: ok".
     """
-    from gateway.validate import config_path, summary, validate
+    from gateway.validate import config_path, summary, validate, warnings
 
     path = config_path(file, state.config_path)
     settings, problems = validate(path)
     if problems or settings is None:
         raise Fatal("\n".join(problems))
     click.echo(f"{path or 'defaults and environment'}: ok ({summary(settings)})")
+    for line in warnings(settings, path):
+        click.echo(f"warning: {line}", err=True)
 
 
 @cli.command()
@@ -263,7 +265,10 @@ def device_add(
         try:
             added = Provisioning(settings, db).add(room_id, name, rotate)
         except ProvisioningError as exc:
-            raise Fatal(f"device add: {exc}") from None
+            lines = [f"device add: {line}" for line in str(exc).splitlines()]
+            raise Fatal("\n".join(lines)) from None
+    for warning in added.warnings:
+        click.echo(f"device add: warning: {warning}", err=True)
     config = write_bundle(added.bundle, out, install_dir or Path(settings.devices.install_dir))
     click.echo(f"device {room_id}: credentials issued; files in {out} (mode 0600)", err=True)
     if added.broker is not None:
@@ -456,4 +461,9 @@ def demo(no_tty: bool, keep: bool) -> int:
 
 
 def main() -> None:
-    run_program(cli, "room-gateway")
+    run_program(
+        cli,
+        "room-gateway",
+        permission_hint="run admin commands as the service's user room-gateway (sudo -u"
+        " room-gateway room-gateway ..., the README's alias) or as root",
+    )

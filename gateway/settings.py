@@ -190,6 +190,7 @@ class DeviceSettings(BaseModel):
         default="/etc/room-audio/credentials", pattern=r"^/\S*$", description="an absolute path"
     )
     broker_ca_file: Path | None = None
+    allow_plaintext: bool = False
 
 
 class BrokerSettings(BaseModel):
@@ -270,11 +271,6 @@ class GatewaySettings(FileSettings):
     @property
     def device_ca_key_path(self) -> Path:
         return self.state_dir / "device-ca.key"
-
-    @property
-    def device_gateway_url(self) -> str:
-        """The ingest URL devices are given: devices.gateway_url, else the listener's."""
-        return self.devices.gateway_url or f"http://{self.http.host}:{self.http.port}"
 
     @property
     def device_broker_url(self) -> str:

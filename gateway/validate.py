@@ -11,14 +11,15 @@ the way the loader phrases its own:
   only to this host (the simulator), and not with the simulator's default credentials;
 - MQTT: the TLS files load as the relay and the broker will load them; the relay has a
   password (or a certificate); the relay's connection matches the broker that
-  `room-gateway broker-config` writes (TLS listener, required client certificates).
+  `room-gateway broker-config` writes (TLS listener, required client certificates);
+- the addresses devices are given (gateway/devices/addresses.py): a wildcard, or
+  plaintext to another host, is a problem; loopback or not set, a warning.
 
 Nothing is created or changed; secrets are never printed.
 """
 
 from __future__ import annotations
 
-import ipaddress
 import stat
 from collections.abc import Callable
 from pathlib import Path
@@ -29,8 +30,10 @@ from gateway.blueprint.defaults import (
     DEFAULT_CLIENT_ID,
     DEFAULT_CLIENT_SECRET,
 )
+from gateway.devices.addresses import device_address_problems
 from gateway.keys import KeyFileError, load_key
 from gateway.settings import CONFIG_ENV, GatewaySettings, load_gateway_settings
+from runtime.addresses import is_loopback
 from runtime.file_checks import (
     ca_file_problem,
     client_cert_problem,
@@ -61,11 +64,25 @@ def validate(path: Path | None) -> tuple[GatewaySettings | None, list[str]]:
         _urls,
         _mqtt,
         _broker,
+        _device_addresses,
     ]
     found = [problem for check in checks for problem in check(settings)]
+    return settings, _lines(found, path)
+
+
+def warnings(settings: GatewaySettings, path: Path | None) -> list[str]:
+    """What works but deserves a look (a loopback address devices are given, ...)."""
+    found = [
+        (p.key, p.text)
+        for p in device_address_problems(settings, unset_gateway="warning")
+        if p.severity == "warning"
+    ]
+    return _lines(found, path)
+
+
+def _lines(found: Problems, path: Path | None) -> list[str]:
     prefix = str(GatewaySettings.model_config["env_prefix"])
-    lines = [f"{value_source(prefix, key, path)}: gateway.{key}: {text}" for key, text in found]
-    return settings, lines
+    return [f"{value_source(prefix, key, path)}: gateway.{key}: {text}" for key, text in found]
 
 
 def summary(settings: GatewaySettings) -> str:
@@ -113,7 +130,7 @@ def _blueprint(settings: GatewaySettings) -> Problems:
     url = blueprint.base_url
     if (problem := _url_problem(url)) is not None:
         return [("blueprint.base_url", problem)]
-    if _is_loopback(urlsplit(url).hostname or ""):
+    if is_loopback(urlsplit(url).hostname or ""):
         return []  # the simulator (or a tunnel on this host)
     problems: Problems = []
     if urlsplit(url).scheme != "https":
@@ -156,13 +173,13 @@ def _url_problem(url: str) -> str | None:
     return None
 
 
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
+def _device_addresses(settings: GatewaySettings) -> Problems:
+    """What `device add` would refuse to give devices (gateway/devices/addresses.py)."""
+    return [
+        (p.key, p.text)
+        for p in device_address_problems(settings, unset_gateway="warning")
+        if p.severity == "error"
+    ]
 
 
 def _mqtt(settings: GatewaySettings) -> Problems:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -23,9 +25,12 @@ class Fatal(click.ClickException):
         click.echo(f"{Path(sys.argv[0]).name}: {self.format_message()}", err=True)
 
 
-def run_program(group: click.Group, prog_name: str) -> None:
+def run_program(group: click.Group, prog_name: str, permission_hint: str = "") -> None:
     """Run a program's click group: Ctrl-C exits 130 quietly (click would print "Aborted!"
-    and exit 1, which scripts read as a failed check), Fatal exits 2 with its one line."""
+    and exit 1, which scripts read as a failed check), Fatal exits 2 with its one line,
+    and so does any OS error no command handled itself (a state directory that cannot be
+    created, a full disk): one line naming the path and the fix, never a traceback.
+    ``permission_hint`` says who may run the program's commands (its service user)."""
     try:
         code = group.main(prog_name=prog_name, standalone_mode=False)
     except (KeyboardInterrupt, click.exceptions.Abort):
@@ -34,7 +39,39 @@ def run_program(group: click.Group, prog_name: str) -> None:
     except click.ClickException as exc:
         exc.show()
         sys.exit(exc.exit_code)
+    except BrokenPipeError:  # `room-gateway jobs list | head`: the reader is gone
+        _quiet_stdout()
+        sys.exit(0)
+    except OSError as exc:
+        Fatal(os_error_line(exc, permission_hint)).show()
+        sys.exit(Fatal.exit_code)
     sys.exit(code if isinstance(code, int) else 0)
+
+
+def os_error_line(exc: OSError, permission_hint: str = "") -> str:
+    """``PATH: what is wrong (what to do)``, from an OSError's errno and file name."""
+    path = exc.filename if exc.filename is not None else ""
+    what = (exc.strerror or type(exc).__name__).lower()
+    fixes = {
+        errno.EACCES: permission_hint or "run it as the user that owns it, or as root",
+        errno.EPERM: permission_hint or "run it as the user that owns it, or as root",
+        errno.ENOENT: "its directory does not exist: check the path (state_dir, --out, ...)",
+        errno.ENOTDIR: "a part of the path is a file, not a directory: check the path",
+        errno.ENOSPC: "the disk is full: free space (df -h), then try again",
+        errno.EROFS: "the file system is read-only: check the mount (or systemd's ReadWritePaths=)",
+        errno.EDQUOT: "the disk quota is exhausted: free space, then try again",
+    }
+    fix = fixes.get(exc.errno or 0)
+    if fix is not None and exc.errno in (errno.EACCES, errno.EPERM) and path:
+        fix += f"; who owns what: ls -ld {Path(str(path)).parent}"
+    where = f"{path}: " if path else ""
+    return f"{where}{what}" + (f": {fix}" if fix else "")
+
+
+def _quiet_stdout() -> None:
+    """After a broken pipe, make the interpreter's final flush of stdout a no-op."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
 
 
 class SettingsContext(Generic[S]):

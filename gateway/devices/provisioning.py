@@ -15,6 +15,7 @@ from pathlib import Path
 from pydantic import SecretStr
 
 from gateway.devices import broker_files, credentials, registry
+from gateway.devices.addresses import device_address_problems
 from gateway.devices.broker_files import BrokerFiles
 from gateway.devices.ca import CaError, DeviceCa
 from gateway.devices.reload import ReloadError, reload_broker
@@ -38,6 +39,7 @@ class Added:
     device: registry.Device
     bundle: DeviceBundle
     broker: str | None
+    warnings: list[str]
 
 
 @dataclass(frozen=True)
@@ -63,6 +65,10 @@ class Provisioning:
             raise ProvisioningError(
                 f"device {room_id} exists already (--rotate issues new credentials)"
             )
+        addresses = device_address_problems(self.settings)
+        errors = [f"gateway.{p.key}: {p.text}" for p in addresses if p.severity == "error"]
+        if errors:
+            raise ProvisioningError("\n".join(errors))
         public_key = self._public_key()
         token = credentials.new_token()
         password: str | None = None
@@ -84,7 +90,7 @@ class Provisioning:
             )
         bundle = DeviceBundle(
             device_id=room_id,
-            gateway_url=self.settings.device_gateway_url,
+            gateway_url=self.settings.devices.gateway_url,
             broker_url=self.settings.device_broker_url,
             public_key=public_key,
             token=token,
@@ -93,7 +99,8 @@ class Provisioning:
             key_pem=key_pem,
             broker_ca_pem=self._broker_ca(),
         )
-        return Added(device, bundle, self.sync_broker())
+        warnings = [f"gateway.{p.key}: {p.text}" for p in addresses if p.severity == "warning"]
+        return Added(device, bundle, self.sync_broker(), warnings)
 
     def revoke(self, room_id: str) -> str | None:
         """Refuse the device from now on; returns what was done at the broker."""

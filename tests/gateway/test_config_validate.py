@@ -45,7 +45,8 @@ def good_config(tmp_path: Path, extra: str = "") -> Path:
         f'state_dir = "{tmp_path / "state"}"\n'
         "[gateway.http]\nport = 8081\n"
         f'[gateway.mqtt]\nbroker_url = "mqtt://127.0.0.1:1883"\npassword_file = "{password}"\n'
-        + extra
+        '[gateway.devices]\ngateway_url = "https://gw.clinic.example"\n'
+        'broker_url = "mqtts://gw.clinic.example:8883"\n' + extra
     )
     return config
 
@@ -154,3 +155,50 @@ def test_file_wins_over_config_which_wins_over_the_environment(tmp_path):
     done = run("--config", str(broken), "config", "validate", str(good), env=env)
     assert done.stdout.startswith(f"{good}: ok ("), "FILE wins over --config"
     assert problems(run("--config", str(good), "config", "validate", str(broken))) == both
+
+
+def test_device_addresses_must_reach_a_room_and_not_in_clear(tmp_path):
+    """What devices are given: a wildcard or plaintext to another host is a problem (and
+    `device add` refuses it); loopback or nothing, a warning."""
+    config = good_config(tmp_path)
+    env = {
+        "ROOM_GATEWAY_DEVICES__GATEWAY_URL": "http://0.0.0.0:8080",
+        "ROOM_GATEWAY_DEVICES__BROKER_URL": "mqtt://10.0.0.5:1883",
+    }
+    found = problems(run("config", "validate", str(config), env=env))
+    assert found == [
+        "environment ROOM_GATEWAY_DEVICES__GATEWAY_URL: gateway.devices.gateway_url:"
+        " http://0.0.0.0:8080: 0.0.0.0 is a wildcard listening address; devices cannot"
+        " connect to it: give the host name or address they reach",
+        "environment ROOM_GATEWAY_DEVICES__BROKER_URL: gateway.devices.broker_url:"
+        " mqtt://10.0.0.5:1883: plaintext to another host: the device's MQTT password would"
+        " travel in clear; use mqtts:// (or set devices.allow_plaintext on a network you"
+        " trust entirely)",
+    ]
+    env = {"ROOM_GATEWAY_DEVICES__GATEWAY_URL": "", "ROOM_GATEWAY_DEVICES__BROKER_URL": ""}
+    done = run("config", "validate", str(config), env=env)
+    assert done.returncode == 0, done.stderr
+    assert done.stderr.splitlines() == [
+        "warning: environment ROOM_GATEWAY_DEVICES__GATEWAY_URL: gateway.devices.gateway_url:"
+        " not set: the URL room devices reach this gateway at, through its TLS proxy (e.g."
+        " https://gateway.clinic.example)",
+        "warning: gateway.toml: gateway.mqtt.broker_url: mqtt://127.0.0.1:1883: loopback:"
+        " only a device on this host can reach it",
+    ]
+    # device add refuses what validate calls a problem, before issuing anything.
+    assert run("--config", str(config), "keygen").returncode == 0
+    added = run("--config", str(config), "device", "add", "room-1", env=env)
+    assert added.returncode == 2 and added.stdout == ""
+    assert added.stderr.startswith(
+        "room-gateway: device add: gateway.devices.gateway_url: not set: "
+    )
+    listed = run("--config", str(config), "device", "list")
+    assert "room-1" not in listed.stdout
+    env["ROOM_GATEWAY_DEVICES__GATEWAY_URL"] = "http://gateway.clinic.example"
+    env["ROOM_GATEWAY_DEVICES__ALLOW_PLAINTEXT"] = "true"
+    added = run("--config", str(config), "device", "add", "room-1", env=env)
+    assert added.returncode == 0, added.stderr
+    assert 'gateway_url = "http://gateway.clinic.example"' in added.stdout
+    assert "device add: warning: gateway.mqtt.broker_url: mqtt://127.0.0.1:1883: loopback" in (
+        added.stderr
+    )

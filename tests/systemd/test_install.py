@@ -28,6 +28,9 @@ def test_staged_install(tmp_path, role):
     unit = tmp_path / "etc/systemd/system" / f"room-{role}.service"
     assert stat.S_IMODE(config.stat().st_mode) == 0o640
     assert stat.S_IMODE(credentials.stat().st_mode) == 0o700
+    # The README's next steps (keygen, broker-config, device add) write there at once.
+    state = tmp_path / "var/lib" / f"room-{role}"
+    assert state.is_dir() and stat.S_IMODE(state.stat().st_mode) == 0o700
     assert unit.read_text() == (ROOT / "systemd" / unit.name).read_text()
     assert f'state_dir = "/var/lib/room-{role}"' in config.read_text()
     tables = [line for line in config.read_text().splitlines() if line.startswith("[")]

@@ -139,7 +139,9 @@ def test_refused_credentials_and_a_wrong_port_are_reported_with_the_fix(tmp_path
 def test_the_real_gateway_accepts_the_token_until_the_device_is_revoked(tmp_path):
     """`room-gateway device add` provisions the device; its token probe is answered 415
     (accepted, nothing stored), and 403 once `device revoke` refuses the device."""
-    gateway = GatewayProcess(tmp_path / "gateway", "http://127.0.0.1:9", {}).start()
+    gateway = GatewayProcess(tmp_path / "gateway", "http://127.0.0.1:9", {})
+    gateway.env["ROOM_GATEWAY_DEVICES__GATEWAY_URL"] = gateway.url
+    gateway.start()
     try:
         gateway.cli("keygen")
         bundle = tmp_path / "bundle"

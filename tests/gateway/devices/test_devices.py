@@ -299,7 +299,11 @@ def test_files_rewritten_by_root_stay_readable_by_the_broker_user(tmp_path):
     broker_dir = tmp_path / "broker"
     broker_dir.mkdir()
     os.chown(broker_dir, broker_user.pw_uid, broker_user.pw_gid)
-    env = {**os.environ, "ROOM_GATEWAY_STATE_DIR": str(tmp_path / "state")}
+    env = {
+        **os.environ,
+        "ROOM_GATEWAY_STATE_DIR": str(tmp_path / "state"),
+        "ROOM_GATEWAY_DEVICES__GATEWAY_URL": "https://gateway.clinic.example",
+    }
     room_gateway = str(Path(sys.executable).parent / "room-gateway")
     steps = (["keygen"], ["broker-config", "--out", str(broker_dir)], ["device", "add", "room-5"])
     for args in steps:
