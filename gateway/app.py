@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import sqlite3
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -15,7 +14,7 @@ from gateway import __version__
 from gateway.api import devices, errors, health, partner, rooms, testing, webhooks
 from gateway.service import GatewayService
 from gateway.settings import GatewaySettings
-from gateway.store.database import probe_write
+from gateway.store import StoreError, probe_write
 from runtime.systemd import notify, watchdog_interval_s
 
 DESCRIPTION = """
@@ -73,7 +72,7 @@ async def _watchdog(service: GatewayService) -> None:
         await asyncio.sleep(interval)
         try:
             await service.db.run(probe_write)
-        except sqlite3.Error:
+        except StoreError:
             continue
         if service.worker.alive:
             notify("WATCHDOG=1")

@@ -21,7 +21,7 @@ from gateway.keys import KeyFileError, create_key, load_key, public_text
 from gateway.partner import tokens
 from gateway.sessions.audio_files import CONTENT_TYPES, AudioRejected, copy_audio
 from gateway.settings import CONFIG_ENV, GatewaySettings, load_gateway_settings
-from gateway.store.database import Database, StoreError
+from gateway.store import Database, StoreError
 from protocol.ids import ID_DESCRIPTION, ID_PATTERN
 from runtime.cli import Fatal, SettingsContext, config_option, run_program
 
@@ -36,7 +36,7 @@ class CliState(SettingsContext[GatewaySettings]):
     def database(self) -> Iterator[Database]:
         """The gateway's store, for admin commands (safe while the service runs)."""
         try:
-            db = Database.open(self.settings.database_path)
+            db = Database.open(self.settings.store_location)
         except StoreError as exc:
             raise Fatal(str(exc)) from None
         try:

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import sqlite3
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -31,7 +30,7 @@ from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel, Field
 
-from gateway.store.database import probe_write
+from gateway.store import StoreError, latest_version, probe_write
 
 if TYPE_CHECKING:
     from gateway.service import GatewayService
@@ -118,11 +117,18 @@ def failing(detail: str) -> DependencyCheck:
 
 @register("database", critical=True)
 async def _database(service: GatewayService) -> DependencyCheck:
+    """Takes a write (SQLite: the file; PostgreSQL: the server is reachable), and its
+    schema is not newer than this code (another replica was upgraded and migrated it)."""
     try:
-        await service.db.run(probe_write)
-    except sqlite3.Error as exc:
+        version = await service.db.run(probe_write)
+    except StoreError as exc:
         return failing(f"database not writable ({type(exc).__name__})")
-    return ok(f"{service.db.path} takes writes")
+    if version > latest_version():
+        return failing(
+            f"database schema v{version} is newer than this gateway's"
+            f" (v{latest_version()}): upgrade this gateway"
+        )
+    return ok(f"{service.db.display} takes writes (schema v{version})")
 
 
 @register("job_worker", critical=True)

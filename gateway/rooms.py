@@ -6,9 +6,10 @@ issues the device's credentials) fills this table; the room id is the device id.
 
 from __future__ import annotations
 
-import sqlite3
 import time
 from dataclasses import dataclass
+
+from gateway.store import Connection
 
 
 @dataclass(frozen=True)
@@ -18,7 +19,7 @@ class Room:
     active_session_id: str | None
 
 
-def add(conn: sqlite3.Connection, room_id: str) -> bool:
+def add(conn: Connection, room_id: str) -> bool:
     """Add a room; False if it was already there."""
     cursor = conn.execute(
         "INSERT INTO rooms (id, created_at) VALUES (?, ?) ON CONFLICT (id) DO NOTHING",
@@ -27,11 +28,11 @@ def add(conn: sqlite3.Connection, room_id: str) -> bool:
     return cursor.rowcount == 1
 
 
-def exists(conn: sqlite3.Connection, room_id: str) -> bool:
+def exists(conn: Connection, room_id: str) -> bool:
     return conn.execute("SELECT 1 FROM rooms WHERE id = ?", (room_id,)).fetchone() is not None
 
 
-def list_rooms(conn: sqlite3.Connection) -> list[Room]:
+def list_rooms(conn: Connection) -> list[Room]:
     rows = conn.execute(
         "SELECT rooms.id, rooms.created_at, sessions.id AS active_session_id FROM rooms"
         " LEFT JOIN sessions ON sessions.room_id = rooms.id"

@@ -16,7 +16,7 @@ import uvicorn
 
 from gateway.app import create_app
 from gateway.settings import GatewaySettings
-from gateway.store.database import Database, StoreError
+from gateway.store import Database, StoreError
 from runtime.systemd import notify
 
 logger = logging.getLogger(__name__)
@@ -36,7 +36,7 @@ def configure_logging(level: str) -> None:
 def serve(settings: GatewaySettings) -> None:
     configure_logging(settings.log_level)
     try:
-        Database.open(settings.database_path).close()
+        Database.open(settings.store_location).close()
     except StoreError as exc:
         raise ServeError(str(exc)) from None
     listener = bind(settings.http.host, settings.http.port)

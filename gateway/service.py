@@ -29,7 +29,7 @@ from gateway.relay.relay import Relay
 from gateway.sessions.lifecycle import JobKind, SessionLifecycle
 from gateway.sessions.workflow import Workflow
 from gateway.settings import GatewaySettings
-from gateway.store.database import Database
+from gateway.store import Database
 
 logger = logging.getLogger(__name__)
 
@@ -53,7 +53,7 @@ class GatewayService:
     def open(cls, settings: GatewaySettings) -> GatewayService:
         """Open the store (migrating it) and build every part; nothing runs yet."""
         settings.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        db = Database.open(settings.database_path)
+        db = Database.open(settings.store_location)
         metrics = GatewayMetrics()
         blueprint = _blueprint_client(settings, metrics)
         blueprint_health = BlueprintHealth(blueprint.probe)
@@ -117,7 +117,7 @@ class GatewayService:
             self.relay.start()
         logger.info(
             "gateway started: database %s (schema v%d), Blueprint at %s, relay %s",
-            self.db.path,
+            self.db.display,
             self.db.schema_version(),
             self.settings.blueprint.base_url,
             self.settings.mqtt.broker_url or "off",

@@ -13,6 +13,7 @@ needs them in its config file or environment.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path
 from typing import ClassVar, Literal, Self
@@ -26,6 +27,13 @@ from gateway.blueprint.defaults import (
     DEFAULT_CLIENT_SECRET,
     DEFAULT_PORT,
 )
+from gateway.store.location import (
+    Location,
+    PostgresLocation,
+    SqliteLocation,
+    UrlError,
+    parse_url,
+)
 from runtime.mqtt import BrokerSettings
 from runtime.secrets import read_secret_file, resolve_secret
 from runtime.settings import FileSettings, default_state_dir, load_settings
@@ -36,6 +44,7 @@ API_KEY_CREDENTIAL = "blueprint-api-key"
 CLIENT_SECRET_CREDENTIAL = "blueprint-client-secret"
 CALLBACK_SECRET_CREDENTIAL = "partner-callback-secret"
 MQTT_PASSWORD_CREDENTIAL = "gateway-mqtt-password"
+DATABASE_PASSWORD_CREDENTIAL = "gateway-database-password"
 MQTT_PASSWORD_FILE = "mqtt-password"  # in state_dir, written by `room-gateway broker-config`
 KiB = 1024
 MiB = 1024 * KiB
@@ -216,6 +225,45 @@ class BrokerSettings(BaseModel):
         return self
 
 
+class StoreSettings(BaseModel):
+    """Where the gateway keeps its state: SQLite on this host (default) or PostgreSQL, which
+    several gateway replicas share.
+
+    The PostgreSQL password is never part of ``url`` (it would be logged): it comes from
+    ``password_file``, the systemd credential ``gateway-database-password``, or libpq's
+    ``~/.pgpass``.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    url: str = Field(
+        default="",
+        pattern=r"^((sqlite|postgres|postgresql)://\S*)?$",
+        description="empty, sqlite:///PATH or postgresql://USER@HOST[:PORT]/DATABASE",
+    )
+    password: SecretStr | None = None
+    password_file: Path | None = None
+    pool_size: int = Field(default=4, ge=1, le=64)
+    connect_timeout_s: float = Field(default=5.0, gt=0, le=120)
+    unavailable_s: float = Field(default=2.0, ge=0, le=120)
+
+    @model_validator(mode="after")
+    def _check_url(self) -> Self:
+        if self.url:
+            try:
+                parse_url(self.url)
+            except UrlError as exc:
+                raise ValueError(f"url: {exc}") from None
+        self.password = resolve_secret(
+            self.password,
+            "password" in self.model_fields_set,
+            self.password_file,
+            DATABASE_PASSWORD_CREDENTIAL,
+            "password",
+        )
+        return self
+
+
 class GatewaySettings(FileSettings):
     model_config = SettingsConfigDict(
         env_prefix="ROOM_GATEWAY_", env_nested_delimiter="__", extra="forbid"
@@ -234,10 +282,39 @@ class GatewaySettings(FileSettings):
     ingest: IngestSettings = Field(default_factory=IngestSettings)
     devices: DeviceSettings = Field(default_factory=DeviceSettings)
     broker: BrokerSettings = Field(default_factory=BrokerSettings)
+    store: StoreSettings = Field(default_factory=StoreSettings)
+
+    @model_validator(mode="after")
+    def _one_database(self) -> Self:
+        if self.store.url and self.database_file is not None:
+            raise ValueError("set store.url or database_file, not both")
+        return self
 
     @property
     def database_path(self) -> Path:
+        """The SQLite file (when the store is SQLite)."""
+        location = self.store_location
+        if isinstance(location, SqliteLocation):
+            return location.path
         return self.database_file or self.state_dir / "gateway.db"
+
+    @property
+    def store_location(self) -> Location:
+        """The store as configured: SQLite at database_file (default state_dir/gateway.db),
+        or store.url; PostgreSQL with its password and pool settings."""
+        if not self.store.url:
+            return SqliteLocation(self.database_file or self.state_dir / "gateway.db")
+        location = parse_url(self.store.url)
+        if isinstance(location, PostgresLocation):
+            store = self.store
+            return dataclasses.replace(
+                location,
+                password=store.password,
+                pool_size=store.pool_size,
+                connect_timeout_s=store.connect_timeout_s,
+                unavailable_s=store.unavailable_s,
+            )
+        return location
 
     @property
     def sealing_key_path(self) -> Path:

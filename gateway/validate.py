@@ -89,7 +89,7 @@ def summary(settings: GatewaySettings) -> str:
     """What valid settings set up, in a few words and without secrets."""
     key = "present" if settings.sealing_key_path.exists() else "none yet (room-gateway keygen)"
     return (
-        f"database {settings.database_path}, Blueprint {settings.blueprint.base_url},"
+        f"database {settings.store_location.display}, Blueprint {settings.blueprint.base_url},"
         f" listening on {settings.http.host}:{settings.http.port}, sealing key {key}"
     )
 

@@ -12,6 +12,8 @@ packages=(
     openssl             # test certificates
     systemd             # systemd-analyze verify / security for the unit tests
     procps              # /bin/kill, which mosquitto.service's ExecReload= names
+    postgresql          # the gateway's store for several replicas; tests start their own
+    haproxy             # the load balancer in front of gateway replicas (multi-replica tests)
 )
 
 missing=()

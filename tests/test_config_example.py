@@ -37,6 +37,8 @@ GATEWAY_COMMENTED = {
     "gateway.partner.callback_secret_file",
     "gateway.mqtt.password",
     "gateway.mqtt.password_file",
+    "gateway.store.password",
+    "gateway.store.password_file",
     "gateway.mqtt.ca_file",
     "gateway.mqtt.client_cert_file",
     "gateway.mqtt.client_key_file",

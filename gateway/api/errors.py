@@ -7,13 +7,13 @@ a person's name, and error bodies end up in partner logs.
 from __future__ import annotations
 
 import logging
-import sqlite3
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from gateway.errors import Conflict, GatewayError, InvalidReference, NotFound
+from gateway.store import DatabaseUnavailable
 
 logger = logging.getLogger(__name__)
 STATUS = {NotFound: 404, Conflict: 409, InvalidReference: 422}
@@ -22,7 +22,7 @@ STATUS = {NotFound: 404, Conflict: 409, InvalidReference: 422}
 def install(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(GatewayError, _gateway_error)
-    app.add_exception_handler(sqlite3.OperationalError, _store_busy)
+    app.add_exception_handler(DatabaseUnavailable, _store_busy)
 
 
 async def _validation_error(_: Request, exc: Exception) -> JSONResponse:

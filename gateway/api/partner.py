@@ -7,7 +7,6 @@ gateway ensures them in Blueprint through a durable job: the answer waits for it
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Callable
 from typing import Annotated, TypeVar
 
@@ -35,6 +34,7 @@ from gateway.service import GatewayService
 from gateway.sessions import artifacts, records
 from gateway.sessions import states as sessions
 from gateway.sessions.records import Client, Clinician
+from gateway.store import Connection
 from protocol.ids import ID_DESCRIPTION, ID_PATTERN
 
 R = TypeVar("R")
@@ -72,7 +72,7 @@ async def put_clinician(
 ) -> RecordOut:
     """Create or update a clinician and ensure it exists in Blueprint."""
 
-    def put(conn: sqlite3.Connection) -> int | None:
+    def put(conn: Connection) -> int | None:
         records.put_clinician(conn, external_id, body.first_name, body.last_name, body.email)
         return service.lifecycle.ensure_clinician(conn, external_id)
 
@@ -105,7 +105,7 @@ async def put_client(
 ) -> RecordOut:
     """Create or update a client (of a clinician already PUT) and ensure it in Blueprint."""
 
-    def put(conn: sqlite3.Connection) -> int | None:
+    def put(conn: Connection) -> int | None:
         if records.get_clinician(conn, body.clinician_external_id) is None:
             raise InvalidReference(
                 f"clinician {body.clinician_external_id} not found; PUT it first"
@@ -136,7 +136,7 @@ async def get_client(external_id: ExternalIdPath, service: Service) -> RecordOut
 async def _wait_for_ensure(
     service: GatewayService,
     job_id: int | None,
-    read: Callable[[sqlite3.Connection, str], R],
+    read: Callable[[Connection, str], R],
     external_id: str,
 ) -> R:
     """Give the ensure job up to ``partner.ensure_wait_s`` to finish, then read the record."""
@@ -171,7 +171,7 @@ def _ensure_answer(record: Clinician | Client | None, response: Response) -> Rec
 async def start_session(body: SessionIn, service: Service) -> SessionOut:
     """Start a session in a room, for a clinician and client already PUT."""
 
-    def start(conn: sqlite3.Connection) -> SessionOut:
+    def start(conn: Connection) -> SessionOut:
         if service.relay is not None:
             _refuse_if_device_busy(conn, body.room)
         session = service.lifecycle.start(
@@ -208,7 +208,7 @@ async def get_session(session_id: SessionIdPath, service: Service) -> SessionOut
 async def stop_session(session_id: SessionIdPath, service: Service) -> SessionOut:
     """Stop recording. Harmless to repeat; a session already past recording is unchanged."""
 
-    def stop(conn: sqlite3.Connection) -> SessionOut:
+    def stop(conn: Connection) -> SessionOut:
         before = service.lifecycle.get(conn, session_id)
         stopped = service.lifecycle.stop(conn, session_id)
         if service.relay is not None and (before.state, stopped.state) == ("recording", "stopping"):
@@ -230,7 +230,7 @@ async def get_artifacts(session_id: SessionIdPath, service: Service) -> Artifact
     """The progress note, transcript and MDM elements as fetched from Blueprint (null until
     they are); a regenerated or finalized note replaces the earlier one."""
 
-    def read(conn: sqlite3.Connection) -> ArtifactsOut:
+    def read(conn: Connection) -> ArtifactsOut:
         session = service.lifecycle.get(conn, session_id)
         found = artifacts.for_session(conn, session_id)
         return ArtifactsOut(
@@ -248,7 +248,7 @@ def _artifact(found: dict[str, artifacts.Artifact], kind: str) -> ArtifactOut | 
     return ArtifactOut.of(found.get(kind))
 
 
-def session_out(conn: sqlite3.Connection, session_id: str) -> SessionOut:
+def session_out(conn: Connection, session_id: str) -> SessionOut:
     session = sessions.get(conn, session_id)
     if session is None:
         raise NotFound(f"session {session_id} not found")
@@ -270,7 +270,7 @@ def session_out(conn: sqlite3.Connection, session_id: str) -> SessionOut:
     return answer
 
 
-def _refuse_if_device_busy(conn: sqlite3.Connection, room_id: str) -> None:
+def _refuse_if_device_busy(conn: Connection, room_id: str) -> None:
     """The device itself reports recording (a session started elsewhere, e.g. with
     ``room-agent record``): a start would be refused by it, so refuse it here, now."""
     status = room_status.get(conn, room_id)

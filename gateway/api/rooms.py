@@ -7,7 +7,6 @@ device has ever connected, they are null.
 
 from __future__ import annotations
 
-import sqlite3
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Path
@@ -20,6 +19,7 @@ from gateway.devices import registry
 from gateway.errors import NotFound
 from gateway.relay import room_status
 from gateway.relay.room_status import RoomStatus
+from gateway.store import Connection
 from protocol.ids import ID_DESCRIPTION, ID_PATTERN
 
 RoomIdPath = Annotated[str, Path(pattern=ID_PATTERN, description=ID_DESCRIPTION)]
@@ -40,7 +40,7 @@ async def get_room(room_id: RoomIdPath, service: Service) -> RoomOut:
     return await service.db.run(one_room, room_id, write=False)
 
 
-def all_rooms(conn: sqlite3.Connection) -> list[RoomOut]:
+def all_rooms(conn: Connection) -> list[RoomOut]:
     devices = {device.id: device for device in registry.list_devices(conn)}
     status = room_status.all_rooms(conn)
     return [
@@ -50,7 +50,7 @@ def all_rooms(conn: sqlite3.Connection) -> list[RoomOut]:
     ]
 
 
-def one_room(conn: sqlite3.Connection, room_id: str) -> RoomOut:
+def one_room(conn: Connection, room_id: str) -> RoomOut:
     device = registry.get(conn, room_id)
     if device is None:
         raise NotFound(f"room {room_id} not found")

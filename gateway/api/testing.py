@@ -8,8 +8,6 @@ as this route does.
 
 from __future__ import annotations
 
-import sqlite3
-
 from fastapi import APIRouter, Depends, HTTPException, Request
 
 from gateway.api.deps import Service, require_partner
@@ -18,6 +16,7 @@ from gateway.api.partner import ERRORS, NOT_FOUND, SessionIdPath, session_out
 from gateway.errors import Conflict
 from gateway.sessions.audio_files import CONTENT_TYPES, AudioRejected, AudioTooLarge, write_audio
 from gateway.sessions.lifecycle import UPLOADABLE_FROM
+from gateway.store import Connection
 
 router = APIRouter(prefix="/v1", dependencies=[Depends(require_partner)], responses=ERRORS)
 
@@ -63,7 +62,7 @@ async def upload_session_audio(
     except AudioRejected as exc:
         raise HTTPException(400, str(exc)) from None
 
-    def attach(conn: sqlite3.Connection) -> SessionOut:
+    def attach(conn: Connection) -> SessionOut:
         service.lifecycle.attach_audio(conn, session_id, str(path), content_type)
         return session_out(conn, session_id)
 

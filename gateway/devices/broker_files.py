@@ -10,7 +10,6 @@ A revoked device is simply absent from both files.
 from __future__ import annotations
 
 import os
-import sqlite3
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +17,7 @@ from pathlib import Path
 from gateway.devices import registry
 from gateway.sessions.audio_files import write_small_file
 from gateway.settings import BrokerSettings
+from gateway.store import Connection
 from protocol import topics
 
 CONFIG_NAME = "mosquitto.conf"
@@ -53,7 +53,7 @@ class BrokerFiles:
         return self.directory / PID_NAME
 
 
-def record(conn: sqlite3.Connection, files: BrokerFiles) -> None:
+def record(conn: Connection, files: BrokerFiles) -> None:
     conn.execute(
         "INSERT INTO broker_files (id, directory, gateway_user, gateway_password_hash,"
         " written_at) VALUES (1, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET"
@@ -64,7 +64,7 @@ def record(conn: sqlite3.Connection, files: BrokerFiles) -> None:
     )
 
 
-def recorded(conn: sqlite3.Connection) -> BrokerFiles | None:
+def recorded(conn: Connection) -> BrokerFiles | None:
     row = conn.execute(
         "SELECT directory, gateway_user, gateway_password_hash FROM broker_files WHERE id = 1"
     ).fetchone()

@@ -8,10 +8,11 @@ every request and the broker's files are rewritten without the device.
 
 from __future__ import annotations
 
-import sqlite3
 import time
 from dataclasses import dataclass
 from typing import Literal
+
+from gateway.store import Connection, Row
 
 CredentialKind = Literal["password", "certificate"]
 
@@ -51,7 +52,7 @@ _COLUMNS = (
 
 
 def issue(
-    conn: sqlite3.Connection,
+    conn: Connection,
     room_id: str,
     name: str | None,
     token_sha256: str,
@@ -75,12 +76,12 @@ def issue(
     return device
 
 
-def get(conn: sqlite3.Connection, room_id: str) -> Device | None:
+def get(conn: Connection, room_id: str) -> Device | None:
     row = conn.execute(f"SELECT {_COLUMNS} FROM rooms WHERE id = ?", (room_id,)).fetchone()
     return _device(row) if row is not None else None
 
 
-def by_token(conn: sqlite3.Connection, token_sha256: str) -> Device | None:
+def by_token(conn: Connection, token_sha256: str) -> Device | None:
     """The device holding this token, revoked or not (the caller tells 401 from 403)."""
     row = conn.execute(
         f"SELECT {_COLUMNS} FROM rooms WHERE token_sha256 = ?", (token_sha256,)
@@ -88,17 +89,17 @@ def by_token(conn: sqlite3.Connection, token_sha256: str) -> Device | None:
     return _device(row) if row is not None else None
 
 
-def list_devices(conn: sqlite3.Connection) -> list[Device]:
+def list_devices(conn: Connection) -> list[Device]:
     rows = conn.execute(f"SELECT {_COLUMNS} FROM rooms ORDER BY id").fetchall()
     return [_device(row) for row in rows]
 
 
-def active(conn: sqlite3.Connection) -> list[Device]:
+def active(conn: Connection) -> list[Device]:
     """Devices the broker admits: credentials issued, not revoked."""
     return [device for device in list_devices(conn) if device.active]
 
 
-def revoke(conn: sqlite3.Connection, room_id: str) -> bool:
+def revoke(conn: Connection, room_id: str) -> bool:
     """False when there is no active device with this id."""
     cursor = conn.execute(
         "UPDATE rooms SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL"
@@ -108,7 +109,7 @@ def revoke(conn: sqlite3.Connection, room_id: str) -> bool:
     return cursor.rowcount == 1
 
 
-def _device(row: sqlite3.Row) -> Device:
+def _device(row: Row) -> Device:
     values = dict(row)
     values["has_token"] = bool(values["has_token"])
     return Device(**values)

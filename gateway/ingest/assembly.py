@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import sqlite3
 from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -31,7 +30,7 @@ from gateway.sessions import states as sessions
 from gateway.sessions.audio_files import DurableFile, audio_path
 from gateway.sessions.lifecycle import UPLOADABLE_FROM, SessionLifecycle
 from gateway.settings import IngestSettings
-from gateway.store.database import Database
+from gateway.store import Connection, Database
 from protocol.codec import CONTENT_TYPES, SAMPLE_RATE, CodecError, decode, encode_into
 from protocol.envelope import EnvelopeError, open_chunk
 
@@ -134,7 +133,7 @@ class Assembler:
         return audio_path(unclaimed, session.session_id, content_type)
 
     def _attach(
-        self, conn: sqlite3.Connection, session: records.IngestSession, assembled: Assembled
+        self, conn: Connection, session: records.IngestSession, assembled: Assembled
     ) -> None:
         session_id = session.session_id
         records.set_state(conn, session_id, "assembled", str(assembled.path))
@@ -147,7 +146,7 @@ class Assembler:
             return
         self._lifecycle.attach_audio(conn, session_id, str(assembled.path), assembled.content_type)
 
-    def _no_speech(self, conn: sqlite3.Connection, session: records.IngestSession) -> None:
+    def _no_speech(self, conn: Connection, session: records.IngestSession) -> None:
         records.set_state(conn, session.session_id, "failed")
         if session.claimed:
             self._lifecycle.failed(conn, session.session_id, "no speech was recorded")
@@ -170,7 +169,7 @@ def _in_order(
         yield pending.popleft().result()
 
 
-def _plan(conn: sqlite3.Connection, session_id: str) -> _Plan | None:
+def _plan(conn: Connection, session_id: str) -> _Plan | None:
     session = records.get_session(conn, session_id)
     if session is None or session.manifest is None:
         return None

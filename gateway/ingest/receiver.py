@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
-import sqlite3
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -37,7 +36,7 @@ from gateway.ingest.files import ChunkFiles
 from gateway.ingest.records import IngestSession, StoredChunk
 from gateway.sessions import states as sessions
 from gateway.sessions.lifecycle import JobKind, SessionLifecycle
-from gateway.store.database import Database
+from gateway.store import Connection, Database
 from protocol.envelope import (
     ChunkHeader,
     EnvelopeError,
@@ -140,7 +139,7 @@ class ChunkReceiver:
         return recorded.receipt
 
     def _record(
-        self, conn: sqlite3.Connection, device_id: str, session_id: str, chunk: StoredChunk
+        self, conn: Connection, device_id: str, session_id: str, chunk: StoredChunk
     ) -> _Recorded:
         session = _owned_session(conn, device_id, session_id)
         if session is None:
@@ -182,7 +181,7 @@ class ChunkReceiver:
         return receipt
 
     def _close(
-        self, conn: sqlite3.Connection, device_id: str, manifest: SessionManifest
+        self, conn: Connection, device_id: str, manifest: SessionManifest
     ) -> tuple[CloseReceipt, bool]:
         session_id = manifest.session_id
         session = _owned_session(conn, device_id, session_id)
@@ -221,7 +220,7 @@ class ChunkReceiver:
     # --- helpers ------------------------------------------------------------------------------
 
     def _complete_if_ready(
-        self, conn: sqlite3.Connection, session: IngestSession, manifest: SessionManifest
+        self, conn: Connection, session: IngestSession, manifest: SessionManifest
     ) -> bool:
         stored = records.chunks(conn, session.session_id)
         if any(c.seq not in stored for c in manifest.chunks):
@@ -229,7 +228,7 @@ class ChunkReceiver:
         self._start_assembly(conn, session)
         return True
 
-    def _start_assembly(self, conn: sqlite3.Connection, session: IngestSession) -> None:
+    def _start_assembly(self, conn: Connection, session: IngestSession) -> None:
         records.set_state(conn, session.session_id, "assembling")
         self._lifecycle.enqueue(
             conn,
@@ -263,7 +262,7 @@ def _open(blob: bytes, key: X25519PrivateKey) -> None:
 
 
 def _precheck(
-    conn: sqlite3.Connection, device_id: str, header: ChunkHeader, sha256: str
+    conn: Connection, device_id: str, header: ChunkHeader, sha256: str
 ) -> ChunkReceipt | None:
     """Refuse another room's session before any work; answer a repeat without any."""
     _owned_session(conn, device_id, header.session_id)
@@ -279,9 +278,7 @@ def _repeat(session_id: str, seq: int, existing: StoredChunk, sha256: str) -> Ch
     return ChunkReceipt(session_id=session_id, seq=seq, sha256=sha256, duplicate=True)
 
 
-def _owned_session(
-    conn: sqlite3.Connection, device_id: str, session_id: str
-) -> IngestSession | None:
+def _owned_session(conn: Connection, device_id: str, session_id: str) -> IngestSession | None:
     """This device's ingest record of the session (None: first chunk); 403 if the session
     is another room's, by the partner's session or by the device that sent it first."""
     started = sessions.get(conn, session_id)
@@ -293,6 +290,6 @@ def _owned_session(
     return session
 
 
-def _claims(conn: sqlite3.Connection, device_id: str, session_id: str) -> bool:
+def _claims(conn: Connection, device_id: str, session_id: str) -> bool:
     started = sessions.get(conn, session_id)
     return started is not None and started.room_id == device_id

@@ -10,11 +10,11 @@ listed, but never uploaded.
 
 from __future__ import annotations
 
-import sqlite3
 import time
 from dataclasses import dataclass
 from typing import Literal
 
+from gateway.store import Connection
 from protocol.manifest import SessionManifest
 
 IngestState = Literal["receiving", "waiting_for_chunks", "assembling", "assembled", "failed"]
@@ -44,7 +44,7 @@ class StoredChunk:
     received_at: float
 
 
-def get_session(conn: sqlite3.Connection, session_id: str) -> IngestSession | None:
+def get_session(conn: Connection, session_id: str) -> IngestSession | None:
     row = conn.execute(
         "SELECT * FROM ingest_sessions WHERE session_id = ?", (session_id,)
     ).fetchone()
@@ -65,7 +65,7 @@ def get_session(conn: sqlite3.Connection, session_id: str) -> IngestSession | No
 
 
 def create_session(
-    conn: sqlite3.Connection, session_id: str, device_id: str, claimed: bool
+    conn: Connection, session_id: str, device_id: str, claimed: bool
 ) -> IngestSession:
     now = time.time()
     conn.execute(
@@ -79,7 +79,7 @@ def create_session(
 
 
 def set_state(
-    conn: sqlite3.Connection, session_id: str, state: IngestState, audio_path: str | None = None
+    conn: Connection, session_id: str, state: IngestState, audio_path: str | None = None
 ) -> None:
     conn.execute(
         "UPDATE ingest_sessions SET state = ?, audio_path = COALESCE(?, audio_path),"
@@ -88,7 +88,7 @@ def set_state(
     )
 
 
-def set_manifest(conn: sqlite3.Connection, manifest: SessionManifest) -> None:
+def set_manifest(conn: Connection, manifest: SessionManifest) -> None:
     now = time.time()
     conn.execute(
         "UPDATE ingest_sessions SET manifest = ?, closed_at = COALESCE(closed_at, ?),"
@@ -97,7 +97,7 @@ def set_manifest(conn: sqlite3.Connection, manifest: SessionManifest) -> None:
     )
 
 
-def mark_purged(conn: sqlite3.Connection, session_id: str) -> None:
+def mark_purged(conn: Connection, session_id: str) -> None:
     now = time.time()
     conn.execute(
         "UPDATE ingest_sessions SET purged_at = ?, updated_at = ? WHERE session_id = ?",
@@ -105,7 +105,7 @@ def mark_purged(conn: sqlite3.Connection, session_id: str) -> None:
     )
 
 
-def get_chunk(conn: sqlite3.Connection, session_id: str, seq: int) -> StoredChunk | None:
+def get_chunk(conn: Connection, session_id: str, seq: int) -> StoredChunk | None:
     row = conn.execute(
         "SELECT seq, sha256, bytes, start_s, duration_s, file, received_at FROM chunks"
         " WHERE session_id = ? AND seq = ?",
@@ -114,7 +114,7 @@ def get_chunk(conn: sqlite3.Connection, session_id: str, seq: int) -> StoredChun
     return StoredChunk(**dict(row)) if row is not None else None
 
 
-def insert_chunk(conn: sqlite3.Connection, session_id: str, chunk: StoredChunk) -> None:
+def insert_chunk(conn: Connection, session_id: str, chunk: StoredChunk) -> None:
     conn.execute(
         "INSERT INTO chunks (session_id, seq, sha256, bytes, start_s, duration_s, file,"
         " received_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
@@ -131,7 +131,7 @@ def insert_chunk(conn: sqlite3.Connection, session_id: str, chunk: StoredChunk) 
     )
 
 
-def chunks(conn: sqlite3.Connection, session_id: str) -> dict[int, StoredChunk]:
+def chunks(conn: Connection, session_id: str) -> dict[int, StoredChunk]:
     rows = conn.execute(
         "SELECT seq, sha256, bytes, start_s, duration_s, file, received_at FROM chunks"
         " WHERE session_id = ? ORDER BY seq",
@@ -151,7 +151,7 @@ class Received:
     claimed: bool
 
 
-def received(conn: sqlite3.Connection, session_id: str) -> Received | None:
+def received(conn: Connection, session_id: str) -> Received | None:
     session = get_session(conn, session_id)
     if session is None:
         return None
@@ -169,11 +169,11 @@ def received(conn: sqlite3.Connection, session_id: str) -> Received | None:
     )
 
 
-def unclaimed(conn: sqlite3.Connection, device_id: str | None = None) -> list[IngestSession]:
+def unclaimed(conn: Connection, device_id: str | None = None) -> list[IngestSession]:
     """Sessions a device sent that no partner session claims, newest first."""
     rows = conn.execute(
         "SELECT session_id FROM ingest_sessions WHERE claimed = 0"
-        " AND (? IS NULL OR device_id = ?) ORDER BY created_at DESC",
+        " AND (CAST(? AS TEXT) IS NULL OR device_id = ?) ORDER BY created_at DESC",
         (device_id, device_id),
     ).fetchall()
     found = [get_session(conn, row["session_id"]) for row in rows]

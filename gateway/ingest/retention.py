@@ -9,7 +9,6 @@ repeating an upload still gets the right answer.
 from __future__ import annotations
 
 import logging
-import sqlite3
 from pathlib import Path
 
 from gateway.ingest import records
@@ -19,7 +18,7 @@ from gateway.sessions import states as sessions
 from gateway.sessions.lifecycle import JobKind, SessionEvent, SessionLifecycle
 from gateway.sessions.states import Session
 from gateway.settings import IngestSettings
-from gateway.store.database import Database
+from gateway.store import Connection, Database
 
 logger = logging.getLogger(__name__)
 
@@ -39,7 +38,7 @@ class Retention:
         self._settings = settings
         self._audio_dir = audio_dir
 
-    def notifier(self, conn: sqlite3.Connection, session: Session, event: SessionEvent) -> None:
+    def notifier(self, conn: Connection, session: Session, event: SessionEvent) -> None:
         """Session notifier: Blueprint has the audio; delete ours after the retention."""
         if event != SessionEvent.AUDIO_UPLOADED:
             return
@@ -65,7 +64,7 @@ class Retention:
         logger.info("session %s: audio deleted (Blueprint has it)", session_id)
 
     @staticmethod
-    def _purged(conn: sqlite3.Connection, session_id: str) -> None:
+    def _purged(conn: Connection, session_id: str) -> None:
         if records.get_session(conn, session_id) is not None:
             records.mark_purged(conn, session_id)
         sessions.add_event(conn, session_id, "audio_deleted")

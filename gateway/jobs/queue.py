@@ -12,10 +12,11 @@ a job is enqueued atomically with the state change that calls for it.
 from __future__ import annotations
 
 import json
-import sqlite3
 import time
 from dataclasses import dataclass
 from typing import Any, Literal
+
+from gateway.store import Connection, Row
 
 JobState = Literal["queued", "running", "done", "failed"]
 JOB_STATES: tuple[JobState, ...] = ("queued", "running", "done", "failed")
@@ -37,7 +38,7 @@ class Job:
     updated_at: float
 
     @classmethod
-    def from_row(cls, row: sqlite3.Row) -> Job:
+    def from_row(cls, row: Row) -> Job:
         return cls(
             id=row["id"],
             kind=row["kind"],
@@ -54,7 +55,7 @@ class Job:
 
 
 def enqueue(
-    conn: sqlite3.Connection,
+    conn: Connection,
     kind: str,
     payload: dict[str, Any],
     *,
@@ -80,15 +81,16 @@ def enqueue(
                     (json.dumps(payload), max_attempts, now + delay_s, now, row["id"]),
                 )
             return row["id"]
-    cursor = conn.execute(
+    row = conn.execute(
         "INSERT INTO jobs (kind, payload, state, max_attempts, next_run_at, session_id,"
-        " dedupe_key, created_at, updated_at) VALUES (?, ?, 'queued', ?, ?, ?, ?, ?, ?)",
+        " dedupe_key, created_at, updated_at) VALUES (?, ?, 'queued', ?, ?, ?, ?, ?, ?)"
+        " RETURNING id",
         (kind, json.dumps(payload), max_attempts, now + delay_s, session_id, key, now, now),
-    )
-    return int(cursor.lastrowid)
+    ).fetchone()
+    return int(row["id"])
 
 
-def claim_due(conn: sqlite3.Connection, limit: int) -> list[Job]:
+def claim_due(conn: Connection, limit: int) -> list[Job]:
     """Mark up to ``limit`` due jobs running (oldest due first) and count the attempt."""
     now = time.time()
     rows = conn.execute(
@@ -106,14 +108,14 @@ def claim_due(conn: sqlite3.Connection, limit: int) -> list[Job]:
     return [_get(conn, job_id) for job_id in ids]
 
 
-def complete(conn: sqlite3.Connection, job_id: int) -> None:
+def complete(conn: Connection, job_id: int) -> None:
     conn.execute(
         "UPDATE jobs SET state = 'done', last_error = NULL, updated_at = ? WHERE id = ?",
         (time.time(), job_id),
     )
 
 
-def reschedule(conn: sqlite3.Connection, job_id: int, error: str, delay_s: float) -> None:
+def reschedule(conn: Connection, job_id: int, error: str, delay_s: float) -> None:
     now = time.time()
     conn.execute(
         "UPDATE jobs SET state = 'queued', last_error = ?, next_run_at = ?, updated_at = ?"
@@ -122,7 +124,7 @@ def reschedule(conn: sqlite3.Connection, job_id: int, error: str, delay_s: float
     )
 
 
-def fail(conn: sqlite3.Connection, job_id: int, error: str) -> Job:
+def fail(conn: Connection, job_id: int, error: str) -> Job:
     conn.execute(
         "UPDATE jobs SET state = 'failed', last_error = ?, updated_at = ? WHERE id = ?",
         (error[:MAX_ERROR_CHARS], time.time(), job_id),
@@ -130,7 +132,7 @@ def fail(conn: sqlite3.Connection, job_id: int, error: str) -> Job:
     return _get(conn, job_id)
 
 
-def retry(conn: sqlite3.Connection, job_id: int) -> Job | None:
+def retry(conn: Connection, job_id: int) -> Job | None:
     """Queue a failed job again with fresh attempts; None if there is no such failed job."""
     now = time.time()
     cursor = conn.execute(
@@ -141,7 +143,7 @@ def retry(conn: sqlite3.Connection, job_id: int) -> Job | None:
     return _get(conn, job_id) if cursor.rowcount else None
 
 
-def requeue_running(conn: sqlite3.Connection) -> int:
+def requeue_running(conn: Connection) -> int:
     """After a crash: jobs left running by the dead process are due again now.
 
     Safe because every handler is idempotent (Blueprint records are looked up by external
@@ -155,14 +157,12 @@ def requeue_running(conn: sqlite3.Connection) -> int:
     return cursor.rowcount
 
 
-def get(conn: sqlite3.Connection, job_id: int) -> Job | None:
+def get(conn: Connection, job_id: int) -> Job | None:
     row = conn.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
     return Job.from_row(row) if row is not None else None
 
 
-def list_jobs(
-    conn: sqlite3.Connection, state: JobState | None = None, limit: int = 100
-) -> list[Job]:
+def list_jobs(conn: Connection, state: JobState | None = None, limit: int = 100) -> list[Job]:
     if state is None:
         rows = conn.execute("SELECT * FROM jobs ORDER BY id DESC LIMIT ?", (limit,))
     else:
@@ -172,23 +172,23 @@ def list_jobs(
     return [Job.from_row(row) for row in rows.fetchall()]
 
 
-def for_session(conn: sqlite3.Connection, session_id: str) -> list[Job]:
+def for_session(conn: Connection, session_id: str) -> list[Job]:
     rows = conn.execute("SELECT * FROM jobs WHERE session_id = ? ORDER BY id", (session_id,))
     return [Job.from_row(row) for row in rows.fetchall()]
 
 
-def counts(conn: sqlite3.Connection) -> dict[tuple[str, str], int]:
+def counts(conn: Connection) -> dict[tuple[str, str], int]:
     """Number of jobs per (kind, state), for metrics."""
     rows = conn.execute("SELECT kind, state, COUNT(*) AS n FROM jobs GROUP BY kind, state")
     return {(row["kind"], row["state"]): row["n"] for row in rows.fetchall()}
 
 
-def next_due_at(conn: sqlite3.Connection) -> float | None:
+def next_due_at(conn: Connection) -> float | None:
     row = conn.execute("SELECT MIN(next_run_at) FROM jobs WHERE state = 'queued'").fetchone()
     return row[0]
 
 
-def _get(conn: sqlite3.Connection, job_id: int) -> Job:
+def _get(conn: Connection, job_id: int) -> Job:
     job = get(conn, job_id)
     assert job is not None, job_id
     return job

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import sqlite3
 import time
 from collections.abc import Awaitable, Callable
 
@@ -23,12 +22,12 @@ from tenacity.wait import wait_exponential_jitter
 from gateway.jobs import queue as jobs
 from gateway.jobs.queue import Job
 from gateway.settings import JobSettings
-from gateway.store.database import Database
+from gateway.store import Connection, Database, StoreError
 
 logger = logging.getLogger(__name__)
 
 Handler = Callable[[Job], Awaitable[None]]
-OnFailed = Callable[[sqlite3.Connection, Job], None]
+OnFailed = Callable[[Connection, Job], None]
 """Runs inside the transaction that marks a job failed (e.g. to fail its session)."""
 OnOutcome = Callable[[str, str], None]
 """Called with (kind, outcome) after every attempt: done, retry or failed; for metrics."""
@@ -149,7 +148,7 @@ class Worker:
             if free > 0:
                 try:
                     claimed = await self._db.run(jobs.claim_due, free)
-                except sqlite3.Error as exc:
+                except StoreError as exc:
                     logger.error("cannot claim jobs: %s", type(exc).__name__)
                     claimed = []
                 for job in claimed:
@@ -230,7 +229,7 @@ class Worker:
         logger.error("job %d %s failed: %s", job.id, job.kind, reason)
         self._report(job.kind, "failed")
 
-    def _fail_in_transaction(self, conn: sqlite3.Connection, job_id: int, reason: str) -> None:
+    def _fail_in_transaction(self, conn: Connection, job_id: int, reason: str) -> None:
         failed = jobs.fail(conn, job_id, reason)
         if self._on_failed is not None:
             self._on_failed(conn, failed)

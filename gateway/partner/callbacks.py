@@ -16,7 +16,6 @@ import hashlib
 import hmac
 import json
 import secrets
-import sqlite3
 import time
 
 import httpx
@@ -27,7 +26,7 @@ from gateway.jobs.worker import Permanent, Retryable
 from gateway.sessions import states as sessions
 from gateway.sessions.lifecycle import JobKind, SessionEvent, SessionLifecycle
 from gateway.sessions.states import Session
-from gateway.store.database import Database
+from gateway.store import Connection, Database
 
 SECRET_PREFIX = "whsec_"
 PARTNER_EVENTS = {
@@ -71,7 +70,7 @@ class PartnerCallbacks:
     async def aclose(self) -> None:
         await self._http.aclose()
 
-    def notifier(self, conn: sqlite3.Connection, session: Session, event: SessionEvent) -> None:
+    def notifier(self, conn: Connection, session: Session, event: SessionEvent) -> None:
         """Session notifier: queue one callback per event, with its message id."""
         if event not in PARTNER_EVENTS:
             return  # e.g. audio_uploaded: not something the partner is called about

@@ -10,12 +10,13 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
-import sqlite3
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 
 from pydantic import SecretStr
+
+from gateway.store import Connection
 
 TOKEN_PREFIX = "rgp_"
 
@@ -32,7 +33,7 @@ def digest(token: str) -> str:
     return hashlib.sha256(token.encode("utf-8")).hexdigest()
 
 
-def create(conn: sqlite3.Connection, label: str = "") -> tuple[TokenInfo, str]:
+def create(conn: Connection, label: str = "") -> tuple[TokenInfo, str]:
     """A new token: its record and the token itself, which is never stored."""
     token = TOKEN_PREFIX + secrets.token_urlsafe(32)
     info = TokenInfo(id=secrets.token_hex(4), label=label, created_at=time.time(), revoked_at=None)
@@ -43,7 +44,7 @@ def create(conn: sqlite3.Connection, label: str = "") -> tuple[TokenInfo, str]:
     return info, token
 
 
-def revoke(conn: sqlite3.Connection, token_id: str) -> bool:
+def revoke(conn: Connection, token_id: str) -> bool:
     cursor = conn.execute(
         "UPDATE partner_tokens SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL",
         (time.time(), token_id),
@@ -51,7 +52,7 @@ def revoke(conn: sqlite3.Connection, token_id: str) -> bool:
     return cursor.rowcount == 1
 
 
-def list_tokens(conn: sqlite3.Connection) -> list[TokenInfo]:
+def list_tokens(conn: Connection) -> list[TokenInfo]:
     rows = conn.execute(
         "SELECT id, label, created_at, revoked_at FROM partner_tokens ORDER BY created_at"
     ).fetchall()
@@ -69,7 +70,7 @@ class TokenCheck:
         return any(hmac.compare_digest(wanted, known) for known in self._configured)
 
     @staticmethod
-    def is_stored(conn: sqlite3.Connection, token: str) -> bool:
+    def is_stored(conn: Connection, token: str) -> bool:
         row = conn.execute(
             "SELECT 1 FROM partner_tokens WHERE sha256 = ? AND revoked_at IS NULL",
             (digest(token),),

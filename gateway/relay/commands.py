@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import logging
 import secrets
-import sqlite3
 import time
 from dataclasses import dataclass
 from typing import Literal
@@ -24,7 +23,7 @@ from gateway.jobs.worker import Retryable
 from gateway.relay.link import MqttLink, PublishRefused
 from gateway.sessions import states as sessions
 from gateway.sessions.lifecycle import JobKind, SessionLifecycle
-from gateway.store.database import Database
+from gateway.store import Connection, Database
 from protocol import topics
 from protocol.messages import CommandResult, StartCommand, StopCommand
 from runtime.mqtt import BrokerUnavailable
@@ -52,14 +51,12 @@ class DeviceCommand:
     result: str | None = None  # JSON: what a diagnostic command (check, logs) answered
 
 
-def get(conn: sqlite3.Connection, command_id: str) -> DeviceCommand | None:
+def get(conn: Connection, command_id: str) -> DeviceCommand | None:
     row = conn.execute("SELECT * FROM device_commands WHERE id = ?", (command_id,)).fetchone()
     return DeviceCommand(**dict(row)) if row is not None else None
 
 
-def last_for_session(
-    conn: sqlite3.Connection, session_id: str, kind: CommandKind
-) -> DeviceCommand | None:
+def last_for_session(conn: Connection, session_id: str, kind: CommandKind) -> DeviceCommand | None:
     row = conn.execute(
         "SELECT * FROM device_commands WHERE session_id = ? AND kind = ?"
         " ORDER BY created_at DESC LIMIT 1",
@@ -69,7 +66,7 @@ def last_for_session(
 
 
 def _set_state(
-    conn: sqlite3.Connection, command_id: str, state: CommandState, reason: str | None = None
+    conn: Connection, command_id: str, state: CommandState, reason: str | None = None
 ) -> None:
     now = time.time()
     column = "sent_at" if state == "sent" else "answered_at"
@@ -90,9 +87,7 @@ class Commands:
 
     # --- queueing (inside the caller's transaction) -------------------------------------
 
-    def queue(
-        self, conn: sqlite3.Connection, room_id: str, session_id: str, kind: CommandKind
-    ) -> str:
+    def queue(self, conn: Connection, room_id: str, session_id: str, kind: CommandKind) -> str:
         now = time.time()
         command_id = "cmd_" + secrets.token_hex(8)
         conn.execute(
@@ -137,7 +132,7 @@ class Commands:
 
     # --- the device's answer (from the relay's inbound messages) ------------------------
 
-    def result(self, conn: sqlite3.Connection, room_id: str, answer: CommandResult) -> None:
+    def result(self, conn: Connection, room_id: str, answer: CommandResult) -> None:
         command = get(conn, answer.command_id)
         if command is None or command.room_id != room_id:
             return  # not ours (e.g. a test or a technician pinging the device)
@@ -146,6 +141,8 @@ class Commands:
         _set_state(conn, command.id, "ok" if answer.ok else "refused", answer.reason)
         if command.session_id is None:
             return
+        if command.state == "queued":  # answered before the sender recorded its send
+            sessions.add_event(conn, command.session_id, f"{command.kind}_sent", command.id)
         if answer.ok:
             sessions.add_event(conn, command.session_id, f"{command.kind}_confirmed")
             return
@@ -159,7 +156,7 @@ class Commands:
 
     # --- transactions -------------------------------------------------------------------
 
-    def _sent(self, conn: sqlite3.Connection, command: DeviceCommand) -> None:
+    def _sent(self, conn: Connection, command: DeviceCommand) -> None:
         current = get(conn, command.id)
         if current is None or current.state != "queued":
             return  # answered before we recorded the send
@@ -167,7 +164,7 @@ class Commands:
         if command.session_id is not None:
             sessions.add_event(conn, command.session_id, f"{command.kind}_sent", command.id)
 
-    def _expire(self, conn: sqlite3.Connection, command_id: str) -> None:
+    def _expire(self, conn: Connection, command_id: str) -> None:
         command = get(conn, command_id)
         if command is None or command.state not in ("queued", "sent"):
             return

@@ -13,7 +13,6 @@ or it resumed after a restart) is sent a stop again, at most once per command ex
 from __future__ import annotations
 
 import logging
-import sqlite3
 import time
 from collections.abc import Callable
 
@@ -23,7 +22,7 @@ from gateway import rooms
 from gateway.relay import room_status
 from gateway.relay.commands import Commands, last_for_session
 from gateway.sessions import states as sessions
-from gateway.store.database import Database
+from gateway.store import Connection, Database
 from protocol import topics
 from protocol.messages import (
     CommandResult,
@@ -68,7 +67,7 @@ class DeviceMessages:
         if queued:
             self._wake()
 
-    def _apply(self, conn: sqlite3.Connection, device_id: str, message: object) -> bool:
+    def _apply(self, conn: Connection, device_id: str, message: object) -> bool:
         """One message in one transaction; True when it queued a command."""
         if not rooms.exists(conn, device_id):
             return False
@@ -91,7 +90,7 @@ class DeviceMessages:
 
     def _session_event(
         self,
-        conn: sqlite3.Connection,
+        conn: Connection,
         device_id: str,
         session_id: str,
         step: str,
@@ -101,7 +100,7 @@ class DeviceMessages:
         if session is not None and session.room_id == device_id:
             sessions.add_event(conn, session_id, step, detail)
 
-    def _reconcile(self, conn: sqlite3.Connection, device_id: str, state: DeviceState) -> bool:
+    def _reconcile(self, conn: Connection, device_id: str, state: DeviceState) -> bool:
         if not state.online or state.recorder != "recording" or state.session_id is None:
             return False
         session = sessions.get(conn, state.session_id)

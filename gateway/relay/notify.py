@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import sqlite3
 from collections.abc import Callable
 
 from gateway.jobs.queue import Job
@@ -21,7 +20,7 @@ from gateway.relay.link import MqttLink, PublishRefused
 from gateway.sessions import states as sessions
 from gateway.sessions.lifecycle import JobKind, SessionEvent, SessionLifecycle
 from gateway.sessions.states import Session
-from gateway.store.database import Database
+from gateway.store import Connection, Database
 from protocol import topics
 from protocol.messages import ChunkAcked, NotesReady, SessionFailed, SessionUploaded
 from runtime.mqtt import BrokerUnavailable
@@ -73,7 +72,7 @@ class DeviceNotifier:
     def bind(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
 
-    def notifier(self, conn: sqlite3.Connection, session: Session, event: SessionEvent) -> None:
+    def notifier(self, conn: Connection, session: Session, event: SessionEvent) -> None:
         """Session notifier (on the database thread, inside the event's transaction)."""
         kind = NOTIFIED_EVENTS.get(event)
         if kind is None:
@@ -82,9 +81,9 @@ class DeviceNotifier:
         if kind == "failed":
             payload["reason"] = failure_code(session.error)
         self._lifecycle.enqueue(conn, JobKind.NOTIFY_DEVICE, payload)
-        if self._loop is not None:
-            # The job is claimed after this transaction commits (same database thread).
-            self._loop.call_soon_threadsafe(self._wake)
+        loop = self._loop
+        if loop is not None:  # wake the worker once the job is committed, so it sees it
+            conn.after_commit(lambda: loop.call_soon_threadsafe(self._wake))
 
     async def handle(self, job: Job) -> None:
         payload = job.payload

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import sqlite3
 import time
 from collections.abc import Callable
 
@@ -22,7 +21,7 @@ from gateway.relay.link import MqttLink
 from gateway.relay.notify import DeviceNotifier
 from gateway.sessions.lifecycle import JobKind, SessionLifecycle
 from gateway.settings import MqttSettings
-from gateway.store.database import Database
+from gateway.store import Connection, Database
 from protocol import topics
 
 logger = logging.getLogger(__name__)
@@ -80,7 +79,7 @@ class Relay:
             self._wake()
 
 
-def _make_due(conn: sqlite3.Connection, kinds: tuple[str, ...]) -> int:
+def _make_due(conn: Connection, kinds: tuple[str, ...]) -> int:
     placeholders = ", ".join("?" for _ in kinds)
     cursor = conn.execute(
         f"UPDATE jobs SET next_run_at = ? WHERE state = 'queued' AND kind IN ({placeholders})"

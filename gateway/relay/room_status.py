@@ -7,10 +7,10 @@ subscription and bring it up to date. Heartbeats refresh the backlog and the tim
 
 from __future__ import annotations
 
-import sqlite3
 import time
 from dataclasses import dataclass
 
+from gateway.store import Connection, Row
 from protocol.messages import DeviceState, Heartbeat
 
 
@@ -32,7 +32,7 @@ class RoomStatus:
     heartbeat_at: float | None = None
 
 
-def record_state(conn: sqlite3.Connection, room_id: str, state: DeviceState) -> None:
+def record_state(conn: Connection, room_id: str, state: DeviceState) -> None:
     now = time.time()
     conn.execute(
         "INSERT INTO room_status (room_id, online, recorder, session_id, reason,"
@@ -63,7 +63,7 @@ def record_state(conn: sqlite3.Connection, room_id: str, state: DeviceState) -> 
     )
 
 
-def record_heartbeat(conn: sqlite3.Connection, room_id: str, beat: Heartbeat) -> None:
+def record_heartbeat(conn: Connection, room_id: str, beat: Heartbeat) -> None:
     """A heartbeat comes only from a connected device: online, with its current backlog
     (and microphone, when the agent reports it)."""
     now = time.time()
@@ -84,17 +84,17 @@ def record_heartbeat(conn: sqlite3.Connection, room_id: str, beat: Heartbeat) ->
     )
 
 
-def get(conn: sqlite3.Connection, room_id: str) -> RoomStatus | None:
+def get(conn: Connection, room_id: str) -> RoomStatus | None:
     row = conn.execute("SELECT * FROM room_status WHERE room_id = ?", (room_id,)).fetchone()
     return _status(row) if row is not None else None
 
 
-def all_rooms(conn: sqlite3.Connection) -> dict[str, RoomStatus]:
+def all_rooms(conn: Connection) -> dict[str, RoomStatus]:
     rows = conn.execute("SELECT * FROM room_status").fetchall()
     return {row["room_id"]: _status(row) for row in rows}
 
 
-def _status(row: sqlite3.Row) -> RoomStatus:
+def _status(row: Row) -> RoomStatus:
     values = dict(row)
     values["online"] = bool(values["online"])
     return RoomStatus(**values)

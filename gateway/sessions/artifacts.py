@@ -7,10 +7,11 @@ A regenerated or finalized note replaces the earlier one; the timeline keeps the
 from __future__ import annotations
 
 import json
-import sqlite3
 import time
 from dataclasses import dataclass, field
 from typing import Any, Literal
+
+from gateway.store import Connection
 
 ArtifactKind = Literal["progress_note", "transcript", "mdm"]
 
@@ -24,7 +25,7 @@ class Artifact:
 
 
 def save(
-    conn: sqlite3.Connection,
+    conn: Connection,
     session_id: str,
     kind: ArtifactKind,
     event_type: str,
@@ -39,7 +40,7 @@ def save(
     )
 
 
-def for_session(conn: sqlite3.Connection, session_id: str) -> dict[str, Artifact]:
+def for_session(conn: Connection, session_id: str) -> dict[str, Artifact]:
     rows = conn.execute(
         "SELECT kind, event_type, fetched_at, body FROM artifacts WHERE session_id = ?",
         (session_id,),

@@ -11,7 +11,6 @@ the state change itself.
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Callable
 from enum import StrEnum
 from typing import Any
@@ -24,6 +23,7 @@ from gateway.sessions import states as sessions
 from gateway.sessions.artifacts import ArtifactKind
 from gateway.sessions.states import RoomBusy, Session
 from gateway.settings import JobSettings
+from gateway.store import Connection
 
 
 class JobKind(StrEnum):
@@ -50,7 +50,7 @@ class SessionEvent(StrEnum):
     AUDIO_UPLOADED = "audio_uploaded"  # Blueprint accepted the audio (retention starts)
 
 
-Notifier = Callable[[sqlite3.Connection, Session, SessionEvent], None]
+Notifier = Callable[[Connection, Session, SessionEvent], None]
 """Called inside the transaction of a session event; may enqueue jobs on ``conn``."""
 
 UPLOADABLE_FROM: tuple[sessions.SessionState, ...] = ("recording", "stopping")
@@ -67,7 +67,7 @@ class SessionLifecycle:
 
     def enqueue(
         self,
-        conn: sqlite3.Connection,
+        conn: Connection,
         kind: JobKind,
         payload: dict[str, Any],
         *,
@@ -87,7 +87,7 @@ class SessionLifecycle:
 
     # --- people ---------------------------------------------------------------------------
 
-    def ensure_clinician(self, conn: sqlite3.Connection, external_id: str) -> int | None:
+    def ensure_clinician(self, conn: Connection, external_id: str) -> int | None:
         """Queue creating the clinician in Blueprint; None when the id is already known."""
         clinician = records.get_clinician(conn, external_id)
         if clinician is None:
@@ -101,7 +101,7 @@ class SessionLifecycle:
             key=f"{JobKind.ENSURE_CLINICIAN}:{external_id}",
         )
 
-    def ensure_client(self, conn: sqlite3.Connection, external_id: str) -> int | None:
+    def ensure_client(self, conn: Connection, external_id: str) -> int | None:
         client = records.get_client(conn, external_id)
         if client is None:
             raise NotFound(f"client {external_id} not found")
@@ -118,7 +118,7 @@ class SessionLifecycle:
 
     def start(
         self,
-        conn: sqlite3.Connection,
+        conn: Connection,
         room_id: str,
         clinician_external_id: str,
         client_external_id: str,
@@ -155,14 +155,14 @@ class SessionLifecycle:
         )
         return session
 
-    def stop(self, conn: sqlite3.Connection, session_id: str) -> Session:
+    def stop(self, conn: Connection, session_id: str) -> Session:
         """Stop recording; repeating it, or stopping a session already past, is harmless."""
         session = self.get(conn, session_id)
         stopped = sessions.transition(conn, session_id, "stopping", ("recording",), step="stopped")
         return stopped or session
 
     def attach_audio(
-        self, conn: sqlite3.Connection, session_id: str, audio_path: str, content_type: str
+        self, conn: Connection, session_id: str, audio_path: str, content_type: str
     ) -> Session:
         """The session's complete audio is at ``audio_path``: queue its upload.
 
@@ -186,7 +186,7 @@ class SessionLifecycle:
         )
         return ready
 
-    def get(self, conn: sqlite3.Connection, session_id: str) -> Session:
+    def get(self, conn: Connection, session_id: str) -> Session:
         session = sessions.get(conn, session_id)
         if session is None:
             raise NotFound(f"session {session_id} not found")
@@ -195,18 +195,18 @@ class SessionLifecycle:
     # --- job outcomes ---------------------------------------------------------------------
 
     def blueprint_session_created(
-        self, conn: sqlite3.Connection, session_id: str, blueprint_session_id: str
+        self, conn: Connection, session_id: str, blueprint_session_id: str
     ) -> None:
         sessions.set_blueprint_session_id(conn, session_id, blueprint_session_id)
         sessions.add_event(conn, session_id, "blueprint_session_created", blueprint_session_id)
 
-    def upload_started(self, conn: sqlite3.Connection, session_id: str) -> Session | None:
+    def upload_started(self, conn: Connection, session_id: str) -> Session | None:
         """Move to uploading; None if the session is no longer waiting for its upload."""
         return sessions.transition(
             conn, session_id, "uploading", ("audio_ready", "uploading"), step="upload_started"
         )
 
-    def upload_finished(self, conn: sqlite3.Connection, session_id: str) -> None:
+    def upload_finished(self, conn: Connection, session_id: str) -> None:
         moved = sessions.transition(
             conn, session_id, "processing", ("uploading",), step="audio_uploaded"
         )
@@ -218,7 +218,7 @@ class SessionLifecycle:
 
     def artifact_fetched(
         self,
-        conn: sqlite3.Connection,
+        conn: Connection,
         session_id: str,
         kind: ArtifactKind,
         event_type: str,
@@ -239,7 +239,7 @@ class SessionLifecycle:
         if session is not None and session.state == "notes_ready":
             self._notify(conn, session, SessionEvent.NOTE_UPDATED)
 
-    def artifact_fetch_failed(self, conn: sqlite3.Connection, session_id: str, reason: str) -> None:
+    def artifact_fetch_failed(self, conn: Connection, session_id: str, reason: str) -> None:
         """An artifact could not be fetched: the session fails, unless its note is already
         here (a lost transcript does not take back a ready note; the timeline says so)."""
         session = sessions.get(conn, session_id)
@@ -248,18 +248,23 @@ class SessionLifecycle:
         else:
             self.failed(conn, session_id, reason)
 
-    def failed(self, conn: sqlite3.Connection, session_id: str, reason: str) -> None:
+    def failed(self, conn: Connection, session_id: str, reason: str) -> None:
         session = sessions.mark_failed(conn, session_id, reason)
         if session is not None:
             self._notify(conn, session, SessionEvent.FAILED)
 
-    def resumed(self, conn: sqlite3.Connection, session_id: str) -> None:
+    def resumed(self, conn: Connection, session_id: str) -> None:
         """A failed job of this session was retried: take the session back where it was."""
-        try:
-            sessions.resume(conn, session_id)
-        except sqlite3.IntegrityError:  # its room has started another session since
+        session = sessions.get(conn, session_id)
+        if session is None:
+            return
+        active = sessions.active_in_room(conn, session.room_id)
+        if session.resume_state in sessions.ACTIVE_STATES and active is not None:
+            # its room has started another session since
             sessions.add_event(conn, session_id, "not_resumed", "room has a newer session")
+            return
+        sessions.resume(conn, session_id)
 
-    def _notify(self, conn: sqlite3.Connection, session: Session, event: SessionEvent) -> None:
+    def _notify(self, conn: Connection, session: Session, event: SessionEvent) -> None:
         for notifier in self._notifiers:
             notifier(conn, session, event)

@@ -7,10 +7,11 @@ table or log line carries them. A record is keyed by the partner's external id.
 
 from __future__ import annotations
 
-import sqlite3
 import time
 from dataclasses import dataclass, field
 from typing import Literal
+
+from gateway.store import Connection
 
 RecordKind = Literal["clinician", "client"]
 _TABLES: dict[RecordKind, str] = {"clinician": "clinicians", "client": "clients"}
@@ -37,7 +38,7 @@ class Client:
 
 
 def put_clinician(
-    conn: sqlite3.Connection,
+    conn: Connection,
     external_id: str,
     first_name: str,
     last_name: str,
@@ -59,7 +60,7 @@ def put_clinician(
 
 
 def put_client(
-    conn: sqlite3.Connection,
+    conn: Connection,
     external_id: str,
     first_name: str,
     last_name: str,
@@ -79,7 +80,7 @@ def put_client(
     return client
 
 
-def get_clinician(conn: sqlite3.Connection, external_id: str) -> Clinician | None:
+def get_clinician(conn: Connection, external_id: str) -> Clinician | None:
     row = conn.execute(
         "SELECT external_id, first_name, last_name, email, blueprint_id, error"
         " FROM clinicians WHERE external_id = ?",
@@ -88,7 +89,7 @@ def get_clinician(conn: sqlite3.Connection, external_id: str) -> Clinician | Non
     return Clinician(**dict(row)) if row is not None else None
 
 
-def get_client(conn: sqlite3.Connection, external_id: str) -> Client | None:
+def get_client(conn: Connection, external_id: str) -> Client | None:
     row = conn.execute(
         "SELECT external_id, first_name, last_name, clinician_external_id, blueprint_id,"
         " error FROM clients WHERE external_id = ?",
@@ -98,7 +99,7 @@ def get_client(conn: sqlite3.Connection, external_id: str) -> Client | None:
 
 
 def set_blueprint_id(
-    conn: sqlite3.Connection, kind: RecordKind, external_id: str, blueprint_id: str
+    conn: Connection, kind: RecordKind, external_id: str, blueprint_id: str
 ) -> None:
     conn.execute(
         f"UPDATE {_TABLES[kind]} SET blueprint_id = ?, error = NULL, updated_at = ?"
@@ -107,7 +108,7 @@ def set_blueprint_id(
     )
 
 
-def set_error(conn: sqlite3.Connection, kind: RecordKind, external_id: str, error: str) -> None:
+def set_error(conn: Connection, kind: RecordKind, external_id: str, error: str) -> None:
     conn.execute(
         f"UPDATE {_TABLES[kind]} SET error = ?, updated_at = ? WHERE external_id = ?",
         (error, time.time(), external_id),

@@ -15,11 +15,12 @@ follows Blueprint. The timeline records every step with its time.
 from __future__ import annotations
 
 import secrets
-import sqlite3
 import time
 from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Literal
+
+from gateway.store import Connection
 
 SessionState = Literal[
     "recording", "stopping", "audio_ready", "uploading", "processing", "notes_ready", "failed"
@@ -73,7 +74,7 @@ def new_session_id() -> str:
 
 
 def insert(
-    conn: sqlite3.Connection,
+    conn: Connection,
     room_id: str,
     clinician_external_id: str,
     client_external_id: str,
@@ -82,43 +83,42 @@ def insert(
 ) -> Session:
     now = time.time()
     session_id = new_session_id()
-    try:
-        conn.execute(
-            "INSERT INTO sessions (id, room_id, clinician_external_id, client_external_id,"
-            " session_setting, note_type, state, created_at, updated_at)"
-            " VALUES (?, ?, ?, ?, ?, ?, 'recording', ?, ?)",
-            (
-                session_id,
-                room_id,
-                clinician_external_id,
-                client_external_id,
-                session_setting,
-                note_type,
-                now,
-                now,
-            ),
-        )
-    except sqlite3.IntegrityError as exc:
-        if "one_active_session_per_room" in str(exc) or "sessions.room_id" in str(exc):
-            raise RoomBusy(room_id) from None
-        raise
+    # A room records one session at a time: the unique index one_active_session_per_room
+    # refuses a second, and DO NOTHING turns that into "no row" (no failed statement).
+    cursor = conn.execute(
+        "INSERT INTO sessions (id, room_id, clinician_external_id, client_external_id,"
+        " session_setting, note_type, state, created_at, updated_at)"
+        " VALUES (?, ?, ?, ?, ?, ?, 'recording', ?, ?) ON CONFLICT DO NOTHING",
+        (
+            session_id,
+            room_id,
+            clinician_external_id,
+            client_external_id,
+            session_setting,
+            note_type,
+            now,
+            now,
+        ),
+    )
+    if cursor.rowcount == 0:
+        raise RoomBusy(room_id)
     add_event(conn, session_id, "created")
     return _get(conn, session_id)
 
 
-def get(conn: sqlite3.Connection, session_id: str) -> Session | None:
+def get(conn: Connection, session_id: str) -> Session | None:
     row = conn.execute("SELECT * FROM sessions WHERE id = ?", (session_id,)).fetchone()
     return Session(**dict(row)) if row is not None else None
 
 
-def by_blueprint_id(conn: sqlite3.Connection, blueprint_session_id: str) -> Session | None:
+def by_blueprint_id(conn: Connection, blueprint_session_id: str) -> Session | None:
     row = conn.execute(
         "SELECT * FROM sessions WHERE blueprint_session_id = ?", (blueprint_session_id,)
     ).fetchone()
     return Session(**dict(row)) if row is not None else None
 
 
-def active_in_room(conn: sqlite3.Connection, room_id: str) -> Session | None:
+def active_in_room(conn: Connection, room_id: str) -> Session | None:
     row = conn.execute(
         "SELECT * FROM sessions WHERE room_id = ? AND state IN ('recording', 'stopping')",
         (room_id,),
@@ -126,7 +126,7 @@ def active_in_room(conn: sqlite3.Connection, room_id: str) -> Session | None:
     return Session(**dict(row)) if row is not None else None
 
 
-def timeline(conn: sqlite3.Connection, session_id: str) -> list[TimelineEntry]:
+def timeline(conn: Connection, session_id: str) -> list[TimelineEntry]:
     rows = conn.execute(
         "SELECT at, step, detail FROM session_events WHERE session_id = ? ORDER BY id",
         (session_id,),
@@ -134,9 +134,7 @@ def timeline(conn: sqlite3.Connection, session_id: str) -> list[TimelineEntry]:
     return [TimelineEntry(**dict(row)) for row in rows]
 
 
-def add_event(
-    conn: sqlite3.Connection, session_id: str, step: str, detail: str | None = None
-) -> None:
+def add_event(conn: Connection, session_id: str, step: str, detail: str | None = None) -> None:
     conn.execute(
         "INSERT INTO session_events (session_id, at, step, detail) VALUES (?, ?, ?, ?)",
         (session_id, time.time(), step, detail),
@@ -144,7 +142,7 @@ def add_event(
 
 
 def transition(
-    conn: sqlite3.Connection,
+    conn: Connection,
     session_id: str,
     to_state: SessionState,
     allowed_from: Collection[SessionState],
@@ -168,7 +166,7 @@ def transition(
     return _get(conn, session_id)
 
 
-def mark_failed(conn: sqlite3.Connection, session_id: str, reason: str) -> Session | None:
+def mark_failed(conn: Connection, session_id: str, reason: str) -> Session | None:
     """Fail the session, remembering its state so a retried job can resume it."""
     now = time.time()
     cursor = conn.execute(
@@ -182,7 +180,7 @@ def mark_failed(conn: sqlite3.Connection, session_id: str, reason: str) -> Sessi
     return _get(conn, session_id)
 
 
-def resume(conn: sqlite3.Connection, session_id: str) -> Session | None:
+def resume(conn: Connection, session_id: str) -> Session | None:
     """Undo mark_failed (a failed job was retried by hand); None if not failed."""
     cursor = conn.execute(
         "UPDATE sessions SET state = resume_state, resume_state = NULL, error = NULL,"
@@ -195,25 +193,21 @@ def resume(conn: sqlite3.Connection, session_id: str) -> Session | None:
     return _get(conn, session_id)
 
 
-def set_blueprint_session_id(
-    conn: sqlite3.Connection, session_id: str, blueprint_session_id: str
-) -> None:
+def set_blueprint_session_id(conn: Connection, session_id: str, blueprint_session_id: str) -> None:
     conn.execute(
         "UPDATE sessions SET blueprint_session_id = ?, updated_at = ? WHERE id = ?",
         (blueprint_session_id, time.time(), session_id),
     )
 
 
-def set_audio(
-    conn: sqlite3.Connection, session_id: str, audio_path: str, content_type: str
-) -> None:
+def set_audio(conn: Connection, session_id: str, audio_path: str, content_type: str) -> None:
     conn.execute(
         "UPDATE sessions SET audio_path = ?, audio_content_type = ?, updated_at = ? WHERE id = ?",
         (audio_path, content_type, time.time(), session_id),
     )
 
 
-def _get(conn: sqlite3.Connection, session_id: str) -> Session:
+def _get(conn: Connection, session_id: str) -> Session:
     session = get(conn, session_id)
     assert session is not None, session_id
     return session

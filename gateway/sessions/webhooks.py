@@ -8,7 +8,6 @@ acknowledged (Blueprint may add some), as are events for sessions we do not know
 
 from __future__ import annotations
 
-import sqlite3
 import time
 from dataclasses import dataclass
 from typing import Literal, TypeVar
@@ -21,6 +20,7 @@ from gateway.sessions import states as sessions
 from gateway.sessions.artifacts import ArtifactKind
 from gateway.sessions.lifecycle import JobKind, SessionLifecycle
 from gateway.sessions.states import Session
+from gateway.store import Connection
 
 M = TypeVar("M", bound=BaseModel)
 Outcome = Literal["queued", "session_failed", "duplicate", "ignored", "unknown_session"]
@@ -56,7 +56,7 @@ class Recorded:
 
 
 def record(
-    conn: sqlite3.Connection, lifecycle: SessionLifecycle, digest: str, event: bp.WebhookEvent
+    conn: Connection, lifecycle: SessionLifecycle, digest: str, event: bp.WebhookEvent
 ) -> Recorded:
     """Record a verified delivery and act on it, in one transaction."""
     cursor = conn.execute(
@@ -75,7 +75,7 @@ def record(
     return result
 
 
-def _act(conn: sqlite3.Connection, lifecycle: SessionLifecycle, event: bp.WebhookEvent) -> Recorded:
+def _act(conn: Connection, lifecycle: SessionLifecycle, event: bp.WebhookEvent) -> Recorded:
     kind = event.event_type
     if kind in PROGRESS_NOTE_EVENTS:
         note = _parse(bp.ProgressNotePayload, event)
@@ -105,7 +105,7 @@ def _act(conn: sqlite3.Connection, lifecycle: SessionLifecycle, event: bp.Webhoo
 
 
 def _queue_fetch(
-    conn: sqlite3.Connection,
+    conn: Connection,
     lifecycle: SessionLifecycle,
     session: Session | None,
     event_type: str,
@@ -124,7 +124,7 @@ def _queue_fetch(
 
 
 def _find(
-    conn: sqlite3.Connection, blueprint_session_id: str, session_external_id: str | None
+    conn: Connection, blueprint_session_id: str, session_external_id: str | None
 ) -> Session | None:
     """By Blueprint's id; else by the external id we gave Blueprint (our session id), which
     covers a crash between Blueprint creating the session and us storing its id."""

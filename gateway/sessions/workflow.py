@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -24,7 +23,7 @@ from gateway.jobs.worker import Handler, Permanent, Retryable
 from gateway.sessions import records
 from gateway.sessions.lifecycle import JobKind, SessionLifecycle
 from gateway.sessions.states import Session
-from gateway.store.database import Database
+from gateway.store import Connection, Database
 
 
 @contextlib.contextmanager
@@ -54,7 +53,7 @@ class Workflow:
             JobKind.FETCH_ARTIFACT: self.fetch_artifact,
         }
 
-    def on_failed(self, conn: sqlite3.Connection, job: Job) -> None:
+    def on_failed(self, conn: Connection, job: Job) -> None:
         """A job gave up: its session (or its record) shows the reason."""
         reason = f"{job.kind} failed: {job.last_error}"
         if job.session_id is not None and job.kind == JobKind.FETCH_ARTIFACT:

@@ -1,137 +1,172 @@
-"""The gateway's durable state: one SQLite file in WAL mode, migrated on open.
+"""The gateway's durable state: one schema, migrated on open, on SQLite or PostgreSQL.
 
-Every access goes through one connection and one thread. The HTTP handlers and the job
-worker ``await db.run(fn)``, so the event loop never waits on the disk, and transactions
-never interleave. Other processes (the ``room-gateway jobs`` commands) open the same file;
-WAL lets them read while the service writes, and ``busy_timeout`` makes writers queue.
+``Database.open(location)`` gives the engine the location names; both offer the same
+calls. ``await db.run(fn, *args)`` runs ``fn(conn, *args)`` in one transaction on a
+database thread, so the event loop never waits on the disk or the network;
+``db.call(fn, *args)`` is the same from a thread that may block (the CLI).
+``with db.transaction() as conn`` is one transaction without re-runs, for admin commands.
 
-``synchronous=FULL``: in WAL mode NORMAL survives a killed process but may lose the last
-commits on a power cut. We answer Blueprint's webhook 2xx only after its event is
-committed, and Blueprint does not resend a 2xx'd webhook, so a lost commit would be a lost
-note. FULL costs one fsync per commit (a few ms), well inside the webhook budget.
+Transactions are serializable on both engines: SQLite has one writer at a time, and
+PostgreSQL runs them at SERIALIZABLE, re-running ``fn`` when it loses a race. So code
+written as if it were alone stays correct with several replicas (see the conventions in
+``gateway/store/__init__.py``).
 """
 
 from __future__ import annotations
 
 import asyncio
-import sqlite3
-import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
-from gateway.store.schema import MIGRATIONS
+from gateway.store import schema
+from gateway.store.connection import Connection
+from gateway.store.dialect import DIALECTS, Dialect, Engine
+from gateway.store.errors import SchemaTooNew, StoreError
+from gateway.store.location import Location, PostgresLocation, SqliteLocation
+
+__all__ = ["Database", "StoreError", "latest_version", "probe_write"]
 
 T = TypeVar("T")
-BUSY_TIMEOUT_MS = 5000
+Isolation = Literal["serializable", "read_committed"]
+"""``read_committed`` is for a queue's claim written with ``dialect.skip_locked`` only."""
+
+SCHEMA_VERSION_TABLE = (
+    "CREATE TABLE IF NOT EXISTS schema_version ("
+    " version INTEGER NOT NULL, applied_at TEXT NOT NULL DEFAULT CURRENT_TIMESTAMP)"
+)
 
 
-class StoreError(Exception):
-    """The database cannot be used (newer schema, unreadable file); phrased for a person."""
+def latest_version() -> int:
+    """The schema version this code writes and understands."""
+    return len(schema.MIGRATIONS)
 
 
 class Database:
-    """The SQLite file, its migrations, and short transactions on a single thread."""
+    """One store; ``open`` returns the engine's subclass."""
 
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self._conn = _connect(path)
-        self._lock = threading.Lock()
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite")
+    engine: Engine
+    location: Location
+    _executor: ThreadPoolExecutor
 
     @classmethod
-    def open(cls, path: Path) -> Database:
-        """Open (creating the file and its directory if needed) and migrate to the latest."""
-        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        try:
-            path.touch(mode=0o600, exist_ok=True)  # PHI: SQLite gives -wal/-shm this mode too
-            db = cls(path)
-        except (OSError, sqlite3.Error) as exc:
-            raise StoreError(f"{path}: cannot open the database ({exc})") from None
-        try:
-            db.migrate()
-        except BaseException:
-            db.close()
-            raise
+    def open(cls, location: Location | Path, *, migrate: bool = True) -> Database:
+        """Open (SQLite: creating the file) and migrate to the latest schema; StoreError
+        (phrased for a person) if that cannot be done."""
+        if isinstance(location, Path):
+            location = SqliteLocation(location)
+        if isinstance(location, PostgresLocation):
+            from gateway.store.postgres import PostgresDatabase
+
+            db: Database = PostgresDatabase.connect(location)
+        else:
+            from gateway.store.sqlite import SqliteDatabase
+
+            db = SqliteDatabase.connect(location.path)
+        if migrate:
+            try:
+                db.migrate()
+            except BaseException:
+                db.close()
+                raise
         return db
 
-    @contextmanager
-    def transaction(self, write: bool = True) -> Iterator[sqlite3.Connection]:
-        """One transaction; a writer takes the write lock at BEGIN so it never deadlocks."""
-        with self._lock:
-            self._conn.execute("BEGIN IMMEDIATE" if write else "BEGIN DEFERRED")
-            try:
-                yield self._conn
-            except BaseException:
-                self._conn.execute("ROLLBACK")
-                raise
-            self._conn.execute("COMMIT")
+    @property
+    def dialect(self) -> Dialect:
+        return DIALECTS[self.engine]
 
-    async def run(self, fn: Callable[..., T], *args: Any, write: bool = True) -> T:
-        """Run ``fn(conn, *args)`` in one transaction on the database thread."""
+    @property
+    def display(self) -> str:
+        """Where the store is, safe to log (no password)."""
+        return self.location.display
+
+    async def run(
+        self,
+        fn: Callable[..., T],
+        *args: Any,
+        write: bool = True,
+        isolation: Isolation = "serializable",
+    ) -> T:
+        """Run ``fn(conn, *args)`` in one transaction on a database thread."""
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, self._run_sync, fn, args, write)
+        return await loop.run_in_executor(
+            self._executor, lambda: self.call(fn, *args, write=write, isolation=isolation)
+        )
 
-    def _run_sync(self, fn: Callable[..., T], args: tuple[Any, ...], write: bool) -> T:
-        with self.transaction(write) as conn:
-            return fn(conn, *args)
+    def call(
+        self,
+        fn: Callable[..., T],
+        *args: Any,
+        write: bool = True,
+        isolation: Isolation = "serializable",
+    ) -> T:
+        """``run`` for a thread that may block: the transaction, re-run if it lost a race."""
+        raise NotImplementedError
 
-    def schema_version(self) -> int:
-        with self.transaction(write=False) as conn:
-            return _current_version(conn)
-
-    def migrate(self) -> int:
-        """Apply the migrations this file has not seen yet, each in its own transaction."""
-        with self.transaction() as conn:
-            conn.execute(
-                "CREATE TABLE IF NOT EXISTS schema_version ("
-                " version INTEGER NOT NULL, applied_at TEXT NOT NULL DEFAULT CURRENT_TIMESTAMP)"
-            )
-            current = _current_version(conn)
-        if current > len(MIGRATIONS):
-            raise StoreError(
-                f"{self.path}: schema version {current} is newer than this gateway "
-                f"understands ({len(MIGRATIONS)}); upgrade the gateway"
-            )
-        for version in range(current + 1, len(MIGRATIONS) + 1):
-            with self.transaction() as conn:
-                if _current_version(conn) >= version:  # another process got here first
-                    continue
-                for statement in MIGRATIONS[version - 1]:
-                    conn.execute(statement)
-                conn.execute("INSERT INTO schema_version (version) VALUES (?)", (version,))
-        return len(MIGRATIONS)
+    def transaction(self, write: bool = True) -> AbstractContextManager[Connection]:
+        """One transaction, committed at the end of the block, rolled back on an error."""
+        raise NotImplementedError
 
     def close(self) -> None:
-        self._executor.shutdown(wait=True)
-        with self._lock:
-            self._conn.close()
+        raise NotImplementedError
+
+    # --- schema -----------------------------------------------------------------------------
+
+    def schema_version(self) -> int:
+        return self.call(current_version, write=False)
+
+    def check_schema(self) -> None:
+        """SchemaTooNew if a newer gateway has migrated this database."""
+        current = self.schema_version()
+        if current > latest_version():
+            raise SchemaTooNew(_too_new(self.display, current))
+
+    def migrate(self) -> int:
+        """Apply the migrations this database has not seen yet, each in its own
+        transaction; replicas starting together take turns (PostgreSQL: an advisory lock)."""
+        with self.transaction() as conn:
+            self._lock_schema(conn)
+            conn.execute(SCHEMA_VERSION_TABLE)
+            current = current_version(conn)
+        latest = latest_version()
+        if current > latest:
+            raise SchemaTooNew(_too_new(self.display, current))
+        for version in range(current + 1, latest + 1):
+            with self.transaction() as conn:
+                self._lock_schema(conn)
+                if current_version(conn) >= version:  # another process got here first
+                    continue
+                for statement in schema.MIGRATIONS[version - 1]:
+                    conn.execute(self._ddl(statement))
+                conn.execute("INSERT INTO schema_version (version) VALUES (?)", (version,))
+        return latest
+
+    def _lock_schema(self, conn: Connection) -> None:
+        """Serialise migrations between processes (SQLite: BEGIN IMMEDIATE already does)."""
+
+    def _ddl(self, statement: str) -> str:
+        return statement
 
 
-def probe_write(conn: sqlite3.Connection) -> None:
-    """Rewrite one row, so the commit really reaches the disk (readiness check)."""
+def current_version(conn: Connection) -> int:
+    row = conn.execute("SELECT MAX(version) FROM schema_version").fetchone()
+    return int(row[0] or 0)
+
+
+def probe_write(conn: Connection) -> int:
+    """Rewrite one row, so the commit really reaches the disk (readiness check); returns
+    the schema version (a newer one means another replica was upgraded first)."""
     conn.execute(
         "UPDATE schema_version SET applied_at = applied_at"
         " WHERE version = (SELECT MAX(version) FROM schema_version)"
     )
+    return current_version(conn)
 
 
-def _connect(path: Path) -> sqlite3.Connection:
-    # isolation_level=None: transactions are exactly the BEGIN/COMMIT issued above.
-    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-    conn.row_factory = sqlite3.Row
-    conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-    mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
-    if mode != "wal":
-        conn.close()
-        raise sqlite3.OperationalError(f"journal_mode is {mode}, WAL unavailable")
-    conn.execute("PRAGMA synchronous = FULL")
-    conn.execute("PRAGMA foreign_keys = ON")
-    return conn
-
-
-def _current_version(conn: sqlite3.Connection) -> int:
-    row = conn.execute("SELECT MAX(version) FROM schema_version").fetchone()
-    return row[0] or 0
+def _too_new(where: str, current: int) -> str:
+    return (
+        f"{where}: schema version {current} is newer than this gateway understands"
+        f" ({latest_version()}); upgrade the gateway"
+    )

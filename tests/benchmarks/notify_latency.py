@@ -16,14 +16,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import sqlite3
 import statistics
 import sys
 import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import closing
 from pathlib import Path
 
 if __package__ in (None, ""):  # run as a script: make `tests.support` importable
@@ -73,14 +71,14 @@ class NotifyClock:
         self.client.loop_stop()
 
 
-def webhook_times(database: Path) -> dict[str, float]:
-    with closing(sqlite3.connect(f"file:{database}?mode=ro", uri=True)) as conn:
-        rows = conn.execute(
-            "SELECT session_id, MIN(received_at) FROM webhook_events"
-            " WHERE event_type = 'progress_note_generated' AND session_id IS NOT NULL"
-            " GROUP BY session_id"
-        ).fetchall()
-    return dict(rows)
+def webhook_times(gateway) -> dict[str, float]:
+    """When the gateway recorded each session's first progress note webhook (any engine)."""
+    rows = gateway.query(
+        "SELECT session_id, MIN(received_at) FROM webhook_events"
+        " WHERE event_type = 'progress_note_generated' AND session_id IS NOT NULL"
+        " GROUP BY session_id"
+    )
+    return {row[0]: row[1] for row in rows}
 
 
 def run_sessions(
@@ -141,7 +139,7 @@ def measure(
         achieved = len(ids) / (time.monotonic() - started)
     finally:
         clock.close()
-    received = webhook_times(deployment.gateway.state_dir / "gateway.db")
+    received = webhook_times(deployment.gateway)
     missing = [sid for sid in ids if sid not in clock.received or sid not in received]
     if missing:
         raise SystemExit(f"{len(missing)} sessions not notified: {missing[:3]}")

@@ -8,6 +8,7 @@ Timings are shrunk (backoff, polls, processing) so fault tests take seconds.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -21,8 +22,11 @@ import httpx
 import numpy as np
 import pytest
 import soundfile
+from pydantic import SecretStr
 
 from gateway.blueprint.defaults import DEFAULT_CLIENT_SECRET
+from gateway.store import Database, Location, SqliteLocation, parse_url
+from tests.support.postgres import PostgresServer
 from tests.support.processes import Service, free_port, wait_for_http
 
 ROOM_GATEWAY = str(Path(sys.executable).with_name("room-gateway"))
@@ -115,6 +119,24 @@ class GatewayProcess:
             raise AssertionError(f"room-gateway {' '.join(args)}: {result.stderr}")
         return result
 
+    @property
+    def store_location(self) -> Location:
+        """The gateway's store, as its settings (environment) name it."""
+        url = self.env.get("ROOM_GATEWAY_STORE__URL")
+        if not url:
+            return SqliteLocation(self.state_dir / "gateway.db")
+        location = parse_url(url)
+        password = Path(self.env["ROOM_GATEWAY_STORE__PASSWORD_FILE"]).read_text().strip()
+        return dataclasses.replace(location, password=SecretStr(password))
+
+    def query(self, sql: str, *params: Any) -> list[Any]:
+        """Read the gateway's store directly (the store's own SQL, either engine)."""
+        db = Database.open(self.store_location, migrate=False)
+        try:
+            return db.call(lambda conn: conn.execute(sql, params).fetchall(), write=False)
+        finally:
+            db.close()
+
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
@@ -203,17 +225,53 @@ def sim(blueprint_sim: SimulatorProcess) -> SimulatorProcess:
 
 
 GatewayFactory = Callable[..., GatewayProcess]
+StoreEnv = Callable[[Path], dict[str, str]]
+
+
+@pytest.fixture(scope="module")
+def engine(request: pytest.FixtureRequest) -> str:
+    """The store engine of the module's gateways: SQLite, unless the module runs on both
+    (``pytestmark = ON_BOTH_ENGINES`` from tests.support.postgres)."""
+    return str(getattr(request, "param", "sqlite"))
+
+
+@pytest.fixture(scope="module")
+def store_env(engine: str, request: pytest.FixtureRequest) -> Iterator[StoreEnv]:
+    """The settings (environment) that put a gateway's store on the module's engine: for
+    PostgreSQL a new database on the session's server, its password in a file."""
+    created: list[str] = []
+
+    def env(state_dir: Path) -> dict[str, str]:
+        if engine == "sqlite":
+            return {}
+        server: PostgresServer = request.getfixturevalue("postgres")
+        name = server.database()
+        created.append(name)
+        state_dir.mkdir(parents=True, exist_ok=True)
+        return {
+            "ROOM_GATEWAY_STORE__URL": server.url(name),
+            "ROOM_GATEWAY_STORE__PASSWORD_FILE": str(server.password_file(state_dir)),
+        }
+
+    yield env
+    if created:
+        server = request.getfixturevalue("postgres")
+        for name in created:
+            server.drop(name)
 
 
 @pytest.fixture(scope="module")
 def gateway_factory(
-    blueprint_sim: SimulatorProcess, tmp_path_factory: pytest.TempPathFactory
+    blueprint_sim: SimulatorProcess,
+    tmp_path_factory: pytest.TempPathFactory,
+    store_env: StoreEnv,
 ) -> Iterator[GatewayFactory]:
     """Start gateways (stopped at the end of the module) against the shared simulator."""
     started: list[GatewayProcess] = []
 
     def start(**env: str) -> GatewayProcess:
-        gateway = GatewayProcess(tmp_path_factory.mktemp("gateway"), blueprint_sim.url, env)
+        state_dir = tmp_path_factory.mktemp("gateway")
+        gateway = GatewayProcess(state_dir, blueprint_sim.url, {**store_env(state_dir), **env})
         started.append(gateway.start())
         return gateway
 

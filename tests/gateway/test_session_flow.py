@@ -24,8 +24,9 @@ from tests.gateway.conftest import (
     SimulatorProcess,
     steps,
 )
+from tests.support.postgres import ON_BOTH_ENGINES
 
-pytestmark = pytest.mark.timeout(180)
+pytestmark = [ON_BOTH_ENGINES, pytest.mark.timeout(180)]
 
 CALLBACK_KEY = secrets.token_bytes(24)
 CALLBACK_SECRET = "whsec_" + base64.b64encode(CALLBACK_KEY).decode()

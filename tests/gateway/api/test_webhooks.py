@@ -4,20 +4,24 @@ unknown events, and the answer time over 100 deliveries."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import re
 import statistics
 import subprocess
 import sys
 import time
-from pathlib import Path
+from collections.abc import Iterator
 
 import httpx
 import pytest
 
 from gateway.blueprint.defaults import DEFAULT_CLIENT_SECRET
+from gateway.store import Database
 from tests.gateway.conftest import GatewayFactory, GatewayProcess, SimulatorProcess, steps
+from tests.support.postgres import ON_BOTH_ENGINES
 
-pytestmark = pytest.mark.timeout(180)
+pytestmark = [ON_BOTH_ENGINES, pytest.mark.timeout(180)]
 
 WEBHOOK_LIMIT = 64 * 1024
 
@@ -216,11 +220,60 @@ def test_metrics_health_and_readiness(gateway: GatewayProcess) -> None:
 
 
 def test_readyz_is_503_when_the_database_is_not_writable(
-    gateway_factory: GatewayFactory, tmp_path: Path
+    gateway_factory: GatewayFactory, engine: str, request: pytest.FixtureRequest
 ) -> None:
+    """SQLite: another process holds the write lock past busy_timeout. PostgreSQL: the
+    database stops taking connections and the gateway's are cut."""
     gateway = gateway_factory()
     assert httpx.get(f"{gateway.url}/readyz").status_code == 200
-    holder = subprocess.Popen(  # another process holds the write lock past busy_timeout
+    with _database_unwritable(gateway, engine, request):
+        answer = httpx.get(f"{gateway.url}/readyz", timeout=20)
+        assert answer.status_code == 503
+        database = answer.json()["checks"]["database"]
+        assert database == {
+            "status": "failing",
+            "critical": True,
+            "detail": "database not writable (DatabaseUnavailable)",
+        }
+    # Ready again once the lock is gone (the worker, stalled meanwhile, catches up).
+    _wait_ready(gateway)
+
+
+def test_readyz_is_503_when_another_replica_migrated_the_schema_further(
+    gateway_factory: GatewayFactory, engine: str, request: pytest.FixtureRequest
+) -> None:
+    gateway = gateway_factory()
+    _sql(gateway, "INSERT INTO schema_version (version) VALUES (99)")
+    try:
+        answer = httpx.get(f"{gateway.url}/readyz", timeout=20)
+        assert answer.status_code == 503
+        detail = answer.json()["checks"]["database"]["detail"]
+        assert re.fullmatch(
+            r"database schema v99 is newer than this gateway's \(v\d+\): upgrade this gateway",
+            detail,
+        ), detail
+    finally:
+        _sql(gateway, "DELETE FROM schema_version WHERE version = 99")
+    _wait_ready(gateway)
+
+
+@contextlib.contextmanager
+def _database_unwritable(
+    gateway: GatewayProcess, engine: str, request: pytest.FixtureRequest
+) -> Iterator[None]:
+    if engine == "postgresql":
+        server = request.getfixturevalue("postgres")
+        name = _database_name(gateway)
+        server.sql(f"ALTER DATABASE {name} ALLOW_CONNECTIONS false")
+        server.sql(
+            f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}'"
+        )
+        try:
+            yield
+        finally:
+            server.sql(f"ALTER DATABASE {name} ALLOW_CONNECTIONS true")
+        return
+    holder = subprocess.Popen(
         [
             sys.executable,
             "-c",
@@ -232,18 +285,25 @@ def test_readyz_is_503_when_the_database_is_not_writable(
     )
     try:
         assert holder.stdout is not None and holder.stdout.readline() == b"locked\n"
-        answer = httpx.get(f"{gateway.url}/readyz", timeout=20)
-        assert answer.status_code == 503
-        database = answer.json()["checks"]["database"]
-        assert database == {
-            "status": "failing",
-            "critical": True,
-            "detail": "database not writable (OperationalError)",
-        }
+        yield
     finally:
         holder.kill()
         holder.wait()
-    # Ready again once the lock is gone (the worker, stalled meanwhile, catches up).
+
+
+def _sql(gateway: GatewayProcess, statement: str) -> None:
+    db = Database.open(gateway.store_location, migrate=False)
+    try:
+        db.call(lambda conn: conn.execute(statement))
+    finally:
+        db.close()
+
+
+def _database_name(gateway: GatewayProcess) -> str:
+    return gateway.env["ROOM_GATEWAY_STORE__URL"].rsplit("/", 1)[1]
+
+
+def _wait_ready(gateway: GatewayProcess) -> None:
     deadline = time.monotonic() + 15
     while httpx.get(f"{gateway.url}/readyz", timeout=20).status_code != 200:
         assert time.monotonic() < deadline, "never ready again"

@@ -20,19 +20,24 @@ from gateway.settings import IngestSettings, JobSettings
 from protocol.codec import decode
 from protocol.envelope import generate_private_key
 from protocol.manifest import SessionManifest
-from tests.gateway.conftest import PHI_STRINGS, SECRETS, SimulatorProcess, steps
+from tests.gateway.conftest import PHI_STRINGS, SECRETS, SimulatorProcess, StoreEnv, steps
 from tests.gateway.deployment import Deployment, SealedChunk, tone
+from tests.support.postgres import ON_BOTH_ENGINES
 
-pytestmark = pytest.mark.timeout(120)
+pytestmark = [ON_BOTH_ENGINES, pytest.mark.timeout(120)]
 MAX_CHUNK_BYTES = 200 * 1024
 
 
 @pytest.fixture(scope="module")
-def deployed(tmp_path_factory: pytest.TempPathFactory, blueprint_sim: SimulatorProcess):
+def deployed(
+    tmp_path_factory: pytest.TempPathFactory, blueprint_sim: SimulatorProcess, store_env: StoreEnv
+):
+    root = tmp_path_factory.mktemp("ingest")
     deployment = Deployment(
-        tmp_path_factory.mktemp("ingest"),
+        root,
         blueprint_sim.url,
         ("room-1", "room-2", "room-3"),
+        **store_env(root / "gateway"),
         ROOM_GATEWAY_INGEST__MAX_CHUNK_BYTES=str(MAX_CHUNK_BYTES),
         ROOM_GATEWAY_INGEST__RETENTION_S="0",
     ).start()
@@ -46,7 +51,7 @@ def linked(
 ) -> Deployment:
     """The module's deployment with the (reset) simulator: people new to it each test."""
     sim.set_callback(deployed.gateway.webhook_url)
-    deployed.people = (f"clin-{request.node.name}", f"client-{request.node.name}")
+    deployed.people = (f"clin-{request.node.originalname}", f"client-{request.node.originalname}")
     deployed.gateway.put_people(*deployed.people)
     return deployed
 

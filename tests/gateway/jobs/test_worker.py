@@ -5,10 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import sqlite3
 import time
 from collections.abc import Callable, Iterator
-from pathlib import Path
 
 import pytest
 
@@ -16,14 +14,14 @@ from gateway.jobs import queue as jobs
 from gateway.jobs.queue import Job
 from gateway.jobs.worker import Handler, Permanent, Retryable, Worker
 from gateway.settings import JobSettings
-from gateway.store.database import Database
+from gateway.store import Connection, Database, Location
 
 FAST = JobSettings(concurrency=2, poll_interval_s=0.05, backoff_base_s=0.01, backoff_max_s=0.05)
 
 
 @pytest.fixture
-def db(tmp_path: Path) -> Iterator[Database]:
-    database = Database.open(tmp_path / "gateway.db")
+def db(store_location: Location) -> Iterator[Database]:
+    database = Database.open(store_location)
     yield database
     database.close()
 
@@ -45,7 +43,7 @@ def run_until(
     handlers: dict[str, Handler],
     done: Callable[[], bool],
     settings: JobSettings = FAST,
-    on_failed: Callable[[sqlite3.Connection, Job], None] | None = None,
+    on_failed: Callable[[Connection, Job], None] | None = None,
     timeout: float = 5.0,
 ) -> list[tuple[str, str]]:
     """Run a worker until ``done()``; returns the (kind, outcome) reports."""

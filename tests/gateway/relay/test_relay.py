@@ -27,11 +27,12 @@ from paho.mqtt.properties import Properties
 from protocol.codec import encode
 from protocol.messages import DeviceState, Heartbeat
 from tests.benchmarks.notify_latency import measure, report
-from tests.gateway.conftest import PHI_STRINGS, SimulatorProcess, steps
+from tests.gateway.conftest import PHI_STRINGS, SimulatorProcess, StoreEnv, steps
 from tests.gateway.deployment import Deployment, tone
 from tests.support.mqtt_probe import Probe
+from tests.support.postgres import ON_BOTH_ENGINES
 
-pytestmark = pytest.mark.timeout(120)
+pytestmark = [ON_BOTH_ENGINES, pytest.mark.timeout(120)]
 EXPIRY_S = 2
 ROOMS = tuple(f"room-{n}" for n in range(1, 9))
 SILENT_ROOM = ROOMS[-1]  # its device never connects
@@ -127,11 +128,15 @@ def wait_for_step(deployed: Deployment, session_id: str, step: str, timeout: flo
 
 
 @pytest.fixture(scope="module")
-def deployed(tmp_path_factory: pytest.TempPathFactory, blueprint_sim: SimulatorProcess):
+def deployed(
+    tmp_path_factory: pytest.TempPathFactory, blueprint_sim: SimulatorProcess, store_env: StoreEnv
+):
+    root = tmp_path_factory.mktemp("relay")
     deployment = Deployment(
-        tmp_path_factory.mktemp("relay"),
+        root,
         blueprint_sim.url,
         ROOMS,
+        **store_env(root / "gateway"),
         ROOM_GATEWAY_MQTT__COMMAND_EXPIRY_S=str(EXPIRY_S),
     ).start()
     yield deployment
@@ -156,18 +161,19 @@ def linked(
     request: pytest.FixtureRequest,
 ) -> Deployment:
     sim.set_callback(deployed.gateway.webhook_url)
-    deployed.people = (f"clin-{request.node.name}", f"client-{request.node.name}")
+    deployed.people = (f"clin-{request.node.originalname}", f"client-{request.node.originalname}")
     deployed.gateway.put_people(*deployed.people)
     return deployed
 
 
-_free_rooms = iter(ROOMS[:-1])
+_free_rooms: dict[int, Iterator[str]] = {}  # per deployment (one per engine)
 
 
 @pytest.fixture
 def device(linked: Deployment) -> Iterator[FakeDevice]:
     """A room (and its device, connected) for this test alone."""
-    fake = FakeDevice(linked, next(_free_rooms)).connect()
+    rooms = _free_rooms.setdefault(id(linked), iter(ROOMS[:-1]))
+    fake = FakeDevice(linked, next(rooms)).connect()
     fake.answer = lambda body: (True, None)
     yield fake
     fake.disconnect()

@@ -3,9 +3,7 @@ events, and what notifiers hear (the hook the device link will use)."""
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
@@ -17,14 +15,14 @@ from gateway.sessions import states as sessions
 from gateway.sessions.lifecycle import SessionEvent, SessionLifecycle
 from gateway.sessions.states import Session
 from gateway.settings import JobSettings
-from gateway.store.database import Database
+from gateway.store import Connection, Database, Location
 
 NOTE = {"id": "note-1", "note": []}
 
 
 @pytest.fixture
-def conn(tmp_path: Path) -> Iterator[sqlite3.Connection]:
-    db = Database.open(tmp_path / "gateway.db")
+def conn(store_location: Location) -> Iterator[Connection]:
+    db = Database.open(store_location)
     with db.transaction() as connection:
         rooms.add(connection, "room-1")
         records.put_clinician(connection, "clin-1", "Adelaide", "Quintrell", None)
@@ -42,23 +40,23 @@ def heard() -> list[tuple[str, SessionEvent]]:
 def lifecycle(heard: list[tuple[str, SessionEvent]]) -> SessionLifecycle:
     flow = SessionLifecycle(JobSettings())
 
-    def notifier(conn: sqlite3.Connection, session: Session, event: SessionEvent) -> None:
+    def notifier(conn: Connection, session: Session, event: SessionEvent) -> None:
         heard.append((session.id, event))
 
     flow.add_notifier(notifier)
     return flow
 
 
-def started(conn: sqlite3.Connection, lifecycle: SessionLifecycle) -> Session:
+def started(conn: Connection, lifecycle: SessionLifecycle) -> Session:
     return lifecycle.start(conn, "room-1", "clin-1", "client-1", "in-person", None)
 
 
-def kinds(conn: sqlite3.Connection, session_id: str) -> list[str]:
+def kinds(conn: Connection, session_id: str) -> list[str]:
     return [job.kind for job in jobs.for_session(conn, session_id)]
 
 
 def test_start_queues_the_blueprint_session_and_busies_the_room(
-    conn: sqlite3.Connection, lifecycle: SessionLifecycle
+    conn: Connection, lifecycle: SessionLifecycle
 ) -> None:
     session = started(conn, lifecycle)
     assert session.state == "recording" and session.id.startswith("ses_")
@@ -72,7 +70,7 @@ def test_start_queues_the_blueprint_session_and_busies_the_room(
 
 
 def test_stop_and_attach_audio_queue_one_upload(
-    conn: sqlite3.Connection, lifecycle: SessionLifecycle
+    conn: Connection, lifecycle: SessionLifecycle
 ) -> None:
     session = started(conn, lifecycle)
     assert lifecycle.stop(conn, session.id).state == "stopping"
@@ -89,7 +87,7 @@ def test_stop_and_attach_audio_queue_one_upload(
 
 
 def test_notes_ready_then_updated_and_a_webhook_overtaking_the_upload(
-    conn: sqlite3.Connection, lifecycle: SessionLifecycle, heard: list
+    conn: Connection, lifecycle: SessionLifecycle, heard: list
 ) -> None:
     session = started(conn, lifecycle)
     lifecycle.attach_audio(conn, session.id, "/audio/x.flac", "audio/flac")
@@ -113,7 +111,7 @@ def test_notes_ready_then_updated_and_a_webhook_overtaking_the_upload(
 
 
 def test_a_lost_transcript_does_not_take_back_a_ready_note(
-    conn: sqlite3.Connection, lifecycle: SessionLifecycle, heard: list
+    conn: Connection, lifecycle: SessionLifecycle, heard: list
 ) -> None:
     session = started(conn, lifecycle)
     lifecycle.attach_audio(conn, session.id, "/audio/x.flac", "audio/flac")
@@ -124,9 +122,7 @@ def test_a_lost_transcript_does_not_take_back_a_ready_note(
     assert SessionEvent.FAILED not in [event for _, event in heard]
 
 
-def test_failure_and_resumption(
-    conn: sqlite3.Connection, lifecycle: SessionLifecycle, heard: list
-) -> None:
+def test_failure_and_resumption(conn: Connection, lifecycle: SessionLifecycle, heard: list) -> None:
     session = started(conn, lifecycle)
     lifecycle.attach_audio(conn, session.id, "/audio/x.flac", "audio/flac")
     lifecycle.failed(conn, session.id, "upload_audio failed: HTTP 503")

@@ -1,0 +1,156 @@
+"""The SQLite engine: one file in WAL mode, one connection, one writer at a time.
+
+Every access goes through one connection and one thread. The HTTP handlers and the job
+worker ``await db.run(fn)``, so the event loop never waits on the disk, and transactions
+never interleave. Other processes (the ``room-gateway jobs`` commands) open the same file;
+WAL lets them read while the service writes, and ``busy_timeout`` makes writers queue.
+A writer takes the write lock at BEGIN (IMMEDIATE), so it never deadlocks.
+
+``synchronous=FULL``: in WAL mode NORMAL survives a killed process but may lose the last
+commits on a power cut. We answer Blueprint's webhook 2xx only after its event is
+committed, and Blueprint does not resend a 2xx'd webhook, so a lost commit would be a lost
+note. FULL costs one fsync per commit (a few ms), well inside the webhook budget.
+
+A statement that fails ends the transaction, as on PostgreSQL (where the server aborts
+it): later statements and the commit raise, so code tested here behaves the same there.
+"""
+
+from __future__ import annotations
+
+import re
+import sqlite3
+import threading
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager, suppress
+from pathlib import Path
+from typing import Any, TypeVar
+
+from gateway.store.connection import AfterCommit, Cursor, Params
+from gateway.store.database import Database, Isolation
+from gateway.store.dialect import SQLITE, Dialect, Engine
+from gateway.store.errors import DatabaseUnavailable, IntegrityError, StoreError
+from gateway.store.location import SqliteLocation
+
+T = TypeVar("T")
+BUSY_TIMEOUT_MS = 5000
+# Result codes that say "try again later" rather than "this statement is wrong".
+_UNAVAILABLE = ("SQLITE_BUSY", "SQLITE_LOCKED", "SQLITE_FULL", "SQLITE_IOERR", "SQLITE_CANTOPEN",
+                "SQLITE_READONLY", "SQLITE_PROTOCOL", "SQLITE_NOMEM")  # fmt: skip
+_CONSTRAINT = re.compile(r"constraint failed: (?:index '([^']+)'|([\w.]+))")
+
+
+class SqliteConnection(AfterCommit):
+    engine: Engine = "sqlite"
+    dialect: Dialect = SQLITE
+
+    def __init__(self, raw: sqlite3.Connection) -> None:
+        super().__init__()
+        self.raw = raw
+        self.failure: StoreError | None = None
+
+    def execute(self, sql: str, params: Params = ()) -> Cursor:
+        if self.failure is not None:
+            raise StoreError("the transaction is over: an earlier statement in it failed")
+        try:
+            return self.raw.execute(sql, params)
+        except sqlite3.Error as exc:
+            self.failure = translate(exc)
+            raise self.failure from None
+
+
+class SqliteDatabase(Database):
+    engine: Engine = "sqlite"
+
+    def __init__(self, path: Path) -> None:
+        self.location = SqliteLocation(path)
+        self.path = path
+        self._conn = _connect(path)
+        self._lock = threading.Lock()
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite")
+
+    @classmethod
+    def connect(cls, path: Path) -> SqliteDatabase:
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        try:
+            path.touch(mode=0o600, exist_ok=True)  # PHI: SQLite gives -wal/-shm this mode too
+            return cls(path)
+        except (OSError, sqlite3.Error) as exc:
+            raise StoreError(f"{path}: cannot open the database ({exc})") from None
+
+    @contextmanager
+    def transaction(self, write: bool = True) -> Iterator[SqliteConnection]:
+        with self._lock:
+            conn = SqliteConnection(self._conn)
+            try:
+                if not write:
+                    self._conn.execute("PRAGMA query_only = 1")
+                self._conn.execute("BEGIN IMMEDIATE" if write else "BEGIN DEFERRED")
+            except sqlite3.Error as exc:
+                self._reset(write)
+                raise translate(exc) from None
+            try:
+                yield conn
+                if conn.failure is not None:
+                    raise conn.failure
+                self._conn.execute("COMMIT")
+            except BaseException as exc:
+                self._rollback()
+                self._reset(write)
+                if isinstance(exc, sqlite3.Error):
+                    raise translate(exc) from None
+                raise
+            self._reset(write)
+        conn.run_callbacks()
+
+    def call(
+        self,
+        fn: Callable[..., T],
+        *args: Any,
+        write: bool = True,
+        isolation: Isolation = "serializable",
+    ) -> T:
+        with self.transaction(write) as conn:
+            return fn(conn, *args)
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=True)
+        with self._lock:
+            self._conn.close()
+
+    def _rollback(self) -> None:
+        if self._conn.in_transaction:
+            with suppress(sqlite3.Error):  # nothing more to undo: SQLite rolled back already
+                self._conn.execute("ROLLBACK")
+
+    def _reset(self, write: bool) -> None:
+        if not write:
+            with suppress(sqlite3.Error):
+                self._conn.execute("PRAGMA query_only = 0")
+
+
+def translate(exc: sqlite3.Error) -> StoreError:
+    """sqlite3's exception as ours: a constraint, a passing problem, or a fault."""
+    message = str(exc)
+    if isinstance(exc, sqlite3.IntegrityError):
+        match = _CONSTRAINT.search(message)
+        constraint = (match.group(1) or match.group(2)) if match else None
+        return IntegrityError(message, constraint)
+    name = getattr(exc, "sqlite_errorname", "") or ""
+    if name.startswith(_UNAVAILABLE) or "database is locked" in message:
+        return DatabaseUnavailable(f"the database is unavailable ({name or message})")
+    return StoreError(f"database error: {message}")
+
+
+def _connect(path: Path) -> sqlite3.Connection:
+    # isolation_level=None: transactions are exactly the BEGIN/COMMIT issued above.
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    conn.row_factory = sqlite3.Row
+    conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+    mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+    if mode != "wal":
+        conn.close()
+        raise sqlite3.OperationalError(f"journal_mode is {mode}, WAL unavailable")
+    conn.execute("PRAGMA synchronous = FULL")
+    conn.execute("PRAGMA foreign_keys = ON")
+    return conn
