@@ -9,6 +9,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
+from gateway.sessions.states import ACTIVE_SQL
 from gateway.store import Connection
 
 
@@ -36,6 +37,6 @@ def list_rooms(conn: Connection) -> list[Room]:
     rows = conn.execute(
         "SELECT rooms.id, rooms.created_at, sessions.id AS active_session_id FROM rooms"
         " LEFT JOIN sessions ON sessions.room_id = rooms.id"
-        " AND sessions.state IN ('recording', 'stopping') ORDER BY rooms.id"
+        f" AND sessions.state IN {ACTIVE_SQL} ORDER BY rooms.id"
     ).fetchall()
     return [Room(**dict(row)) for row in rows]

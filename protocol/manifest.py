@@ -5,6 +5,7 @@ when it holds every chunk listed here, byte for byte (``sha256`` is of the seale
 so a re-upload of the same spool file is recognised as the same chunk).
 """
 
+from datetime import datetime
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -24,6 +25,20 @@ class ManifestChunk(BaseModel):
     duration_s: float = Field(gt=0)
 
 
+class PausedInterval(BaseModel):
+    """A stretch of the session with the microphone closed: times only, no audio.
+
+    ``offset_s`` is where in the session's audio the pause falls (the audio timeline does
+    not advance while paused); ``started_at``/``ended_at`` are the device's clock.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    offset_s: float = Field(ge=0)
+    started_at: datetime
+    ended_at: datetime
+
+
 class SessionManifest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -31,6 +46,7 @@ class SessionManifest(BaseModel):
     session_id: SessionId
     reason: CloseReason = "stopped"
     chunks: list[ManifestChunk] = Field(default_factory=list)
+    paused: list[PausedInterval] = Field(default_factory=list)
 
     @property
     def speech_s(self) -> float:

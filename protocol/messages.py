@@ -22,6 +22,10 @@ MicrophoneState = Literal["ok", "missing", "unavailable"]
 # matches), mismatch (it does not: recording is refused), unverified (not asked yet).
 SealingKeyState = Literal["verified", "mismatch", "unverified"]
 Code = Annotated[str, Field(max_length=64, pattern=r"^[a-z0-9_.:-]*$")]
+CommandId = Annotated[str, Field(max_length=64)]
+# Who paused or resumed a session: the gateway's command (the partner), a button in the
+# room, or the room's "do not record" switch.
+PauseSource = Literal["command", "button", "do_not_record"]
 
 
 def now() -> datetime:
@@ -64,6 +68,15 @@ class DeviceState(_Message):
     )
     sealing_key: SealingKeyState | None = None
     refused: ChunkRefusal | None = None
+    # The session is open but its microphone is closed to the pipeline (recorder stays
+    # "recording": the session goes on, no audio enters it).
+    paused: bool = False
+    # The room's "do not record" switch: starts are refused until it is released.
+    do_not_record: bool = False
+    # The id of the last command the device applied (or refused): the gateway compares it
+    # with the command that expresses what it wants, to tell a lost command from a change
+    # made in the room after it.
+    last_command_id: CommandId | None = None
 
 
 # rooms/{device}/events — not retained.
@@ -127,9 +140,24 @@ class LogLine(BaseModel):
     message: str = Field(max_length=500)
 
 
+class SessionPaused(_Message):
+    """The microphone was closed to the session's pipeline at ``at`` (device time)."""
+
+    type: Literal["session_paused"] = "session_paused"
+    session_id: SessionId
+    source: PauseSource = "command"
+    offset_s: float = Field(default=0.0, ge=0, description="position in the session's audio")
+
+
+class SessionResumed(_Message):
+    type: Literal["session_resumed"] = "session_resumed"
+    session_id: SessionId
+    source: PauseSource = "command"
+
+
 class CommandResult(_Message):
     type: Literal["command_result"] = "command_result"
-    command_id: str = Field(max_length=64)
+    command_id: CommandId
     ok: bool
     reason: str | None = Field(default=None, max_length=64, description="a code when refused")
     check: RoomCheck | None = None  # the answer to a check command
@@ -137,18 +165,37 @@ class CommandResult(_Message):
 
 
 DeviceEvent = Annotated[
-    Heartbeat | SessionStarted | ChunkSpooled | SessionClosed | CommandResult,
+    Heartbeat
+    | SessionStarted
+    | ChunkSpooled
+    | SessionClosed
+    | SessionPaused
+    | SessionResumed
+    | CommandResult,
     Field(discriminator="type"),
 ]
 
 
-# rooms/{device}/cmd — to the device.
+# rooms/{device}/cmd — to the device. The gateway may send the same command (same id)
+# again until the device's state shows it applied; the device applies each id once.
 class _Command(_Message):
-    command_id: str = Field(max_length=64)
+    command_id: CommandId
 
 
 class StartCommand(_Command):
     type: Literal["start"] = "start"
+    session_id: SessionId
+    # Start with the microphone closed: the partner paused before the room had started.
+    paused: bool = False
+
+
+class PauseCommand(_Command):
+    type: Literal["pause"] = "pause"
+    session_id: SessionId
+
+
+class ResumeCommand(_Command):
+    type: Literal["resume"] = "resume"
     session_id: SessionId
 
 
@@ -177,7 +224,13 @@ class LogsCommand(_Command):
 
 
 Command = Annotated[
-    StartCommand | StopCommand | PingCommand | CheckCommand | LogsCommand,
+    StartCommand
+    | PauseCommand
+    | ResumeCommand
+    | StopCommand
+    | PingCommand
+    | CheckCommand
+    | LogsCommand,
     Field(discriminator="type"),
 ]
 

@@ -230,6 +230,13 @@ class RoomOut(BaseModel):
     )
     last_seen_at: datetime | None
     last_heartbeat_at: datetime | None = None
+    paused: bool | None = Field(
+        default=None, description="the session is open with the room's microphone closed"
+    )
+    do_not_record: bool | None = Field(
+        default=None,
+        description="the room's 'do not record' switch is on: starts are refused until released",
+    )
 
 
 class WebhookAck(BaseModel):

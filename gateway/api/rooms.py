@@ -76,4 +76,6 @@ def _room(room: rooms.Room, device: registry.Device, status: RoomStatus | None) 
         last_heartbeat_at=(
             timestamp(status.heartbeat_at) if status and status.heartbeat_at else None
         ),
+        paused=status.paused if status else None,
+        do_not_record=status.do_not_record if status else None,
     )

@@ -30,6 +30,9 @@ class RoomStatus:
     microphone: str | None = None
     microphone_device: str | None = None
     heartbeat_at: float | None = None
+    paused: bool = False
+    do_not_record: bool = False
+    last_command_id: str | None = None
 
 
 def record_state(conn: Connection, room_id: str, state: DeviceState) -> None:
@@ -37,14 +40,17 @@ def record_state(conn: Connection, room_id: str, state: DeviceState) -> None:
     conn.execute(
         "INSERT INTO room_status (room_id, online, recorder, session_id, reason,"
         " backlog_chunks, backlog_bytes, spool_free_bytes, version, state_at, last_seen_at,"
-        " microphone, microphone_device)"
-        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (room_id) DO UPDATE SET"
+        " microphone, microphone_device, paused, do_not_record, last_command_id)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+        " ON CONFLICT (room_id) DO UPDATE SET"
         " online = excluded.online, recorder = excluded.recorder,"
         " session_id = excluded.session_id, reason = excluded.reason,"
         " backlog_chunks = excluded.backlog_chunks, backlog_bytes = excluded.backlog_bytes,"
         " spool_free_bytes = excluded.spool_free_bytes, version = excluded.version,"
         " state_at = excluded.state_at, last_seen_at = excluded.last_seen_at,"
-        " microphone = excluded.microphone, microphone_device = excluded.microphone_device",
+        " microphone = excluded.microphone, microphone_device = excluded.microphone_device,"
+        " paused = excluded.paused, do_not_record = excluded.do_not_record,"
+        " last_command_id = excluded.last_command_id",
         (
             room_id,
             int(state.online),
@@ -59,6 +65,9 @@ def record_state(conn: Connection, room_id: str, state: DeviceState) -> None:
             now,
             state.microphone,
             state.microphone_device,
+            int(state.paused),
+            int(state.do_not_record),
+            state.last_command_id,
         ),
     )
 
@@ -96,5 +105,6 @@ def all_rooms(conn: Connection) -> dict[str, RoomStatus]:
 
 def _status(row: Row) -> RoomStatus:
     values = dict(row)
-    values["online"] = bool(values["online"])
+    for flag in ("online", "paused", "do_not_record"):
+        values[flag] = bool(values[flag])
     return RoomStatus(**values)

@@ -2,12 +2,17 @@
 
 A session moves through::
 
-    recording -> stopping -> audio_ready -> uploading -> processing -> notes_ready
-                      \\________________________________________________/
+    starting -> recording <-> paused
+                    \\           |
+                     -> stopping -> audio_ready -> uploading -> processing -> notes_ready
+                                \\________________________________________________/
                                   any of them -> failed (with a reason)
 
-``recording``: started by the partner, the room is recording. ``stopping``: the partner
-stopped it; the room is sending its last audio. ``audio_ready``: the whole session's
+``starting``: started by the partner, waiting for the room's device to confirm (it may be
+offline: the start is re-sent until its deadline). ``recording``: the room records.
+``paused``: the session is open but the room's microphone is closed to it (by the partner
+or a button in the room). ``stopping``: stopped (by the partner, or in the room); the room
+is sending its last audio. ``audio_ready``: the whole session's
 audio is one file at the gateway (``audio_path``) and its upload is queued. The rest
 follows Blueprint. The timeline records every step with its time.
 """
@@ -23,10 +28,20 @@ from typing import Literal
 from gateway.store import Connection
 
 SessionState = Literal[
-    "recording", "stopping", "audio_ready", "uploading", "processing", "notes_ready", "failed"
+    "starting",
+    "recording",
+    "paused",
+    "stopping",
+    "audio_ready",
+    "uploading",
+    "processing",
+    "notes_ready",
+    "failed",
 ]
 SESSION_STATES: tuple[SessionState, ...] = (
+    "starting",
     "recording",
+    "paused",
     "stopping",
     "audio_ready",
     "uploading",
@@ -34,7 +49,9 @@ SESSION_STATES: tuple[SessionState, ...] = (
     "notes_ready",
     "failed",
 )
-ACTIVE_STATES: tuple[SessionState, ...] = ("recording", "stopping")
+# A room has at most one session in these (the one_active_session_per_room index).
+ACTIVE_STATES: tuple[SessionState, ...] = ("starting", "recording", "paused", "stopping")
+ACTIVE_SQL = "(" + ", ".join(f"'{state}'" for state in ACTIVE_STATES) + ")"
 
 
 class RoomBusy(Exception):
@@ -80,7 +97,9 @@ def insert(
     client_external_id: str,
     session_setting: str,
     note_type: str | None,
+    state: SessionState = "recording",
 ) -> Session:
+    """A new session, ``starting`` when a room device must confirm it, else ``recording``."""
     now = time.time()
     session_id = new_session_id()
     # A room records one session at a time: the unique index one_active_session_per_room
@@ -88,7 +107,7 @@ def insert(
     cursor = conn.execute(
         "INSERT INTO sessions (id, room_id, clinician_external_id, client_external_id,"
         " session_setting, note_type, state, created_at, updated_at)"
-        " VALUES (?, ?, ?, ?, ?, ?, 'recording', ?, ?) ON CONFLICT DO NOTHING",
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
         (
             session_id,
             room_id,
@@ -96,6 +115,7 @@ def insert(
             client_external_id,
             session_setting,
             note_type,
+            state,
             now,
             now,
         ),
@@ -120,7 +140,7 @@ def by_blueprint_id(conn: Connection, blueprint_session_id: str) -> Session | No
 
 def active_in_room(conn: Connection, room_id: str) -> Session | None:
     row = conn.execute(
-        "SELECT * FROM sessions WHERE room_id = ? AND state IN ('recording', 'stopping')",
+        f"SELECT * FROM sessions WHERE room_id = ? AND state IN {ACTIVE_SQL}",
         (room_id,),
     ).fetchone()
     return Session(**dict(row)) if row is not None else None
@@ -134,10 +154,17 @@ def timeline(conn: Connection, session_id: str) -> list[TimelineEntry]:
     return [TimelineEntry(**dict(row)) for row in rows]
 
 
-def add_event(conn: Connection, session_id: str, step: str, detail: str | None = None) -> None:
+def add_event(
+    conn: Connection,
+    session_id: str,
+    step: str,
+    detail: str | None = None,
+    at: float | None = None,
+) -> None:
+    """``at``: when it happened, if not now (e.g. a pause, at the device's time)."""
     conn.execute(
         "INSERT INTO session_events (session_id, at, step, detail) VALUES (?, ?, ?, ?)",
-        (session_id, time.time(), step, detail),
+        (session_id, time.time() if at is None else at, step, detail),
     )
 
 
@@ -149,6 +176,7 @@ def transition(
     *,
     step: str,
     detail: str | None = None,
+    at: float | None = None,
 ) -> Session | None:
     """Move to ``to_state`` if the session is in one of ``allowed_from``; record the step.
 
@@ -162,7 +190,7 @@ def transition(
     )
     if cursor.rowcount == 0:
         return None
-    add_event(conn, session_id, step, detail)
+    add_event(conn, session_id, step, detail, at)
     return _get(conn, session_id)
 
 

@@ -191,4 +191,26 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         )""",
         "CREATE INDEX enrollments_by_room ON enrollments (room_id)",
     ),
+    # 4: the room's desired state (the device shadow) and what the device reports of pause,
+    # "do not record" and the last command it applied; sessions may be starting or paused.
+    (
+        """CREATE TABLE room_desired (
+            room_id TEXT PRIMARY KEY REFERENCES rooms (id),
+            session_id TEXT NOT NULL,
+            state TEXT NOT NULL CHECK (state IN ('recording', 'paused', 'stopped')),
+            command_id TEXT,
+            origin TEXT NOT NULL CHECK (origin IN ('partner', 'room')),
+            deadline_at REAL,
+            confirmed_at REAL,
+            last_sent_at REAL,
+            sends INTEGER NOT NULL DEFAULT 0,
+            updated_at REAL NOT NULL
+        )""",
+        "ALTER TABLE room_status ADD COLUMN paused INTEGER NOT NULL DEFAULT 0",
+        "ALTER TABLE room_status ADD COLUMN do_not_record INTEGER NOT NULL DEFAULT 0",
+        "ALTER TABLE room_status ADD COLUMN last_command_id TEXT",
+        "DROP INDEX one_active_session_per_room",
+        """CREATE UNIQUE INDEX one_active_session_per_room ON sessions (room_id)
+            WHERE state IN ('starting', 'recording', 'paused', 'stopping')""",
+    ),
 )

@@ -38,6 +38,17 @@ def test_topics_round_trip():
                 ),
             ),
         ),
+        (messages.commands, messages.PauseCommand(command_id="c3", session_id="s-1")),
+        (messages.commands, messages.ResumeCommand(command_id="c4", session_id="s-1")),
+        (
+            messages.commands,
+            messages.StartCommand(command_id="c5", session_id="s-1", paused=True),
+        ),
+        (
+            messages.device_events,
+            messages.SessionPaused(session_id="s-1", source="button", offset_s=12.5),
+        ),
+        (messages.device_events, messages.SessionResumed(session_id="s-1")),
         (messages.notifications, messages.NotesReady(session_id="s-1")),
         (messages.notifications, messages.SessionFailed(session_id="s-1", reason="upload")),
         (messages.device_events, messages.ChunkSpooled(session_id="s-1", seq=4, duration_s=2.5)),
@@ -78,3 +89,34 @@ def test_device_state_fields_are_additive():
     assert messages.DeviceState.model_validate_json(state.model_dump_json()) == state
     with pytest.raises(ValidationError):  # a code, not free text
         messages.ChunkRefusal(session_id="s-1", status=422, code="Sam Doe's chunk")
+
+
+def test_device_state_reports_pause_privacy_and_the_last_command():
+    state = messages.DeviceState(
+        device_id="room-1", online=True, recorder="recording", session_id="s-1",
+        paused=True, do_not_record=False, last_command_id="cmd_1",
+    )  # fmt: skip
+    assert messages.DeviceState.model_validate_json(state.model_dump_json()) == state
+    # An older device's state (without the new fields) still parses, with safe defaults.
+    old = messages.DeviceState.model_validate_json('{"device_id":"room-1","online":true}')
+    assert (old.paused, old.do_not_record, old.last_command_id) == (False, False, None)
+
+
+def test_a_manifest_lists_paused_intervals_as_times_only():
+    from protocol.manifest import SessionManifest
+
+    manifest = SessionManifest.model_validate(
+        {
+            "device_id": "room-1",
+            "session_id": "s-1",
+            "paused": [{"offset_s": 3.0, "started_at": "2024-01-01T10:00:00Z",
+                        "ended_at": "2024-01-01T10:00:05Z"}],
+        }
+    )  # fmt: skip
+    assert manifest.paused[0].offset_s == 3.0
+    with pytest.raises(ValidationError):
+        SessionManifest.model_validate(
+            {"device_id": "room-1", "session_id": "s-1",
+             "paused": [{"offset_s": 1, "started_at": "2024-01-01T10:00:00Z",
+                         "ended_at": "2024-01-01T10:00:05Z", "audio": "x"}]}
+        )  # fmt: skip

@@ -328,3 +328,28 @@ class _Open:
 
     def __exit__(self, *exc: object) -> None:
         self.db.close()
+
+
+def test_a_room_has_one_active_session_also_while_starting_or_paused(tmp_path: Path) -> None:
+    from gateway.sessions import states
+
+    with _Open(tmp_path / "gateway.db") as db, db.transaction() as conn:
+        conn.execute("INSERT INTO rooms (id, created_at) VALUES ('room-1', 0)")
+        conn.execute(
+            "INSERT INTO clinicians (external_id, first_name, last_name, created_at,"
+            " updated_at) VALUES ('c', 'A', 'B', 0, 0)"
+        )
+        conn.execute(
+            "INSERT INTO clients (external_id, first_name, last_name, clinician_external_id,"
+            " created_at, updated_at) VALUES ('k', 'A', 'B', 'c', 0, 0)"
+        )
+        first = states.insert(conn, "room-1", "c", "k", "in-person", None, state="starting")
+        with pytest.raises(states.RoomBusy):
+            states.insert(conn, "room-1", "c", "k", "in-person", None)
+        assert states.active_in_room(conn, "room-1") == first
+        states.transition(conn, first.id, "paused", ("starting",), step="paused")
+        with pytest.raises(states.RoomBusy):
+            states.insert(conn, "room-1", "c", "k", "in-person", None, state="starting")
+        states.mark_failed(conn, first.id, "test")
+        assert states.active_in_room(conn, "room-1") is None
+        states.insert(conn, "room-1", "c", "k", "in-person", None, state="starting")
