@@ -188,7 +188,8 @@ def test_start_and_stop_are_commanded_and_confirmed(
 ) -> None:
     session_id = start(linked, device.device_id)
     order = device.wait_for(command("start"))
-    assert set(order) - {"_topic"} == COMMAND_FIELDS, "ids only"
+    assert set(order) - {"_topic"} == COMMAND_FIELDS | {"paused"}, "ids only"
+    assert order["paused"] is False
     assert order["session_id"] == session_id and order["command_id"].startswith("cmd_")
     device.publish("events", json.dumps({"type": "session_started", "session_id": session_id}))
     wait_for_step(linked, session_id, "start_confirmed")
