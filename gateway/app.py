@@ -50,16 +50,18 @@ def create_app(settings: GatewaySettings) -> FastAPI:
         version=__version__,
         description=DESCRIPTION,
         lifespan=lifespan,
-        max_body_size=settings.http.max_body_bytes,
     )
     errors.install(app)
-    app.include_router(partner.router)
-    app.include_router(rooms.router)
+    # Body limits per router (not app-wide: Starlette's app-wide limit answers outside the
+    # error handlers, in plain text).
+    body_limit = settings.http.max_body_bytes
+    app.include_router(partner.router, max_body_size=body_limit)
+    app.include_router(rooms.router, max_body_size=body_limit)
     app.include_router(devices.router, max_body_size=settings.ingest.max_chunk_bytes)
     if settings.testing.audio_endpoint:
         app.include_router(testing.router, max_body_size=settings.http.audio_max_bytes)
     app.include_router(webhooks.router, max_body_size=settings.http.webhook_max_body_bytes)
-    app.include_router(health.router)
+    app.include_router(health.router, max_body_size=body_limit)
     return app
 
 

@@ -80,15 +80,11 @@ class Partner:
 
 
 def _problem(answer: httpx.Response) -> str:
-    """The answer's detail without echoed input: a 422 would repeat the names sent."""
+    """The problem's code and detail (RFC 9457); the gateway never echoes input in them."""
     try:
-        detail = answer.json().get("detail")
+        problem = answer.json()
     except ValueError:
         return answer.reason_phrase
-    if isinstance(detail, list):
-        return "; ".join(
-            f"{'.'.join(str(part) for part in error.get('loc', []))}: {error.get('msg')}"
-            for error in detail
-            if isinstance(error, dict)
-        )
-    return str(detail)[:300]
+    if not isinstance(problem, dict):
+        return answer.reason_phrase
+    return f"{problem.get('code')}: {str(problem.get('detail'))[:300]}"

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import Depends, HTTPException, Request
+from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
+from gateway.api.errors import ApiError
 from gateway.service import GatewayService
 
 _bearer = HTTPBearer(
@@ -19,6 +20,10 @@ def get_service(request: Request) -> GatewayService:
 
 
 Service = Annotated[GatewayService, Depends(get_service)]
+# What any partner operation may answer, whatever it does.
+PARTNER_CODES = ("missing_token", "invalid_token", "invalid_request", "store_busy")
+# What any operation with a request body may answer besides.
+BODY_CODES = ("malformed_request", "body_too_large")
 
 
 async def require_partner(
@@ -28,10 +33,12 @@ async def require_partner(
     """401 unless the request carries a configured or created, unrevoked partner token."""
     challenge = {"WWW-Authenticate": "Bearer"}
     if credentials is None:
-        raise HTTPException(401, "missing bearer token (Authorization: Bearer ...)", challenge)
+        raise ApiError(
+            "missing_token", "missing bearer token (Authorization: Bearer ...)", headers=challenge
+        )
     token = credentials.credentials
     if service.tokens.is_configured(token):
         return
     if await service.db.run(service.tokens.is_stored, token, write=False):
         return
-    raise HTTPException(401, "invalid or revoked bearer token", challenge)
+    raise ApiError("invalid_token", "invalid or revoked bearer token", headers=challenge)

@@ -10,11 +10,11 @@ from __future__ import annotations
 import logging
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, HTTPException, Path, Request
+from fastapi import APIRouter, Depends, Path, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from gateway.api.deps import Service
-from gateway.api.models import Problem
+from gateway.api.errors import ApiError, problems
 from gateway.devices.registry import Device
 from gateway.ingest.errors import IngestError
 from protocol.ids import ID_DESCRIPTION, ID_PATTERN
@@ -34,22 +34,26 @@ DeviceIdPath = Annotated[str, Path(pattern=ID_PATTERN, description=ID_DESCRIPTIO
 SessionIdPath = Annotated[str, Path(pattern=ID_PATTERN, description=ID_DESCRIPTION)]
 SeqPath = Annotated[int, Path(ge=0, le=10_000_000)]
 
-ANSWERS = {
-    401: {"model": Problem, "description": "missing or unknown ingest token"},
-    403: {"model": Problem, "description": "revoked device, or another device's path/session"},
-    409: {"model": Problem, "description": "a different chunk is stored under this seq"},
-    413: {"description": "body larger than ingest.max_chunk_bytes"},
-    422: {"model": Problem, "description": "cannot be opened, or does not match the path"},
-    503: {"model": Problem, "description": "the gateway cannot take audio now; retry"},
-}
+# What any ingest request may answer.
+DEVICE_CODES = (
+    "missing_token",
+    "device_unauthenticated",
+    "device_forbidden",
+    "device_revoked",
+    "foreign_session",
+    "invalid_request",
+    "malformed_request",
+    "body_too_large",
+    "store_busy",
+)
 
-router = APIRouter(tags=["room devices"], responses=ANSWERS)
+router = APIRouter(tags=["room devices"])
 
 
-def _refused(exc: IngestError, what: str) -> HTTPException:
-    logger.warning("ingest: %s refused (%d): %s", what, exc.status, exc)
-    headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
-    return HTTPException(exc.status, str(exc), headers)
+def _refused(exc: IngestError, what: str) -> IngestError:
+    """Log the refusal (ids and codes only); the error handler answers it."""
+    logger.warning("ingest: %s refused (%d %s): %s", what, exc.status, exc.code, exc)
+    return exc
 
 
 async def authenticated_device(
@@ -73,7 +77,16 @@ AuthenticatedDevice = Annotated[Device, Depends(authenticated_device)]
 @router.put(
     CHUNK_PATH,
     response_model=ChunkReceipt,
-    responses={415: {"model": Problem, "description": "not a sealed chunk"}},
+    responses=problems(
+        *DEVICE_CODES,
+        "unsupported_media_type",
+        "chunk_conflict",
+        "session_assembled",
+        "chunk_rejected",
+        "path_mismatch",
+        "ingest_unavailable",
+        "no_sealing_key",
+    ),
     openapi_extra={
         "requestBody": {
             "required": True,
@@ -93,7 +106,9 @@ async def put_chunk(
     """A sealed chunk; 200 once it is on disk (fsynced): the device may delete its copy."""
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if content_type != SEALED_CHUNK_CONTENT_TYPE:
-        raise HTTPException(415, f"Content-Type must be {SEALED_CHUNK_CONTENT_TYPE}")
+        raise ApiError(
+            "unsupported_media_type", f"Content-Type must be {SEALED_CHUNK_CONTENT_TYPE}"
+        )
     blob = await request.body()
     try:
         receipt = await service.ingest.receive_chunk(device.id, session_id, seq, blob)
@@ -104,7 +119,11 @@ async def put_chunk(
     return receipt
 
 
-@router.post(CLOSE_PATH, response_model=CloseReceipt)
+@router.post(
+    CLOSE_PATH,
+    response_model=CloseReceipt,
+    responses=problems(*DEVICE_CODES, "chunk_conflict", "path_mismatch"),
+)
 async def close_session(
     device: AuthenticatedDevice,
     session_id: SessionIdPath,

@@ -243,9 +243,5 @@ class WebhookAck(BaseModel):
     status: str = Field(description="queued, session_failed, duplicate, ignored, unknown_session")
 
 
-class Problem(BaseModel):
-    detail: str | list[dict[str, Any]]
-
-
 def timestamp(seconds: float) -> datetime:
     return datetime.fromtimestamp(seconds, UTC)

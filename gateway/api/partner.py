@@ -10,9 +10,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Annotated, TypeVar
 
-from fastapi import APIRouter, Depends, HTTPException, Path, Response
+from fastapi import APIRouter, Depends, Path, Response
 
-from gateway.api.deps import Service, require_partner
+from gateway.api.deps import BODY_CODES, PARTNER_CODES, Service, require_partner
+from gateway.api.errors import ApiError, problems
 from gateway.api.models import (
     EXTERNAL_ID_DESCRIPTION,
     EXTERNAL_ID_PATTERN,
@@ -20,7 +21,6 @@ from gateway.api.models import (
     ArtifactsOut,
     ClientIn,
     ClinicianIn,
-    Problem,
     ReceivedAudioOut,
     RecordOut,
     SessionIn,
@@ -43,19 +43,11 @@ ExternalIdPath = Annotated[
 ]
 SessionIdPath = Annotated[str, Path(pattern=ID_PATTERN, description=ID_DESCRIPTION)]
 
-ERRORS = {
-    401: {"model": Problem, "description": "missing, invalid or revoked bearer token"},
-    413: {"description": "request body too large"},
-    422: {"model": Problem, "description": "invalid body or path, or unknown reference"},
-    503: {"model": Problem, "description": "database busy; retry (see Retry-After)"},
-}
-NOT_FOUND = {404: {"model": Problem}}
 ENSURE_ANSWERS = {
     202: {"model": RecordOut, "description": "stored; Blueprint not reached yet (pending)"},
-    502: {"model": Problem, "description": "Blueprint refused the record"},
 }
 
-router = APIRouter(prefix="/v1", dependencies=[Depends(require_partner)], responses=ERRORS)
+router = APIRouter(prefix="/v1", dependencies=[Depends(require_partner)])
 
 
 # --- clinicians and clients -------------------------------------------------------------
@@ -64,7 +56,7 @@ router = APIRouter(prefix="/v1", dependencies=[Depends(require_partner)], respon
 @router.put(
     "/clinicians/{external_id}",
     response_model=RecordOut,
-    responses=ENSURE_ANSWERS,
+    responses={**ENSURE_ANSWERS, **problems(*PARTNER_CODES, *BODY_CODES, "blueprint_refused")},
     tags=["clinicians and clients"],
 )
 async def put_clinician(
@@ -84,20 +76,23 @@ async def put_clinician(
 @router.get(
     "/clinicians/{external_id}",
     response_model=RecordOut,
-    responses=NOT_FOUND,
+    responses=problems(*PARTNER_CODES, "clinician_not_found"),
     tags=["clinicians and clients"],
 )
 async def get_clinician(external_id: ExternalIdPath, service: Service) -> RecordOut:
     record = await service.db.run(records.get_clinician, external_id, write=False)
     if record is None:
-        raise NotFound(f"clinician {external_id} not found")
+        raise NotFound(f"clinician {external_id} not found", code="clinician_not_found")
     return RecordOut.of(record)
 
 
 @router.put(
     "/clients/{external_id}",
     response_model=RecordOut,
-    responses=ENSURE_ANSWERS,
+    responses={
+        **ENSURE_ANSWERS,
+        **problems(*PARTNER_CODES, *BODY_CODES, "unknown_clinician", "blueprint_refused"),
+    },
     tags=["clinicians and clients"],
 )
 async def put_client(
@@ -108,7 +103,8 @@ async def put_client(
     def put(conn: Connection) -> int | None:
         if records.get_clinician(conn, body.clinician_external_id) is None:
             raise InvalidReference(
-                f"clinician {body.clinician_external_id} not found; PUT it first"
+                f"clinician {body.clinician_external_id} not found; PUT it first",
+                code="unknown_clinician",
             )
         records.put_client(
             conn, external_id, body.first_name, body.last_name, body.clinician_external_id
@@ -123,13 +119,13 @@ async def put_client(
 @router.get(
     "/clients/{external_id}",
     response_model=RecordOut,
-    responses=NOT_FOUND,
+    responses=problems(*PARTNER_CODES, "client_not_found"),
     tags=["clinicians and clients"],
 )
 async def get_client(external_id: ExternalIdPath, service: Service) -> RecordOut:
     record = await service.db.run(records.get_client, external_id, write=False)
     if record is None:
-        raise NotFound(f"client {external_id} not found")
+        raise NotFound(f"client {external_id} not found", code="client_not_found")
     return RecordOut.of(record)
 
 
@@ -150,7 +146,7 @@ def _ensure_answer(record: Clinician | Client | None, response: Response) -> Rec
     assert record is not None
     answer = RecordOut.of(record)
     if answer.state == "failed":
-        raise HTTPException(502, answer.error)
+        raise ApiError("blueprint_refused", answer.error or "Blueprint refused the record")
     if answer.state == "pending":
         response.status_code = 202
     return answer
@@ -163,9 +159,15 @@ def _ensure_answer(record: Clinician | Client | None, response: Response) -> Rec
     "/sessions",
     status_code=201,
     response_model=SessionOut,
-    responses={
-        409: {"model": Problem, "description": "the room (or its device) is recording already"}
-    },
+    responses=problems(
+        *PARTNER_CODES,
+        *BODY_CODES,
+        "room_not_provisioned",
+        "unknown_clinician",
+        "unknown_client",
+        "room_busy",
+        "device_busy",
+    ),
     tags=["sessions"],
 )
 async def start_session(body: SessionIn, service: Service) -> SessionOut:
@@ -192,7 +194,10 @@ async def start_session(body: SessionIn, service: Service) -> SessionOut:
 
 
 @router.get(
-    "/sessions/{session_id}", response_model=SessionOut, responses=NOT_FOUND, tags=["sessions"]
+    "/sessions/{session_id}",
+    response_model=SessionOut,
+    responses=problems(*PARTNER_CODES, "session_not_found"),
+    tags=["sessions"],
 )
 async def get_session(session_id: SessionIdPath, service: Service) -> SessionOut:
     """State, Blueprint ids, error and the timeline of every step."""
@@ -202,7 +207,7 @@ async def get_session(session_id: SessionIdPath, service: Service) -> SessionOut
 @router.post(
     "/sessions/{session_id}/stop",
     response_model=SessionOut,
-    responses=NOT_FOUND,
+    responses=problems(*PARTNER_CODES, "session_not_found"),
     tags=["sessions"],
 )
 async def stop_session(session_id: SessionIdPath, service: Service) -> SessionOut:
@@ -223,7 +228,7 @@ async def stop_session(session_id: SessionIdPath, service: Service) -> SessionOu
 @router.get(
     "/sessions/{session_id}/artifacts",
     response_model=ArtifactsOut,
-    responses=NOT_FOUND,
+    responses=problems(*PARTNER_CODES, "session_not_found"),
     tags=["sessions"],
 )
 async def get_artifacts(session_id: SessionIdPath, service: Service) -> ArtifactsOut:
@@ -251,7 +256,7 @@ def _artifact(found: dict[str, artifacts.Artifact], kind: str) -> ArtifactOut | 
 def session_out(conn: Connection, session_id: str) -> SessionOut:
     session = sessions.get(conn, session_id)
     if session is None:
-        raise NotFound(f"session {session_id} not found")
+        raise NotFound(f"session {session_id} not found", code="session_not_found")
     answer = SessionOut.of(
         session,
         sessions.timeline(conn, session_id),
@@ -275,4 +280,6 @@ def _refuse_if_device_busy(conn: Connection, room_id: str) -> None:
     ``room-agent record``): a start would be refused by it, so refuse it here, now."""
     status = room_status.get(conn, room_id)
     if status is not None and status.online and status.recorder in ("recording", "closing"):
-        raise Conflict(f"the device in room {room_id} is recording ({status.session_id})")
+        raise Conflict(
+            f"the device in room {room_id} is recording ({status.session_id})", code="device_busy"
+        )

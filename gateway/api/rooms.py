@@ -12,9 +12,9 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Path
 
 from gateway import rooms
-from gateway.api.deps import Service, require_partner
+from gateway.api.deps import PARTNER_CODES, Service, require_partner
+from gateway.api.errors import problems
 from gateway.api.models import RoomOut, timestamp
-from gateway.api.partner import ERRORS, NOT_FOUND
 from gateway.devices import registry
 from gateway.errors import NotFound
 from gateway.relay import room_status
@@ -24,18 +24,20 @@ from protocol.ids import ID_DESCRIPTION, ID_PATTERN
 
 RoomIdPath = Annotated[str, Path(pattern=ID_PATTERN, description=ID_DESCRIPTION)]
 
-router = APIRouter(
-    prefix="/v1", dependencies=[Depends(require_partner)], responses=ERRORS, tags=["rooms"]
-)
+router = APIRouter(prefix="/v1", dependencies=[Depends(require_partner)], tags=["rooms"])
 
 
-@router.get("/rooms", response_model=list[RoomOut])
+@router.get("/rooms", response_model=list[RoomOut], responses=problems(*PARTNER_CODES))
 async def list_rooms(service: Service) -> list[RoomOut]:
     """Every provisioned room: its active session, its device's status and backlog."""
     return await service.db.run(all_rooms, write=False)
 
 
-@router.get("/rooms/{room_id}", response_model=RoomOut, responses=NOT_FOUND)
+@router.get(
+    "/rooms/{room_id}",
+    response_model=RoomOut,
+    responses=problems(*PARTNER_CODES, "room_not_found"),
+)
 async def get_room(room_id: RoomIdPath, service: Service) -> RoomOut:
     return await service.db.run(one_room, room_id, write=False)
 
@@ -53,7 +55,7 @@ def all_rooms(conn: Connection) -> list[RoomOut]:
 def one_room(conn: Connection, room_id: str) -> RoomOut:
     device = registry.get(conn, room_id)
     if device is None:
-        raise NotFound(f"room {room_id} not found")
+        raise NotFound(f"room {room_id} not found", code="room_not_found")
     found = {room.id: room for room in rooms.list_rooms(conn)}
     return _room(found[room_id], device, room_status.get(conn, room_id))
 

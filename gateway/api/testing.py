@@ -8,24 +8,32 @@ as this route does.
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends, HTTPException, Request
+from fastapi import APIRouter, Depends, Request
 
-from gateway.api.deps import Service, require_partner
-from gateway.api.models import Problem, SessionOut
-from gateway.api.partner import ERRORS, NOT_FOUND, SessionIdPath, session_out
+from gateway.api.deps import PARTNER_CODES, Service, require_partner
+from gateway.api.errors import ApiError, problems
+from gateway.api.models import SessionOut
+from gateway.api.partner import SessionIdPath, session_out
 from gateway.errors import Conflict
 from gateway.sessions.audio_files import CONTENT_TYPES, AudioRejected, AudioTooLarge, write_audio
 from gateway.sessions.lifecycle import UPLOADABLE_FROM
 from gateway.store import Connection
 
-router = APIRouter(prefix="/v1", dependencies=[Depends(require_partner)], responses=ERRORS)
+router = APIRouter(prefix="/v1", dependencies=[Depends(require_partner)])
 
 
 @router.post(
     "/sessions/{session_id}/audio",
     status_code=202,
     response_model=SessionOut,
-    responses={**NOT_FOUND, 409: {"model": Problem}, 415: {"model": Problem}},
+    responses=problems(
+        *PARTNER_CODES,
+        "session_not_found",
+        "audio_already_attached",
+        "unsupported_media_type",
+        "body_too_large",
+        "audio_unreadable",
+    ),
     tags=["testing"],
     openapi_extra={
         "requestBody": {
@@ -44,10 +52,15 @@ async def upload_session_audio(
     production the room device's sealed chunks are assembled into this file instead."""
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if content_type not in CONTENT_TYPES:
-        raise HTTPException(415, f"Content-Type must be one of {', '.join(CONTENT_TYPES)}")
+        raise ApiError(
+            "unsupported_media_type", f"Content-Type must be one of {', '.join(CONTENT_TYPES)}"
+        )
     session = await service.db.run(service.lifecycle.get, session_id, write=False)
     if session.state not in UPLOADABLE_FROM:
-        raise Conflict(f"session {session_id} is {session.state}; audio is already attached")
+        raise Conflict(
+            f"session {session_id} is {session.state}; audio is already attached",
+            code="audio_already_attached",
+        )
     settings = service.settings
     try:
         path = await write_audio(
@@ -58,9 +71,9 @@ async def upload_session_audio(
             settings.http.audio_max_bytes,
         )
     except AudioTooLarge as exc:
-        raise HTTPException(413, str(exc)) from None
+        raise ApiError("body_too_large", str(exc)) from None
     except AudioRejected as exc:
-        raise HTTPException(400, str(exc)) from None
+        raise ApiError("audio_unreadable", str(exc)) from None
 
     def attach(conn: Connection) -> SessionOut:
         service.lifecycle.attach_audio(conn, session_id, str(path), content_type)

@@ -14,11 +14,12 @@ import logging
 import time
 from typing import Annotated
 
-from fastapi import APIRouter, Header, HTTPException, Request
+from fastapi import APIRouter, Header, Request
 from pydantic import ValidationError
 
 from gateway.api.deps import Service
-from gateway.api.models import Problem, WebhookAck
+from gateway.api.errors import ApiError, problems
+from gateway.api.models import WebhookAck
 from gateway.blueprint import signature
 from gateway.blueprint.models import WebhookEvent
 from gateway.sessions import webhooks
@@ -39,12 +40,15 @@ router = APIRouter(tags=["Blueprint webhooks"])
             },
         }
     },
-    responses={
-        400: {"model": Problem, "description": "signed, but not a webhook body"},
-        401: {"model": Problem, "description": f"missing or wrong {signature.HEADER}"},
-        413: {"description": "body larger than http.webhook_max_body_bytes"},
-        422: {"model": Problem, "description": "known event type, payload lacks a field"},
-    },
+    responses=problems(
+        "bad_signature",
+        "not_a_webhook",
+        "invalid_webhook_payload",
+        "invalid_request",
+        "malformed_request",
+        "body_too_large",
+        "store_busy",
+    ),
 )
 async def receive_blueprint_webhook(
     request: Request,
@@ -63,18 +67,20 @@ async def receive_blueprint_webhook(
     secret = service.settings.blueprint.client_secret.get_secret_value()
     if not signature.verify(body, x_blueprint_signature, secret):
         _count(service, None, "bad_signature", started)
-        raise HTTPException(401, f"missing or invalid {signature.HEADER}")
+        raise ApiError("bad_signature", f"missing or invalid {signature.HEADER}")
     try:
         event = WebhookEvent.model_validate_json(body)
     except ValidationError:
         _count(service, None, "unreadable", started)
-        raise HTTPException(400, "body is not a webhook: JSON {eventType, payload}") from None
+        raise ApiError(
+            "not_a_webhook", "body is not a webhook: JSON {eventType, payload}"
+        ) from None
     digest = hashlib.sha256(body).hexdigest()
     try:
         recorded = await service.db.run(webhooks.record, service.lifecycle, digest, event)
     except webhooks.InvalidPayload as exc:
         _count(service, event.event_type, "invalid_payload", started)
-        raise HTTPException(422, str(exc)) from None
+        raise ApiError("invalid_webhook_payload", str(exc)) from None
     if recorded.job_id is not None:
         service.worker.wake()
     _count(service, event.event_type, recorded.outcome, started)

@@ -94,12 +94,14 @@ class ChunkReceiver:
         """The device behind ``token``, which must be the one in the path; checked against
         the store on every request, so a revocation takes effect at once."""
         if not token:
-            raise Unauthenticated("missing bearer token (Authorization: Bearer ...)")
+            raise Unauthenticated(
+                "missing bearer token (Authorization: Bearer ...)", code="missing_token"
+            )
         device = await self._db.run(registry.by_token, credentials.token_digest(token), write=False)
         if device is None:
             raise Unauthenticated("unknown ingest token")
         if device.revoked_at is not None:
-            raise Forbidden(f"device {device.id} is revoked")
+            raise Forbidden(f"device {device.id} is revoked", code="device_revoked")
         if device.id != device_id:
             raise Forbidden(f"this token is device {device.id}'s, not {device_id}'s")
         return device
@@ -159,7 +161,10 @@ class ChunkReceiver:
         if existing is not None:
             return _Recorded(_repeat(session_id, chunk.seq, existing, chunk.sha256), False)
         if session.state in ("assembling", "assembled"):
-            raise Conflict(f"session {session_id} is already assembled; seq {chunk.seq} is new")
+            raise Conflict(
+                f"session {session_id} is already assembled; seq {chunk.seq} is new",
+                code="session_assembled",
+            )
         records.insert_chunk(conn, session_id, chunk)
         receipt = ChunkReceipt(
             session_id=session_id, seq=chunk.seq, sha256=chunk.sha256, duplicate=False
@@ -174,7 +179,9 @@ class ChunkReceiver:
         self, device_id: str, session_id: str, manifest: SessionManifest
     ) -> CloseReceipt:
         if (manifest.device_id, manifest.session_id) != (device_id, session_id):
-            raise Rejected("manifest device_id/session_id do not match the path")
+            raise Rejected(
+                "manifest device_id/session_id do not match the path", code="path_mismatch"
+            )
         receipt, assemble = await self._db.run(self._close, device_id, manifest)
         if assemble:
             self._wake()
@@ -240,7 +247,9 @@ class ChunkReceiver:
 
     def _require_key(self) -> X25519PrivateKey:
         if self._key is None:
-            raise Unavailable("the gateway has no sealing key yet (room-gateway keygen)")
+            raise Unavailable(
+                "the gateway has no sealing key yet (room-gateway keygen)", code="no_sealing_key"
+            )
         return self._key
 
 
@@ -250,7 +259,9 @@ def _header_matching(blob: bytes, device_id: str, session_id: str, seq: int) -> 
     except EnvelopeError as exc:
         raise Rejected(str(exc)) from None
     if (header.device_id, header.session_id, header.seq) != (device_id, session_id, seq):
-        raise Rejected("chunk header device_id/session_id/seq do not match the path")
+        raise Rejected(
+            "chunk header device_id/session_id/seq do not match the path", code="path_mismatch"
+        )
     return header
 
 
@@ -283,10 +294,12 @@ def _owned_session(conn: Connection, device_id: str, session_id: str) -> IngestS
     is another room's, by the partner's session or by the device that sent it first."""
     started = sessions.get(conn, session_id)
     if started is not None and started.room_id != device_id:
-        raise Forbidden(f"session {session_id} was not started in room {device_id}")
+        raise Forbidden(
+            f"session {session_id} was not started in room {device_id}", code="foreign_session"
+        )
     session = records.get_session(conn, session_id)
     if session is not None and session.device_id != device_id:
-        raise Forbidden(f"session {session_id} belongs to another device")
+        raise Forbidden(f"session {session_id} belongs to another device", code="foreign_session")
     return session
 
 

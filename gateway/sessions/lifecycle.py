@@ -91,7 +91,7 @@ class SessionLifecycle:
         """Queue creating the clinician in Blueprint; None when the id is already known."""
         clinician = records.get_clinician(conn, external_id)
         if clinician is None:
-            raise NotFound(f"clinician {external_id} not found")
+            raise NotFound(f"clinician {external_id} not found", code="clinician_not_found")
         if clinician.blueprint_id is not None:
             return None
         return self.enqueue(
@@ -104,7 +104,7 @@ class SessionLifecycle:
     def ensure_client(self, conn: Connection, external_id: str) -> int | None:
         client = records.get_client(conn, external_id)
         if client is None:
-            raise NotFound(f"client {external_id} not found")
+            raise NotFound(f"client {external_id} not found", code="client_not_found")
         if client.blueprint_id is not None:
             return None
         return self.enqueue(
@@ -128,12 +128,19 @@ class SessionLifecycle:
         """A new session recording in ``room_id``; its Blueprint session is created now,
         so the upload at the end does not wait for it."""
         if not rooms.exists(conn, room_id):
-            raise InvalidReference(f"room {room_id} is not provisioned")
+            raise InvalidReference(
+                f"room {room_id} is not provisioned", code="room_not_provisioned"
+            )
         if records.get_clinician(conn, clinician_external_id) is None:
-            raise InvalidReference(f"clinician {clinician_external_id} not found; PUT it first")
+            raise InvalidReference(
+                f"clinician {clinician_external_id} not found; PUT it first",
+                code="unknown_clinician",
+            )
         client = records.get_client(conn, client_external_id)
         if client is None:
-            raise InvalidReference(f"client {client_external_id} not found; PUT it first")
+            raise InvalidReference(
+                f"client {client_external_id} not found; PUT it first", code="unknown_client"
+            )
         try:
             session = sessions.insert(
                 conn,
@@ -145,7 +152,9 @@ class SessionLifecycle:
             )
         except RoomBusy as exc:
             active = sessions.active_in_room(conn, room_id)
-            raise Conflict(f"{exc} ({active.id if active else 'unknown'})") from None
+            raise Conflict(
+                f"{exc} ({active.id if active else 'unknown'})", code="room_busy"
+            ) from None
         self.enqueue(
             conn,
             JobKind.CREATE_SESSION,
@@ -171,7 +180,10 @@ class SessionLifecycle:
         """
         session = self.get(conn, session_id)
         if session.state not in UPLOADABLE_FROM:
-            raise Conflict(f"session {session_id} is {session.state}; audio is already attached")
+            raise Conflict(
+                f"session {session_id} is {session.state}; audio is already attached",
+                code="audio_already_attached",
+            )
         sessions.set_audio(conn, session_id, audio_path, content_type)
         ready = sessions.transition(
             conn, session_id, "audio_ready", UPLOADABLE_FROM, step="audio_ready"
@@ -189,7 +201,7 @@ class SessionLifecycle:
     def get(self, conn: Connection, session_id: str) -> Session:
         session = sessions.get(conn, session_id)
         if session is None:
-            raise NotFound(f"session {session_id} not found")
+            raise NotFound(f"session {session_id} not found", code="session_not_found")
         return session
 
     # --- job outcomes ---------------------------------------------------------------------

@@ -16,6 +16,7 @@ from hypothesis.errors import Unsatisfiable
 from schemathesis import GenerationMode
 from schemathesis.checks import not_a_server_error
 
+from gateway.api.errors import documented_codes
 from gateway.sessions.audio_files import CONTENT_TYPES
 from protocol.ingest import SEALED_CHUNK_CONTENT_TYPE
 from tests.gateway.conftest import (
@@ -26,6 +27,7 @@ from tests.gateway.conftest import (
     GatewayProcess,
     SimulatorProcess,
 )
+from tests.gateway.problems import assert_problem
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -44,17 +46,14 @@ def request(gateway: GatewayProcess, method: str, path: str, **kwargs: Any) -> h
     return httpx.request(method, gateway.url + path, headers=headers, timeout=30, **kwargs)
 
 
-def assert_refused(answer: httpx.Response, status: int | tuple[int, ...]) -> Any:
-    """A 4xx of the expected kind, with a reason, echoing none of the names sent."""
-    statuses = status if isinstance(status, tuple) else (status,)
-    assert answer.status_code in statuses, (answer.status_code, answer.text)
-    assert answer.text, "no reason given"
+def assert_refused(
+    answer: httpx.Response, status: int | tuple[int, ...], code: str | None = None
+) -> str:
+    """A 4xx of the expected kind as problem+json, with a code and a reason, echoing none
+    of the names sent; returns the reason."""
     for name in PHI_STRINGS:
         assert name not in answer.text
-    try:
-        return answer.json()["detail"]
-    except (json.JSONDecodeError, KeyError):
-        return answer.text
+    return assert_problem(answer, status, code)["detail"]
 
 
 # --- authentication ---------------------------------------------------------------------
@@ -79,7 +78,8 @@ def test_every_partner_endpoint_needs_a_valid_token(
 ) -> None:
     for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "Basic eDp5"}):
         answer = httpx.request(method, gateway.url + path, headers=headers, json=CLINICIAN)
-        detail = assert_refused(answer, 401)
+        code = "missing_token" if "Bearer " not in headers.get("Authorization", "") else None
+        detail = assert_refused(answer, 401, code or "invalid_token")
         assert "token" in detail
         assert answer.headers["www-authenticate"] == "Bearer"
 
@@ -117,9 +117,11 @@ def test_created_tokens_work_until_revoked(gateway: GatewayProcess) -> None:
     ],
 )
 def test_put_clinician_rejects_bad_bodies(gateway: GatewayProcess, body: Any) -> None:
-    detail = assert_refused(request(gateway, "PUT", "/v1/clinicians/c-bad", json=body), 422)
-    assert all("loc" in error and "msg" in error for error in detail)
-    assert all("input" not in error for error in detail)  # values are never echoed
+    answer = request(gateway, "PUT", "/v1/clinicians/c-bad", json=body)
+    problem = assert_problem(answer, 422, "invalid_request")
+    assert problem["errors"], problem
+    assert all(error["field"] and error["message"] for error in problem["errors"])
+    assert all("input" not in error for error in problem["errors"])  # values never echoed
 
 
 def test_bad_external_ids_in_paths(gateway: GatewayProcess) -> None:
@@ -129,14 +131,15 @@ def test_bad_external_ids_in_paths(gateway: GatewayProcess) -> None:
         "/v1/clients/-leading-dash",
         "/v1/clinicians/%C3%A9",
     ):
-        assert_refused(request(gateway, "PUT", path, json=CLINICIAN), 422)
-    assert_refused(request(gateway, "GET", "/v1/clinicians/nobody"), 404)
-    assert_refused(request(gateway, "GET", "/v1/clients/nobody"), 404)
+        assert_refused(request(gateway, "PUT", path, json=CLINICIAN), 422, "invalid_request")
+    assert_refused(request(gateway, "GET", "/v1/clinicians/nobody"), 404, "clinician_not_found")
+    assert_refused(request(gateway, "GET", "/v1/clients/nobody"), 404, "client_not_found")
 
 
 def test_put_client_needs_a_known_clinician(gateway: GatewayProcess) -> None:
     body = {**CLIENT_NAMES, "clinician_external_id": "never-put"}
-    detail = assert_refused(request(gateway, "PUT", "/v1/clients/p-orphan", json=body), 422)
+    answer = request(gateway, "PUT", "/v1/clients/p-orphan", json=body)
+    detail = assert_refused(answer, 422, "unknown_clinician")
     assert "clinician never-put not found" in detail
     body = {**CLIENT_NAMES}
     assert_refused(request(gateway, "PUT", "/v1/clients/p-orphan", json=body), 422)
@@ -149,17 +152,17 @@ def test_start_session_rejects_unknown_references(people: GatewayProcess) -> Non
         "client_external_id": "client-api",
     }
     cases = [
-        ({**base, "room": "no-such-room"}, "room no-such-room is not provisioned"),
-        ({**base, "room": "bad room"}, None),
-        ({**base, "clinician_external_id": "ghost"}, "clinician ghost not found"),
-        ({**base, "client_external_id": "ghost"}, "client ghost not found"),
-        ({**base, "session_setting": "on-the-moon"}, None),
-        ({**base, "note_type": "SOAP NOTE"}, None),
-        ({**base, "room": 7}, None),
-        ({**base, "extra": True}, None),
+        ({**base, "room": "no-such-room"}, "room_not_provisioned", "room no-such-room is not"),
+        ({**base, "room": "bad room"}, "invalid_request", None),
+        ({**base, "clinician_external_id": "ghost"}, "unknown_clinician", "clinician ghost not"),
+        ({**base, "client_external_id": "ghost"}, "unknown_client", "client ghost not found"),
+        ({**base, "session_setting": "on-the-moon"}, "invalid_request", None),
+        ({**base, "note_type": "SOAP NOTE"}, "invalid_request", None),
+        ({**base, "room": 7}, "invalid_request", None),
+        ({**base, "extra": True}, "invalid_request", None),
     ]
-    for body, reason in cases:
-        detail = assert_refused(request(people, "POST", "/v1/sessions", json=body), 422)
+    for body, code, reason in cases:
+        detail = assert_refused(request(people, "POST", "/v1/sessions", json=body), 422, code)
         if reason:
             assert reason in detail
 
@@ -171,7 +174,7 @@ def test_room_busy_is_409_and_sessions_404(people: GatewayProcess) -> None:
         "clinician_external_id": "clin-api",
         "client_external_id": "client-api",
     }
-    detail = assert_refused(request(people, "POST", "/v1/sessions", json=body), 409)
+    detail = assert_refused(request(people, "POST", "/v1/sessions", json=body), 409, "room_busy")
     assert first in detail
     rooms = {r["room"]: r["active_session_id"] for r in request(people, "GET", "/v1/rooms").json()}
     assert rooms["room-8"] == first
@@ -180,8 +183,8 @@ def test_room_busy_is_409_and_sessions_404(people: GatewayProcess) -> None:
         ("POST", "/v1/sessions/ses_doesnotexist/stop"),
         ("GET", "/v1/sessions/ses_doesnotexist/artifacts"),
     ]:
-        assert_refused(request(people, method, path), 404)
-    assert_refused(request(people, "GET", "/v1/sessions/not%20an%20id"), 422)
+        assert_refused(request(people, method, path), 404, "session_not_found")
+    assert_refused(request(people, "GET", "/v1/sessions/not%20an%20id"), 422, "invalid_request")
     # Stopping twice is harmless; the room is free once the session is past stopping.
     assert request(people, "POST", f"/v1/sessions/{first}/stop").json()["state"] == "stopping"
     assert request(people, "POST", f"/v1/sessions/{first}/stop").json()["state"] == "stopping"
@@ -303,11 +306,13 @@ schemathesis.serializer.alias(
 
 def test_fuzz_every_operation_no_server_errors(people: GatewayProcess) -> None:
     """schemathesis generates valid and invalid requests for each operation of
-    /openapi.json, sent with a valid token: none may be answered with a 5xx.
+    /openapi.json, sent with a valid token: none may be answered with a 5xx, and every
+    error is problem+json with a code the spec documents for that operation and status.
 
     (The schemathesis pytest plugin's lazy fixture loader fails on pytest 9, so the
     operations' hypothesis strategies are driven directly.)"""
-    schema = schemathesis.openapi.from_url(f"{people.url}/openapi.json")
+    spec = httpx.get(f"{people.url}/openapi.json").json()
+    schema = schemathesis.openapi.from_dict(spec)
     statuses: Counter[tuple[str, int]] = Counter()
     operations = [result.ok() for result in schema.get_all_operations()]
     assert len(operations) >= 12
@@ -326,6 +331,11 @@ def test_fuzz_every_operation_no_server_errors(people: GatewayProcess) -> None:
                 response = case.call(base_url=people.url, headers=AUTH, timeout=30)
                 statuses[(case.operation.label, response.status_code)] += 1
                 case.validate_response(response, checks=[not_a_server_error])
+                if response.status_code >= 400:
+                    operation_spec = spec["paths"][case.operation.path][case.operation.method]
+                    problem = assert_problem(response, response.status_code)
+                    documented = documented_codes(operation_spec, response.status_code)
+                    assert problem["code"] in documented, (case.operation.label, problem)
 
             try:
                 fuzz()

@@ -19,6 +19,7 @@ import pytest
 from gateway.blueprint.defaults import DEFAULT_CLIENT_SECRET
 from gateway.store import Database
 from tests.gateway.conftest import GatewayFactory, GatewayProcess, SimulatorProcess, steps
+from tests.gateway.problems import assert_problem
 from tests.support.postgres import ON_BOTH_ENGINES
 
 pytestmark = [ON_BOTH_ENGINES, pytest.mark.timeout(180)]
@@ -117,7 +118,7 @@ def test_wrong_missing_or_reserialised_signature_is_401(
     ):
         answer = post(gateway, body, signature)
         assert answer.status_code == 401, (signature, answer.text)
-        assert "X-Blueprint-Signature" in answer.json()["detail"]
+        assert "X-Blueprint-Signature" in assert_problem(answer, 401, "bad_signature")["detail"]
     assert steps(gateway.session(session["session_id"])).count("progress_note_generated") == 0
 
 
@@ -169,7 +170,7 @@ def test_signed_but_unreadable_bodies_are_4xx(gateway: GatewayProcess) -> None:
     body = b'{"eventType": "transcript_ready", "payload": {"sessionId": "s"}}'
     answer = post(gateway, body, openssl_hmac(body))
     assert answer.status_code == 422
-    assert "transcriptUrl" in answer.json()["detail"]
+    assert "transcriptUrl" in assert_problem(answer, 422, "invalid_webhook_payload")["detail"]
     # Not recorded: a corrected redelivery of the same event is not taken for a duplicate.
     assert post(gateway, body, openssl_hmac(body)).status_code == 422
 

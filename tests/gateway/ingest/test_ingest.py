@@ -22,6 +22,7 @@ from protocol.envelope import generate_private_key
 from protocol.manifest import SessionManifest
 from tests.gateway.conftest import PHI_STRINGS, SECRETS, SimulatorProcess, StoreEnv, steps
 from tests.gateway.deployment import Deployment, SealedChunk, tone
+from tests.gateway.problems import assert_problem
 from tests.support.postgres import ON_BOTH_ENGINES
 
 pytestmark = [ON_BOTH_ENGINES, pytest.mark.timeout(120)]
@@ -78,23 +79,23 @@ def test_every_answer_of_the_chunk_contract(linked: Deployment) -> None:
     # Different content under a used seq (a fresh seal of other audio).
     other = linked.seal("room-1", session_id, 0, tone(1.0, hz=330))
     conflict = linked.put_chunk("room-1", session_id, other)
-    assert conflict.status_code == 409 and "seq 0" in conflict.json()["detail"]
+    assert "seq 0" in assert_problem(conflict, 409, "chunk_conflict")["detail"]
 
     # Tampered: one ciphertext bit flipped, the header untouched.
     blob = bytearray(linked.seal("room-1", session_id, 1, tone(1.0)).blob)
     blob[-20] ^= 1
     tampered = SealedChunk(1, bytes(blob), chunk.pcm, 0.0)
     answer = linked.put_chunk("room-1", session_id, tampered)
-    assert answer.status_code == 422 and "authentication" in answer.json()["detail"]
+    assert "authentication" in assert_problem(answer, 422, "chunk_rejected")["detail"]
     # Sealed to another key.
     stranger = generate_private_key().public_key()
     wrong_key = linked.seal("room-1", session_id, 1, tone(1.0), recipient=stranger)
     answer = linked.put_chunk("room-1", session_id, wrong_key)
-    assert answer.status_code == 422 and "another gateway key" in answer.json()["detail"]
+    assert "another gateway key" in assert_problem(answer, 422, "chunk_rejected")["detail"]
     # Header and path disagree: seq 2 sealed, sent as seq 1.
     mislabeled = linked.seal("room-1", session_id, 2, tone(1.0))
     answer = linked.put_chunk("room-1", session_id, SealedChunk(1, mislabeled.blob, tone(1), 0))
-    assert answer.status_code == 422 and "do not match the path" in answer.json()["detail"]
+    assert "do not match the path" in assert_problem(answer, 422, "path_mismatch")["detail"]
     junk = SealedChunk(1, b"junk", tone(1), 0)
     assert linked.put_chunk("room-1", session_id, junk).status_code == 422
 
@@ -112,7 +113,7 @@ def test_every_answer_of_the_chunk_contract(linked: Deployment) -> None:
     assert linked.put_chunk("room-1", session_id, fresh, token=room2_token).status_code == 403
     as_room2 = linked.seal("room-2", session_id, 4, tone(1.0))
     refused = linked.put_chunk("room-2", session_id, as_room2)
-    assert refused.status_code == 403 and "not started in room room-2" in refused.json()["detail"]
+    assert "not started in room room-2" in assert_problem(refused, 403, "foreign_session")["detail"]
     wrong_type = linked.gateway.http.put(
         f"/v1/devices/room-1/sessions/{session_id}/chunks/4",
         content=fresh.blob,
@@ -264,7 +265,7 @@ def test_a_revoked_device_is_refused_at_ingest_at_once(linked: Deployment) -> No
     linked.gateway.cli("device", "revoke", "room-3")  # the service keeps running
     again = linked.seal("room-3", session_id, 1, tone(1.0))
     refused = linked.put_chunk("room-3", session_id, again)
-    assert refused.status_code == 403 and "revoked" in refused.json()["detail"]
+    assert "revoked" in assert_problem(refused, 403, "device_revoked")["detail"]
     linked.devices["room-3"] = linked.add_device("room-3", "--rotate")
     assert linked.put_chunk("room-3", session_id, again).status_code == 200
     stop(linked, session_id)

@@ -29,6 +29,7 @@ from protocol.messages import DeviceState, Heartbeat
 from tests.benchmarks.notify_latency import measure, report
 from tests.gateway.conftest import PHI_STRINGS, SimulatorProcess, StoreEnv, steps
 from tests.gateway.deployment import Deployment, tone
+from tests.gateway.problems import assert_problem
 from tests.support.mqtt_probe import Probe
 from tests.support.postgres import ON_BOTH_ENGINES
 
@@ -278,7 +279,7 @@ def test_a_refused_start_fails_the_session_with_the_devices_reason(
     body = {"room": device.device_id, "clinician_external_id": linked.people[0],
             "client_external_id": linked.people[1]}  # fmt: skip
     busy = linked.gateway.http.post("/v1/sessions", json=body)
-    assert busy.status_code == 409 and "is recording (by-hand)" in busy.json()["detail"]
+    assert "is recording (by-hand)" in assert_problem(busy, 409, "device_busy")["detail"]
     device.state(recorder="idle")
 
 
