@@ -11,23 +11,23 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from gateway import __version__
-from gateway.api import devices, errors, health, partner, rooms, testing, webhooks
+from gateway.api import (
+    devices,
+    docs,
+    errors,
+    health,
+    people,
+    rooms,
+    sessions,
+    spec,
+    testing,
+    webhooks,
+)
+from gateway.console import routes as console
 from gateway.service import GatewayService
 from gateway.settings import GatewaySettings
 from gateway.store import StoreError, probe_write
 from runtime.systemd import notify, watchdog_interval_s
-
-DESCRIPTION = """
-Room audio for Blueprint: the partner API of the gateway.
-
-1. `PUT /v1/clinicians/{external_id}` and `PUT /v1/clients/{external_id}`, by your own ids;
-   the gateway creates them in Blueprint (once, however often you PUT).
-2. `POST /v1/sessions` in a provisioned room; `POST /v1/sessions/{id}/stop` at the end.
-3. Poll `GET /v1/sessions/{id}` (state, timeline) or take the signed callback, then
-   `GET /v1/sessions/{id}/artifacts` for the progress note and transcript.
-
-Authenticate with `Authorization: Bearer <token>` (`room-gateway partner-token create`).
-"""
 
 
 def create_app(settings: GatewaySettings) -> FastAPI:
@@ -48,20 +48,28 @@ def create_app(settings: GatewaySettings) -> FastAPI:
     app = FastAPI(
         title="Room audio gateway",
         version=__version__,
-        description=DESCRIPTION,
+        description=spec.DESCRIPTION,
+        openapi_tags=spec.TAGS,
+        generate_unique_id_function=spec.operation_id,
+        docs_url=None,
+        redoc_url=None,
         lifespan=lifespan,
     )
     errors.install(app)
     # Body limits per router (not app-wide: Starlette's app-wide limit answers outside the
     # error handlers, in plain text).
     body_limit = settings.http.max_body_bytes
-    app.include_router(partner.router, max_body_size=body_limit)
+    app.include_router(people.router, max_body_size=body_limit)
+    app.include_router(sessions.router, max_body_size=body_limit)
     app.include_router(rooms.router, max_body_size=body_limit)
     app.include_router(devices.router, max_body_size=settings.ingest.max_chunk_bytes)
     if settings.testing.audio_endpoint:
         app.include_router(testing.router, max_body_size=settings.http.audio_max_bytes)
     app.include_router(webhooks.router, max_body_size=settings.http.webhook_max_body_bytes)
     app.include_router(health.router, max_body_size=body_limit)
+    app.include_router(console.router, max_body_size=body_limit)
+    docs.install(app)
+    spec.describe(app)
     return app
 
 

@@ -115,43 +115,47 @@ def keygen(state: CliState, force: bool) -> None:
     click.echo(public_text(key))
 
 
-@cli.group("partner-token")
-def partner_token() -> None:
-    """Bearer tokens for the partner application (stored hashed)."""
+def _token_commands(name: str, kind: tokens.TokenKind, what: str) -> None:
+    """``NAME create|list|revoke``: bearer tokens of one kind, stored hashed."""
+
+    @cli.group(name, help=f"Bearer tokens for {what} (stored hashed).")
+    def group() -> None:
+        pass
+
+    @group.command("create")
+    @click.option("--label", default="", help="What the token is for (shown by list).")
+    @click.pass_obj
+    def create(state: CliState, label: str) -> None:
+        """Create a token and print it; it is shown only this once."""
+        with state.database() as db, db.transaction() as conn:
+            info, token = tokens.create(conn, label, kind)
+        click.echo(f"token {info.id} created; store it now, it is not shown again:", err=True)
+        click.echo(token)
+
+    @group.command("list")
+    @click.pass_obj
+    def list_(state: CliState) -> None:
+        """Token ids, labels and whether each is revoked (never the tokens)."""
+        with state.database() as db, db.transaction(write=False) as conn:
+            found = tokens.list_tokens(conn, kind)
+        for info in found:
+            status = "revoked" if info.revoked_at else "active"
+            click.echo(f"{info.id}  {status:7}  {_when(info.created_at)}  {info.label}")
+
+    @group.command("revoke")
+    @click.argument("token_id")
+    @click.pass_obj
+    def revoke(state: CliState, token_id: str) -> None:
+        """Revoke a token by its id (from list)."""
+        with state.database() as db, db.transaction() as conn:
+            revoked = tokens.revoke(conn, token_id, kind)
+        if not revoked:
+            raise Fatal(f"{name} revoke: no active token {token_id}")
+        click.echo(f"token {token_id} revoked")
 
 
-@partner_token.command("create")
-@click.option("--label", default="", help="What the token is for (shown by list).")
-@click.pass_obj
-def partner_token_create(state: CliState, label: str) -> None:
-    """Create a token and print it; it is shown only this once."""
-    with state.database() as db, db.transaction() as conn:
-        info, token = tokens.create(conn, label)
-    click.echo(f"token {info.id} created; store it now, it is not shown again:", err=True)
-    click.echo(token)
-
-
-@partner_token.command("list")
-@click.pass_obj
-def partner_token_list(state: CliState) -> None:
-    """Token ids, labels and whether each is revoked (never the tokens)."""
-    with state.database() as db, db.transaction(write=False) as conn:
-        found = tokens.list_tokens(conn)
-    for info in found:
-        status = "revoked" if info.revoked_at else "active"
-        click.echo(f"{info.id}  {status:7}  {_when(info.created_at)}  {info.label}")
-
-
-@partner_token.command("revoke")
-@click.argument("token_id")
-@click.pass_obj
-def partner_token_revoke(state: CliState, token_id: str) -> None:
-    """Revoke a token by its id (from list)."""
-    with state.database() as db, db.transaction() as conn:
-        revoked = tokens.revoke(conn, token_id)
-    if not revoked:
-        raise Fatal(f"partner-token revoke: no active token {token_id}")
-    click.echo(f"token {token_id} revoked")
+_token_commands("partner-token", "partner", "the partner application")
+_token_commands("admin-token", "admin", "clinic IT's /console")
 
 
 @cli.group("jobs")
@@ -186,7 +190,7 @@ def jobs_retry(state: CliState, job_id: int) -> None:
     """Queue a failed job again (fresh attempts); its session resumes where it failed."""
     from gateway.sessions.lifecycle import SessionLifecycle
 
-    lifecycle = SessionLifecycle(state.settings.jobs)
+    lifecycle = SessionLifecycle(state.settings.jobs, state.settings.blueprint.environment)
     with state.database() as db, db.transaction() as conn:
         job = jobs.retry(conn, job_id)
         if job is not None and job.session_id is not None:
@@ -194,6 +198,84 @@ def jobs_retry(state: CliState, job_id: int) -> None:
     if job is None:
         raise Fatal(f"jobs retry: no failed job {job_id} (see: room-gateway jobs list)")
     click.echo(f"job {job_id} {job.kind} queued again")
+
+
+@cli.group("blueprint")
+def blueprint_group() -> None:
+    """The gateway's records in Blueprint."""
+
+
+@blueprint_group.command("resync")
+@click.option("--clinician", "clinician_ids", multiple=True, help="This clinician (repeatable).")
+@click.option("--client", "client_ids", multiple=True, help="This client (repeatable).")
+@click.option("--all", "everything", is_flag=True, help="Every record and open session.")
+@click.pass_obj
+def blueprint_resync(
+    state: CliState, clinician_ids: tuple[str, ...], client_ids: tuple[str, ...], everything: bool
+) -> None:
+    """Check every cached Blueprint id against Blueprint and repair the stale ones.
+
+    For when Blueprint lost records, or blueprint.base_url moved to another environment.
+    Without options: --all. Nothing is created twice (records are looked up first)."""
+    import asyncio
+
+    from gateway.blueprint.client import BlueprintError
+    from gateway.service import blueprint_client
+    from gateway.sessions.blueprint_records import BlueprintRecords, RecordMissing
+    from gateway.sessions.lifecycle import SessionLifecycle
+    from gateway.sessions.resync import resync
+
+    if everything and (clinician_ids or client_ids):
+        raise Fatal("blueprint resync: --all or --clinician/--client, not both")
+    settings = state.settings
+    chosen = bool(clinician_ids or client_ids)
+
+    async def run(db: Database) -> list[str]:
+        lifecycle = SessionLifecycle(settings.jobs, settings.blueprint.environment)
+        async with blueprint_client(settings) as client:
+            found = await resync(
+                db,
+                BlueprintRecords(
+                    db, client, lifecycle, record_updates=settings.blueprint.record_updates
+                ),
+                clinicians=list(clinician_ids) if chosen else None,
+                clients=list(client_ids) if chosen else None,
+            )
+        return [verified.describe() for verified in found]
+
+    with state.database() as db:
+        try:
+            lines = asyncio.run(run(db))
+        except (BlueprintError, RecordMissing) as exc:
+            raise Fatal(f"blueprint resync: {exc}") from None
+    for line in lines:
+        click.echo(line)
+    repaired = sum(1 for line in lines if "id confirmed" not in line)
+    click.echo(f"{len(lines)} checked, {repaired} repaired or forgotten", err=True)
+
+
+@cli.command("openapi")
+@click.option("--check", "check_file", type=click.Path(path_type=Path, dir_okay=False))
+@click.option("--output", "-o", type=click.Path(path_type=Path, dir_okay=False))
+def openapi_command(check_file: Path | None, output: Path | None) -> None:
+    """Print the partner API's OpenAPI document (--output FILE writes it; --check FILE
+    fails if FILE differs from what this code serves)."""
+    from gateway.api import spec
+
+    text = spec.render(spec.document())
+    if check_file is not None:
+        if not check_file.is_file() or check_file.read_text() != text:
+            raise Fatal(
+                f"openapi: {check_file} is not what the code serves;"
+                f" run: room-gateway openapi -o {check_file}"
+            )
+        click.echo(f"{check_file}: up to date")
+        return
+    if output is not None:
+        output.write_text(text)
+        click.echo(f"wrote {output}")
+        return
+    click.echo(text, nl=False)
 
 
 @cli.group()
@@ -388,7 +470,7 @@ def session_attach_audio(
     if content_type is None:
         raise Fatal(f"session attach-audio: {file.name}: give --content-type")
     settings = state.settings
-    lifecycle = SessionLifecycle(settings.jobs)
+    lifecycle = SessionLifecycle(settings.jobs, settings.blueprint.environment)
     with state.database() as db:
         try:
             with db.transaction(write=False) as conn:

@@ -26,6 +26,7 @@ from gateway.partner.callbacks import PartnerCallbacks
 from gateway.partner.tokens import TokenCheck
 from gateway.readiness import BlueprintHealth
 from gateway.relay.relay import Relay
+from gateway.sessions.blueprint_records import BlueprintRecords
 from gateway.sessions.lifecycle import JobKind, SessionLifecycle
 from gateway.sessions.workflow import Workflow
 from gateway.settings import GatewaySettings
@@ -55,11 +56,14 @@ class GatewayService:
         settings.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         db = Database.open(settings.store_location)
         metrics = GatewayMetrics()
-        blueprint = _blueprint_client(settings, metrics)
+        blueprint = blueprint_client(settings, metrics)
         blueprint_health = BlueprintHealth(blueprint.probe)
         blueprint.on_call(blueprint_health.saw)
-        lifecycle = SessionLifecycle(settings.jobs)
-        workflow = Workflow(db, blueprint, lifecycle)
+        lifecycle = SessionLifecycle(settings.jobs, settings.blueprint.environment)
+        blueprint_records = BlueprintRecords(
+            db, blueprint, lifecycle, record_updates=settings.blueprint.record_updates
+        )
+        workflow = Workflow(db, blueprint_records, lifecycle)
         handlers = workflow.handlers()
         callbacks = _partner_callbacks(settings, db, lifecycle)
         if callbacks is not None:
@@ -133,7 +137,10 @@ class GatewayService:
         self.db.close()
 
 
-def _blueprint_client(settings: GatewaySettings, metrics: GatewayMetrics) -> BlueprintClient:
+def blueprint_client(
+    settings: GatewaySettings, metrics: GatewayMetrics | None = None
+) -> BlueprintClient:
+    """The Blueprint client of these settings (the service's, or an admin command's)."""
     blueprint = settings.blueprint
     return BlueprintClient(
         blueprint.base_url,
@@ -144,7 +151,7 @@ def _blueprint_client(settings: GatewaySettings, metrics: GatewayMetrics) -> Blu
         max_attempts=blueprint.max_attempts,
         backoff_base_s=blueprint.backoff_base_s,
         backoff_max_s=blueprint.backoff_max_s,
-        on_call=metrics.blueprint_call,
+        on_call=metrics.blueprint_call if metrics is not None else None,
         artifact_origins=blueprint.artifact_origins,
     )
 

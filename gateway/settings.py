@@ -27,6 +27,7 @@ from gateway.blueprint.defaults import (
     DEFAULT_CLIENT_SECRET,
     DEFAULT_PORT,
 )
+from gateway.blueprint.environment import environment_id
 from gateway.store.location import (
     Location,
     PostgresLocation,
@@ -82,6 +83,16 @@ class BlueprintSettings(BaseModel):
     backoff_base_s: float = Field(default=0.5, ge=0, le=60)
     backoff_max_s: float = Field(default=30.0, ge=0, le=3600)
     artifact_origins: list[str] = Field(default_factory=list)
+    record_updates: bool = Field(
+        default=True,
+        description="send a PUT's changed names to Blueprint (PATCH of the record, an"
+        " assumed endpoint); false: changes stay local and the answer says so",
+    )
+
+    @property
+    def environment(self) -> str:
+        """The Blueprint environment (base URL + client id) cached ids belong to."""
+        return environment_id(self.base_url, self.client_id)
 
     @model_validator(mode="after")
     def _resolve_secrets(self) -> Self:

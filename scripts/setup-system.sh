@@ -14,6 +14,7 @@ packages=(
     procps              # /bin/kill, which mosquitto.service's ExecReload= names
     postgresql          # the gateway's store for several replicas; tests start their own
     haproxy             # the load balancer in front of gateway replicas (multi-replica tests)
+    chromium            # the browser the /console and /docs tests drive (Playwright, headless)
 )
 
 missing=()

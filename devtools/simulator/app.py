@@ -55,9 +55,11 @@ from gateway.blueprint.models import (
     ClientCreate,
     ClientPage,
     ClientRecord,
+    ClientUpdate,
     ClinicianCreate,
     ClinicianPage,
     ClinicianRecord,
+    ClinicianUpdate,
     ErrorBody,
     Partner,
     PartnerUpdate,
@@ -304,6 +306,15 @@ def _add_record_routes(app: FastAPI, state: SimulatorState) -> None:
             raise HTTPException(409, "A clinician with this externalId exists")
         return record
 
+    @app.patch(
+        paths.CLINICIAN, response_model=ClinicianRecord, dependencies=authorized, responses=ERRORS
+    )
+    def update_clinician(clinician_id: str, body: ClinicianUpdate) -> ClinicianRecord:
+        record = state.update_clinician(clinician_id, body)
+        if record is None:
+            raise HTTPException(404, "Clinician not found")
+        return record
+
     @app.get(paths.CLIENTS, response_model=ClientPage, dependencies=authorized)
     def find_clients(external_id: ExternalId = None) -> ClientPage:
         return ClientPage(items=state.find_clients(external_id))
@@ -321,6 +332,15 @@ def _add_record_routes(app: FastAPI, state: SimulatorState) -> None:
         record = state.create_client(body)
         if record is None:
             raise HTTPException(409, "A client with this externalId exists")
+        return record
+
+    @app.patch(paths.CLIENT, response_model=ClientRecord, dependencies=authorized, responses=ERRORS)
+    def update_client(client_id: str, body: ClientUpdate) -> ClientRecord:
+        if body.clinician_id not in state.clinicians:
+            raise HTTPException(422, "Unknown clinicianId")
+        record = state.update_client(client_id, body)
+        if record is None:
+            raise HTTPException(404, "Client not found")
         return record
 
 

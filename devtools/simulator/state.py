@@ -20,8 +20,10 @@ from pydantic import BaseModel, Field
 from gateway.blueprint.models import (
     ClientCreate,
     ClientRecord,
+    ClientUpdate,
     ClinicianCreate,
     ClinicianRecord,
+    ClinicianUpdate,
     ProgressNote,
     SessionCreate,
     SessionRecord,
@@ -172,6 +174,22 @@ class SimulatorState:
         record = ClinicianRecord(id=_new_id(), **body.model_dump())
         self.clinicians[record.id] = record
         return record
+
+    def update_clinician(self, clinician_id: str, body: ClinicianUpdate) -> ClinicianRecord | None:
+        record = self.clinicians.get(clinician_id)
+        if record is None:
+            return None
+        updated = record.model_copy(update=body.model_dump())
+        self.clinicians[clinician_id] = updated
+        return updated
+
+    def update_client(self, client_id: str, body: ClientUpdate) -> ClientRecord | None:
+        record = self.clients.get(client_id)
+        if record is None:
+            return None
+        updated = record.model_copy(update=body.model_dump())
+        self.clients[client_id] = updated
+        return updated
 
     def find_clients(self, external_id: str | None) -> list[ClientRecord]:
         return [c for c in self.clients.values() if external_id in (None, c.external_id)]

@@ -8,6 +8,7 @@ from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from gateway.api.errors import ApiError
+from gateway.partner.tokens import digest
 from gateway.service import GatewayService
 
 _bearer = HTTPBearer(
@@ -29,8 +30,9 @@ BODY_CODES = ("malformed_request", "body_too_large")
 async def require_partner(
     service: Service,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
-) -> None:
-    """401 unless the request carries a configured or created, unrevoked partner token."""
+) -> str:
+    """401 unless the request carries a configured or created, unrevoked partner token.
+    Returns who is asking: the token's digest (idempotency keys are kept per partner)."""
     challenge = {"WWW-Authenticate": "Bearer"}
     if credentials is None:
         raise ApiError(
@@ -38,7 +40,10 @@ async def require_partner(
         )
     token = credentials.credentials
     if service.tokens.is_configured(token):
-        return
+        return digest(token)
     if await service.db.run(service.tokens.is_stored, token, write=False):
-        return
+        return digest(token)
     raise ApiError("invalid_token", "invalid or revoked bearer token", headers=challenge)
+
+
+Principal = Annotated[str, Depends(require_partner)]

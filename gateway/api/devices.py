@@ -124,7 +124,7 @@ async def put_chunk(
     response_model=CloseReceipt,
     responses=problems(*DEVICE_CODES, "chunk_conflict", "path_mismatch"),
 )
-async def close_session(
+async def close_device_session(
     device: AuthenticatedDevice,
     session_id: SessionIdPath,
     manifest: SessionManifest,

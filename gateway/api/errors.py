@@ -81,9 +81,24 @@ CATALOGUE: dict[str, ErrorCode] = _codes(
      "the room's device reports it is recording a session it started itself"),
     ("audio_already_attached", 409, "Audio already attached",
      "the session is past the point where audio can be attached"),
+    ("clinician_has_clients", 409, "Clinician has clients",
+     "the clinician still has clients here; DELETE them first"),
+    ("person_in_session", 409, "In a session",
+     "a session of this clinician or client is not finished; stop or cancel it first"),
+    ("session_not_cancellable", 409, "Session not cancellable",
+     "the session's audio is at Blueprint already (or going there)"),
+    ("invalid_cursor", 422, "Invalid cursor", "the cursor is not one this API gave out"),
+    ("idempotency_key_reused", 422, "Idempotency key reused",
+     "this Idempotency-Key was used for a different request"),
     ("blueprint_refused", 502, "Blueprint refused",
      "Blueprint refused the record; the detail says why; PUT again to retry"),
     ("audio_unreadable", 400, "Audio unreadable", "the audio body cannot be decoded"),
+    # --- the console ---------------------------------------------------------------------
+    ("console_login_required", 401, "Sign-in required", "sign in with an admin token"),
+    ("invalid_admin_token", 401, "Invalid admin token", "the admin token is unknown or revoked"),
+    ("job_not_retryable", 409, "Job not retryable", "no failed job with this id"),
+    ("device_not_found", 404, "Device not found", "no device with this id"),
+    ("device_not_added", 409, "Device not added", "the device's credentials were not issued"),
     # --- Blueprint webhooks ------------------------------------------------------------
     ("bad_signature", 401, "Bad signature", "missing or wrong X-Blueprint-Signature"),
     ("not_a_webhook", 400, "Not a webhook", "signed, but not JSON {eventType, payload}"),
@@ -251,7 +266,10 @@ async def _store_busy(request: Request, exc: Exception) -> JSONResponse:
 
 
 async def _internal_error(request: Request, exc: Exception) -> JSONResponse:
-    """Last resort: the traceback goes to the log (by Starlette), never to the caller."""
+    """Last resort: the traceback goes to the log, never to the caller."""
+    logger.error(
+        "%s %s failed: %s", request.method, request.url.path, type(exc).__name__, exc_info=exc
+    )
     return problem_response(request, 500, "internal_error", "the gateway failed; see its log")
 
 

@@ -27,6 +27,7 @@ class Health(BaseModel):
 
 @router.get("/healthz", response_model=Health)
 async def healthz() -> Health:
+    """The process answers (liveness)."""
     return Health(status="ok")
 
 
@@ -39,6 +40,7 @@ async def readyz(service: Service) -> Response:
 
 @router.get("/metrics", response_class=Response, responses={200: {"content": {CONTENT_TYPE: {}}}})
 async def metrics(service: Service) -> Response:
+    """Prometheus text format: jobs, ingest, webhooks, Blueprint calls (no ids)."""
     counts = await service.db.run(jobs.counts, write=False)
     service.metrics.set_job_counts(counts)
     service.metrics.mqtt_connected.set(int(service.relay is not None and service.relay.connected))

@@ -41,18 +41,57 @@ class _Request(BaseModel):
 
 
 class ClinicianIn(_Request):
+    """A clinician's details (stored by the gateway, sent only to Blueprint, never returned)."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {"first_name": "Ada", "last_name": "Example", "email": "ada@clinic.example"}
+            ]
+        },
+    )
+
     first_name: PersonName
     last_name: PersonName
     email: Email | None = None
 
 
 class ClientIn(_Request):
+    """A client's details and their clinician (PUT that clinician first)."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {"first_name": "Sam", "last_name": "Sample", "clinician_external_id": "clin-1042"}
+            ]
+        },
+    )
+
     first_name: PersonName
     last_name: PersonName
     clinician_external_id: ExternalId
 
 
 class SessionIn(_Request):
+    """Start recording in a room, for a clinician and a client already PUT."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "room": "room-1",
+                    "clinician_external_id": "clin-1042",
+                    "client_external_id": "client-77",
+                    "note_type": "soap",
+                    "session_setting": "in-person",
+                }
+            ]
+        },
+    )
+
     room: RoomId
     clinician_external_id: ExternalId
     client_external_id: ExternalId
@@ -60,27 +99,57 @@ class SessionIn(_Request):
     session_setting: Literal["in-person", "telehealth"] = "in-person"
 
 
+RecordDetails = Literal["in_blueprint", "update_pending", "local_only"]
+
+
 class RecordOut(BaseModel):
     """A clinician or client as the gateway holds it (ids and state only)."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "external_id": "clin-1042",
+                    "blueprint_id": "0b7e5c1e-3f1a-4c7e-9a55-5b1d6c2f8e10",
+                    "state": "ensured",
+                    "details": "in_blueprint",
+                    "error": None,
+                }
+            ]
+        }
+    )
 
     external_id: str
     blueprint_id: str | None = Field(description="Blueprint's id once the record is ensured")
     state: RecordState = Field(
-        description="ensured: exists in Blueprint; pending: queued, Blueprint not reached yet;"
-        " failed: Blueprint refused it (see error; PUT again to retry)"
+        description="ensured: exists in Blueprint; pending: queued, Blueprint not reached yet"
+        " (or changed details not sent yet); failed: Blueprint refused it (see error; PUT"
+        " again to retry)"
+    )
+    details: RecordDetails = Field(
+        description="in_blueprint: Blueprint has the details last PUT; update_pending: they"
+        " changed and are being sent; local_only: they changed and stay local"
+        " (blueprint.record_updates is off)"
     )
     error: str | None = None
 
     @classmethod
-    def of(cls, record: Clinician | Client) -> RecordOut:
-        if record.blueprint_id is not None:
+    def of(
+        cls, record: Clinician | Client, environment: str, record_updates: bool = True
+    ) -> RecordOut:
+        blueprint_id = record.blueprint_id_in(environment)
+        details: RecordDetails = "in_blueprint"
+        if record.needs_update:
+            details = "update_pending" if record_updates else "local_only"
+        if blueprint_id is not None and details != "update_pending":
             state: RecordState = "ensured"
         else:
             state = "failed" if record.error else "pending"
         return cls(
             external_id=record.external_id,
-            blueprint_id=record.blueprint_id,
+            blueprint_id=blueprint_id,
             state=state,
+            details=details,
             error=record.error,
         )
 
@@ -131,6 +200,44 @@ class ReceivedAudioOut(BaseModel):
 
 
 class SessionOut(BaseModel):
+    """A session: its state, Blueprint ids, error, timeline, pending work and audio."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "session_id": "ses_0123456789abcdef0123",
+                    "room": "room-1",
+                    "state": "processing",
+                    "clinician_external_id": "clin-1042",
+                    "client_external_id": "client-77",
+                    "session_setting": "in-person",
+                    "note_type": "soap",
+                    "blueprint": {
+                        "session_id": "5d7c2a9e-1b3f-4e6a-8c0d-2f4b6a8c0e1d",
+                        "clinician_id": "0b7e5c1e-3f1a-4c7e-9a55-5b1d6c2f8e10",
+                        "client_id": "9a1c3e5f-7b9d-4f1a-8c3e-5a7b9c1d3e5f",
+                    },
+                    "error": None,
+                    "created_at": "2026-03-02T14:00:00Z",
+                    "updated_at": "2026-03-02T14:51:02Z",
+                    "timeline": [
+                        {"at": "2026-03-02T14:00:00Z", "step": "created", "detail": None},
+                        {"at": "2026-03-02T14:50:40Z", "step": "stopped", "detail": None},
+                        {"at": "2026-03-02T14:51:02Z", "step": "audio_uploaded", "detail": None},
+                    ],
+                    "pending": [],
+                    "audio": {
+                        "chunks_received": 212,
+                        "speech_s": 2315.4,
+                        "manifest_chunks": 212,
+                        "state": "assembled",
+                    },
+                }
+            ]
+        }
+    )
+
     session_id: str
     room: str
     state: SessionState
@@ -158,6 +265,7 @@ class SessionOut(BaseModel):
         clinician: Clinician | None,
         client: Client | None,
         jobs: list[Job],
+        environment: str,
     ) -> SessionOut:
         return cls(
             session_id=session.id,
@@ -168,9 +276,9 @@ class SessionOut(BaseModel):
             session_setting=session.session_setting,
             note_type=session.note_type,
             blueprint=BlueprintIds(
-                session_id=session.blueprint_session_id,
-                clinician_id=clinician.blueprint_id if clinician else None,
-                client_id=client.blueprint_id if client else None,
+                session_id=session.blueprint_session_id_in(environment),
+                clinician_id=clinician.blueprint_id_in(environment) if clinician else None,
+                client_id=client.blueprint_id_in(environment) if client else None,
             ),
             error=session.error,
             created_at=timestamp(session.created_at),
@@ -181,6 +289,83 @@ class SessionOut(BaseModel):
             ],
             pending=[PendingJob.of(job) for job in jobs if job.state != "done"],
         )
+
+
+class SessionSummary(BaseModel):
+    """A session in a listing (GET /v1/sessions/{id} has its timeline and pending work)."""
+
+    session_id: str
+    room: str
+    state: SessionState
+    clinician_external_id: str
+    client_external_id: str
+    blueprint_session_id: str | None
+    error: str | None
+    created_at: datetime
+    updated_at: datetime
+
+    @classmethod
+    def of(cls, session: Session, environment: str) -> SessionSummary:
+        return cls(
+            session_id=session.id,
+            room=session.room_id,
+            state=session.state,
+            clinician_external_id=session.clinician_external_id,
+            client_external_id=session.client_external_id,
+            blueprint_session_id=session.blueprint_session_id_in(environment),
+            error=session.error,
+            created_at=timestamp(session.created_at),
+            updated_at=timestamp(session.updated_at),
+        )
+
+
+class SessionPage(BaseModel):
+    """One page of sessions, newest first; pass ``next_cursor`` as ``cursor`` for the next."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "items": [
+                        {
+                            "session_id": "ses_0123456789abcdef0123",
+                            "room": "room-1",
+                            "state": "notes_ready",
+                            "clinician_external_id": "clin-1042",
+                            "client_external_id": "client-77",
+                            "blueprint_session_id": "5d7c2a9e-1b3f-4e6a-8c0d-2f4b6a8c0e1d",
+                            "error": None,
+                            "created_at": "2026-03-02T14:00:00Z",
+                            "updated_at": "2026-03-02T14:52:10Z",
+                        }
+                    ],
+                    "next_cursor": None,
+                }
+            ]
+        }
+    )
+
+    items: list[SessionSummary]
+    next_cursor: str | None = Field(description="null on the last page")
+
+
+class PartnerCallback(BaseModel):
+    """The body of the gateway's callback to the partner (``partner.callback_url``).
+
+    Signed the Standard Webhooks way: headers ``webhook-id`` (stable across retries: use it
+    to de-duplicate), ``webhook-timestamp`` (unix seconds of this attempt) and
+    ``webhook-signature`` (``v1,`` + base64 HMAC-SHA256 of ``"{id}.{timestamp}.{body}"``
+    keyed with ``partner.callback_secret``). Answer 2xx; anything else is retried with
+    backoff, 410 stops the retries. Then GET the session or its artifacts."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [{"event": "notes_ready", "session_id": "ses_0123456789abcdef0123"}]
+        }
+    )
+
+    event: Literal["notes_ready", "note_updated", "session_failed"]
+    session_id: str
 
 
 class ArtifactOut(BaseModel):
@@ -200,6 +385,26 @@ class ArtifactOut(BaseModel):
 
 
 class ArtifactsOut(BaseModel):
+    """A session's notes as fetched from Blueprint (null until they are)."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "session_id": "ses_0123456789abcdef0123",
+                    "state": "notes_ready",
+                    "progress_note": {
+                        "event_type": "progress_note_generated",
+                        "fetched_at": "2026-03-02T14:53:10Z",
+                        "body": {"id": "pn_1", "note": [{"key": "s", "title": "Subjective"}]},
+                    },
+                    "transcript": None,
+                    "mdm": None,
+                }
+            ]
+        }
+    )
+
     session_id: str
     state: SessionState
     progress_note: ArtifactOut | None
@@ -209,6 +414,26 @@ class ArtifactsOut(BaseModel):
 
 class RoomOut(BaseModel):
     """A room, its session and its device as the device last reported (via MQTT)."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "room": "room-1",
+                    "name": "Therapy room 1",
+                    "active_session_id": None,
+                    "device": "active",
+                    "online": True,
+                    "recorder": "idle",
+                    "device_session_id": None,
+                    "backlog_chunks": 0,
+                    "backlog_bytes": 0,
+                    "reason": None,
+                    "last_seen_at": "2026-03-02T14:00:05Z",
+                }
+            ]
+        }
+    )
 
     room: str
     name: str | None = None

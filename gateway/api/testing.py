@@ -13,7 +13,8 @@ from fastapi import APIRouter, Depends, Request
 from gateway.api.deps import PARTNER_CODES, Service, require_partner
 from gateway.api.errors import ApiError, problems
 from gateway.api.models import SessionOut
-from gateway.api.partner import SessionIdPath, session_out
+from gateway.api.params import SessionIdPath
+from gateway.api.session_views import session_out
 from gateway.errors import Conflict
 from gateway.sessions.audio_files import CONTENT_TYPES, AudioRejected, AudioTooLarge, write_audio
 from gateway.sessions.lifecycle import UPLOADABLE_FROM
@@ -77,7 +78,7 @@ async def upload_session_audio(
 
     def attach(conn: Connection) -> SessionOut:
         service.lifecycle.attach_audio(conn, session_id, str(path), content_type)
-        return session_out(conn, session_id)
+        return session_out(conn, session_id, service.lifecycle.environment)
 
     answer = await service.db.run(attach)
     service.worker.wake()

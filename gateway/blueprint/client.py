@@ -29,11 +29,14 @@ from tenacity.stop import stop_base
 from tenacity.wait import wait_base, wait_exponential_jitter
 
 from gateway.blueprint import paths
+from gateway.blueprint.environment import environment_id
 from gateway.blueprint.models import (
     AccessToken,
     AuthenticateRequest,
     ClientCreate,
+    ClientUpdate,
     ClinicianCreate,
+    ClinicianUpdate,
     NoteOptions,
     RecordPage,
     RecordRef,
@@ -120,6 +123,7 @@ class BlueprintClient:
         artifact_origins: Iterable[str] = (),
     ) -> None:
         self._api_key = _secret(api_key)
+        self._environment = environment_id(base_url, client_id)
         self._credentials = AuthenticateRequest(
             client_id=client_id, client_secret=_secret(client_secret)
         )
@@ -194,6 +198,46 @@ class BlueprintClient:
             note_options=options,
         )
         return await self._ensure("session", paths.SESSIONS, session_external_id, body)
+
+    async def find_clinician(self, external_id: str) -> str | None:
+        """The Blueprint id of the clinician with this external id, if Blueprint has one."""
+        return await self._find("clinician", paths.CLINICIANS, external_id)
+
+    async def find_client(self, external_id: str) -> str | None:
+        return await self._find("client", paths.CLIENTS, external_id)
+
+    async def find_session(self, session_external_id: str) -> str | None:
+        return await self._find("session", paths.SESSIONS, session_external_id)
+
+    async def update_clinician(
+        self, clinician_id: str, first_name: str, last_name: str, email: str | None
+    ) -> None:
+        """Send changed details to Blueprint (a 404 means the id is unknown there)."""
+        body = _build(
+            ClinicianUpdate,
+            "update_clinician",
+            first_name=first_name,
+            last_name=last_name,
+            email=email,
+        )
+        await self._call("update_clinician", "PATCH", paths.clinician(clinician_id), body=body)
+
+    async def update_client(
+        self, client_id: str, first_name: str, last_name: str, clinician_id: str
+    ) -> None:
+        body = _build(
+            ClientUpdate,
+            "update_client",
+            first_name=first_name,
+            last_name=last_name,
+            clinician_id=clinician_id,
+        )
+        await self._call("update_client", "PATCH", paths.client(client_id), body=body)
+
+    @property
+    def environment(self) -> str:
+        """Which Blueprint environment this client talks to (ids are only valid there)."""
+        return self._environment
 
     async def upload_audio(self, session_id: str, audio: Path, content_type: str) -> None:
         """Stream ``audio`` to the session; it is never read into memory whole.

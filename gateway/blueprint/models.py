@@ -81,6 +81,12 @@ class ClinicianCreate(BlueprintModel):
     email: str | None = Field(default=None, max_length=320)
 
 
+class ClinicianUpdate(BlueprintModel):
+    first_name: str = Field(min_length=1, max_length=200)
+    last_name: str = Field(min_length=1, max_length=200)
+    email: str | None = Field(default=None, max_length=320)
+
+
 class ClinicianRecord(ClinicianCreate):
     id: str
 
@@ -91,6 +97,12 @@ class ClinicianPage(BlueprintModel):
 
 class ClientCreate(BlueprintModel):
     external_id: str = Field(min_length=1, max_length=200)
+    first_name: str = Field(min_length=1, max_length=200)
+    last_name: str = Field(min_length=1, max_length=200)
+    clinician_id: str = Field(min_length=1)
+
+
+class ClientUpdate(BlueprintModel):
     first_name: str = Field(min_length=1, max_length=200)
     last_name: str = Field(min_length=1, max_length=200)
     clinician_id: str = Field(min_length=1)

@@ -15,6 +15,12 @@ PARTNERS = "/partners"
 PARTNER = "/partners/{partner_id}"
 CLINICIANS = "/clinicians"
 CLIENTS = "/clients"
+# Updating a record's details (names, email, a client's clinician) is assumed to be a PATCH
+# of the record by its Blueprint id, with the changed fields of the create body
+# (blueprint-api.md does not know one; `blueprint.record_updates = false` keeps changes
+# local).
+CLINICIAN = "/clinicians/{clinician_id}"
+CLIENT = "/clients/{client_id}"
 SESSIONS = "/sessions"
 SESSION_AUDIO = "/sessions/{session_id}/audio"
 
@@ -29,6 +35,14 @@ SESSION_EXTERNAL_ID_PARAM = "sessionExternalId"
 
 def partner(partner_id: str) -> str:
     return PARTNER.format(partner_id=_segment(partner_id))
+
+
+def clinician(clinician_id: str) -> str:
+    return CLINICIAN.format(clinician_id=_segment(clinician_id))
+
+
+def client(client_id: str) -> str:
+    return CLIENT.format(client_id=_segment(client_id))
 
 
 def session_audio(session_id: str) -> str:

@@ -140,6 +140,9 @@ class Assembler:
         if not session.claimed:
             return
         current = sessions.get(conn, session_id)
+        if current is not None and current.state == "cancelled":
+            self._lifecycle.discard_audio(conn, session_id)  # assembled after the cancel
+            return
         if current is None or current.state not in UPLOADABLE_FROM:
             state = current.state if current else "unknown"
             sessions.add_event(conn, session_id, "audio_not_attached", f"session is {state}")

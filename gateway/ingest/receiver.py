@@ -192,6 +192,11 @@ class ChunkReceiver:
     ) -> tuple[CloseReceipt, bool]:
         session_id = manifest.session_id
         session = _owned_session(conn, device_id, session_id)
+        started = sessions.get(conn, session_id)
+        if started is not None and started.state == "cancelled":
+            # Nothing to assemble: its audio is discarded. "assembled" tells the device
+            # the gateway needs nothing more, so it may clear its spool of the session.
+            return CloseReceipt(session_id=session_id, complete=True, state="assembled"), False
         if session is None:
             session = records.create_session(
                 conn, session_id, device_id, claimed=_claims(conn, device_id, session_id)
@@ -275,8 +280,14 @@ def _open(blob: bytes, key: X25519PrivateKey) -> None:
 def _precheck(
     conn: Connection, device_id: str, header: ChunkHeader, sha256: str
 ) -> ChunkReceipt | None:
-    """Refuse another room's session before any work; answer a repeat without any."""
+    """Refuse another room's session before any work; answer a repeat without any; take a
+    cancelled session's chunk without keeping it (the device may delete its copy)."""
     _owned_session(conn, device_id, header.session_id)
+    started = sessions.get(conn, header.session_id)
+    if started is not None and started.state == "cancelled":
+        return ChunkReceipt(
+            session_id=header.session_id, seq=header.seq, sha256=sha256, duplicate=False
+        )
     existing = records.get_chunk(conn, header.session_id, header.seq)
     if existing is None:
         return None

@@ -13,12 +13,20 @@ import secrets
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Literal
 
 from pydantic import SecretStr
 
 from gateway.store import Connection
 
 TOKEN_PREFIX = "rgp_"
+TokenKind = Literal["partner", "admin"]
+# Partner tokens call the partner API; admin tokens open the /console (clinic IT). Never
+# interchangeable: each kind has its own table and prefix.
+_KINDS: dict[TokenKind, tuple[str, str]] = {
+    "partner": ("partner_tokens", TOKEN_PREFIX),
+    "admin": ("admin_tokens", "rga_"),
+}
 
 
 @dataclass(frozen=True)
@@ -33,30 +41,42 @@ def digest(token: str) -> str:
     return hashlib.sha256(token.encode("utf-8")).hexdigest()
 
 
-def create(conn: Connection, label: str = "") -> tuple[TokenInfo, str]:
+def create(conn: Connection, label: str = "", kind: TokenKind = "partner") -> tuple[TokenInfo, str]:
     """A new token: its record and the token itself, which is never stored."""
-    token = TOKEN_PREFIX + secrets.token_urlsafe(32)
+    table, prefix = _KINDS[kind]
+    token = prefix + secrets.token_urlsafe(32)
     info = TokenInfo(id=secrets.token_hex(4), label=label, created_at=time.time(), revoked_at=None)
     conn.execute(
-        "INSERT INTO partner_tokens (id, sha256, label, created_at) VALUES (?, ?, ?, ?)",
+        f"INSERT INTO {table} (id, sha256, label, created_at) VALUES (?, ?, ?, ?)",
         (info.id, digest(token), label, info.created_at),
     )
     return info, token
 
 
-def revoke(conn: Connection, token_id: str) -> bool:
+def revoke(conn: Connection, token_id: str, kind: TokenKind = "partner") -> bool:
+    table, _ = _KINDS[kind]
     cursor = conn.execute(
-        "UPDATE partner_tokens SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL",
+        f"UPDATE {table} SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL",
         (time.time(), token_id),
     )
     return cursor.rowcount == 1
 
 
-def list_tokens(conn: Connection) -> list[TokenInfo]:
+def list_tokens(conn: Connection, kind: TokenKind = "partner") -> list[TokenInfo]:
+    table, _ = _KINDS[kind]
     rows = conn.execute(
-        "SELECT id, label, created_at, revoked_at FROM partner_tokens ORDER BY created_at"
+        f"SELECT id, label, created_at, revoked_at FROM {table} ORDER BY created_at"
     ).fetchall()
     return [TokenInfo(**dict(row)) for row in rows]
+
+
+def is_stored(conn: Connection, token: str, kind: TokenKind = "partner") -> bool:
+    """Created (not configured) and not revoked."""
+    table, _ = _KINDS[kind]
+    row = conn.execute(
+        f"SELECT 1 FROM {table} WHERE sha256 = ? AND revoked_at IS NULL", (digest(token),)
+    ).fetchone()
+    return row is not None
 
 
 class TokenCheck:
@@ -71,8 +91,4 @@ class TokenCheck:
 
     @staticmethod
     def is_stored(conn: Connection, token: str) -> bool:
-        row = conn.execute(
-            "SELECT 1 FROM partner_tokens WHERE sha256 = ? AND revoked_at IS NULL",
-            (digest(token),),
-        ).fetchone()
-        return row is not None
+        return is_stored(conn, token, "partner")

@@ -58,8 +58,9 @@ AFTER_UPLOAD: tuple[sessions.SessionState, ...] = ("audio_ready", "uploading", "
 
 
 class SessionLifecycle:
-    def __init__(self, job_settings: JobSettings) -> None:
+    def __init__(self, job_settings: JobSettings, environment: str) -> None:
         self._max_attempts = job_settings.max_attempts
+        self.environment = environment  # the Blueprint environment cached ids must be of
         self._notifiers: list[Notifier] = []
 
     def add_notifier(self, notifier: Notifier) -> None:
@@ -88,11 +89,12 @@ class SessionLifecycle:
     # --- people ---------------------------------------------------------------------------
 
     def ensure_clinician(self, conn: Connection, external_id: str) -> int | None:
-        """Queue creating the clinician in Blueprint; None when the id is already known."""
+        """Queue ensuring the clinician in Blueprint (created, or its changed details sent);
+        None when Blueprint has it as it is."""
         clinician = records.get_clinician(conn, external_id)
         if clinician is None:
             raise NotFound(f"clinician {external_id} not found", code="clinician_not_found")
-        if clinician.blueprint_id is not None:
+        if clinician.blueprint_id_in(self.environment) and not clinician.needs_update:
             return None
         return self.enqueue(
             conn,
@@ -105,7 +107,7 @@ class SessionLifecycle:
         client = records.get_client(conn, external_id)
         if client is None:
             raise NotFound(f"client {external_id} not found", code="client_not_found")
-        if client.blueprint_id is not None:
+        if client.blueprint_id_in(self.environment) and not client.needs_update:
             return None
         return self.enqueue(
             conn,
@@ -170,6 +172,45 @@ class SessionLifecycle:
         stopped = sessions.transition(conn, session_id, "stopping", ("recording",), step="stopped")
         return stopped or session
 
+    def cancel(self, conn: Connection, session_id: str) -> Session:
+        """Cancel before the audio leaves for Blueprint: the session ends ``cancelled``, its
+        audio (chunks and assembled file) is deleted now and never uploaded. Repeating it is
+        harmless; a session whose audio is at Blueprint already cannot be cancelled."""
+        session = self.get(conn, session_id)
+        if session.state == "cancelled":
+            return session
+        was = session.resume_state if session.state == "failed" else session.state
+        if was not in sessions.CANCELLABLE_STATES:
+            raise Conflict(
+                f"session {session_id} is {session.state}"
+                + (f" (was {was})" if session.state == "failed" else "")
+                + "; its audio is at Blueprint already, so it cannot be cancelled",
+                code="session_not_cancellable",
+            )
+        cancelled = sessions.transition(
+            conn,
+            session_id,
+            "cancelled",
+            (session.state,),
+            step="cancelled",
+            detail=f"was {session.state}; audio discarded, not uploaded",
+        )
+        assert cancelled is not None
+        for job in jobs.for_session(conn, session_id):
+            if job.state == "failed":  # nothing left to retry: the session is over
+                jobs.complete(conn, job.id)
+        self.discard_audio(conn, session_id)
+        return cancelled
+
+    def discard_audio(self, conn: Connection, session_id: str) -> None:
+        """Delete the session's audio now (chunks, assembled file), e.g. after a cancel."""
+        self.enqueue(
+            conn,
+            JobKind.PURGE_AUDIO,
+            {"session_id": session_id},
+            key=f"{JobKind.PURGE_AUDIO}:{session_id}",
+        )
+
     def attach_audio(
         self, conn: Connection, session_id: str, audio_path: str, content_type: str
     ) -> Session:
@@ -209,7 +250,7 @@ class SessionLifecycle:
     def blueprint_session_created(
         self, conn: Connection, session_id: str, blueprint_session_id: str
     ) -> None:
-        sessions.set_blueprint_session_id(conn, session_id, blueprint_session_id)
+        sessions.set_blueprint_session_id(conn, session_id, blueprint_session_id, self.environment)
         sessions.add_event(conn, session_id, "blueprint_session_created", blueprint_session_id)
 
     def upload_started(self, conn: Connection, session_id: str) -> Session | None:

@@ -7,6 +7,8 @@ A session moves through::
                      -> stopping -> audio_ready -> uploading -> processing -> notes_ready
                                 \\________________________________________________/
                                   any of them -> failed (with a reason)
+    starting, recording, paused, stopping or audio_ready -> cancelled (audio discarded,
+                                                                 never uploaded)
 
 ``starting``: started by the partner, waiting for the room's device to confirm (it may be
 offline: the start is re-sent until its deadline). ``recording``: the room records.
@@ -14,7 +16,9 @@ offline: the start is re-sent until its deadline). ``recording``: the room recor
 or a button in the room). ``stopping``: stopped (by the partner, or in the room); the room
 is sending its last audio. ``audio_ready``: the whole session's
 audio is one file at the gateway (``audio_path``) and its upload is queued. The rest
-follows Blueprint. The timeline records every step with its time.
+follows Blueprint. ``cancelled``: the partner cancelled it before its audio left for
+Blueprint; the audio is discarded and never uploaded (terminal). The timeline records
+every step with its time.
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ SessionState = Literal[
     "processing",
     "notes_ready",
     "failed",
+    "cancelled",
 ]
 SESSION_STATES: tuple[SessionState, ...] = (
     "starting",
@@ -48,10 +53,13 @@ SESSION_STATES: tuple[SessionState, ...] = (
     "processing",
     "notes_ready",
     "failed",
+    "cancelled",
 )
 # A room has at most one session in these (the one_active_session_per_room index).
 ACTIVE_STATES: tuple[SessionState, ...] = ("starting", "recording", "paused", "stopping")
 ACTIVE_SQL = "(" + ", ".join(f"'{state}'" for state in ACTIVE_STATES) + ")"
+# Cancel is possible until the audio starts leaving for Blueprint.
+CANCELLABLE_STATES: tuple[SessionState, ...] = (*ACTIVE_STATES, "audio_ready")
 
 
 class RoomBusy(Exception):
@@ -76,6 +84,13 @@ class Session:
     error: str | None
     created_at: float
     updated_at: float
+    blueprint_env: str | None = None
+
+    def blueprint_session_id_in(self, environment: str) -> str | None:
+        """The Blueprint session id if it belongs to ``environment`` (see records.py)."""
+        if self.blueprint_env not in (None, environment):
+            return None
+        return self.blueprint_session_id
 
 
 @dataclass(frozen=True)
@@ -146,6 +161,56 @@ def active_in_room(conn: Connection, room_id: str) -> Session | None:
     return Session(**dict(row)) if row is not None else None
 
 
+@dataclass(frozen=True)
+class SessionFilter:
+    """Which sessions to list; every field left None matches all."""
+
+    room_id: str | None = None
+    states: Collection[SessionState] | None = None
+    clinician_external_id: str | None = None
+    client_external_id: str | None = None
+    created_after: float | None = None
+    created_before: float | None = None
+
+
+def search(
+    conn: Connection,
+    where: SessionFilter,
+    limit: int,
+    after: tuple[float, str] | None = None,
+) -> list[Session]:
+    """Sessions newest first (created_at, then id), starting after the ``after`` key (the
+    last one of the previous page): keyset pagination, stable while sessions are added."""
+    clauses: list[str] = []
+    args: list[object] = []
+    for column, value in (
+        ("room_id", where.room_id),
+        ("clinician_external_id", where.clinician_external_id),
+        ("client_external_id", where.client_external_id),
+    ):
+        if value is not None:
+            clauses.append(f"{column} = ?")
+            args.append(value)
+    if where.states:
+        clauses.append(f"state IN ({', '.join('?' for _ in where.states)})")
+        args.extend(where.states)
+    if where.created_after is not None:
+        clauses.append("created_at >= ?")
+        args.append(where.created_after)
+    if where.created_before is not None:
+        clauses.append("created_at < ?")
+        args.append(where.created_before)
+    if after is not None:
+        clauses.append("(created_at < ? OR (created_at = ? AND id < ?))")
+        args.extend((after[0], after[0], after[1]))
+    sql = "SELECT * FROM sessions"
+    if clauses:
+        sql += " WHERE " + " AND ".join(clauses)
+    sql += " ORDER BY created_at DESC, id DESC LIMIT ?"
+    rows = conn.execute(sql, (*args, limit)).fetchall()
+    return [Session(**dict(row)) for row in rows]
+
+
 def timeline(conn: Connection, session_id: str) -> list[TimelineEntry]:
     rows = conn.execute(
         "SELECT at, step, detail FROM session_events WHERE session_id = ? ORDER BY id",
@@ -199,7 +264,7 @@ def mark_failed(conn: Connection, session_id: str, reason: str) -> Session | Non
     now = time.time()
     cursor = conn.execute(
         "UPDATE sessions SET resume_state = state, state = 'failed', error = ?, updated_at = ?"
-        " WHERE id = ? AND state != 'failed'",
+        " WHERE id = ? AND state NOT IN ('failed', 'cancelled')",
         (reason, now, session_id),
     )
     if cursor.rowcount == 0:
@@ -221,10 +286,17 @@ def resume(conn: Connection, session_id: str) -> Session | None:
     return _get(conn, session_id)
 
 
-def set_blueprint_session_id(conn: Connection, session_id: str, blueprint_session_id: str) -> None:
+def set_blueprint_session_id(
+    conn: Connection,
+    session_id: str,
+    blueprint_session_id: str | None,
+    environment: str | None,
+) -> None:
+    """Cache the session's Blueprint id (None: forget it, Blueprint does not know it)."""
     conn.execute(
-        "UPDATE sessions SET blueprint_session_id = ?, updated_at = ? WHERE id = ?",
-        (blueprint_session_id, time.time(), session_id),
+        "UPDATE sessions SET blueprint_session_id = ?, blueprint_env = ?, updated_at = ?"
+        " WHERE id = ?",
+        (blueprint_session_id, environment, time.time(), session_id),
     )
 
 

@@ -213,4 +213,39 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         """CREATE UNIQUE INDEX one_active_session_per_room ON sessions (room_id)
             WHERE state IN ('starting', 'recording', 'paused', 'stopping')""",
     ),
+    # 5: the partner API. Blueprint ids belong to the Blueprint environment they were made in
+    # (blueprint_env: a digest of base URL + client id; NULL = made before this migration,
+    # taken as the current one); a PUT with changed details marks the record for an update
+    # in Blueprint; a DELETE forgets the names (deleted_at; the row stays for the sessions
+    # that name it). The first answer to a POST with an Idempotency-Key, per partner token
+    # (its digest), replayed to a retry. Admin tokens for the /console (hashes only).
+    (
+        "ALTER TABLE clinicians ADD COLUMN blueprint_env TEXT",
+        "ALTER TABLE clinicians ADD COLUMN needs_update INTEGER NOT NULL DEFAULT 0",
+        "ALTER TABLE clinicians ADD COLUMN deleted_at REAL",
+        "ALTER TABLE clients ADD COLUMN blueprint_env TEXT",
+        "ALTER TABLE clients ADD COLUMN needs_update INTEGER NOT NULL DEFAULT 0",
+        "ALTER TABLE clients ADD COLUMN deleted_at REAL",
+        "ALTER TABLE sessions ADD COLUMN blueprint_env TEXT",
+        "CREATE INDEX sessions_by_created ON sessions (created_at, id)",
+        """CREATE TABLE idempotency_keys (
+            principal TEXT NOT NULL,
+            idempotency_key TEXT NOT NULL,
+            method TEXT NOT NULL,
+            path TEXT NOT NULL,
+            request_sha256 TEXT NOT NULL,
+            status INTEGER NOT NULL,
+            body TEXT NOT NULL,
+            created_at REAL NOT NULL,
+            PRIMARY KEY (principal, idempotency_key)
+        )""",
+        "CREATE INDEX idempotency_keys_by_age ON idempotency_keys (created_at)",
+        """CREATE TABLE admin_tokens (
+            id TEXT PRIMARY KEY,
+            sha256 TEXT NOT NULL UNIQUE,
+            label TEXT NOT NULL DEFAULT '',
+            created_at REAL NOT NULL,
+            revoked_at REAL
+        )""",
+    ),
 )

@@ -8,6 +8,7 @@ Timings are shrunk (backoff, polls, processing) so fault tests take seconds.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -24,7 +25,7 @@ import pytest
 import soundfile
 from pydantic import SecretStr
 
-from gateway.blueprint.defaults import DEFAULT_CLIENT_SECRET
+from gateway.blueprint.defaults import DEFAULT_API_KEY, DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET
 from gateway.store import Database, Location, SqliteLocation, parse_url
 from tests.support.postgres import PostgresServer
 from tests.support.processes import Service, free_port, wait_for_http
@@ -65,6 +66,26 @@ class SimulatorProcess:
 
     def reset(self) -> None:
         self._control("POST", "/_sim/reset")
+
+    def restart(self) -> None:
+        """Kill the process and start it again on the same port: Blueprint has lost every
+        record (the gateway's cache of Blueprint ids is now stale)."""
+        self.service.kill()
+        self.service.start()
+        wait_for_http(f"{self.url}/_sim/state", timeout=20)
+
+    def records(self, path: str, **params: str) -> list[dict[str, Any]]:
+        """A record listing as Blueprint serves it, e.g. records("/clinicians")."""
+        auth = self._http.post(
+            "/partners/authenticate",
+            headers={"X-API-Key": DEFAULT_API_KEY},
+            json={"clientId": DEFAULT_CLIENT_ID, "clientSecret": DEFAULT_CLIENT_SECRET},
+        )
+        auth.raise_for_status()
+        headers = {"X-API-Key": DEFAULT_API_KEY, "Access-Token": auth.json()["accessToken"]}
+        response = self._http.get(path, headers=headers, params=params)
+        response.raise_for_status()
+        return response.json()["items"]
 
     def _control(self, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
         response = self._http.request(method, path, **kwargs)
@@ -205,10 +226,16 @@ def steps(session: dict[str, Any]) -> list[str]:
 
 @pytest.fixture(scope="session")
 def blueprint_sim(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SimulatorProcess]:
+    with simulator(tmp_path_factory.mktemp("simulator")) as started:
+        yield started
+
+
+@contextlib.contextmanager
+def simulator(directory: Path) -> Iterator[SimulatorProcess]:
+    """A simulator of one's own (the shared one is ``blueprint_sim``)."""
     port = free_port()
-    log = tmp_path_factory.mktemp("simulator") / "simulator.log"
     argv = [ROOM_GATEWAY, "simulator", "--port", str(port), *SIMULATOR_FLAGS]
-    service = Service(argv, log, env={"PYTHONUNBUFFERED": "1"}).start()
+    service = Service(argv, directory / "simulator.log", env={"PYTHONUNBUFFERED": "1"}).start()
     url = f"http://127.0.0.1:{port}"
     try:
         wait_for_http(f"{url}/_sim/state", timeout=20)
@@ -301,4 +328,44 @@ def flac_audio(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("audio") / "session.flac"
     t = np.arange(2 * 16_000) / 16_000
     soundfile.write(path, (0.3 * np.sin(2 * np.pi * 220 * t)).astype(np.float32), 16_000)
+    return path
+
+
+# --- a real browser ----------------------------------------------------------------------------
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--no-first-run",
+]
+ARTIFACTS = Path(
+    os.environ.get("ROOM_AUDIO_TEST_ARTIFACTS", Path(__file__).parents[2] / "test-artifacts")
+)
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    """Debian's chromium, headless, driven by Playwright. Only tests/gateway/console uses
+    it, so this is one start per test session; module scope ends Playwright's event loop
+    with that module (while it runs, later tests could not call asyncio.run)."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        launched = playwright.chromium.launch(
+            executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS
+        )
+        try:
+            yield launched
+        finally:
+            launched.close()
+
+
+def screenshot(page: Any, name: str) -> Path:
+    """Keep a screenshot as a test artefact (test-artifacts/, or $ROOM_AUDIO_TEST_ARTIFACTS)."""
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    path = ARTIFACTS / f"{name}.png"
+    page.screenshot(path=str(path), full_page=True)
     return path

@@ -295,7 +295,7 @@ def test_assembly_concatenates_the_chunks_in_order(
         None,  # type: ignore[arg-type]  # build() touches no database
         files,
         deployed.key,
-        SessionLifecycle(JobSettings()),
+        SessionLifecycle(JobSettings(), "bpenv_test"),
         IngestSettings(codec=codec),  # type: ignore[arg-type]
         tmp_path / "audio",
         10**8,
@@ -310,3 +310,27 @@ def test_assembly_concatenates_the_chunks_in_order(
     else:
         assert assembled.content_type == "audio/ogg"
         assert audio.duration_s == pytest.approx(len(expected) / 16_000, abs=0.05)
+
+
+def test_a_cancelled_session_s_audio_is_discarded_and_never_uploaded(
+    linked: Deployment, sim: SimulatorProcess
+) -> None:
+    session_id = session_in(linked, "room-2")
+    chunks = [linked.seal("room-2", session_id, seq, tone(0.5, seed=seq)) for seq in range(3)]
+    assert linked.put_chunk("room-2", session_id, chunks[0]).status_code == 200
+    cancelled = linked.gateway.http.post(f"/v1/sessions/{session_id}/cancel")
+    assert cancelled.json()["state"] == "cancelled"
+    # The device keeps sending what it spooled: taken (so it may delete it), not kept.
+    for chunk in chunks[1:]:
+        answer = linked.put_chunk("room-2", session_id, chunk)
+        assert answer.status_code == 200, answer.text
+    closed = linked.close("room-2", session_id, chunks)
+    assert closed.status_code == 200 and closed.json()["complete"], closed.text
+    chunk_dir = linked.gateway.state_dir / "chunks" / session_id
+    deadline = time.monotonic() + 10
+    while chunk_dir.exists() and any(chunk_dir.iterdir()):
+        assert time.monotonic() < deadline, "the cancelled session's chunks were kept"
+        time.sleep(0.05)
+    done = linked.gateway.session(session_id)
+    assert done["state"] == "cancelled" and "audio_uploaded" not in steps(done)
+    assert sim.state()["audio_uploads"] == 0

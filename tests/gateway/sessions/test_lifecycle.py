@@ -38,7 +38,7 @@ def heard() -> list[tuple[str, SessionEvent]]:
 
 @pytest.fixture
 def lifecycle(heard: list[tuple[str, SessionEvent]]) -> SessionLifecycle:
-    flow = SessionLifecycle(JobSettings())
+    flow = SessionLifecycle(JobSettings(), "bpenv_test")
 
     def notifier(conn: Connection, session: Session, event: SessionEvent) -> None:
         heard.append((session.id, event))

@@ -1,0 +1,1 @@
+"""The /console for clinic IT: rooms live, sessions, failed jobs, devices (ids only)."""
