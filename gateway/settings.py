@@ -16,7 +16,7 @@ from __future__ import annotations
 import dataclasses
 import os
 from pathlib import Path
-from typing import ClassVar, Literal, Self
+from typing import Annotated, ClassVar, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 from pydantic_settings import SettingsConfigDict
@@ -38,6 +38,9 @@ from gateway.store.location import (
 from runtime.mqtt import BrokerSettings
 from runtime.secrets import read_secret_file, resolve_secret
 from runtime.settings import FileSettings, default_state_dir, load_settings
+
+# A replica's name R: its MQTT user (and client id) is gateway-R.
+REPLICA_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,31}$"
 
 CONFIG_ENV = "ROOM_GATEWAY_CONFIG"
 # The names systemd/room-gateway.service gives its LoadCredential= entries.
@@ -171,7 +174,7 @@ class MqttSettings(BrokerSettings):
     password_credential: ClassVar[str] = MQTT_PASSWORD_CREDENTIAL
 
     username: str = Field(default="gateway", min_length=1, max_length=64)
-    client_id: str = Field(default="room-gateway", min_length=1, max_length=64)
+    client_id: str = Field(default="gateway", min_length=1, max_length=64)
     session_expiry_s: int = Field(default=86_400, ge=0, le=7 * 86_400)
     reconnect_max_s: float = Field(default=30.0, gt=0, le=3600)
     publish_timeout_s: float = Field(default=10.0, gt=0, le=300)
@@ -226,6 +229,9 @@ class BrokerSettings(BaseModel):
     persistence: bool = True
     user: str = Field(default="mosquitto", pattern=r"^[a-z_][a-z0-9_-]{0,31}$")
     reload_command: list[str] = Field(default_factory=list)
+    replicas: list[Annotated[str, Field(pattern=REPLICA_PATTERN)]] = Field(
+        default_factory=list, max_length=64
+    )
 
     @model_validator(mode="after")
     def _tls_pair(self) -> Self:

@@ -161,7 +161,9 @@ class Demo:
             wait_until(
                 self._alive_and(lambda: port_open(stack.ports.broker)), STARTUP_S, "mosquitto"
             )
-            self.probe = MqttProbe(stack.broker_url, "gateway", stack.gateway_password()).start()
+            # a replica's user (stack.py): as `gateway` it would knock the relay off
+            probe = MqttProbe(stack.broker_url, "gateway-probe", stack.gateway_password())
+            self.probe = probe.start()
             wait_until(self._alive_and(self.probe.subscribed.is_set), STARTUP_S, "MQTT probe")
             sim_up = self._alive_and(lambda: http_up(f"{stack.simulator_url}/_sim/state"))
             wait_until(sim_up, STARTUP_S, "simulator")

@@ -136,6 +136,9 @@ def gateway_config(layout: Layout, ports: Ports) -> str:
             f"port = {ports.broker}",
             "persistence = false",
             f'user = "{mosquitto_user}"',
+            "# the privacy probe watches rooms/# as gateway-probe (the broker makes every client",
+            "# id the user name: as `gateway` it would knock the relay off)",
+            'replicas = ["probe"]',
             "",
         ]
     )

@@ -5,6 +5,12 @@
 atomically: a broker never reads half a file) and reload the broker. The ACL names each
 device: it may use only ``rooms/<its id>/#``; the gateway user may use all of ``rooms/#``.
 A revoked device is simply absent from both files.
+
+Every client's MQTT client id is its user name (``use_username_as_clientid``): a device's
+credentials can never take over another client's id (its persistent session, its queued
+commands, its connection: the broker drops the older connection of an id). The gateway's
+user is a name no device may have (gateway/devices/reserved.py), and a device row that
+collides with it anyway is left out of both files rather than allowed to replace it.
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from gateway.devices import registry
+from gateway.devices.reserved import is_reserved
 from gateway.sessions.audio_files import write_small_file
 from gateway.settings import BrokerSettings
 from gateway.store import Connection
@@ -35,6 +42,14 @@ class BrokerFiles:
     directory: Path
     gateway_user: str
     gateway_password_hash: str | None
+    # broker.replicas: more users with the gateway's password and ACL (not recorded: the
+    # settings name them each time the files are written)
+    replicas: tuple[str, ...] = ()
+
+    @property
+    def gateway_users(self) -> list[str]:
+        """The gateway's own users: its own and one per replica (``<user>-<replica>``)."""
+        return [self.gateway_user, *(f"{self.gateway_user}-{name}" for name in self.replicas)]
 
     @property
     def config(self) -> Path:
@@ -93,6 +108,9 @@ def render_config(files: BrokerFiles, settings: BrokerSettings, client_ca: Path 
         f"max_queued_messages {MAX_QUEUED_MESSAGES}",
         "",
         f"listener {settings.port} {settings.host}",
+        # A client is the user it authenticated as, whatever client id it sends. (A
+        # listener option: before any listener line it would open a default one on 1883.)
+        "use_username_as_clientid true",
     ]
     if settings.tls_cert_file is not None and settings.tls_key_file is not None:
         lines += [f"certfile {settings.tls_cert_file}", f"keyfile {settings.tls_key_file}"]
@@ -106,10 +124,19 @@ def render_config(files: BrokerFiles, settings: BrokerSettings, client_ca: Path 
     return "\n".join(lines) + "\n"
 
 
+def _devices_apart_from_gateway(
+    files: BrokerFiles, devices: list[registry.Device]
+) -> list[registry.Device]:
+    """A device never shares the gateway's broker entry (refused at `device add`; this
+    also keeps out a row from before that check)."""
+    return [device for device in devices if not is_reserved(device.id, files.gateway_users)]
+
+
 def render_passwd(files: BrokerFiles, devices: list[registry.Device]) -> str:
+    devices = _devices_apart_from_gateway(files, devices)
     entries = []
     if files.gateway_password_hash is not None:
-        entries.append(f"{files.gateway_user}:{files.gateway_password_hash}")
+        entries += [f"{user}:{files.gateway_password_hash}" for user in files.gateway_users]
     entries += [
         f"{device.id}:{device.mqtt_password_hash}"
         for device in devices
@@ -119,14 +146,12 @@ def render_passwd(files: BrokerFiles, devices: list[registry.Device]) -> str:
 
 
 def render_acl(files: BrokerFiles, devices: list[registry.Device]) -> str:
-    lines = [
-        "# Each device only rooms/<its id>/#; the gateway all of rooms/#.",
-        f"user {files.gateway_user}",
-        f"topic readwrite {topics.ROOT}/#",
-    ]
-    for device in devices:
-        lines += ["", f"user {device.id}", f"topic readwrite {topics.ROOT}/{device.id}/#"]
-    return "\n".join(lines) + "\n"
+    lines = ["# Each device only rooms/<its id>/#; the gateway (and its replicas) all of rooms/#."]
+    for user in files.gateway_users:
+        lines += [f"user {user}", f"topic readwrite {topics.ROOT}/#", ""]
+    for device in _devices_apart_from_gateway(files, devices):
+        lines += [f"user {device.id}", f"topic readwrite {topics.ROOT}/{device.id}/#", ""]
+    return "\n".join(lines).rstrip("\n") + "\n"
 
 
 def write_config(files: BrokerFiles, settings: BrokerSettings, client_ca: Path | None) -> None:

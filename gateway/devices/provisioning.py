@@ -8,6 +8,7 @@ running service needs none of it (ingest reads the store on every request).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +20,7 @@ from gateway.devices.addresses import device_address_problems
 from gateway.devices.broker_files import BrokerFiles
 from gateway.devices.ca import CaError, DeviceCa
 from gateway.devices.reload import ReloadError, reload_broker
+from gateway.devices.reserved import is_reserved
 from gateway.devices.snippet import DeviceBundle
 from gateway.keys import KeyFileError, load_key, public_text
 from gateway.sessions.audio_files import write_small_file
@@ -58,7 +60,16 @@ class Provisioning:
     # --- devices ----------------------------------------------------------------------------
 
     def add(self, room_id: str, name: str | None, rotate: bool = False) -> Added:
-        """Issue a device's credentials; refuses to replace active ones unless ``rotate``."""
+        """Issue a device's credentials; refuses to replace active ones unless ``rotate``,
+        and any id that is one of the gateway's own identities."""
+        mqtt = self.settings.mqtt
+        replicas = BrokerFiles(Path(), mqtt.username, None, self._replicas).gateway_users
+        if is_reserved(room_id, [mqtt.client_id, *replicas]):
+            raise ProvisioningError(
+                f"{room_id!r} is reserved: the gateway's MQTT identities ('gateway',"
+                " 'gateway-<replica>', gateway.mqtt.username and client_id) belong to no"
+                " device; choose another id"
+            )
         with self.db.transaction(write=False) as conn:
             existing = registry.get(conn, room_id)
         if existing is not None and existing.active and not rotate:
@@ -131,6 +142,7 @@ class Provisioning:
             directory=out.resolve(),
             gateway_user=settings.mqtt.username,
             gateway_password_hash=credentials.mosquitto_hash(password.get_secret_value()),
+            replicas=self._replicas,
         )
         try:
             broker_files.write_config(files, settings.broker, client_ca)
@@ -148,6 +160,7 @@ class Provisioning:
             devices = registry.active(conn)
         if files is None:
             return None
+        files = dataclasses.replace(files, replicas=self._replicas)
         try:
             broker_files.write_credentials(files, devices)
             return reload_broker(files, self.settings.broker.reload_command)
@@ -157,6 +170,10 @@ class Provisioning:
             raise ProvisioningError(str(exc)) from None
 
     # --- helpers ------------------------------------------------------------------------------
+
+    @property
+    def _replicas(self) -> tuple[str, ...]:
+        return tuple(self.settings.broker.replicas)
 
     def _public_key(self) -> str:
         try:

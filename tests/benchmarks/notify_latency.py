@@ -45,7 +45,7 @@ class NotifyClock:
             client_id="bench-notify-clock",
             protocol=mqtt.MQTTv5,
         )
-        self.client.username_pw_set("gateway", password)
+        self.client.username_pw_set("gateway-bench", password)  # a replica's (deployment.py)
         self.client.on_connect = lambda c, u, f, rc, p: c.subscribe("rooms/+/notify", qos=1)
         self.client.on_subscribe = lambda *args: self._subscribed.set()
         self.client.on_message = self._on_message

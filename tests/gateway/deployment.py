@@ -10,6 +10,7 @@ device themselves.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import tomllib
 from dataclasses import dataclass
@@ -30,6 +31,8 @@ from tests.support.mosquitto import Broker
 from tests.support.processes import free_port
 
 RATE = 16_000
+# Replica users (gateway-<name>) tests watch rooms/# as, one per simultaneous watcher.
+OBSERVERS = ["probe", "bench", "sub"]
 
 
 @dataclass(frozen=True)
@@ -117,6 +120,9 @@ class Deployment:
             "ROOM_GATEWAY_BROKER__HOST": "127.0.0.1",
             "ROOM_GATEWAY_BROKER__PORT": str(self.broker_port),
             "ROOM_GATEWAY_BROKER__USER": "root" if os.geteuid() == 0 else "mosquitto",
+            # Tests watch rooms/# as a replica would: the broker makes the client id the user
+            # name, so a probe logged in as `gateway` would knock the relay off.
+            "ROOM_GATEWAY_BROKER__REPLICAS": json.dumps(OBSERVERS),
             **env,
         }
         self.gateway = GatewayProcess(state_dir, blueprint_url, settings_env)
@@ -139,6 +145,16 @@ class Deployment:
     @property
     def gateway_password(self) -> str:
         return (self.gateway.state_dir / "mqtt-password").read_text().strip()
+
+    @property
+    def observer(self) -> str:
+        """The user a test watches rooms/# as (with ``gateway_password``): a replica's."""
+        return self.watcher("probe")
+
+    def watcher(self, name: str) -> str:
+        """Another of those users, for a second watcher at the same time (OBSERVERS)."""
+        assert name in OBSERVERS, name
+        return f"gateway-{name}"
 
     def start(self) -> Deployment:
         self.broker.start()

@@ -83,7 +83,7 @@ def deployment(tmp_path: Path, sim: SimulatorProcess) -> Iterator[Deployment]:
 @pytest.fixture
 def everything(deployment: Deployment) -> Iterator[Probe]:
     """Every message the broker carries on rooms/#, recorded as the gateway user sees it."""
-    with Probe(deployment.broker, password=deployment.gateway_password) as probe:
+    with Probe(deployment.broker, deployment.observer, deployment.gateway_password) as probe:
         yield probe
 
 
@@ -111,11 +111,13 @@ def start_agent(tmp_path: Path, deployment: Deployment, fifo: Path) -> Service:
 
 
 def mosquitto_sub(deployment: Deployment, out: Path) -> subprocess.Popen:
-    """The device's notify topic read with mosquitto's own client, as the device user."""
-    files = deployment.devices[ROOM]
+    """The device's notify topic read with mosquitto's own client. Not as the device user:
+    the broker makes the client id the user name, so a second connection as room-1 would
+    knock the agent off (tests/gateway/devices/test_identity.py); as a gateway replica."""
     argv = [
         "mosquitto_sub", "-V", "mqttv5", "-h", "127.0.0.1", "-p", str(deployment.broker_port),
-        "-u", ROOM, "-P", files.password, "-t", NOTIFY, "-q", "1", "-v",
+        "-u", deployment.watcher("sub"), "-P", deployment.gateway_password, "-t", NOTIFY, "-q", "1",
+        "-v",
     ]  # fmt: skip
     return subprocess.Popen(argv, stdout=out.open("wb"), stderr=subprocess.STDOUT)
 

@@ -166,7 +166,7 @@ def test_broker_config_admits_devices_and_the_gateway_only_with_their_passwords(
 def test_each_device_is_confined_to_its_own_topics(deployment: Deployment) -> None:
     room1 = Client(deployment, "room-1", deployment.devices["room-1"].password)
     room2 = Client(deployment, "room-2", deployment.devices["room-2"].password)
-    with Probe(deployment.broker, password=deployment.gateway_password) as gateway:
+    with Probe(deployment.broker, deployment.observer, deployment.gateway_password) as gateway:
         assert room1.subscribe("rooms/room-1/#").value == 1  # granted, QoS 1
         assert room2.subscribe("rooms/room-2/notify").value == 1
         # Out of its ACL. mosquitto 2.0 grants such subscriptions (it checks the ACL at

@@ -147,7 +147,7 @@ def deployed(
 @pytest.fixture(scope="module")
 def everything(deployed: Deployment) -> Iterator[Probe]:
     """Every message on rooms/# during the module, as the gateway user sees them."""
-    with Probe(deployed.broker, password=deployed.gateway_password) as probe:
+    with Probe(deployed.broker, deployed.observer, deployed.gateway_password) as probe:
         yield probe
     payloads = b"\n".join(message.payload for message in probe.messages)
     assert payloads, "the probe saw nothing"
