@@ -465,7 +465,9 @@ class RoomOut(BaseModel):
 
 
 class WebhookAck(BaseModel):
-    status: str = Field(description="queued, session_failed, duplicate, ignored, unknown_session")
+    status: str = Field(
+        description="queued, session_failed, duplicate, ignored, unknown_session, refused"
+    )
 
 
 def timestamp(seconds: float) -> datetime:

@@ -17,13 +17,13 @@ from pydantic import BaseModel, ValidationError
 from gateway.blueprint import models as bp
 from gateway.errors import GatewayError
 from gateway.sessions import states as sessions
-from gateway.sessions.artifacts import ArtifactKind
+from gateway.sessions.artifacts import ArtifactKind, Expected
 from gateway.sessions.lifecycle import JobKind, SessionLifecycle
 from gateway.sessions.states import Session
 from gateway.store import Connection
 
 M = TypeVar("M", bound=BaseModel)
-Outcome = Literal["queued", "session_failed", "duplicate", "ignored", "unknown_session"]
+Outcome = Literal["queued", "session_failed", "duplicate", "ignored", "unknown_session", "refused"]
 MAX_REASON_CHARS = 300
 
 PROGRESS_NOTE_EVENTS = frozenset(
@@ -46,6 +46,7 @@ class MdmPayload(bp.BlueprintModel):
 class _Fetch:
     kind: ArtifactKind
     url: str
+    expected: Expected
 
 
 @dataclass(frozen=True)
@@ -80,19 +81,32 @@ def _act(conn: Connection, lifecycle: SessionLifecycle, event: bp.WebhookEvent) 
     if kind in PROGRESS_NOTE_EVENTS:
         note = _parse(bp.ProgressNotePayload, event)
         session = _find(conn, note.session_id, note.session_external_id)
+        if session is not None and note.session_external_id not in (None, session.id):
+            # Blueprint's session is ours, but the payload names another of ours with it.
+            detail = (
+                f"{kind}: Blueprint session {note.session_id[:100]!r} is {session.id}, the"
+                f" payload's sessionExternalId {note.session_external_id[:100]!r}"
+            )
+            sessions.add_event(conn, session.id, "webhook_refused", detail)
+            return Recorded("refused", session.id)
+        expected = Expected(sessionId=note.session_id, id=note.progress_note_id)
         return _queue_fetch(
-            conn, lifecycle, session, kind, _Fetch("progress_note", note.progress_note_url)
+            conn,
+            lifecycle,
+            session,
+            kind,
+            _Fetch("progress_note", note.progress_note_url, expected),
         )
     if kind == bp.TRANSCRIPT_READY:
         ready = _parse(bp.TranscriptReadyPayload, event)
         session = _find(conn, ready.session_id, None)
-        return _queue_fetch(
-            conn, lifecycle, session, kind, _Fetch("transcript", ready.transcript_url)
-        )
+        fetch = _Fetch("transcript", ready.transcript_url, Expected(sessionId=ready.session_id))
+        return _queue_fetch(conn, lifecycle, session, kind, fetch)
     if kind == bp.MDM_ELEMENTS_IDENTIFIED:
         mdm = _parse(MdmPayload, event)
         session = _find(conn, mdm.session_id, None)
-        return _queue_fetch(conn, lifecycle, session, kind, _Fetch("mdm", mdm.mdm_url))
+        fetch = _Fetch("mdm", mdm.mdm_url, Expected(sessionId=mdm.session_id))
+        return _queue_fetch(conn, lifecycle, session, kind, fetch)
     if kind == bp.SESSION_TRANSCRIPT_ERROR:
         error = _parse(bp.TranscriptErrorPayload, event)
         session = _find(conn, error.session_id, None)
@@ -117,7 +131,13 @@ def _queue_fetch(
     job_id = lifecycle.enqueue(
         conn,
         JobKind.FETCH_ARTIFACT,
-        {"session_id": session.id, "kind": fetch.kind, "url": fetch.url, "event_type": event_type},
+        {
+            "session_id": session.id,
+            "kind": fetch.kind,
+            "url": fetch.url,
+            "event_type": event_type,
+            "expected": dict(fetch.expected),
+        },
         session_id=session.id,
     )
     return Recorded("queued", session.id, job_id)

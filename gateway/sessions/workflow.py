@@ -11,6 +11,7 @@ step is retried once; the session's timeline shows it (``blueprint_ids_repaired`
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 
@@ -18,7 +19,7 @@ from gateway.blueprint.client import BlueprintRejected, BlueprintUnavailable
 from gateway.errors import NotFound
 from gateway.jobs.queue import Job
 from gateway.jobs.worker import Handler, Permanent, Retryable
-from gateway.sessions import records
+from gateway.sessions import artifacts, records
 from gateway.sessions import states as sessions
 from gateway.sessions.blueprint_records import (
     BlueprintRecords,
@@ -29,6 +30,8 @@ from gateway.sessions.blueprint_records import (
 from gateway.sessions.lifecycle import JobKind, SessionLifecycle
 from gateway.sessions.states import Session
 from gateway.store import Connection, Database
+
+logger = logging.getLogger(__name__)
 
 
 @contextlib.contextmanager
@@ -114,9 +117,20 @@ class Workflow:
 
     async def fetch_artifact(self, job: Job) -> None:
         payload = job.payload
-        await self._session(payload["session_id"])
+        session = await self._session(payload["session_id"])
         with blueprint_errors():
             body = await self._blueprint.get_artifact(payload["url"])
+        expected: artifacts.Expected = payload.get("expected") or {}
+        if not expected and session.blueprint_session_id is not None:  # queued before checks
+            expected = artifacts.Expected(sessionId=session.blueprint_session_id)
+        problem = artifacts.mismatch(payload["kind"], expected, body)
+        if problem is not None:
+            # Never attached (it may be another patient's); the timeline and log say why,
+            # and the session waits for its own.
+            detail = f"{payload['event_type']}: not this session's: {problem}"
+            logger.warning("session %s: %s refused: %s", session.id, payload["kind"], problem)
+            await self._db.run(sessions.add_event, session.id, f"{payload['kind']}_refused", detail)
+            return
         await self._db.run(
             self._lifecycle.artifact_fetched,
             payload["session_id"],
