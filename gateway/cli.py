@@ -57,10 +57,18 @@ def cli(ctx: click.Context, config_path: Path | None) -> None:
 @cli.command()
 @click.pass_obj
 def serve(state: CliState) -> None:
-    """Run the gateway service (HTTP API, webhook receiver, job worker)."""
+    """Run the gateway service (HTTP API, webhook receiver, job worker).
+
+    Refuses to start with any problem `config validate` reports (e.g. a real Blueprint
+    with the simulator's default secret, which would accept forged webhooks)."""
     from gateway.server import ServeError
     from gateway.server import serve as run_service
+    from gateway.validate import config_path, problems
 
+    found = problems(state.settings, config_path(None, state.config_path))
+    if found:
+        lines = "\n".join(f"serve: {line}" for line in found)
+        raise Fatal(f"{lines}\nserve: not started (room-gateway config validate)")
     try:
         run_service(state.settings)
     except ServeError as exc:

@@ -15,7 +15,9 @@ the way the loader phrases its own:
 - the addresses devices are given (gateway/devices/addresses.py): a wildcard, or
   plaintext to another host, is a problem; loopback or not set, a warning.
 
-Nothing is created or changed; secrets are never printed.
+Nothing is created or changed; secrets are never printed. `serve` runs the same checks
+(:func:`problems`) and refuses to start on any of them: no production path runs with a
+default secret.
 """
 
 from __future__ import annotations
@@ -57,6 +59,11 @@ def validate(path: Path | None) -> tuple[GatewaySettings | None, list[str]]:
         settings = load_gateway_settings(path)
     except ConfigError as exc:
         return None, exc.problems
+    return settings, problems(settings, path)
+
+
+def problems(settings: GatewaySettings, path: Path | None) -> list[str]:
+    """Every problem of settings that loaded, one line each (what `serve` refuses)."""
     checks: list[Callable[[GatewaySettings], Problems]] = [
         _sealing_key,
         _directories,
@@ -67,7 +74,7 @@ def validate(path: Path | None) -> tuple[GatewaySettings | None, list[str]]:
         _device_addresses,
     ]
     found = [problem for check in checks for problem in check(settings)]
-    return settings, _lines(found, path)
+    return _lines(found, path)
 
 
 def warnings(settings: GatewaySettings, path: Path | None) -> list[str]:
