@@ -32,7 +32,15 @@ logger = logging.getLogger(__name__)
 _bearer = HTTPBearer(auto_error=False, description="The device's ingest token")
 DeviceIdPath = Annotated[str, Path(pattern=ID_PATTERN, description=ID_DESCRIPTION)]
 SessionIdPath = Annotated[str, Path(pattern=ID_PATTERN, description=ID_DESCRIPTION)]
-SeqPath = Annotated[int, Path(ge=0, le=10_000_000)]
+# Only the canonical decimal form (no sign, no leading zero, no '_', ASCII digits): a seq
+# has one spelling, so "+0", "0_0" or " 0" can never be taken for chunk 0.
+SeqPath = Annotated[
+    str,
+    Path(
+        pattern=r"^(0|[1-9][0-9]{0,6}|10000000)$",
+        description="the chunk's seq: 0..10000000 in canonical decimal",
+    ),
+]
 
 # What any ingest request may answer.
 DEVICE_CODES = (
@@ -84,6 +92,10 @@ AuthenticatedDevice = Annotated[Device, Depends(authenticated_device)]
         "session_assembled",
         "chunk_rejected",
         "path_mismatch",
+        "undecodable_audio",
+        "wrong_sample_rate",
+        "duration_mismatch",
+        "manifest_mismatch",
         "ingest_unavailable",
         "no_sealing_key",
     ),
@@ -111,7 +123,7 @@ async def put_chunk(
         )
     blob = await request.body()
     try:
-        receipt = await service.ingest.receive_chunk(device.id, session_id, seq, blob)
+        receipt = await service.ingest.receive_chunk(device.id, session_id, int(seq), blob)
     except IngestError as exc:
         service.metrics.ingested("chunk", exc.status)
         raise _refused(exc, f"device {device.id} session {session_id} chunk {seq}") from None
@@ -122,7 +134,7 @@ async def put_chunk(
 @router.post(
     CLOSE_PATH,
     response_model=CloseReceipt,
-    responses=problems(*DEVICE_CODES, "chunk_conflict", "path_mismatch"),
+    responses=problems(*DEVICE_CODES, "chunk_conflict", "path_mismatch", "manifest_mismatch"),
 )
 async def close_device_session(
     device: AuthenticatedDevice,

@@ -6,6 +6,11 @@ decoding, encoding) runs in a thread; the event loop only waits. The file is wri
 same durable way as any session audio, then handed to ``SessionLifecycle.attach_audio``,
 which queues the upload to Blueprint. Only the chunks the manifest lists are used: a
 device leaves out chunks it set aside, and extra uploads cannot slip into the session.
+
+One bad chunk never sinks a session: ingest refuses audio it cannot use, and a chunk that
+still cannot be used here (gone from disk, unopenable after a key mix-up, undecodable) is
+left out, named in the session's timeline (``chunk_left_out``, with the reason), and the
+rest is uploaded. Only a session with no usable chunk at all fails, saying so.
 """
 
 from __future__ import annotations
@@ -37,6 +42,7 @@ from protocol.envelope import EnvelopeError, open_chunk
 logger = logging.getLogger(__name__)
 DECODERS = 2
 T = TypeVar("T")
+R = TypeVar("R")
 
 
 @dataclass(frozen=True)
@@ -51,6 +57,7 @@ class Assembled:
     content_type: str
     duration_s: float
     chunks: int
+    left_out: tuple[tuple[int, str], ...] = ()  # (seq, why), in seq order
 
 
 class Assembler:
@@ -84,11 +91,18 @@ class Assembler:
         if self._key is None:
             raise Permanent("the gateway has no sealing key")
         assembled = await asyncio.to_thread(self.build, plan)
+        for seq, why in assembled.left_out:
+            logger.warning("session %s: chunk %d left out: %s", session_id, seq, why)
+        if assembled.chunks == 0:
+            assembled.path.unlink(missing_ok=True)
+            await self._db.run(self._unusable, plan.session, assembled)
+            return
         await self._db.run(self._attach, plan.session, assembled)
         logger.info(
-            "session %s assembled: %d chunks, %.2f s of audio",
+            "session %s assembled: %d chunks (%d left out), %.2f s of audio",
             session_id,
             assembled.chunks,
+            len(assembled.left_out),
             assembled.duration_s,
         )
 
@@ -99,31 +113,48 @@ class Assembler:
         codec = self._settings.codec
         content_type = CONTENT_TYPES[codec]
         target = self._target(session, content_type)
+        left_out: dict[int, str] = {}
 
-        def decoded(item: tuple[int, str]) -> np.ndarray:
-            return self._decoded(session.session_id, *item)
+        def decoded(item: tuple[int, str]) -> np.ndarray | None:
+            seq, name = item
+            try:
+                return self._decoded(session.session_id, seq, name)
+            except _Unusable as exc:
+                left_out[seq] = str(exc)
+                return None
 
         with (
             ThreadPoolExecutor(DECODERS, thread_name_prefix="assemble") as pool,
             DurableFile(target, self._max_bytes) as file,
         ):
-            pieces = _in_order(pool, decoded, plan.files, ahead=2 * DECODERS)
+            results = _in_order(pool, decoded, plan.files, ahead=2 * DECODERS)
+            pieces = (pcm for pcm in results if pcm is not None)
             samples = encode_into(file.fileno(), pieces, codec, self._settings.opus_bitrate_kbps)
             file.written_directly()
-        return Assembled(target, content_type, samples / SAMPLE_RATE, len(plan.files))
+        return Assembled(
+            target,
+            content_type,
+            samples / SAMPLE_RATE,
+            len(plan.files) - len(left_out),
+            tuple(sorted(left_out.items())),
+        )
 
     def _decoded(self, session_id: str, seq: int, name: str) -> np.ndarray:
         assert self._key is not None
         try:
             blob = self._files.read(session_id, name)
-        except OSError:
-            raise Permanent(f"session {session_id}: chunk {seq} is missing on disk") from None
+        except OSError as exc:
+            raise _Unusable(f"cannot be read ({exc.strerror or 'gone'})") from None
         try:
-            audio = decode(open_chunk(blob, self._key).audio)
-        except (EnvelopeError, CodecError):
-            raise Permanent(f"session {session_id}: chunk {seq} cannot be decoded") from None
+            opened = open_chunk(blob, self._key)
+        except EnvelopeError:
+            raise _Unusable("cannot be opened with the sealing key") from None
+        try:
+            audio = decode(opened.audio)
+        except CodecError:
+            raise _Unusable("its audio cannot be decoded") from None
         if audio.sample_rate != SAMPLE_RATE:
-            raise Permanent(f"session {session_id}: chunk {seq} is not {SAMPLE_RATE} Hz")
+            raise _Unusable(f"its audio is {audio.sample_rate} Hz, not {SAMPLE_RATE} Hz")
         return audio.pcm
 
     def _target(self, session: records.IngestSession, content_type: str) -> Path:
@@ -139,6 +170,7 @@ class Assembler:
         records.set_state(conn, session_id, "assembled", str(assembled.path))
         if not session.claimed:
             return
+        _record_left_out(conn, session_id, assembled)
         current = sessions.get(conn, session_id)
         if current is not None and current.state == "cancelled":
             self._lifecycle.discard_audio(conn, session_id)  # assembled after the cancel
@@ -149,21 +181,39 @@ class Assembler:
             return
         self._lifecycle.attach_audio(conn, session_id, str(assembled.path), assembled.content_type)
 
+    def _unusable(
+        self, conn: Connection, session: records.IngestSession, assembled: Assembled
+    ) -> None:
+        records.set_state(conn, session.session_id, "failed")
+        if session.claimed:
+            _record_left_out(conn, session.session_id, assembled)
+            reason = f"none of the session's {len(assembled.left_out)} chunks could be used"
+            self._lifecycle.failed(conn, session.session_id, reason)
+
     def _no_speech(self, conn: Connection, session: records.IngestSession) -> None:
         records.set_state(conn, session.session_id, "failed")
         if session.claimed:
             self._lifecycle.failed(conn, session.session_id, "no speech was recorded")
 
 
+class _Unusable(Exception):
+    """A chunk that cannot join its session; the message says why (no audio, no PHI)."""
+
+
+def _record_left_out(conn: Connection, session_id: str, assembled: Assembled) -> None:
+    for seq, why in assembled.left_out:
+        sessions.add_event(conn, session_id, "chunk_left_out", f"chunk {seq}: {why}")
+
+
 def _in_order(
     pool: ThreadPoolExecutor,
-    fn: Callable[[T], np.ndarray],
+    fn: Callable[[T], R],
     items: list[T],
     ahead: int,
-) -> Iterator[np.ndarray]:
+) -> Iterator[R]:
     """``fn`` over ``items`` on ``pool``, results in order, at most ``ahead`` in flight (so
     a long session is never all in memory at once)."""
-    pending: deque[Future[np.ndarray]] = deque()
+    pending: deque[Future[R]] = deque()
     for item in items:
         pending.append(pool.submit(fn, item))
         if len(pending) > ahead:

@@ -2,8 +2,10 @@
 
 A chunk is checked in the order that costs least to refuse: the device's token (store),
 the header against the URL (no key needed), ownership of the session (store), then the
-seal is opened (authenticating header and audio), the file made durable, and the chunk
-recorded. Only then does the device get its 200, and may delete its copy.
+seal is opened (authenticating header and audio) and the audio decoded (16 kHz, as long
+as the header says: a chunk that would sink its session at assembly is refused now, 422
+with a code the device's state shows), the file made durable, and the chunk recorded.
+Only then does the device get its 200, and may delete its copy.
 
 Which sessions a device may send: its own (a session started in its room) and ones the
 gateway does not know (recorded without a partner session, e.g. ``room-agent record``):
@@ -37,6 +39,7 @@ from gateway.ingest.records import IngestSession, StoredChunk
 from gateway.sessions import states as sessions
 from gateway.sessions.lifecycle import JobKind, SessionLifecycle
 from gateway.store import Connection, Database
+from protocol.codec import SAMPLE_RATE, CodecError, decode
 from protocol.envelope import (
     ChunkHeader,
     EnvelopeError,
@@ -45,9 +48,13 @@ from protocol.envelope import (
     read_header,
 )
 from protocol.ingest import ChunkReceipt, CloseReceipt
-from protocol.manifest import SessionManifest
+from protocol.manifest import ManifestChunk, SessionManifest
 
 logger = logging.getLogger(__name__)
+# How far a chunk's decoded length may be from its header's duration (codec padding).
+DURATION_TOLERANCE_S = 0.1
+# Manifest times against header times: both are the device's, rounded to the millisecond.
+TIME_SLACK_S = 0.002
 
 ChunkStored = Callable[[str, str, int], None]
 """Told (device, session, seq) after a new chunk is stored: the relay's chunk_acked."""
@@ -117,7 +124,7 @@ class ChunkReceiver:
         early = await self._db.run(_precheck, device_id, header, sha256, write=False)
         if early is not None:
             return early
-        await asyncio.to_thread(_open, blob, key)
+        await asyncio.to_thread(_open, blob, key, header)
         name = await asyncio.to_thread(self._files.write, session_id, seq, sha256, blob)
         chunk = StoredChunk(
             seq=seq,
@@ -165,6 +172,9 @@ class ChunkReceiver:
                 f"session {session_id} is already assembled; seq {chunk.seq} is new",
                 code="session_assembled",
             )
+        listed = _listed(session.manifest, chunk.seq)
+        if listed is not None and (problem := _listed_unlike(listed, chunk)) is not None:
+            raise Rejected(problem, code="manifest_mismatch")
         records.insert_chunk(conn, session_id, chunk)
         receipt = ChunkReceipt(
             session_id=session_id, seq=chunk.seq, sha256=chunk.sha256, duplicate=False
@@ -209,6 +219,8 @@ class ChunkReceiver:
             held = stored.get(listed.seq)
             if held is not None and held.sha256 != listed.sha256:
                 raise Conflict(f"chunk {listed.seq} stored here differs from the manifest's")
+            if held is not None and (problem := _listed_unlike(listed, held)) is not None:
+                raise Rejected(problem, code="manifest_mismatch")
         first_close = session.manifest is None
         records.set_manifest(conn, manifest)
         if session.claimed and first_close:
@@ -270,11 +282,49 @@ def _header_matching(blob: bytes, device_id: str, session_id: str, seq: int) -> 
     return header
 
 
-def _open(blob: bytes, key: X25519PrivateKey) -> None:
+def _open(blob: bytes, key: X25519PrivateKey, header: ChunkHeader) -> None:
+    """Open the seal and check the audio is what assembly can use (blocking)."""
     try:
-        open_chunk(blob, key)
+        opened = open_chunk(blob, key)
     except EnvelopeError as exc:
         raise Rejected(str(exc)) from None
+    problem = audio_problem(opened.audio, header.duration_s)
+    if problem is not None:
+        code, reason = problem
+        raise Rejected(f"chunk {header.seq}: {reason}", code=code)
+
+
+def audio_problem(audio: bytes, duration_s: float) -> tuple[str, str] | None:
+    """Why a chunk's audio cannot join its session, as (code, reason); None if it can."""
+    try:
+        decoded = decode(audio)
+    except CodecError as exc:
+        return "undecodable_audio", str(exc)
+    if decoded.sample_rate != SAMPLE_RATE:
+        return "wrong_sample_rate", f"audio is {decoded.sample_rate} Hz, not {SAMPLE_RATE} Hz"
+    if abs(decoded.duration_s - duration_s) > DURATION_TOLERANCE_S + 0.01 * duration_s:
+        return (
+            "duration_mismatch",
+            f"audio lasts {decoded.duration_s:.3f} s, the header says {duration_s:.3f} s",
+        )
+    return None
+
+
+def _listed(manifest: SessionManifest | None, seq: int) -> ManifestChunk | None:
+    if manifest is None:
+        return None
+    return next((listed for listed in manifest.chunks if listed.seq == seq), None)
+
+
+def _listed_unlike(listed: ManifestChunk, held: StoredChunk) -> str | None:
+    """How the manifest's entry differs from the chunk (its header) the gateway holds."""
+    if listed.bytes != held.bytes:
+        return f"manifest lists chunk {listed.seq} as {listed.bytes} bytes; it is {held.bytes}"
+    for name in ("start_s", "duration_s"):
+        said, header = getattr(listed, name), getattr(held, name)
+        if abs(said - header) > TIME_SLACK_S:
+            return f"manifest lists chunk {listed.seq} {name} {said:.3f}; its header {header:.3f}"
+    return None
 
 
 def _precheck(
