@@ -9,6 +9,9 @@ packages=(
     mosquitto-clients   # mosquitto_sub / mosquitto_passwd
     espeak-ng           # synthetic speech with known spans for VAD tests and the demo
     sox                 # resampling of synthetic speech, and the benchmark baseline
+    # recorded human voices for the VAD tests and benchmark (tests/support/voices.py)
+    asterisk-core-sounds-en-wav asterisk-core-sounds-fr-wav asterisk-prompt-it-menardi-wav
+    asterisk-prompt-es-co asterisk-prompt-fr-armelle ktuberling-data
     openssl             # test certificates
     systemd             # systemd-analyze verify / security for the unit tests
     procps              # /bin/kill, which mosquitto.service's ExecReload= names

@@ -20,7 +20,7 @@ Sentences are neutral on purpose: no test ever contains anything resembling a pa
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -239,7 +239,7 @@ def _plan_utterances(
 
 def room_noise(samples: int, rng: np.random.Generator, mains_hz: float = 50.0) -> np.ndarray:
     """Unit-less room noise: coloured noise bed, mains hum, and a slow HVAC level drift."""
-    noise = _coloured_noise(samples, rng)
+    noise = coloured_noise(samples, rng)
     noise /= np.sqrt(_energy(noise) / max(1, samples))
     hum = [(mains_hz * k, amp, rng.uniform(0, 2 * np.pi)) for k, amp in HUM_HARMONICS]
     period, phase = rng.uniform(40.0, 120.0), rng.uniform(0, 2 * np.pi)
@@ -251,18 +251,28 @@ def room_noise(samples: int, rng: np.random.Generator, mains_hz: float = 50.0) -
     return noise
 
 
-def _coloured_noise(samples: int, rng: np.random.Generator, segment: int = 1 << 16) -> np.ndarray:
-    """Gaussian noise with a room-like spectrum, made by FFT-shaping overlapping segments.
+def room_spectrum(f: np.ndarray) -> np.ndarray:
+    """Power per Hz of the synthetic room: pink, brown rumble and an HVAC hump at 180 Hz."""
+    pink = 1 / f
+    brown = 40.0 / f**2 * (f > 20)
+    hvac = 0.004 * np.exp(-0.5 * ((f - 180.0) / 60.0) ** 2)
+    return pink + brown + hvac
+
+
+def coloured_noise(
+    samples: int,
+    rng: np.random.Generator,
+    spectrum: Callable[[np.ndarray], np.ndarray] = room_spectrum,
+    segment: int = 1 << 16,
+) -> np.ndarray:
+    """Gaussian noise with the power ``spectrum(f)`` (f in Hz, >= 1), made by FFT-shaping
+    overlapping segments.
 
     Segments overlap by half under a sine window, whose squares sum to one, so the level
     is steady across segment joins and memory stays bounded for an hour of audio.
     """
     freqs = np.fft.rfftfreq(segment, 1 / SAMPLE_RATE)
-    f = np.maximum(freqs, 1.0)
-    pink = 1 / f
-    brown = 40.0 / f**2 * (f > 20)
-    hvac = 0.004 * np.exp(-0.5 * ((f - 180.0) / 60.0) ** 2)
-    shape = np.sqrt(pink + brown + hvac)
+    shape = np.sqrt(spectrum(np.maximum(freqs, 1.0)))
     shape[freqs < 15] = 0
     window = np.sin(np.pi * (np.arange(segment) + 0.5) / segment)
     hop = segment // 2
