@@ -13,6 +13,9 @@ EXAMPLE = Path(__file__).resolve().parents[1] / "config.example.toml"
 # Keys whose default depends on the machine, shown commented out in the example.
 COMMENTED = {
     "agent.state_dir",
+    "agent.audio.vad_mode",  # these three come from agent.audio.trim unless set
+    "agent.audio.pre_roll_ms",
+    "agent.audio.hangover_ms",
     "agent.gateway_public_key",
     "agent.link.ingest_token",
     "agent.link.ingest_token_file",

@@ -3,17 +3,29 @@
 Audio is protected health information, so only speech leaves this stage, and it leaves
 early: a chunk is emitted as soon as its speech region ends or reaches ``max_chunk_s``,
 so upload can start during the session; memory stays at a few seconds of look-back plus
-one chunk.
+one chunk. But the first duty is to keep every word: a sentence dropped here is missing
+from the clinical note for good, a knock kept costs a few bytes.
 
-webrtcvad alone is not enough in a room: even at mode 3 it calls door knocks speech, and
-at 5 dB SNR most frames of room noise. So a 30 ms frame is "loud" when its speech-band
-energy stands ``noise_margin_db`` above the noise floor (a sliding minimum of smoothed
-energy over ``noise_window_s``: steady noise, however loud, sits at the floor), and
-"voiced" when it is loud AND webrtcvad agrees. A region opens only on a run of voiced
-frames ``min_speech_ms`` long (a knock lasts a few tens of ms), reaches back over the loud
-frames just before that run (a first word webrtcvad missed) plus ``pre_roll_ms`` (onsets
-are quiet), and ends ``hangover_ms`` after the last voiced frame (bridging pauses inside
-sentences and quiet word endings).
+Two opinions on each 30 ms frame, both independent of the microphone's absolute level:
+- "loud": its speech-band energy stands ``noise_margin_db`` above the noise floor (a
+  sliding minimum of smoothed energy over ``noise_window_s``: steady noise, however
+  loud, sits at the floor); "strong" when STRONG_MARGIN_DB above it.
+- "speech": webrtcvad says so, on a copy of the frame raised by the detector gain.
+  webrtcvad judges absolute levels (its models were trained on telephone speech at
+  ordinary levels), so a whisper at -50 dBFS in a quiet room was "noise" to it. The
+  gain lifts the room's full-band noise floor to DETECTOR_FLOOR_DB (at most
+  MAX_DETECTOR_GAIN_DB, never below 0 dB): what webrtcvad sees then depends on the
+  level above the noise, not on the microphone's sensitivity or the talker's distance.
+  Only the detector's copy is raised; the spooled audio is the microphone's samples.
+  webrtcvad sees every frame, so its own noise model follows the room.
+
+A region opens on ``min_speech_ms`` of frames that are both loud and speech, or of
+speech frames with STRONG_FRAMES strong ones in a row at a held level (a short word of
+a quiet talker is loud for only three or four frames; a knock dies away within two);
+it reaches back over the loud frames just before (a first word webrtcvad missed) plus the
+pre-roll (onsets are quiet), and ends ``hangover`` after the last loud speech frame
+(pauses inside sentences, quiet word endings). ``trim`` (agent/settings.py) sets
+webrtcvad's mode and the padding, or keeps everything.
 """
 
 from __future__ import annotations
@@ -29,9 +41,17 @@ import webrtcvad
 from agent.pipeline.audio import FRAME_MS, FRAME_SAMPLES, SAMPLE_RATE
 from agent.settings import AudioSettings
 
+INT16_MIN, INT16_MAX = -32768, 32767
+
 FLOOR_SMOOTHING = 0.3  # weight of a new frame in the smoothed energy the floor tracks
 FLOOR_SUBWINDOWS = 8  # the floor window is kept as this many sub-window minima
 LOOKBACK_S = 3.0  # how far before its opening run a region may reach back over loud frames
+STRONG_MARGIN_DB = 6.0  # a frame this far above the floor is strong evidence
+STRONG_FRAMES = 3  # strong speech frames within OPEN_WINDOW open a region
+OPEN_WINDOW = 6
+PLATEAU_DB = 12.0
+DETECTOR_FLOOR_DB = 50.0  # full-band noise floor webrtcvad is shown (about -40 dBFS)
+MAX_DETECTOR_GAIN_DB = 30.0
 BAND_HZ = (150.0, 4000.0)  # where speech carries its energy and room noise does not
 BAND_BINS = slice(
     math.ceil(BAND_HZ[0] * FRAME_SAMPLES / SAMPLE_RATE),
@@ -111,11 +131,15 @@ class Segmenter:
         """``on_frame(frame, voiced)`` sees each 30 ms frame with the decision recording
         makes about it, so `room-agent check` measures exactly what recording keeps."""
         self.on_frame = on_frame
-        self.vad = webrtcvad.Vad(settings.vad_mode)
+        preset = settings.trim_preset
+        self.keep_all = preset.keep_all
+        self.vad = webrtcvad.Vad(preset.vad_mode)
         self.margin_db = settings.noise_margin_db
-        self.floor = NoiseFloor(_frames(settings.noise_window_s * 1000))
-        self.pre_roll = _frames(settings.pre_roll_ms)
-        self.hangover = _frames(settings.hangover_ms)
+        window = _frames(settings.noise_window_s * 1000)
+        self.floor = NoiseFloor(window)
+        self.detector_floor = NoiseFloor(window)  # full band: the level webrtcvad hears
+        self.pre_roll = _frames(preset.pre_roll_ms)
+        self.hangover = _frames(preset.hangover_ms)
         self.min_run = max(1, _frames(settings.min_speech_ms))
         self.max_chunk = int(settings.max_chunk_s * SAMPLE_RATE)
         # Idle frames (with "loud": above the floor by the margin) kept for the pre-roll, and
@@ -125,7 +149,11 @@ class Segmenter:
         self.recent: deque[tuple[np.ndarray, bool]] = deque(maxlen=lookback)
         self.remainder = np.zeros(0, dtype=np.int16)
         self.frame_index = 0  # index of the next whole frame
-        self.run = 0  # voiced frames in a row, up to the current one
+        self.run = 0  # frames of the run that opens a region, up to the current one
+        self.voiced_run = 0  # loud speech frames in a row
+        self.speech_run = 0  # speech frames in a row
+        # Energy over the floor of the last frames of the current speech run.
+        self.strong: deque[float] = deque(maxlen=OPEN_WINDOW)
         self.region_end = 0  # frame index where the last region ended (no overlap)
         self.open = False
         self.chunk: list[np.ndarray] = []
@@ -160,20 +188,53 @@ class Segmenter:
 
     def _process(self, frames: np.ndarray) -> list[SpeechChunk]:
         out: list[SpeechChunk] = []
-        energies = band_energy_db(frames)
-        raw = frames.tobytes()
+        if self.keep_all:
+            for frame in frames:
+                self._step(frame, True, True, math.inf, out)
+                self.frame_index += 1
+            return out
+        energies = band_energy_db(frames).tolist()
+        raw = self._detector_view(frames)
         step = FRAME_SAMPLES * 2
-        for i, energy in enumerate(energies.tolist()):
-            loud = energy > self.floor.update(energy) + self.margin_db
-            voiced = loud and self.vad.is_speech(raw[i * step : (i + 1) * step], SAMPLE_RATE)
-            self._step(frames[i], loud, voiced, out)
+        for i, energy in enumerate(energies):
+            floor = self.floor.update(energy)
+            loud = energy > floor + self.margin_db
+            above = energy - floor
+            speech = self.vad.is_speech(raw[i * step : (i + 1) * step], SAMPLE_RATE)
+            self._step(frames[i], loud, speech, above, out)
             self.frame_index += 1
         return out
 
-    def _step(self, frame: np.ndarray, loud: bool, voiced: bool, out: list[SpeechChunk]) -> None:
+    def _detector_view(self, frames: np.ndarray) -> bytes:
+        """The frames as webrtcvad gets them: raised so the room's floor sits at
+        DETECTOR_FLOOR_DB (in whole dB, so a steady room gives a steady gain)."""
+        f32 = frames.astype(np.float32)
+        levels = 10 * np.log10(np.einsum("ij,ij->i", f32, f32) / FRAME_SAMPLES + 1)
+        gains = np.empty(len(frames), dtype=np.float32)
+        for i, level in enumerate(levels.tolist()):
+            floor = self.detector_floor.update(level)
+            if floor == math.inf:
+                floor = level
+            gains[i] = round(min(max(DETECTOR_FLOOR_DB - floor, 0.0), MAX_DETECTOR_GAIN_DB))
+        if not gains.any():
+            return frames.tobytes()
+        raised = f32 * (10 ** (gains / 20))[:, None]
+        return np.clip(raised, INT16_MIN, INT16_MAX).astype(np.int16).tobytes()
+
+    def _step(
+        self, frame: np.ndarray, loud: bool, speech: bool, above: float, out: list[SpeechChunk]
+    ) -> None:
+        """``above``: the frame's energy over the floor, dB."""
+        voiced = loud and speech
         if self.on_frame is not None:
             self.on_frame(frame, voiced)
-        self.run = self.run + 1 if voiced else 0
+        self.voiced_run = self.voiced_run + 1 if voiced else 0
+        if speech:
+            self.speech_run += 1
+            self.strong.append(above)
+        else:
+            self.speech_run = 0
+            self.strong.clear()
         if self.open:
             self.since_voiced = 0 if voiced else self.since_voiced + 1
             if self.since_voiced <= self.hangover:
@@ -181,7 +242,11 @@ class Segmenter:
                 return
             self._close(out)
         self.recent.append((frame, loud))
-        if self.run >= self.min_run:
+        if self.voiced_run >= self.min_run:
+            self.run = self.voiced_run
+            self._open(out)
+        elif self.speech_run >= self.min_run and _sustained(self.strong):
+            self.run = len(self.strong)
             self._open(out)
 
     def _open(self, out: list[SpeechChunk]) -> None:
@@ -227,6 +292,18 @@ class Segmenter:
         self.chunk = []
         self.chunk_len = 0
         self.region_end = self.frame_index
+
+
+def _sustained(above: deque[float]) -> bool:
+    """STRONG_FRAMES strong frames in a row within PLATEAU_DB of each other: a voice holds
+    its level for a syllable; a knock is loudest in its first frame or two and has died
+    away by the third (25 dB and more below), and knocks in a row are 100 ms apart."""
+    levels = list(above)
+    for at in range(len(levels) - STRONG_FRAMES + 1):
+        run = levels[at : at + STRONG_FRAMES]
+        if min(run) > STRONG_MARGIN_DB and max(run) - min(run) <= PLATEAU_DB:
+            return True
+    return False
 
 
 def band_energy_db(frames: np.ndarray) -> np.ndarray:

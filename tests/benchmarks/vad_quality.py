@@ -4,7 +4,8 @@ First table, recorded voices (tests/support/room_sessions.py: real recordings fr
 packages, two talkers, room noise, knocks, level profiles): per SNR, per level profile and
 overall, the share of speech time kept, utterances wholly missed (and those > 300 ms),
 utterances whose first 50 ms were cut, far silence (> 1 s from speech) removed and the
-share of the session kept, for the Segmenter and for webrtcvad alone (modes 3 and 2)
+share of the session kept, for the Segmenter (trim conservative, the default, and
+balanced) and for webrtcvad alone (modes 3 and 2)
 widened by 300 ms pre-roll and 600 ms hangover. Then the synthetic (espeak-ng) table, and
 the Segmenter's CPU time per hour of audio.
 
@@ -216,7 +217,10 @@ def main() -> None:
     args = parser.parse_args()
     seeds = [int(s) for s in args.seeds.split(",")]
     snrs = [float(s) for s in args.snr.split(",")]
-    methods = {"segmenter": segmenter_method(AudioSettings())}
+    methods = {
+        "segmenter": segmenter_method(AudioSettings()),
+        "seg-balanced": segmenter_method(AudioSettings(trim="balanced")),
+    }
     if not args.no_baseline:
         methods.update({f"webrtcvad-{m}+pad": baseline_method(m) for m in BASELINE_MODES})
     recorded_quality(methods, args.sessions)

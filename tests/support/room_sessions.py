@@ -183,6 +183,65 @@ def make_room_session(
     return pcm, truth
 
 
+@dataclass(frozen=True)
+class Line:
+    """One talker's turn in a scripted session: whole clips until ``speech_s`` is reached."""
+
+    talker: int  # 0 or 1
+    dbfs: float  # active level
+    speech_s: float
+    gap_s: float = 0.5  # silence after it
+    joined: bool = False  # clips trimmed to their speech and butted together: no pause at all
+
+
+def scripted_session(
+    lines: list[Line],
+    noise: str,
+    noise_dbfs: float,
+    seed: int,
+    lead_s: float = 4.0,
+    voices: tuple[str, str] | None = None,
+) -> tuple[np.ndarray, RoomTruth]:
+    """A session for one failure mode: these lines in this order over a ``noise`` bed whose
+    RMS is ``noise_dbfs``; the talkers' voices drawn from ``seed`` unless given."""
+    rng = np.random.default_rng(seed)
+    if voices is None:
+        found = require_voices()
+        picked = rng.choice(len(found), 2, replace=False)
+        voices = (found[picked[0]].name, found[picked[1]].name)
+    pools = [clips(name) for name in voices]
+    pieces: list[tuple[int, np.ndarray, tuple[tuple[int, int], ...], int]] = []
+    at = int(lead_s * SAMPLE_RATE)
+    for line in lines:
+        spoken = 0
+        pool = pools[line.talker]
+        while spoken < line.speech_s * SAMPLE_RATE:
+            clip = pool[int(rng.integers(len(pool)))]
+            pcm, spans = clip.pcm, clip.spans
+            if line.joined:
+                lo, hi = spans[0][0], spans[-1][1]
+                pcm, spans = pcm[lo:hi], tuple((s - lo, e - lo) for s, e in spans)
+            pieces.append((at, pcm * _gain(clip, line.dbfs), spans, line.talker))
+            at += len(pcm)
+            spoken += sum(e - s for s, e in spans)
+            if not line.joined and spoken < line.speech_s * SAMPLE_RATE:
+                at += int(rng.uniform(0.3, 0.6) * SAMPLE_RATE)
+        at += int(line.gap_s * SAMPLE_RATE)
+    total = at + int(lead_s * SAMPLE_RATE)
+    mix = room_bed(noise, total, rng) * np.float32(10 ** (noise_dbfs / 20) * FULL_SCALE)
+    spans_out, talkers = [], []
+    for start, pcm, spans, talker in pieces:
+        mix[start : start + len(pcm)] += pcm
+        spans_out += [(start + s, start + e) for s, e in spans]
+        talkers += [talker] * len(spans)
+    snr = min(line.dbfs for line in lines) - noise_dbfs
+    pcm16 = np.clip(np.rint(mix), -FULL_SCALE - 1, FULL_SCALE).astype(np.int16)
+    truth = RoomTruth(
+        total, tuple(spans_out), tuple(talkers), (), "scripted", noise, snr, seed, voices
+    )
+    return pcm16, truth
+
+
 def _place_turns(
     speech: np.ndarray,
     pools: list[tuple[Clip, ...]],

@@ -130,7 +130,8 @@ def test_floor_follows_a_room_getting_louder():
     noise[step:] *= level(-40.0)
     spans = merge_spans(segment(as_int16(noise)))
     settings = AudioSettings()
-    bound = settings.noise_window_s + (settings.pre_roll_ms + settings.hangover_ms) / 1000 + 1
+    preset = settings.trim_preset
+    bound = settings.noise_window_s + (preset.pre_roll_ms + preset.hangover_ms) / 1000 + 1
     assert sum(end - start for start, end in spans) <= bound
     assert all(end <= 20 + bound for _, end in spans)
 

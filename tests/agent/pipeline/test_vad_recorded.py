@@ -1,0 +1,131 @@
+"""The Segmenter on recorded human voices: the failure modes issue 8 reported.
+
+Real people (tests/support/voices.py), not espeak: onsets that start softly, levels that
+move within a sentence, quiet word endings. Each test builds one scripted situation and
+asks for the issue's figures on it: >= 99.9% of speech time kept, no utterance longer than
+300 ms wholly missed, and the first 50 ms of >= 99.5% of utterances kept.
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+
+import numpy as np
+import pytest
+from pydantic import ValidationError
+
+from agent.pipeline.vad import Segmenter, SpeechChunk, merge_spans
+from agent.settings import AudioSettings
+from tests.support.room_sessions import (
+    Line,
+    RoomScore,
+    RoomTruth,
+    make_room_session,
+    scripted_session,
+)
+
+SEEDS = (1, 2, 3)
+
+
+def segment(pcm: np.ndarray, block: int = 4800, **settings: object) -> list[SpeechChunk]:
+    segmenter = Segmenter(AudioSettings(**settings))
+    chunks = []
+    for at in range(0, len(pcm), block):
+        chunks.extend(segmenter.push(pcm[at : at + block]))
+    return chunks + segmenter.flush()
+
+
+def assert_speech_kept(score: RoomScore) -> None:
+    assert score.utterances >= 10, score
+    assert score.speech_kept >= 0.999, score
+    assert score.missed_long == 0, score
+    assert score.onsets_kept >= 0.995, score
+
+
+def kept_score(pcm: np.ndarray, truth: RoomTruth, talker: int | None = None) -> RoomScore:
+    return truth.score(merge_spans(segment(pcm)), talker=talker)
+
+
+@functools.cache
+def quiet_after_loud(seed: int) -> tuple[np.ndarray, RoomTruth]:
+    """A loud talker (-12 dBFS), and half a second later a quiet one 20 dB below, who says
+    a few words and hands back; ten exchanges, room noise 10 dB under the quiet talker."""
+    lines = []
+    for _ in range(10):
+        lines.append(Line(0, -12.0, 4.0, gap_s=0.5))
+        lines.append(Line(1, -32.0, 1.5, gap_s=0.8))
+    return scripted_session(lines, "pink", -42.0, seed)
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_quiet_talker_right_after_a_loud_one(seed):
+    pcm, truth = quiet_after_loud(seed)
+    assert_speech_kept(kept_score(pcm, truth, talker=1))
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_thirty_seconds_of_continuous_speech(seed):
+    """No pause at all for 30 s: the noise floor must not rise into the speech."""
+    lines = [Line(0, -30.0, 30.0, gap_s=3.0, joined=True), Line(1, -30.0, 3.0)]
+    pcm, truth = scripted_session(lines, "brown", -40.0, seed)
+    assert_speech_kept(kept_score(pcm, truth))
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_whisper_level_speech_at_10_db_snr(seed):
+    lines = [Line(i % 2, -50.0, 2.0, gap_s=1.5 + i % 3) for i in range(16)]
+    pcm, truth = scripted_session(lines, "pink", -60.0, seed)
+    assert_speech_kept(kept_score(pcm, truth))
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_hvac_switching_on_mid_session(seed):
+    """The room gets 15 dB louder (the HVAC starts) while people talk: speech on both sides
+    of the switch is kept, and the louder room alone is not kept for long."""
+    lines = [Line(i % 2, -30.0, 2.0, gap_s=2.0 + 2 * (i % 3)) for i in range(24)]
+    pcm, truth = scripted_session(lines, "hvac", -40.0, seed)
+    score = kept_score(pcm, truth)
+    assert_speech_kept(score)
+    assert score.far_removed >= 0.80, score
+
+
+@functools.cache
+def busy_session() -> tuple[np.ndarray, RoomTruth]:
+    return make_room_session(150.0, 10.0, "mixed", "knocks", 31)
+
+
+def test_trim_off_keeps_every_sample_in_order():
+    pcm, _ = busy_session()
+    chunks = segment(pcm, trim="off", max_chunk_s=7.0)
+    assert chunks[0].start_sample == 0
+    for chunk, following in itertools.pairwise(chunks):
+        assert following.start_sample == chunk.end_sample
+    assert np.array_equal(np.concatenate([c.pcm for c in chunks]), pcm)
+
+
+def test_balanced_trims_more_and_conservative_keeps_more():
+    """What the setting promises a clinic: balanced stores fewer bytes, conservative never
+    keeps less speech than balanced, and both keep the microphone's samples unchanged."""
+    pcm, truth = busy_session()
+    kept = {trim: segment(pcm, trim=trim) for trim in ("conservative", "balanced")}
+    scores = {trim: truth.score(merge_spans(chunks)) for trim, chunks in kept.items()}
+    assert scores["balanced"].kept_s < scores["conservative"].kept_s
+    assert scores["conservative"].speech_kept >= scores["balanced"].speech_kept
+    assert_speech_kept(scores["conservative"])
+    for chunks in kept.values():
+        for chunk in chunks:
+            assert np.array_equal(chunk.pcm, pcm[chunk.start_sample : chunk.end_sample])
+
+
+def test_explicit_settings_win_over_the_trim_preset():
+    settings = AudioSettings(trim="balanced", hangover_ms=1000)
+    assert settings.trim_preset.hangover_ms == 1000
+    assert settings.trim_preset.vad_mode == 3
+    assert AudioSettings().trim_preset.vad_mode == 2
+
+
+def test_an_unknown_trim_is_refused_with_the_choices():
+    with pytest.raises(ValidationError) as raised:
+        AudioSettings(trim="aggressive")
+    assert "'conservative', 'balanced' or 'off'" in str(raised.value)
