@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import signal
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from pathlib import Path
 
 import click
@@ -51,7 +51,7 @@ def record_session(
     realtime: bool,
 ) -> RecordSummary:
     """Record, print the summary line, and raise Fatal unless the session ended normally."""
-    with _open_source(settings, input_file, realtime) as source:
+    with closing(_open_source(settings, input_file, realtime)) as source:
         try:
             spool = Spool.open(settings.spool_dir, settings.spool)
         except SpoolError as exc:

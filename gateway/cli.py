@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -514,7 +515,7 @@ def _when(timestamp: float) -> str:
 @click.option("--out-of-order-webhooks", is_flag=True, help="Note before transcript.")
 @click.option("--transcript-error-next", type=int, default=0, help="Fail the next N sessions.")
 @click.option("--log-level", default="info", show_default=True)
-def simulator(host: str, port: int, log_level: str, **knobs: object) -> None:
+def simulator(host: str, port: int, log_level: str, **knobs: Any) -> None:
     """Run the Blueprint API simulator (the embedded default for demo and tests).
 
     Credentials are the simulator's defaults (sim-api-key, sim-client, sim-secret);

@@ -24,9 +24,9 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, Field
 
@@ -180,7 +180,7 @@ async def _sealing_key(service: GatewayService) -> DependencyCheck:
 class BlueprintHealth:
     """What the gateway last heard from Blueprint, from its own calls and a rare probe."""
 
-    def __init__(self, probe: Callable[[float], Awaitable[int]]) -> None:
+    def __init__(self, probe: Callable[[float], Coroutine[Any, Any, int]]) -> None:
         self._probe = probe
         self._last: tuple[float, str, int] | None = None  # (monotonic time, operation, status)
         self._probing: asyncio.Task[int] | None = None

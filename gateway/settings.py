@@ -35,7 +35,7 @@ from gateway.store.location import (
     UrlError,
     parse_url,
 )
-from runtime.mqtt import BrokerSettings
+from runtime.mqtt import BrokerSettings as BrokerConnection
 from runtime.secrets import read_secret_file, resolve_secret
 from runtime.settings import FileSettings, default_state_dir, load_settings
 
@@ -163,7 +163,7 @@ class TestingSettings(BaseModel):
     audio_endpoint: bool = False
 
 
-class MqttSettings(BrokerSettings):
+class MqttSettings(BrokerConnection):
     """The gateway's own connection to the broker (the relay); empty broker_url: no relay.
 
     The password may be given directly, as ``password_file``, as the systemd credential

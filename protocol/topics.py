@@ -26,4 +26,4 @@ def parse(name: str) -> tuple[str, TopicKind] | None:
     parts = name.split("/")
     if len(parts) != 3 or parts[0] != ROOT or parts[2] not in KINDS or not parts[1]:
         return None
-    return parts[1], parts[2]  # type: ignore[return-value]
+    return parts[1], parts[2]

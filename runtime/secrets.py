@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import TypeVar
 
 from pydantic import SecretStr
 
@@ -20,6 +21,8 @@ CREDENTIALS_ENV = "CREDENTIALS_DIRECTORY"
 INSTALLED_CREDENTIALS_ENV = "ROOM_AUDIO_CREDENTIALS"
 INSTALLED_CREDENTIALS = "/etc/room-audio/credentials"
 MAX_SECRET_FILE_BYTES = 64 * 1024
+# A required secret (with a default) stays required: the result is None only if `value` may be.
+_Secret = TypeVar("_Secret", bound=SecretStr | None)
 
 
 def read_secret_file(path: Path) -> SecretStr:
@@ -44,8 +47,8 @@ def read_secret_file(path: Path) -> SecretStr:
 
 
 def resolve_secret(
-    value: SecretStr | None, given: bool, file: Path | None, credential: str, name: str
-) -> SecretStr | None:
+    value: _Secret, given: bool, file: Path | None, credential: str, name: str
+) -> _Secret | SecretStr:
     """The value set directly, else the ``*_file``, else the systemd credential (or, by
     hand, the installed credential file), else the default; setting both a value and a
     file is a mistake worth reporting."""

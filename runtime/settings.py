@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 from annotated_types import Ge, Gt, Le, Lt
 from pydantic import BaseModel, ValidationError
 from pydantic.fields import FieldInfo
+from pydantic_core import ErrorDetails
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource
 
 KNOWN_TABLES = ("agent", "gateway")
@@ -113,7 +114,7 @@ def _describe(
     return problems
 
 
-def _message(error: dict, model: type[BaseModel], loc: tuple[str, ...]) -> str:
+def _message(error: ErrorDetails, model: type[BaseModel], loc: tuple[str, ...]) -> str:
     kind = error["type"]
     if kind == "extra_forbidden":
         parent = _model_at(model, loc[:-1])
@@ -141,7 +142,9 @@ def _field_at(model: type[BaseModel], loc: tuple[str, ...]) -> FieldInfo | None:
 
 def _bounds(field: FieldInfo) -> str:
     """Phrase a numeric field's limits as a technician reads them: "0..3", ">= 1", "> 0"."""
-    limits = {type(item): item for item in field.metadata if isinstance(item, Ge | Gt | Le | Lt)}
+    limits: dict[type, Any] = {
+        type(item): item for item in field.metadata if isinstance(item, Ge | Gt | Le | Lt)
+    }
     if Ge in limits and Le in limits:
         return f"{limits[Ge].ge}..{limits[Le].le}"
     signs = ((Ge, ">=", "ge"), (Gt, ">", "gt"), (Le, "<=", "le"), (Lt, "<", "lt"))

@@ -34,7 +34,8 @@ def comments_by_key(text: str) -> dict[str, str]:
     first of them (``host`` and ``port``, ``backoff_base_s`` and ``backoff_max_s``).
     """
     found: dict[str, str] = {}
-    table, block, previous = "", [], None
+    table, previous = "", None
+    block: list[str] = []
     for raw in text.splitlines():
         line = raw.strip()
         if line.startswith("["):

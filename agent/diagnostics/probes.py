@@ -97,7 +97,11 @@ def _mqtt_connect(
     answers: list[ReasonCode] = []
 
     def on_connect(
-        c: mqtt.Client, userdata: object, flags: object, code: ReasonCode, props: Properties
+        c: mqtt.Client,
+        userdata: object,
+        flags: mqtt.ConnectFlags,
+        code: ReasonCode,
+        props: Properties | None,
     ) -> None:
         answers.append(code)
 

@@ -30,6 +30,7 @@ from pydantic import BaseModel, ConfigDict
 from agent.pipeline.audio import SAMPLE_RATE, AudioInputError, CaptureStats
 from agent.pipeline.resample import Resampler
 from agent.settings import AudioSettings
+from runtime.retry import sleeper
 
 log = logging.getLogger(__name__)
 
@@ -299,7 +300,7 @@ class MicrophoneSource:
             wait=tenacity.wait_exponential(multiplier=policy.first_wait_s, max=policy.max_wait_s)
             + tenacity.wait_random(0, policy.first_wait_s),
             stop=lambda _state: self._closing.is_set(),
-            sleep=self._closing.wait,
+            sleep=sleeper(self._closing),
             before_sleep=_log_retry,
             reraise=True,
         )

@@ -185,6 +185,7 @@ class Scanner:
             raise
         digest = hashlib.sha256(blob).hexdigest()
         record = session.chunks.get(seq)
+        problem: str | None
         try:
             header = read_header(blob)
         except EnvelopeError as exc:

@@ -22,7 +22,7 @@ import tempfile
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import uvicorn
 from fastapi import Depends, FastAPI, HTTPException, Query, Request, Response
@@ -245,7 +245,7 @@ def _token_checker(state: SimulatorState) -> Callable[[Request], None]:
     return require_token
 
 
-ERRORS = {
+ERRORS: dict[int | str, dict[str, Any]] = {
     401: {"model": ErrorBody},
     403: {"model": ErrorBody, "description": "missing or wrong X-API-Key"},
 }
@@ -287,7 +287,10 @@ ExternalId = Annotated[str | None, Query(alias=paths.EXTERNAL_ID_PARAM)]
 
 def _add_record_routes(app: FastAPI, state: SimulatorState) -> None:
     authorized = [Depends(_token_checker(state))]
-    conflict = {**ERRORS, 409: {"model": ErrorBody, "description": "external id taken"}}
+    conflict: dict[int | str, dict[str, Any]] = {
+        **ERRORS,
+        409: {"model": ErrorBody, "description": "external id taken"},
+    }
 
     @app.get(paths.CLINICIANS, response_model=ClinicianPage, dependencies=authorized)
     def find_clinicians(external_id: ExternalId = None) -> ClinicianPage:

@@ -274,7 +274,7 @@ def _session_view(session: SimSession) -> SessionView:
     return SessionView(
         id=session.record.id,
         session_external_id=session.record.session_external_id,
-        status=session.record.status,  # type: ignore[arg-type]
+        status=session.record.status,
         codec=session.codec,
         audio_bytes=session.audio_bytes,
         audio_duration_s=session.audio_duration_s,

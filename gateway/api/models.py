@@ -182,7 +182,7 @@ class PendingJob(BaseModel):
         return cls(
             job_id=job.id,
             kind=job.kind,
-            state=job.state,  # type: ignore[arg-type]
+            state=job.state,
             attempts=job.attempts,
             max_attempts=job.max_attempts,
             next_run_at=timestamp(job.next_run_at),

@@ -15,7 +15,7 @@ Blueprint record again by external id, so nothing is created twice.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from fastapi import APIRouter, Depends, Response
 
@@ -31,10 +31,12 @@ from gateway.store import Connection
 
 R = TypeVar("R")
 TAG = "clinicians and clients"
-ENSURE_ANSWERS = {
+ENSURE_ANSWERS: dict[int | str, dict[str, Any]] = {
     202: {"model": RecordOut, "description": "stored; Blueprint not reached yet (pending)"},
 }
-DELETED = {204: {"description": "forgotten here; Blueprint keeps its record"}}
+DELETED: dict[int | str, dict[str, Any]] = {
+    204: {"description": "forgotten here; Blueprint keeps its record"}
+}
 # Sessions in these states are over: deleting their people cannot hurt them.
 FINISHED_STATES = ("notes_ready", "failed", "cancelled")
 

@@ -34,14 +34,14 @@ def _room(room: rooms.Room, device: registry.Device, status: RoomStatus | None) 
         room=room.id,
         name=device.name,
         active_session_id=room.active_session_id,
-        device=device.status,  # type: ignore[arg-type]
+        device=device.status,
         online=status.online if status else None,
         recorder=status.recorder if status else None,
         device_session_id=status.session_id if status else None,
         backlog_chunks=status.backlog_chunks if status else None,
         backlog_bytes=status.backlog_bytes if status else None,
         reason=status.reason if status else None,
-        microphone=status.microphone if status else None,  # type: ignore[arg-type]
+        microphone=status.microphone if status else None,
         microphone_device=status.microphone_device if status else None,
         last_seen_at=timestamp(status.last_seen_at) if status else None,
         last_heartbeat_at=(

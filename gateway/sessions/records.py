@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 from gateway.store import Connection, Row
 
@@ -196,7 +196,7 @@ def delete(conn: Connection, kind: RecordKind, external_id: str) -> bool:
     return cursor.rowcount == 1
 
 
-def _fields(row: Row) -> dict[str, object]:
+def _fields(row: Row) -> dict[str, Any]:
     fields = dict(row)
     fields["needs_update"] = bool(fields["needs_update"])
     return fields

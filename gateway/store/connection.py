@@ -48,16 +48,16 @@ class Connection(Protocol):
 
     def execute(self, sql: str, params: Params = ()) -> Cursor: ...
 
-    def after_commit(self, callback: Callable[[], None]) -> None: ...
+    def after_commit(self, callback: Callable[[], object]) -> None: ...
 
 
 class AfterCommit:
     """The callbacks a transaction registered; run once it has committed, dropped if not."""
 
     def __init__(self) -> None:
-        self._callbacks: list[Callable[[], None]] = []
+        self._callbacks: list[Callable[[], object]] = []
 
-    def after_commit(self, callback: Callable[[], None]) -> None:
+    def after_commit(self, callback: Callable[[], object]) -> None:
         self._callbacks.append(callback)
 
     def discard_callbacks(self) -> None:

@@ -110,7 +110,7 @@ class PostgresConnection(AfterCommit):
         if self.failure is not None:
             raise StoreError("the transaction is over: an earlier statement in it failed")
         try:
-            return self.raw.execute(postgres_query(sql), tuple(params))  # type: ignore[return-value]
+            return self.raw.execute(postgres_query(sql), tuple(params))
         except psycopg.Error as exc:
             self.failure = translate(exc, self.raw)
             raise self.failure from None
@@ -118,6 +118,7 @@ class PostgresConnection(AfterCommit):
 
 class PostgresDatabase(Database):
     engine: Engine = "postgresql"
+    location: PostgresLocation
 
     def __init__(self, location: PostgresLocation) -> None:
         self.location = location

@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 if __package__ in (None, ""):  # run as a script: make `tests.support` importable
@@ -46,16 +47,17 @@ def segment(pcm: np.ndarray, settings: AudioSettings, block: int) -> list[Speech
 
 def baseline_spans(pcm: np.ndarray, settings: AudioSettings) -> list[tuple[float, float]]:
     """Every frame webrtcvad calls speech, widened by pre-roll before and hangover after."""
-    vad = webrtcvad.Vad(settings.vad_mode)
+    preset = settings.trim_preset  # the settings' own fields may be unset (None)
+    vad = webrtcvad.Vad(preset.vad_mode)
     frames = len(pcm) // FRAME_SAMPLES
     raw = pcm[: frames * FRAME_SAMPLES].tobytes()
     step = FRAME_SAMPLES * 2
     voiced = np.array(
         [vad.is_speech(raw[i * step : (i + 1) * step], SAMPLE_RATE) for i in range(frames)]
     )
-    before, after = settings.pre_roll_ms // FRAME_MS, settings.hangover_ms // FRAME_MS
+    before, after = preset.pre_roll_ms // FRAME_MS, preset.hangover_ms // FRAME_MS
     starts = np.zeros(frames + 1, dtype=int)
-    for index in np.flatnonzero(voiced):
+    for index in map(int, np.flatnonzero(voiced)):
         starts[max(0, index - before)] += 1
         starts[min(frames, index + after + 1)] -= 1
     kept = np.cumsum(starts)[:frames] > 0
@@ -83,7 +85,9 @@ def recorded_cells(sessions: int) -> list[tuple[str, float, str, int, float]]:
     return cells
 
 
-def recorded_quality(methods: dict[str, object], sessions: int) -> None:
+def recorded_quality(
+    methods: dict[str, Callable[[np.ndarray], list[tuple[float, float]]]], sessions: int
+) -> None:
     """The issue's table, one block of rows per method."""
     scores: dict[str, dict[tuple[str, str], RoomScore]] = {name: {} for name in methods}
     cells = recorded_cells(sessions)

@@ -26,7 +26,7 @@ import soundfile
 from pydantic import SecretStr
 
 from gateway.blueprint.defaults import DEFAULT_API_KEY, DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET
-from gateway.store import Database, Location, SqliteLocation, parse_url
+from gateway.store import Database, Location, PostgresLocation, SqliteLocation, parse_url
 from tests.support.postgres import PostgresServer
 from tests.support.processes import Service, free_port, wait_for_http
 
@@ -147,6 +147,7 @@ class GatewayProcess:
         if not url:
             return SqliteLocation(self.state_dir / "gateway.db")
         location = parse_url(url)
+        assert isinstance(location, PostgresLocation)
         password = Path(self.env["ROOM_GATEWAY_STORE__PASSWORD_FILE"]).read_text().strip()
         return dataclasses.replace(location, password=SecretStr(password))
 

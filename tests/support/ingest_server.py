@@ -20,6 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 import uvicorn
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
@@ -202,7 +203,7 @@ class IngestServer:
     # -- lifecycle
 
     def start(self) -> IngestServer:
-        tls = {}
+        tls: dict[str, Any] = {}
         if self.tls is not None:
             tls = {"ssl_certfile": self.tls.server_cert, "ssl_keyfile": self.tls.server_key}
         config = uvicorn.Config(

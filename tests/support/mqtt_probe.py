@@ -142,5 +142,7 @@ class Probe:
 
     def _on_message(self, client, userdata, message: mqtt.MQTTMessage) -> None:
         with self._changed:
-            self.messages.append(Received(message.topic, message.payload, bool(message.retain)))
+            self.messages.append(
+                Received(message.topic, bytes(message.payload), bool(message.retain))
+            )
             self._changed.notify_all()

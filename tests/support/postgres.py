@@ -179,6 +179,7 @@ class PostgresServer:
         return result.stdout.strip()
 
     def _pg_ctl_start(self) -> None:
+        assert self.root is not None
         options = (
             f"-p {self.port} -k {self.root} -c listen_addresses={self.host}"
             " -c max_connections=300 -c shared_buffers=32MB"

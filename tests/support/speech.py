@@ -185,8 +185,8 @@ def make_session_pcm(
     speech = np.zeros(total, dtype=np.float32)
     spans = []
     gains = 10 ** (rng.uniform(-3.0, 3.0, len(plan)) / 20)
-    for (start, *key), gain in zip(plan, gains, strict=True):
-        clip = clips[tuple(key)][: total - start]
+    for (start, text, voice, speed), gain in zip(plan, gains, strict=True):
+        clip = clips[(text, voice, speed)][: total - start]
         speech[start : start + len(clip)] = clip * gain
         spans.append((start, start + len(clip)))
     spans = [(s, e) for s, e in spans if e > s]
@@ -219,9 +219,9 @@ def _plan_utterances(
     while at < total - SAMPLE_RATE:
         batch = [
             (
-                SENTENCES[rng.integers(len(SENTENCES))],
-                voices[rng.integers(len(voices))],
-                int(speeds[rng.integers(len(speeds))]),
+                SENTENCES[int(rng.integers(len(SENTENCES)))],
+                voices[int(rng.integers(len(voices)))],
+                int(speeds[int(rng.integers(len(speeds)))]),
             )
             for _ in range(16)
         ]
@@ -278,8 +278,8 @@ def coloured_noise(
     hop = segment // 2
     out = np.zeros(samples + segment, dtype=np.float32)
     for at in range(-hop, samples, hop):
-        spectrum = rng.standard_normal(len(freqs)) + 1j * rng.standard_normal(len(freqs))
-        piece = np.fft.irfft(spectrum * shape, n=segment) * window
+        white = rng.standard_normal(len(freqs)) + 1j * rng.standard_normal(len(freqs))
+        piece = np.fft.irfft(white * shape, n=segment) * window
         lo = max(at, 0)
         out[lo : at + segment] += piece[lo - at :]
     return out[:samples]

@@ -264,7 +264,7 @@ def test_test_only_audio_endpoint_refusals(people: GatewayProcess, flac_audio: P
     assert_refused(again, 409)
 
 
-def test_audio_endpoint_is_off_by_default(gateway_factory) -> None:  # type: ignore[no-untyped-def]
+def test_audio_endpoint_is_off_by_default(gateway_factory) -> None:
     gateway = gateway_factory(ROOM_GATEWAY_TESTING__AUDIO_ENDPOINT="false")
     paths = httpx.get(f"{gateway.url}/openapi.json").json()["paths"]
     assert "/v1/sessions/{session_id}/audio" not in paths

@@ -65,13 +65,14 @@ def test_list_sessions_filters_and_pages(people: GatewayProcess) -> None:
     assert len(listing(people, created_before="2999-01-01T00:00:00Z")["items"]) >= 3
     assert "timeline" not in by_client[0]  # a listing is a summary
 
-    for params, code in [
+    cases: list[tuple[dict[str, str | int], str]] = [
         ({"cursor": "not-a-cursor"}, "invalid_cursor"),
         ({"state": "asleep"}, "invalid_request"),
         ({"limit": 0}, "invalid_request"),
         ({"created_after": "yesterday"}, "invalid_request"),
         ({"created_after": "2026-01-01T00:00:00"}, "invalid_request"),  # no zone
-    ]:
+    ]
+    for params, code in cases:
         assert_problem(people.http.get("/v1/sessions", params=params), 422, code)
     for started_id in started:
         people.http.post(f"/v1/sessions/{started_id}/cancel")

@@ -267,7 +267,7 @@ async def test_invalid_fields_are_named_without_their_values(sim) -> None:
         with pytest.raises(BlueprintRejected) as caught:
             await client.ensure_clinician("clin-1", "", "Quixote-Zelda", None)
         with pytest.raises(BlueprintRejected):
-            await client.ensure_session("s", "c", "k", "on-the-moon")  # type: ignore[arg-type]
+            await client.ensure_session("s", "c", "k", "on-the-moon")
     assert "first_name" in str(caught.value) and "Quixote" not in str(caught.value)
     assert calls == []
 

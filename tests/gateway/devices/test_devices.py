@@ -52,7 +52,7 @@ class Client:
         self.client.on_connect = self._on_connect
         self.client.on_subscribe = self._on_subscribe
         self.client.on_disconnect = lambda *args: self.disconnected.set()
-        self.client.on_message = lambda c, u, m: self.messages.append((m.topic, m.payload))
+        self.client.on_message = lambda c, u, m: self.messages.append((m.topic, bytes(m.payload)))
         self.client.connect("127.0.0.1", deployment.broker_port, keepalive=10)
         self.client.loop_start()
         assert self._event.wait(10), "no CONNACK"
@@ -66,7 +66,12 @@ class Client:
     def publish(self, topic: str, payload: str) -> ReasonCode:
         acked = threading.Event()
         codes: list[ReasonCode] = []
-        self.client.on_publish = lambda c, u, mid, code, p: (codes.append(code), acked.set())
+
+        def on_publish(c: object, u: object, mid: int, code: ReasonCode, p: object) -> None:
+            codes.append(code)
+            acked.set()
+
+        self.client.on_publish = on_publish
         self.client.publish(topic, payload, qos=1)
         assert acked.wait(10), "no PUBACK"
         return codes[0]
@@ -129,6 +134,7 @@ def test_device_add_writes_an_agent_config_that_loads(
     assert settings.mqtt.broker_url == f"mqtt://127.0.0.1:{deployment.broker_port}"
     assert settings.link.ingest_token.get_secret_value() == files.token
     assert settings.mqtt.password.get_secret_value() == files.password
+    assert settings.gateway_public_key is not None
     sealing = public_key_from_text(settings.gateway_public_key)
     assert sealing.public_bytes_raw() == deployment.key.public_key().public_bytes_raw()
     toml = (files.directory / "agent.toml").read_text()

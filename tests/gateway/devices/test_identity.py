@@ -94,7 +94,7 @@ class Session:
 
     def _on_message(self, client, userdata, message: mqtt.MQTTMessage) -> None:
         with self._changed:
-            self.messages.append((message.topic, message.payload))
+            self.messages.append((message.topic, bytes(message.payload)))
             self._changed.notify_all()
 
 

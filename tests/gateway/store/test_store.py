@@ -347,7 +347,7 @@ def test_a_room_has_one_active_session_also_while_starting_or_paused(tmp_path: P
         with pytest.raises(states.RoomBusy):
             states.insert(conn, "room-1", "c", "k", "in-person", None)
         assert states.active_in_room(conn, "room-1") == first
-        states.transition(conn, first.id, "paused", ("starting",), step="paused")
+        states.transition(conn, first.id, "paused", ["starting"], step="paused")
         with pytest.raises(states.RoomBusy):
             states.insert(conn, "room-1", "c", "k", "in-person", None, state="starting")
         states.mark_failed(conn, first.id, "test")
