@@ -237,8 +237,8 @@ async def _validation_error(_: Request, exc: Exception) -> JSONResponse:
     return JSONResponse({"message": "Invalid request", "errors": errors}, status_code=422)
 
 
-def _token_checker(state: SimulatorState) -> Callable[[Request], None]:
-    def require_token(request: Request) -> None:
+def _token_checker(state: SimulatorState) -> Callable[[Request], Awaitable[None]]:
+    async def require_token(request: Request) -> None:
         if not state.token_valid(request.headers.get("access-token")):
             raise HTTPException(401, "Unauthorized")
 
@@ -258,7 +258,7 @@ def _add_partner_routes(app: FastAPI, state: SimulatorState, config: SimulatorCo
     authorized = [Depends(_token_checker(state))]
 
     @app.post(paths.AUTHENTICATE, response_model=AccessToken, responses=ERRORS)
-    def authenticate(body: AuthenticateRequest) -> AccessToken:
+    async def authenticate(body: AuthenticateRequest) -> AccessToken:
         secret_ok = body.client_secret.get_secret_value() == config.client_secret.get_secret_value()
         if body.client_id != config.client_id or not secret_ok:
             raise HTTPException(401, "Invalid client credentials")
@@ -268,11 +268,11 @@ def _add_partner_routes(app: FastAPI, state: SimulatorState, config: SimulatorCo
         return AccessToken(access_token=token, expires_in=expires_in)
 
     @app.get(paths.PARTNERS, response_model=Partner, dependencies=authorized, responses=ERRORS)
-    def get_partner() -> Partner:
+    async def get_partner() -> Partner:
         return Partner(id=config.partner_id, callback_url=state.callback_url)
 
     @app.patch(paths.PARTNER, response_model=Partner, dependencies=authorized, responses=ERRORS)
-    def update_partner(partner_id: str, body: PartnerUpdate) -> Partner:
+    async def update_partner(partner_id: str, body: PartnerUpdate) -> Partner:
         if partner_id != config.partner_id:
             raise HTTPException(404, "Partner not found")
         state.callback_url = str(body.callback_url)
@@ -293,7 +293,7 @@ def _add_record_routes(app: FastAPI, state: SimulatorState) -> None:
     }
 
     @app.get(paths.CLINICIANS, response_model=ClinicianPage, dependencies=authorized)
-    def find_clinicians(external_id: ExternalId = None) -> ClinicianPage:
+    async def find_clinicians(external_id: ExternalId = None) -> ClinicianPage:
         return ClinicianPage(items=state.find_clinicians(external_id))
 
     @app.post(
@@ -303,7 +303,7 @@ def _add_record_routes(app: FastAPI, state: SimulatorState) -> None:
         dependencies=authorized,
         responses=conflict,
     )
-    def create_clinician(body: ClinicianCreate) -> ClinicianRecord:
+    async def create_clinician(body: ClinicianCreate) -> ClinicianRecord:
         record = state.create_clinician(body)
         if record is None:
             raise HTTPException(409, "A clinician with this externalId exists")
@@ -312,14 +312,14 @@ def _add_record_routes(app: FastAPI, state: SimulatorState) -> None:
     @app.patch(
         paths.CLINICIAN, response_model=ClinicianRecord, dependencies=authorized, responses=ERRORS
     )
-    def update_clinician(clinician_id: str, body: ClinicianUpdate) -> ClinicianRecord:
+    async def update_clinician(clinician_id: str, body: ClinicianUpdate) -> ClinicianRecord:
         record = state.update_clinician(clinician_id, body)
         if record is None:
             raise HTTPException(404, "Clinician not found")
         return record
 
     @app.get(paths.CLIENTS, response_model=ClientPage, dependencies=authorized)
-    def find_clients(external_id: ExternalId = None) -> ClientPage:
+    async def find_clients(external_id: ExternalId = None) -> ClientPage:
         return ClientPage(items=state.find_clients(external_id))
 
     @app.post(
@@ -329,7 +329,7 @@ def _add_record_routes(app: FastAPI, state: SimulatorState) -> None:
         dependencies=authorized,
         responses=conflict,
     )
-    def create_client(body: ClientCreate) -> ClientRecord:
+    async def create_client(body: ClientCreate) -> ClientRecord:
         if body.clinician_id not in state.clinicians:
             raise HTTPException(422, "Unknown clinicianId")
         record = state.create_client(body)
@@ -338,7 +338,7 @@ def _add_record_routes(app: FastAPI, state: SimulatorState) -> None:
         return record
 
     @app.patch(paths.CLIENT, response_model=ClientRecord, dependencies=authorized, responses=ERRORS)
-    def update_client(client_id: str, body: ClientUpdate) -> ClientRecord:
+    async def update_client(client_id: str, body: ClientUpdate) -> ClientRecord:
         if body.clinician_id not in state.clinicians:
             raise HTTPException(422, "Unknown clinicianId")
         record = state.update_client(client_id, body)
@@ -359,7 +359,7 @@ def _add_session_routes(
     authorized = [Depends(_token_checker(state))]
 
     @app.get(paths.SESSIONS, response_model=SessionPage, dependencies=authorized)
-    def find_sessions(session_external_id: SessionExternalId = None) -> SessionPage:
+    async def find_sessions(session_external_id: SessionExternalId = None) -> SessionPage:
         return SessionPage(items=state.find_sessions(session_external_id))
 
     @app.post(
@@ -369,7 +369,7 @@ def _add_session_routes(
         dependencies=authorized,
         responses={**ERRORS, 409: {"model": ErrorBody}},
     )
-    def create_session(body: SessionCreate) -> SessionRecord:
+    async def create_session(body: SessionCreate) -> SessionRecord:
         if body.clinician_id not in state.clinicians:
             raise HTTPException(422, "Unknown clinicianId")
         if body.client_id not in state.clients:
@@ -413,14 +413,14 @@ def _add_session_routes(
         return session.record
 
     @app.get(paths.PROGRESS_NOTE, response_model=ProgressNote, dependencies=authorized)
-    def get_progress_note(note_id: str) -> ProgressNote:
+    async def get_progress_note(note_id: str) -> ProgressNote:
         for session in state.sessions.values():
             if session.progress_note is not None and session.progress_note.id == note_id:
                 return session.progress_note
         raise HTTPException(404, "Progress note not found")
 
     @app.get(paths.TRANSCRIPT, response_model=Transcript, dependencies=authorized)
-    def get_transcript(session_id: str) -> Transcript:
+    async def get_transcript(session_id: str) -> Transcript:
         session = state.sessions.get(session_id)
         if session is None or session.transcript is None:
             raise HTTPException(404, "Transcript not found")
@@ -452,16 +452,16 @@ def _add_control_routes(
     app: FastAPI, state: SimulatorState, config: SimulatorConfig, processor: SessionProcessor
 ) -> None:
     @app.get(f"{CONTROL_PREFIX}/state", response_model=StateView, tags=["simulator control"])
-    def get_state() -> StateView:
+    async def get_state() -> StateView:
         return state.view()
 
     @app.post(f"{CONTROL_PREFIX}/faults", response_model=StateView, tags=["simulator control"])
-    def set_faults(update: FaultUpdate) -> StateView:
+    async def set_faults(update: FaultUpdate) -> StateView:
         state.apply(update)
         return state.view()
 
     @app.put(f"{CONTROL_PREFIX}/callback", response_model=StateView, tags=["simulator control"])
-    def set_callback(setting: CallbackSetting) -> StateView:
+    async def set_callback(setting: CallbackSetting) -> StateView:
         state.callback_url = str(setting.url) if setting.url is not None else None
         return state.view()
 
