@@ -32,11 +32,13 @@ PROGRESS_NOTE_FIELDS = {
 }
 
 
-async def uploaded_session(sim, make_audio, seconds: float = 2.0, **session_options) -> str:
+async def uploaded_session(
+    sim, make_audio, seconds: float = 2.0, external_id: str = "sess-1", **session_options
+) -> str:
     async with sim.client() as client:
         clinician = await client.ensure_clinician("clin-1", "Ada", "Byron", None)
         person = await client.ensure_client("cli-1", "Grace", "Hopper", clinician)
-        session_id = await client.ensure_session("sess-1", clinician, person, **session_options)
+        session_id = await client.ensure_session(external_id, clinician, person, **session_options)
         await client.upload_audio(session_id, make_audio(seconds), "audio/flac")
     return session_id
 
@@ -229,7 +231,13 @@ async def test_other_failures_are_dropped_not_retried(sim, receiver, make_audio)
     sim.set_callback(receiver.url)
     await uploaded_session(sim, make_audio)
     hooks = receiver.wait_for(2)
-    time.sleep(0.3)  # longer than the retry interval: nothing more arrives
+    # Not "sleep, then see nothing more": the simulator's own record says it gave up at
+    # once (a final outcome after one attempt), and only then are the deliveries counted.
+    state = sim.wait_for(lambda s: all(w["outcome"] != "pending" for w in s["webhooks"]))
+    assert [(w["outcome"], w["attempts"]) for w in state["webhooks"]] == [
+        ("dropped", 1),
+        ("delivered", 1),
+    ]
     assert (
         events(receiver.deliveries)
         == events(hooks)
@@ -272,8 +280,14 @@ async def test_transcript_error(sim, receiver, make_audio) -> None:
     sim.faults(transcript_error_next=1)
     session_id = await uploaded_session(sim, make_audio)
     (hook,) = receiver.wait_for(1)
-    time.sleep(0.2)
-    assert len(receiver.deliveries) == 1
+    # The sentinel: a later session's two hooks. A note for the failed session would have
+    # come right after its error hook, before the later session was even processed.
+    await uploaded_session(sim, make_audio, external_id="sess-sentinel")
+    assert events(receiver.wait_for(3)) == [
+        "session_transcript_error",
+        "transcript_ready",
+        "progress_note_generated",
+    ]
     body = json.loads(hook.body)
     assert body["eventType"] == "session_transcript_error"
     assert set(body["payload"]) == {"sessionId", "error"}

@@ -28,6 +28,7 @@ from gateway.blueprint.defaults import (
     DEFAULT_CLIENT_ID,
     DEFAULT_CLIENT_SECRET,
 )
+from tests.support.eventually import eventually
 from tests.support.processes import Service, free_port, wait_for_http, wait_for_port
 
 ROOM_GATEWAY = str(Path(sys.executable).with_name("room-gateway"))
@@ -70,14 +71,11 @@ class Simulator:
     def wait_for(
         self, predicate: Callable[[dict[str, Any]], bool], timeout: float = 5.0
     ) -> dict[str, Any]:
-        deadline = time.monotonic() + timeout
-        while True:
-            state = self.state()
-            if predicate(state):
-                return state
-            if time.monotonic() > deadline:
-                raise AssertionError(f"simulator state never matched: {state}")
-            time.sleep(0.02)
+        return eventually(
+            lambda: state if predicate(state := self.state()) else None,
+            timeout,
+            what="the simulator's state to match",
+        )
 
     def token(self) -> str:
         response = httpx.post(
@@ -160,11 +158,7 @@ class Receiver:
     deliveries: list[Delivery] = field(default_factory=list)
 
     def wait_for(self, count: int, timeout: float = 5.0) -> list[Delivery]:
-        deadline = time.monotonic() + timeout
-        while len(self.deliveries) < count:
-            if time.monotonic() > deadline:
-                raise AssertionError(f"{len(self.deliveries)} of {count} webhooks arrived")
-            time.sleep(0.02)
+        eventually(lambda: len(self.deliveries) >= count, timeout, what=f"{count} webhooks")
         return list(self.deliveries)
 
 
