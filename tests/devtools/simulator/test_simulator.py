@@ -16,6 +16,7 @@ from gateway.blueprint import signature
 from gateway.blueprint.defaults import DEFAULT_API_KEY, DEFAULT_CLIENT_SECRET, DEFAULT_PORT
 from gateway.blueprint.models import ProgressNotePayload, TranscriptReadyPayload
 from gateway.cli import cli
+from tests.support.eventually import eventually
 from tests.support.processes import free_port
 
 pytestmark = pytest.mark.anyio
@@ -77,11 +78,15 @@ def test_authenticate_rejects_wrong_secret_and_expires_tokens(sim) -> None:
         json={"clientId": "sim-client", "clientSecret": "guess"},
     )
     assert response.status_code == 401
-    sim.faults(token_lifetime_s=0.3)
+    # Long enough to be valid on a loaded machine, short enough to see it expire.
+    sim.faults(token_lifetime_s=2.0)
     headers = sim.headers()
     assert httpx.get(f"{sim.url}/clinicians", headers=headers).status_code == 200
-    time.sleep(0.35)
-    assert httpx.get(f"{sim.url}/clinicians", headers=headers).status_code == 401
+    eventually(
+        lambda: httpx.get(f"{sim.url}/clinicians", headers=headers).status_code == 401,
+        timeout=10,
+        what="the token to expire",
+    )
 
 
 # --- malformed requests get a 4xx with a reason, never a 500 -------------------------------
