@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup test demo bench docs lint clean install-agent install-gateway
+.PHONY: setup test demo bench docs lint lock clean install-agent install-gateway
 
 setup: $(STAMP)
 	@scripts/setup-system.sh
@@ -35,6 +35,17 @@ bench: setup
 
 docs: setup
 	$(BIN)/python scripts/config_reference.py
+
+# The lock files scripts/install.sh installs the service from: every dependency pinned,
+# with hashes. Run after changing pyproject.toml's dependencies (tests/test_lock_files.py
+# fails until then); `make lock UPGRADE=1` moves every pin to the newest allowed release.
+lock: setup
+	@$(BIN)/pip install -q 'pip-tools>=7.4'
+	@for extra in agent gateway; do \
+	    $(BIN)/pip-compile --quiet --generate-hashes --allow-unsafe --strip-extras \
+	        --no-emit-index-url --no-emit-find-links $(if $(UPGRADE),--upgrade) \
+	        --extra=$$extra --output-file=requirements/$$extra.lock pyproject.toml; \
+	done
 
 install-agent:
 	scripts/install.sh agent

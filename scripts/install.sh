@@ -4,7 +4,8 @@
 #   sudo scripts/install.sh agent      # a room device
 #   sudo scripts/install.sh gateway    # the partner's gateway host
 #
-# Creates the service user, /opt/room-audio/venv with the program, /etc/room-audio/<x>.toml
+# Creates the service user, /opt/room-audio/venv with the program (its dependencies from
+# requirements/<role>.lock, pinned with hashes), /etc/room-audio/<x>.toml
 # from config.example.toml (never overwritten), the credentials directory, and the unit.
 # The unit is enabled only once its credential files exist; until then the script says
 # which files to create. Safe to run again (an upgrade reinstalls the program).
@@ -75,7 +76,10 @@ build_venv() {
     rm -rf "$venv"
     "$python" -m venv "$venv"
     "$venv/bin/pip" install --quiet --no-compile --upgrade pip
-    "$venv/bin/pip" install --quiet --no-compile "$src[$extra]"
+    # The dependencies exactly as tested: requirements/$extra.lock pins every one, with
+    # hashes (`make lock` writes it from pyproject.toml); then the program itself, alone.
+    "$venv/bin/pip" install --quiet --no-compile --require-hashes -r "$src/requirements/$extra.lock"
+    "$venv/bin/pip" install --quiet --no-compile --no-deps "$src"
     if [ -n "$destdir" ]; then
         grep -rlIF -- "$destdir$prefix" "$venv/bin" "$venv/pyvenv.cfg" |
             while read -r file; do sed -i "s|$destdir$prefix|$prefix|g" "$file"; done
