@@ -100,7 +100,11 @@ def test_a_healthy_room_is_all_ok(tmp_path):
     assert during.verdict == "skipped"
     assert during.summary == "the agent is recording session s-1: not disturbed"
     assert done.returncode == 0, done.stdout + done.stderr
-    assert done.stderr == "sound check: talk in the room for 2 s ...\n"
+    prompt, *others = done.stderr.splitlines()
+    assert prompt == "sound check: talk in the room for 2 s ..."
+    # The FIFO plays at 4x: on a loaded machine it can outrun the capture queue, whose drop
+    # warnings are then the only other lines (no traceback, no other noise).
+    assert all(line.startswith("capture: ") for line in others), done.stderr
     found = checklist(done.stdout)
     assert {mark for mark, _, _ in found.values()} == {"ok"}, done.stdout
     assert found["microphone"][1] == "'testmic' (input devices: 'testmic', 'default')"
