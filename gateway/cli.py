@@ -104,6 +104,26 @@ def config_validate(state: CliState, file: Path | None) -> None:
 
 
 @cli.command()
+@click.pass_obj
+def doctor(state: CliState) -> None:
+    """Reach the store and the broker the settings name: one line each, with its fix.
+
+    The store: reachable, and its schema not newer than this gateway (another replica
+    upgraded first). The broker (when mqtt.broker_url is set): it takes the relay, and has
+    the shared subscriptions replicas need. Exit status 2 on any problem; changes nothing.
+    """
+    from gateway.doctor import diagnose
+
+    findings = diagnose(state.settings)
+    for finding in findings:
+        if finding.verdict == "ok":
+            click.echo(finding.line())
+    problems = [finding.line() for finding in findings if finding.verdict != "ok"]
+    if problems:
+        raise Fatal("\n".join(problems))
+
+
+@cli.command()
 @click.option("--force", is_flag=True, help="Replace an existing key (devices must be updated).")
 @click.pass_obj
 def keygen(state: CliState, force: bool) -> None:

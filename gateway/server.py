@@ -1,8 +1,9 @@
 """``room-gateway serve``: logging, the store checked up front, uvicorn, systemd READY.
 
-Startup problems a person can fix (a bad database file, a port in use) end as one line on
-stderr: the store is opened (and migrated) and the port bound before uvicorn starts, so
-they are reported as such rather than as an ASGI lifespan traceback.
+Startup problems a person can fix (a bad database file, a port in use, another ``serve``
+on the same SQLite file) end as one line on stderr: the lock is taken, the store opened
+(and migrated) and the port bound before uvicorn starts, so they are reported as such
+rather than as an ASGI lifespan traceback.
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ import uvicorn
 
 from gateway.app import create_app
 from gateway.settings import GatewaySettings
-from gateway.store import Database, StoreError
+from gateway.store import Database, SqliteLocation, StoreError
+from gateway.store.serve_lock import ServeLock
 from runtime.systemd import notify
 
 logger = logging.getLogger(__name__)
@@ -35,12 +37,20 @@ def configure_logging(level: str) -> None:
 
 def serve(settings: GatewaySettings) -> None:
     configure_logging(settings.log_level)
+    location = settings.store_location
+    lock = ServeLock(location.path) if isinstance(location, SqliteLocation) else None
     try:
-        Database.open(settings.store_location).close()
+        if lock is not None:
+            lock.acquire()  # held until this process ends
+        Database.open(location).close()
     except StoreError as exc:
         raise ServeError(str(exc)) from None
     listener = bind(settings.http.host, settings.http.port)
-    asyncio.run(_serve(settings, listener))
+    try:
+        asyncio.run(_serve(settings, listener))
+    finally:
+        if lock is not None:
+            lock.release()
 
 
 def bind(host: str, port: int) -> socket.socket:

@@ -88,7 +88,16 @@ class GatewayService:
         handlers[JobKind.PURGE_AUDIO] = retention.handle
         relay = None
         if settings.mqtt.broker_url:
-            relay = Relay(settings.mqtt, settings.mqtt_password, db, lifecycle, wake)
+            relay = Relay(
+                settings.mqtt,
+                settings.mqtt_password,
+                db,
+                lifecycle,
+                wake,
+                client_id=settings.mqtt_client_id,
+                username=settings.mqtt_username,
+                shared=settings.shared_subscription,
+            )
             lifecycle.add_notifier(relay.notifier.notifier)
             ingest.on_stored(relay.notifier.chunk_acked)
             handlers.update(relay.handlers())

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
+import socket
 from pathlib import Path
 from typing import Annotated, ClassVar, Literal, Self
 
@@ -50,6 +52,7 @@ CALLBACK_SECRET_CREDENTIAL = "partner-callback-secret"
 MQTT_PASSWORD_CREDENTIAL = "gateway-mqtt-password"
 DATABASE_PASSWORD_CREDENTIAL = "gateway-database-password"
 MQTT_PASSWORD_FILE = "mqtt-password"  # in state_dir, written by `room-gateway broker-config`
+GATEWAY_CLIENT_ID_PATTERN = r"^(gateway(-[A-Za-z0-9_-]{1,55})?)?$"
 KiB = 1024
 MiB = 1024 * KiB
 
@@ -174,12 +177,19 @@ class MqttSettings(BrokerConnection):
     password_credential: ClassVar[str] = MQTT_PASSWORD_CREDENTIAL
 
     username: str = Field(default="gateway", min_length=1, max_length=64)
-    client_id: str = Field(default="gateway", min_length=1, max_length=64)
+    # Empty: the MQTT user's name (broker-config's mosquitto forces that anyway). The ids
+    # gateway and gateway-* are the gateway's (devices may not use them).
+    client_id: str = Field(
+        default="",
+        pattern=GATEWAY_CLIENT_ID_PATTERN,
+        description="empty (the user name), gateway, or gateway-<name>",
+    )
     session_expiry_s: int = Field(default=86_400, ge=0, le=7 * 86_400)
     reconnect_max_s: float = Field(default=30.0, gt=0, le=3600)
     publish_timeout_s: float = Field(default=10.0, gt=0, le=300)
     command_expiry_s: int = Field(default=120, ge=1, le=86_400)
-    shared_subscription: bool = False
+    # None: shared when the store is PostgreSQL (replicas split the rooms' messages).
+    shared_subscription: bool | None = None
 
 
 class IngestSettings(BaseModel):
@@ -287,6 +297,14 @@ class GatewaySettings(FileSettings):
     )
 
     state_dir: Path = Field(default_factory=lambda: default_state_dir("room-gateway"))
+    # This gateway among its replicas: the owner of the jobs it runs and, when set, its MQTT
+    # user and client id gateway-<replica> (broker.replicas gives each its broker entry).
+    # Empty: this host's name for jobs, the plain gateway user for MQTT (one gateway).
+    replica: str = Field(
+        default="",
+        pattern=f"({REPLICA_PATTERN})|^$",
+        description="lowercase letters, digits, - and _ (max 32), or empty",
+    )
     database_file: Path | None = None
     sealing_key_file: Path | None = None
     log_level: Literal["debug", "info", "warning", "error"] = "info"
@@ -334,6 +352,32 @@ class GatewaySettings(FileSettings):
         return location
 
     @property
+    def replica_name(self) -> str:
+        """``replica`` as configured, else this host's name (stable across restarts, so a
+        restarted replica resumes its own MQTT session and leases)."""
+        return self.replica or host_replica_name()
+
+    @property
+    def mqtt_username(self) -> str:
+        """The relay's MQTT user: as configured; else gateway-<replica> when this gateway is
+        a named replica (broker-config's broker makes the user the client id, so replicas
+        need a user each: broker.replicas); else gateway."""
+        if "username" in self.mqtt.model_fields_set or not self.replica:
+            return self.mqtt.username
+        return f"gateway-{self.replica}"
+
+    @property
+    def mqtt_client_id(self) -> str:
+        return self.mqtt.client_id or self.mqtt_username
+
+    @property
+    def shared_subscription(self) -> bool:
+        """Subscribe through $share/gateway/...: by default when replicas share PostgreSQL."""
+        if self.mqtt.shared_subscription is not None:
+            return self.mqtt.shared_subscription
+        return isinstance(self.store_location, PostgresLocation)
+
+    @property
     def sealing_key_path(self) -> Path:
         return self.sealing_key_file or self.state_dir / "sealing-key.pem"
 
@@ -369,6 +413,13 @@ class GatewaySettings(FileSettings):
     @property
     def device_broker_url(self) -> str:
         return self.devices.broker_url or self.mqtt.broker_url
+
+
+def host_replica_name() -> str:
+    """This host's short name as a replica name (only the characters a replica may use)."""
+    short = socket.gethostname().split(".")[0].lower()
+    name = re.sub(r"[^a-z0-9_-]", "-", short).strip("-_")[:32]
+    return name or "gateway"
 
 
 def load_gateway_settings(path: Path | None = None) -> GatewaySettings:

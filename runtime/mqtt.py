@@ -7,7 +7,11 @@ Each side subclasses BrokerSettings for its own extras and credential name.
 
 from __future__ import annotations
 
+import contextlib
 import ssl
+import threading
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar, Self
 from urllib.parse import urlsplit
@@ -16,6 +20,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 
 from runtime.secrets import resolve_secret
@@ -113,3 +118,72 @@ def persistent_session(settings: BrokerSettings) -> Properties:
     properties = Properties(PacketTypes.CONNECT)
     properties.SessionExpiryInterval = settings.session_expiry_s
     return properties
+
+
+@dataclass
+class ConnectAnswer:
+    """What one CONNECT (and optionally one SUBSCRIBE) to a broker was answered."""
+
+    connack: ReasonCode | None = None
+    properties: Properties | None = None
+    suback: list[ReasonCode] = field(default_factory=list)
+    error: str | None = None  # the connection could not be made or timed out: why
+
+    @property
+    def shared_subscriptions(self) -> bool:
+        """The broker says it has shared subscriptions (MQTT 5: absent means yes) and did
+        not refuse the probe's (SUBACK 0x9E, "Shared Subscriptions not supported")."""
+        offered = getattr(self.properties, "SharedSubscriptionAvailable", 1)
+        return offered != 0 and not any(code.is_failure for code in self.suback)
+
+
+def connect_once(
+    settings: BrokerSettings,
+    client_id: str,
+    username: str,
+    password: SecretStr | None,
+    *,
+    subscribe: str | None = None,
+    timeout_s: float = 5.0,
+) -> ConnectAnswer:
+    """Connect with a clean, non-persistent session, optionally subscribe once, disconnect:
+    a diagnostic's look at the broker, driven on this thread (no network thread)."""
+    host, port, _ = broker_address(settings.broker_url)
+    client = new_client(settings, client_id, username, password, reconnect_on_failure=False)
+    client.connect_timeout = timeout_s
+    answer = ConnectAnswer()
+    subscribed = threading.Event()
+
+    def on_connect(c: mqtt.Client, u: object, f: object, code: ReasonCode, p: Properties) -> None:
+        answer.connack, answer.properties = code, p
+        if subscribe is not None and not code.is_failure:
+            c.subscribe(subscribe, qos=1)
+        else:
+            subscribed.set()
+
+    def on_subscribe(c: mqtt.Client, u: object, m: int, codes: list[ReasonCode], p: object) -> None:
+        answer.suback = list(codes)
+        subscribed.set()
+
+    client.on_connect = on_connect
+    client.on_subscribe = on_subscribe
+    deadline = time.monotonic() + timeout_s
+    try:
+        client.connect(host, port, keepalive=10, clean_start=True)
+        while not subscribed.is_set() and time.monotonic() < deadline:
+            if client.loop(timeout=0.1) != mqtt.MQTT_ERR_SUCCESS:
+                break
+    except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
+        answer.error = f"{type(exc).__name__}: {getattr(exc, 'strerror', None) or exc}"
+        return answer
+    finally:
+        with contextlib.suppress(Exception):
+            client.disconnect()
+        sock = client.socket()
+        if sock is not None:
+            sock.close()
+    if answer.connack is None:
+        answer.error = answer.error or f"no answer to CONNECT within {timeout_s:g} s"
+    elif not subscribed.is_set():
+        answer.error = f"no answer to SUBSCRIBE within {timeout_s:g} s"
+    return answer

@@ -46,6 +46,7 @@ GATEWAY_COMMENTED = {
     "gateway.mqtt.ca_file",
     "gateway.mqtt.client_cert_file",
     "gateway.mqtt.client_key_file",
+    "gateway.mqtt.shared_subscription",
     "gateway.devices.broker_ca_file",
     "gateway.broker.tls_cert_file",
     "gateway.broker.tls_key_file",

@@ -49,6 +49,9 @@ class MqttLink:
         subscriptions: list[str],
         inbound: Inbound,
         connected: Connected | None = None,
+        *,
+        client_id: str,
+        username: str | None = None,
     ) -> None:
         self.settings = settings
         self.host, self.port, _ = broker_address(settings.broker_url)
@@ -62,7 +65,7 @@ class MqttLink:
         self._pending: dict[int, asyncio.Future[None]] = {}
         self._connected = threading.Event()
         self._stopping = False
-        self.client = new_client(settings, settings.client_id, settings.username, password)
+        self.client = new_client(settings, client_id, username or settings.username, password)
         self.client.reconnect_delay_set(settings.reconnect_min_s, settings.reconnect_max_s)
         self.client.on_connect = self._on_connect
         self.client.on_disconnect = self._on_disconnect

@@ -37,15 +37,22 @@ class Relay:
         db: Database,
         lifecycle: SessionLifecycle,
         wake: Callable[[], None],
+        *,
+        client_id: str,
+        shared: bool,
+        username: str | None = None,
     ) -> None:
         self._db = db
         self._wake = wake
-        subscriptions = [
-            topics.all_devices(kind, shared=settings.shared_subscription)
-            for kind in ("state", "events")
-        ]
+        subscriptions = [topics.all_devices(kind, shared=shared) for kind in ("state", "events")]
         self.link = MqttLink(
-            settings, password, subscriptions, self._inbound, connected=self._reconnected
+            settings,
+            password,
+            subscriptions,
+            self._inbound,
+            connected=self._reconnected,
+            client_id=client_id,
+            username=username,
         )
         self.commands = Commands(db, self.link, lifecycle, settings.command_expiry_s)
         self.notifier = DeviceNotifier(db, self.link, lifecycle, wake)

@@ -115,7 +115,8 @@ class Database:
     # --- schema -----------------------------------------------------------------------------
 
     def schema_version(self) -> int:
-        return self.call(current_version, write=False)
+        """0 for a database no gateway has migrated yet."""
+        return self.call(stored_version, write=False)
 
     def check_schema(self) -> None:
         """SchemaTooNew if a newer gateway has migrated this database."""
@@ -153,6 +154,13 @@ class Database:
 def current_version(conn: Connection) -> int:
     row = conn.execute("SELECT MAX(version) FROM schema_version").fetchone()
     return int(row[0] or 0)
+
+
+def stored_version(conn: Connection) -> int:
+    """``current_version``, or 0 when there is no schema_version table yet."""
+    if conn.execute(conn.dialect.table_exists, ("schema_version",)).fetchone() is None:
+        return 0
+    return current_version(conn)
 
 
 def probe_write(conn: Connection) -> int:

@@ -45,10 +45,22 @@ class Dialect:
     skip_locked: str
     # Appended to a SELECT whose rows the transaction will update.
     for_update: str
+    # One row when the table named by the placeholder exists (the catalogs differ).
+    table_exists: str
 
 
-SQLITE = Dialect("sqlite", skip_locked="", for_update="")
-POSTGRESQL = Dialect("postgresql", skip_locked=" FOR UPDATE SKIP LOCKED", for_update=" FOR UPDATE")
+SQLITE = Dialect(
+    "sqlite",
+    skip_locked="",
+    for_update="",
+    table_exists="SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?",
+)
+POSTGRESQL = Dialect(
+    "postgresql",
+    skip_locked=" FOR UPDATE SKIP LOCKED",
+    for_update=" FOR UPDATE",
+    table_exists="SELECT 1 FROM pg_tables WHERE schemaname = current_schema() AND tablename = ?",
+)
 DIALECTS = {"sqlite": SQLITE, "postgresql": POSTGRESQL}
 
 

@@ -147,3 +147,33 @@ def test_secret_problems_are_reported_without_the_secret(tmp_path: Path) -> None
 def test_callback_url_needs_a_secret() -> None:
     with pytest.raises(ValueError, match="callback_url needs callback_secret"):
         GatewaySettings(partner={"callback_url": "https://ehr.example/hook"})
+
+
+def test_each_replica_has_its_own_mqtt_identity(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("socket.gethostname", lambda: "GW-Host-2.clinic.example")
+    one = GatewaySettings()
+    assert (one.replica_name, one.mqtt_username, one.mqtt_client_id) == (
+        "gw-host-2", "gateway", "gateway",
+    )  # fmt: skip
+    named = GatewaySettings(replica="b")
+    assert (named.replica_name, named.mqtt_username, named.mqtt_client_id) == (
+        "b", "gateway-b", "gateway-b",
+    )  # fmt: skip
+    chosen = GatewaySettings(replica="b", mqtt={"username": "gw", "client_id": "gateway-x"})
+    assert (chosen.mqtt_username, chosen.mqtt_client_id) == ("gw", "gateway-x")
+
+
+def test_shared_subscriptions_are_the_default_with_postgresql() -> None:
+    assert GatewaySettings().shared_subscription is False
+    on_postgres = GatewaySettings(store={"url": "postgresql://gateway@db.example/gateway"})
+    assert on_postgres.shared_subscription is True
+    assert GatewaySettings(mqtt={"shared_subscription": True}).shared_subscription is True
+
+
+def test_a_client_id_a_device_could_hold_is_refused(tmp_path: Path) -> None:
+    config = tmp_path / "gateway.toml"
+    config.write_text('[gateway.mqtt]\nclient_id = "room-1"\n')
+    with pytest.raises(ConfigError) as error:
+        load_gateway_settings(config)
+    assert "gateway.mqtt.client_id" in str(error.value)
+    assert "gateway-<name>" in str(error.value)

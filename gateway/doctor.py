@@ -1,0 +1,138 @@
+"""`room-gateway doctor`: what `config validate` cannot see without connecting.
+
+`config validate` reads files only. The doctor reaches what the settings name and reports,
+one line each with its fix:
+
+- the store: reachable (a PostgreSQL server that is down, refuses the password, or has no
+  such database), and its schema version against this code's (newer: another replica was
+  upgraded first, upgrade this one; older: ``serve`` migrates it on start);
+- the broker, when a relay is configured: it accepts the relay's CONNECT, and, when the
+  replicas share subscriptions (``$share/gateway/...``, the default on PostgreSQL), it
+  offers them: an MQTT 5 broker may say it does not (CONNACK SharedSubscriptionAvailable
+  = 0, or SUBACK 0x9E), and replicas would then each take every room's messages.
+
+Nothing is created or changed: a SQLite file that does not exist yet is only reported.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from gateway.settings import GatewaySettings
+from gateway.store import Database, SqliteLocation, StoreError, latest_version
+from protocol import topics
+from runtime.mqtt import BrokerUnavailable, connect_once
+
+Verdict = Literal["ok", "problem"]
+
+
+@dataclass(frozen=True)
+class Finding:
+    verdict: Verdict
+    what: str  # store, broker
+    text: str
+
+    def line(self) -> str:
+        return f"{self.what}: {self.verdict}: {self.text}"
+
+
+def diagnose(settings: GatewaySettings) -> list[Finding]:
+    return [store_finding(settings), *broker_findings(settings)]
+
+
+def store_finding(settings: GatewaySettings) -> Finding:
+    location = settings.store_location
+    where = location.display
+    if isinstance(location, SqliteLocation) and not location.path.exists():
+        return Finding("ok", "store", f"{where} does not exist yet (serve creates it)")
+    try:
+        db = Database.open(location, migrate=False)
+    except StoreError as exc:
+        return Finding("problem", "store", f"{exc}: {_store_fix(settings)}")
+    try:
+        version = db.schema_version()
+    except StoreError as exc:
+        return Finding("problem", "store", f"{where}: cannot read the schema version ({exc})")
+    finally:
+        db.close()
+    latest = latest_version()
+    if version > latest:
+        return Finding(
+            "problem",
+            "store",
+            f"{where}: schema version {version} is newer than this gateway's ({latest}):"
+            " another replica runs a newer release; upgrade this one to it",
+        )
+    if version < latest:
+        return Finding(
+            "ok",
+            "store",
+            f"{where}: schema version {version}, this gateway's is {latest}"
+            " (serve migrates it on start)",
+        )
+    return Finding("ok", "store", f"{where}: reachable, schema version {version}")
+
+
+def _store_fix(settings: GatewaySettings) -> str:
+    if isinstance(settings.store_location, SqliteLocation):
+        return "check the file's path and permissions (gateway.database_file)"
+    return (
+        "check that the server runs and takes connections from this host, the user and"
+        " database in gateway.store.url, and the password (store.password_file, the systemd"
+        " credential gateway-database-password or ~/.pgpass)"
+    )
+
+
+def broker_findings(settings: GatewaySettings) -> list[Finding]:
+    mqtt = settings.mqtt
+    if not mqtt.broker_url:
+        return []
+    shared = settings.shared_subscription
+    probe_topic = f"$share/{topics.SHARE_GROUP}/{topics.ROOT}/+/state" if shared else None
+    try:
+        password = settings.mqtt_password
+    except ValueError as exc:
+        return [Finding("problem", "broker", str(exc))]
+    # Our own client id beside the replica's: the probe must not knock the service off (a
+    # broker that makes client ids the user name would anyway: run doctor before serve, or
+    # expect the relay to reconnect once).
+    client_id = f"{settings.mqtt_client_id}-doctor"[:64]
+    try:
+        answer = connect_once(
+            mqtt, client_id, settings.mqtt_username, password, subscribe=probe_topic
+        )
+    except (BrokerUnavailable, ValueError) as exc:
+        return [Finding("problem", "broker", f"{mqtt.broker_url}: {exc}")]
+    if answer.error is not None:
+        return [
+            Finding(
+                "problem",
+                "broker",
+                f"{mqtt.broker_url}: cannot reach it ({answer.error}): check gateway.mqtt."
+                "broker_url and that the broker runs",
+            )
+        ]
+    assert answer.connack is not None
+    if answer.connack.is_failure:
+        return [
+            Finding(
+                "problem",
+                "broker",
+                f"{mqtt.broker_url}: the broker refused the relay ({answer.connack}): check"
+                " gateway.mqtt.username and its password (room-gateway broker-config)",
+            )
+        ]
+    if shared and not answer.shared_subscriptions:
+        return [
+            Finding(
+                "problem",
+                "broker",
+                f"{mqtt.broker_url}: no shared subscriptions on this broker, which replicas"
+                " need to split the rooms' messages: use an MQTT 5 broker that has them"
+                " (mosquitto >= 2.0, EMQX), or run one gateway with"
+                " gateway.mqtt.shared_subscription = false",
+            )
+        ]
+    how = "shared subscriptions available" if shared else "connected (not shared)"
+    return [Finding("ok", "broker", f"{mqtt.broker_url}: {how}")]
