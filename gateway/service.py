@@ -30,7 +30,7 @@ from gateway.sessions.blueprint_records import BlueprintRecords
 from gateway.sessions.lifecycle import JobKind, SessionLifecycle
 from gateway.sessions.workflow import Workflow
 from gateway.settings import GatewaySettings
-from gateway.store import Database
+from gateway.store import Database, SqliteLocation
 
 logger = logging.getLogger(__name__)
 
@@ -107,6 +107,8 @@ class GatewayService:
             settings.jobs,
             on_failed=workflow.on_failed,
             on_outcome=metrics.job_attempt,
+            replica=settings.replica_name,
+            sole=isinstance(settings.store_location, SqliteLocation),
         )
         wake.worker = worker
         return cls(

@@ -126,6 +126,9 @@ class JobSettings(BaseModel):
     max_attempts: int = Field(default=10, ge=1, le=1000)
     backoff_base_s: float = Field(default=5.0, ge=0, le=3600)
     backoff_max_s: float = Field(default=900.0, ge=0, le=86_400)
+    # A running job is leased to its replica for this long, renewed every third of it; a
+    # replica's jobs are taken over by another this long after it died.
+    lease_s: float = Field(default=30.0, ge=0.3, le=3600)
 
 
 class PartnerSettings(BaseModel):

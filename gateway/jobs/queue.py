@@ -5,12 +5,26 @@ temporary failure, or failed (visible, with its reason) when its attempts run ou
 retrying cannot help. ``room-gateway jobs retry ID`` puts a failed job back in the queue.
 Payloads hold ids only, never names or note text, so jobs can be listed and logged.
 
+Replicas share the queue. A replica claims a job under a lease (``lease_owner``, its
+replica name and incarnation; ``lease_expires_at``) and renews it while the job runs; a
+running job whose lease has expired (its replica died, hung or lost the database) is due
+again and the next claim by any replica takes it over. Claims on PostgreSQL are
+``FOR UPDATE SKIP LOCKED`` at READ COMMITTED, so replicas claiming at once take different
+rows without waiting for or aborting each other; SQLite has one writer at a time, so the
+same statements give the same semantics there. Every claim counts an attempt, and the
+attempt number with the owner is the claim's fence: the outcome of an attempt whose lease
+was taken over is refused (``complete``/``reschedule``/``fail`` with ``held``), so a slow
+replica cannot undo what the one that took over did. Handlers are idempotent (Blueprint
+records are looked up by external id before they are created; an upload Blueprint already
+has answers 409), so a job run twice does its work once.
+
 These functions take a connection inside the caller's transaction (see store.Database), so
 a job is enqueued atomically with the state change that calls for it.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from dataclasses import dataclass
@@ -36,6 +50,9 @@ class Job:
     session_id: str | None
     created_at: float
     updated_at: float
+    lease_owner: str | None = None
+    lease_expires_at: float | None = None
+    taken_over_from: str | None = None  # set by the claim that took an expired lease over
 
     @classmethod
     def from_row(cls, row: Row) -> Job:
@@ -51,6 +68,8 @@ class Job:
             session_id=row["session_id"],
             created_at=row["created_at"],
             updated_at=row["updated_at"],
+            lease_owner=row["lease_owner"],
+            lease_expires_at=row["lease_expires_at"],
         )
 
 
@@ -90,46 +109,96 @@ def enqueue(
     return int(row["id"])
 
 
-def claim_due(conn: Connection, limit: int) -> list[Job]:
-    """Mark up to ``limit`` due jobs running (oldest due first) and count the attempt."""
+# A running job whose lease has run out (NULL: claimed before leases existed) is due again.
+_DUE = (
+    "(state = 'queued' AND next_run_at <= ?)"
+    " OR (state = 'running' AND COALESCE(lease_expires_at, 0) <= ?)"
+)
+# The claim an outcome belongs to is still the job's: nobody took its lease over.
+_HELD = " AND state = 'running' AND lease_owner = ? AND attempts = ?"
+
+
+def claim_due(
+    conn: Connection, limit: int, owner: str = "local", lease_s: float = 30.0
+) -> list[Job]:
+    """Lease up to ``limit`` due jobs to ``owner`` for ``lease_s`` (oldest due first),
+    counting the attempt; expired leases of other replicas are taken over.
+
+    Run it with ``isolation="read_committed"``: the SELECT skips rows another replica's
+    claim holds (PostgreSQL), instead of waiting for them and aborting as a conflict."""
     now = time.time()
     rows = conn.execute(
-        "SELECT id FROM jobs WHERE state = 'queued' AND next_run_at <= ?"
-        " ORDER BY next_run_at, id LIMIT ?",
-        (now, limit),
+        f"SELECT id, state, lease_owner FROM jobs WHERE {_DUE}"
+        " ORDER BY next_run_at, id LIMIT ?" + conn.dialect.skip_locked,
+        (now, now, limit),
     ).fetchall()
-    ids = [row["id"] for row in rows]
-    for job_id in ids:
+    claimed: list[Job] = []
+    for row in rows:
         conn.execute(
-            "UPDATE jobs SET state = 'running', attempts = attempts + 1, updated_at = ?"
-            " WHERE id = ?",
-            (now, job_id),
+            "UPDATE jobs SET state = 'running', attempts = attempts + 1, lease_owner = ?,"
+            " lease_expires_at = ?, updated_at = ? WHERE id = ?",
+            (owner, now + lease_s, now, row["id"]),
         )
-    return [_get(conn, job_id) for job_id in ids]
+        job = _get(conn, row["id"])
+        if row["state"] == "running":
+            job = dataclasses.replace(job, taken_over_from=row["lease_owner"] or "unknown")
+        claimed.append(job)
+    return claimed
 
 
-def complete(conn: Connection, job_id: int) -> None:
-    conn.execute(
-        "UPDATE jobs SET state = 'done', last_error = NULL, updated_at = ? WHERE id = ?",
-        (time.time(), job_id),
+def renew(conn: Connection, owner: str, job_ids: list[int], lease_s: float) -> list[int]:
+    """Extend ``owner``'s leases on ``job_ids``; returns those it still holds (the others
+    were taken over by another replica after their lease ran out)."""
+    if not job_ids:
+        return []
+    placeholders = ", ".join("?" for _ in job_ids)
+    rows = conn.execute(
+        f"UPDATE jobs SET lease_expires_at = ? WHERE id IN ({placeholders})"
+        " AND state = 'running' AND lease_owner = ? RETURNING id",
+        (time.time() + lease_s, *job_ids, owner),
+    ).fetchall()
+    return sorted(row["id"] for row in rows)
+
+
+def complete(conn: Connection, job_id: int, held: Job | None = None) -> bool:
+    """Done; with ``held`` (the claimed job), only if that claim still holds it."""
+    fence, args = _fence(held)
+    cursor = conn.execute(
+        "UPDATE jobs SET state = 'done', last_error = NULL, lease_owner = NULL,"
+        " lease_expires_at = NULL, updated_at = ? WHERE id = ?" + fence,
+        (time.time(), job_id, *args),
     )
+    return cursor.rowcount == 1
 
 
-def reschedule(conn: Connection, job_id: int, error: str, delay_s: float) -> None:
+def reschedule(
+    conn: Connection, job_id: int, error: str, delay_s: float, held: Job | None = None
+) -> bool:
     now = time.time()
-    conn.execute(
-        "UPDATE jobs SET state = 'queued', last_error = ?, next_run_at = ?, updated_at = ?"
-        " WHERE id = ?",
-        (error[:MAX_ERROR_CHARS], now + delay_s, now, job_id),
+    fence, args = _fence(held)
+    cursor = conn.execute(
+        "UPDATE jobs SET state = 'queued', last_error = ?, next_run_at = ?, lease_owner = NULL,"
+        " lease_expires_at = NULL, updated_at = ? WHERE id = ?" + fence,
+        (error[:MAX_ERROR_CHARS], now + delay_s, now, job_id, *args),
     )
+    return cursor.rowcount == 1
 
 
-def fail(conn: Connection, job_id: int, error: str) -> Job:
-    conn.execute(
-        "UPDATE jobs SET state = 'failed', last_error = ?, updated_at = ? WHERE id = ?",
-        (error[:MAX_ERROR_CHARS], time.time(), job_id),
+def fail(conn: Connection, job_id: int, error: str, held: Job | None = None) -> Job | None:
+    """Failed for good; None if ``held`` no longer holds it (taken over elsewhere)."""
+    fence, args = _fence(held)
+    cursor = conn.execute(
+        "UPDATE jobs SET state = 'failed', last_error = ?, lease_owner = NULL,"
+        " lease_expires_at = NULL, updated_at = ? WHERE id = ?" + fence,
+        (error[:MAX_ERROR_CHARS], time.time(), job_id, *args),
     )
-    return _get(conn, job_id)
+    return _get(conn, job_id) if cursor.rowcount == 1 else None
+
+
+def _fence(held: Job | None) -> tuple[str, tuple[object, ...]]:
+    if held is None:
+        return "", ()
+    return _HELD, (held.lease_owner, held.attempts)
 
 
 def retry(conn: Connection, job_id: int) -> Job | None:
@@ -143,16 +212,18 @@ def retry(conn: Connection, job_id: int) -> Job | None:
     return _get(conn, job_id) if cursor.rowcount else None
 
 
-def requeue_running(conn: Connection) -> int:
-    """After a crash: jobs left running by the dead process are due again now.
-
-    Safe because every handler is idempotent (Blueprint records are looked up by external
-    id before they are created). Only one gateway process uses a SQLite file.
-    """
+def release_leases(conn: Connection, replica: str, everyone: bool = False) -> int:
+    """At start: jobs an earlier run of ``replica`` left running are due now, rather than
+    when their leases run out (that run is over: this is its successor). ``everyone``
+    releases every running job: only for SQLite, where the serve lock proves no other
+    process runs jobs. Safe either way, because handlers are idempotent."""
     now = time.time()
+    mine = "" if everyone else " AND (lease_owner = ? OR substr(lease_owner, 1, ?) = ?)"
+    args: tuple[object, ...] = () if everyone else (replica, len(replica) + 1, f"{replica}/")
     cursor = conn.execute(
-        "UPDATE jobs SET state = 'queued', next_run_at = ?, updated_at = ? WHERE state = 'running'",
-        (now, now),
+        "UPDATE jobs SET state = 'queued', next_run_at = ?, lease_owner = NULL,"
+        " lease_expires_at = NULL, updated_at = ? WHERE state = 'running'" + mine,
+        (now, now, *args),
     )
     return cursor.rowcount
 
@@ -184,7 +255,12 @@ def counts(conn: Connection) -> dict[tuple[str, str], int]:
 
 
 def next_due_at(conn: Connection) -> float | None:
-    row = conn.execute("SELECT MIN(next_run_at) FROM jobs WHERE state = 'queued'").fetchone()
+    """When the next job is due: a queued one's time, or a running one's lease expiry."""
+    row = conn.execute(
+        "SELECT MIN(CASE WHEN state = 'queued' THEN next_run_at"
+        " ELSE COALESCE(lease_expires_at, 0) END) FROM jobs"
+        " WHERE state IN ('queued', 'running')"
+    ).fetchone()
     return row[0]
 
 

@@ -1,5 +1,11 @@
 """The job worker: an asyncio task that runs due jobs, a few at a time, with backoff.
 
+Every replica runs one. A claimed job is leased to this worker (``owner``: the replica's
+name and this run's incarnation) for ``jobs.lease_s``, and the lease is renewed every
+third of that while the attempt runs; if the replica dies, another one takes the job over
+once the lease has expired (see ``jobs.queue``). An attempt whose lease was lost (renewal
+found another owner) is cancelled, and its outcome is never recorded over the new owner's.
+
 Handlers say how an attempt ended by returning (done), raising Retryable (try again later,
 no earlier than ``retry_after_s``), Permanent (retrying cannot help: failed now) or
 anything else (an unexpected error: retried like Retryable until attempts run out, then
@@ -12,6 +18,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+import secrets
 import time
 from collections.abc import Awaitable, Callable
 
@@ -79,8 +87,16 @@ class Worker:
         *,
         on_failed: OnFailed | None = None,
         on_outcome: OnOutcome | None = None,
+        replica: str = "local",
+        sole: bool = False,
     ) -> None:
+        """``sole``: no other process runs this queue's jobs (SQLite, under the serve lock),
+        so every job left running at start is a dead process's."""
         self._db = db
+        self.replica = replica
+        self._sole = sole
+        # This run of the replica: a restart (same name) is a new owner of new leases.
+        self.owner = f"{replica}/{os.getpid()}-{secrets.token_hex(3)}"
         self._handlers = handlers
         self._settings = settings
         self._on_failed = on_failed
@@ -94,17 +110,21 @@ class Worker:
         self._running: dict[int, asyncio.Task[None]] = {}
         self._waiters: dict[int, list[asyncio.Future[None]]] = {}
         self._task: asyncio.Task[None] | None = None
+        self._renewer: asyncio.Task[None] | None = None
         self.last_tick = 0.0
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._loop(), name="job-worker")
+        self._renewer = asyncio.create_task(self._renew_leases(), name="job-leases")
 
     async def stop(self) -> None:
-        """Stop claiming and cancel attempts in flight; they are queued again on next start."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        """Stop claiming and cancel attempts in flight: this replica's next run releases
+        their leases at start, another replica takes them over when the leases expire."""
+        for task in (self._task, self._renewer):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         for task in list(self._running.values()):
             task.cancel()
         await asyncio.gather(*self._running.values(), return_exceptions=True)
@@ -138,7 +158,11 @@ class Worker:
                 self._waiters.pop(job_id, None)
 
     async def _loop(self) -> None:
-        requeued = await self._db.run(jobs.requeue_running)
+        try:
+            requeued = await self._db.run(jobs.release_leases, self.replica, self._sole)
+        except StoreError as exc:  # their leases expire instead
+            logger.error("cannot release the last run's jobs: %s", type(exc).__name__)
+            requeued = 0
         if requeued:
             logger.info("resuming %d jobs interrupted by the last shutdown", requeued)
         while True:
@@ -147,11 +171,24 @@ class Worker:
             free = self._settings.concurrency - len(self._running)
             if free > 0:
                 try:
-                    claimed = await self._db.run(jobs.claim_due, free)
+                    claimed = await self._db.run(
+                        jobs.claim_due,
+                        free,
+                        self.owner,
+                        self._settings.lease_s,
+                        isolation="read_committed",
+                    )
                 except StoreError as exc:
                     logger.error("cannot claim jobs: %s", type(exc).__name__)
                     claimed = []
                 for job in claimed:
+                    if job.taken_over_from is not None:
+                        logger.warning(
+                            "job %d %s taken over from %s (its lease expired)",
+                            job.id,
+                            job.kind,
+                            job.taken_over_from,
+                        )
                     self._running[job.id] = asyncio.create_task(self._execute(job))
             # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow the
             # cancellation that stop() sends when the event is set at the same moment.
@@ -170,9 +207,34 @@ class Worker:
             return poll
         return min(poll, max(0.0, due - time.time()))
 
+    async def _renew_leases(self) -> None:
+        """Every third of a lease: extend ours; cancel attempts whose lease was taken."""
+        interval = self._settings.lease_s / 3
+        while True:
+            await asyncio.sleep(interval)
+            ids = sorted(self._running)
+            if not ids:
+                continue
+            try:
+                held = set(await self._db.run(jobs.renew, self.owner, ids, self._settings.lease_s))
+            except StoreError as exc:
+                logger.warning("cannot renew job leases: %s", type(exc).__name__)
+                continue
+            for job_id in ids:
+                task = self._running.get(job_id)
+                if job_id not in held and task is not None:
+                    logger.warning("job %d: lease lost to another replica; attempt stopped", job_id)
+                    task.cancel()
+
     async def _execute(self, job: Job) -> None:
         try:
             await self._attempt(job)
+        except asyncio.CancelledError:
+            pass  # stopping, or the lease was lost: the job's next owner runs it
+        except StoreError as exc:
+            # The outcome was not recorded: the job runs again when its lease expires.
+            logger.error("job %d %s: outcome not recorded (%s)", job.id, job.kind,
+                         type(exc).__name__)  # fmt: skip
         finally:
             self._running.pop(job.id, None)
             for future in self._waiters.pop(job.id, []):
@@ -204,16 +266,24 @@ class Worker:
                 )
             await self._retry_or_fail(job, describe_error(exc), retry_after)
         else:
-            await self._db.run(jobs.complete, job.id)
+            if not await self._db.run(jobs.complete, job.id, job):
+                self._lost(job)
+                return
             logger.info("job %d %s done (attempt %d)", job.id, job.kind, job.attempts)
             self._report(job.kind, "done")
+
+    def _lost(self, job: Job) -> None:
+        logger.warning("job %d %s: taken over by another replica; this outcome dropped",
+                       job.id, job.kind)  # fmt: skip
 
     async def _retry_or_fail(self, job: Job, reason: str, retry_after_s: float | None) -> None:
         if job.attempts >= job.max_attempts:
             await self._fail(job, f"{reason} (gave up after {job.attempts} attempts)")
             return
         delay = max(self._delay_s(job.attempts), retry_after_s or 0.0)
-        await self._db.run(jobs.reschedule, job.id, reason, delay)
+        if not await self._db.run(jobs.reschedule, job.id, reason, delay, job):
+            self._lost(job)
+            return
         logger.warning(
             "job %d %s attempt %d failed: %s; next in %.1f s",
             job.id,
@@ -225,14 +295,19 @@ class Worker:
         self._report(job.kind, "retry")
 
     async def _fail(self, job: Job, reason: str) -> None:
-        await self._db.run(self._fail_in_transaction, job.id, reason)
+        if not await self._db.run(self._fail_in_transaction, job, reason):
+            self._lost(job)
+            return
         logger.error("job %d %s failed: %s", job.id, job.kind, reason)
         self._report(job.kind, "failed")
 
-    def _fail_in_transaction(self, conn: Connection, job_id: int, reason: str) -> None:
-        failed = jobs.fail(conn, job_id, reason)
+    def _fail_in_transaction(self, conn: Connection, job: Job, reason: str) -> bool:
+        failed = jobs.fail(conn, job.id, reason, job)
+        if failed is None:
+            return False
         if self._on_failed is not None:
             self._on_failed(conn, failed)
+        return True
 
     def _delay_s(self, attempts: int) -> float:
         state = RetryCallState(retry_object=None, fn=None, args=(), kwargs={})  # type: ignore[arg-type]

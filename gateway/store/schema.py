@@ -248,4 +248,11 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             revoked_at REAL
         )""",
     ),
+    # 6: jobs across replicas. A running job is leased to the replica running it (its name
+    # and incarnation) until lease_expires_at; once that has passed, another replica takes it.
+    (
+        "ALTER TABLE jobs ADD COLUMN lease_owner TEXT",
+        "ALTER TABLE jobs ADD COLUMN lease_expires_at REAL",
+        "CREATE INDEX jobs_by_lease ON jobs (state, lease_expires_at)",
+    ),
 )

@@ -1,0 +1,183 @@
+"""Jobs across replicas, on both engines: two workers, each with its own Database (as two
+replica processes have), claim from one queue.
+
+Each job runs once however many replicas claim at once; a job whose replica died is taken
+over by another after its lease; a lease renewed by a living replica is never taken; the
+outcome of an attempt whose lease was taken over is refused. (A SQLite gateway is the only
+one on its file, so its worker also takes every running job at start: ``sole``.)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+
+import pytest
+
+from gateway.jobs import queue as jobs
+from gateway.jobs.queue import Job
+from gateway.jobs.worker import Handler, Worker
+from gateway.settings import JobSettings
+from gateway.store import Database, Location
+
+LEASE = JobSettings(
+    concurrency=2, poll_interval_s=0.05, backoff_base_s=0.01, backoff_max_s=0.05, lease_s=0.6
+)
+
+
+@pytest.fixture
+def replicas(store_location: Location) -> Iterator[tuple[Database, Database]]:
+    first = Database.open(store_location)
+    second = Database.open(store_location)
+    yield first, second
+    second.close()
+    first.close()
+
+
+def enqueue(db: Database, kind: str = "step") -> int:
+    with db.transaction() as conn:
+        return jobs.enqueue(conn, kind, {}, max_attempts=5)
+
+
+def job(db: Database, job_id: int) -> Job:
+    with db.transaction(write=False) as conn:
+        found = jobs.get(conn, job_id)
+    assert found is not None
+    return found
+
+
+async def run_workers(
+    workers: list[Worker], done: Callable[[], bool], timeout: float = 20.0
+) -> None:
+    for worker in workers:
+        worker.start()
+    deadline = time.monotonic() + timeout
+    try:
+        while not done():
+            assert time.monotonic() < deadline, "the workers did not get there"
+            await asyncio.sleep(0.01)
+    finally:
+        for worker in workers:
+            await worker.stop()
+
+
+def test_replicas_claiming_at_once_run_each_job_once(replicas) -> None:
+    first, second = replicas
+    ids = [enqueue(first) for _ in range(24)]
+    runs: Counter[int] = Counter()
+    by: Counter[str] = Counter()
+
+    def recording(name: str) -> Handler:
+        async def run(job: Job) -> None:
+            runs[job.id] += 1
+            by[name] += 1
+            await asyncio.sleep(0.02)
+
+        return run
+
+    async def main() -> None:
+        workers = [
+            Worker(db, {"step": recording(name)}, LEASE, replica=name)
+            for db, name in ((first, "a"), (second, "b"))
+        ]
+        await run_workers(workers, lambda: all(job(first, i).state == "done" for i in ids))
+
+    asyncio.run(main())
+    assert runs == Counter({job_id: 1 for job_id in ids})
+    assert by["a"] > 0 and by["b"] > 0, by  # both replicas took a share
+
+
+def test_a_dead_replicas_job_is_taken_over_after_its_lease(
+    replicas, caplog: pytest.LogCaptureFixture
+) -> None:
+    first, second = replicas
+    job_id = enqueue(first)
+    with first.transaction() as conn:  # replica a claims it, then dies
+        [claimed] = jobs.claim_due(conn, 10, "a/1", LEASE.lease_s)
+    assert claimed.lease_owner == "a/1" and claimed.lease_expires_at is not None
+    ran_at: list[float] = []
+
+    async def step(job: Job) -> None:
+        ran_at.append(time.time())
+
+    async def main() -> None:
+        worker = Worker(second, {"step": step}, LEASE, replica="b")
+        await run_workers([worker], lambda: job(second, job_id).state == "done")
+
+    with caplog.at_level(logging.INFO):
+        asyncio.run(main())
+    assert len(ran_at) == 1 and job(second, job_id).attempts == 2
+    assert ran_at[0] >= claimed.lease_expires_at  # replica b waited for a's lease
+    assert f"job {job_id} step taken over from a/1 (its lease expired)" in caplog.text
+
+
+def test_the_sole_gateway_on_a_file_resumes_every_running_job_at_start(replicas) -> None:
+    first, second = replicas
+    job_id = enqueue(first)
+    with first.transaction() as conn:  # claimed by a process that was then SIGKILLed
+        jobs.claim_due(conn, 10, "old-host/123-abc", 3600.0)
+    ran: list[int] = []
+
+    async def step(job: Job) -> None:
+        ran.append(job.id)
+
+    async def main() -> None:
+        worker = Worker(second, {"step": step}, LEASE, replica="new-host", sole=True)
+        await run_workers([worker], lambda: job(second, job_id).state == "done", timeout=5)
+
+    asyncio.run(main())  # well before the hour's lease
+    assert ran == [job_id]
+
+
+def test_a_living_replica_keeps_its_lease_while_its_job_runs(replicas) -> None:
+    first, second = replicas
+    long_job = enqueue(first, "long")
+    runs: Counter[str] = Counter()
+    started = asyncio.Event()
+
+    async def long(job: Job) -> None:
+        runs["long"] += 1
+        started.set()
+        await asyncio.sleep(LEASE.lease_s * 3)  # three leases: renewed twice at least
+
+    async def sentinel(job: Job) -> None:
+        runs["sentinel"] += 1
+
+    async def main() -> None:
+        a = Worker(first, {"long": long}, LEASE, replica="a")
+        a.start()
+        await asyncio.wait_for(started.wait(), 10)
+        b = Worker(second, {"long": long, "sentinel": sentinel}, LEASE, replica="b")
+        try:
+            await run_workers([b], lambda: job(first, long_job).state == "done")
+            marker = enqueue(first, "sentinel")  # b is still claiming: it takes this one
+            await run_workers([b], lambda: job(first, marker).state == "done")
+        finally:
+            await a.stop()
+
+    asyncio.run(main())
+    assert runs == Counter({"long": 1, "sentinel": 1})
+    assert job(first, long_job).attempts == 1
+
+
+def test_the_outcome_of_a_taken_over_attempt_is_refused(replicas) -> None:
+    first, second = replicas
+    job_id = enqueue(first)
+    with first.transaction() as conn:
+        [stale] = jobs.claim_due(conn, 1, "a/1", 0.0)  # expires at once
+    with second.transaction() as conn:
+        [fresh] = jobs.claim_due(conn, 1, "b/1", 30.0)
+    assert fresh.taken_over_from == "a/1" and fresh.attempts == 2
+    with first.transaction() as conn:
+        assert jobs.complete(conn, job_id, stale) is False
+        assert jobs.reschedule(conn, job_id, "late", 0.0, stale) is False
+        assert jobs.fail(conn, job_id, "late", stale) is None
+        assert jobs.renew(conn, "a/1", [job_id], 30.0) == []
+    assert job(first, job_id).state == "running"
+    with second.transaction() as conn:
+        assert jobs.renew(conn, "b/1", [job_id], 30.0) == [job_id]
+        assert jobs.complete(conn, job_id, fresh) is True
+    assert (job(first, job_id).state, job(first, job_id).lease_owner) == ("done", None)
