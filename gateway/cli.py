@@ -20,7 +20,7 @@ from gateway.jobs import queue as jobs
 from gateway.jobs.queue import JOB_STATES
 from gateway.keys import KeyFileError, create_key, load_key, public_text
 from gateway.partner import tokens
-from gateway.sessions.audio_files import CONTENT_TYPES, AudioRejected, copy_audio
+from gateway.sessions.audio_files import CONTENT_TYPES, AudioRejected
 from gateway.settings import CONFIG_ENV, GatewaySettings, load_gateway_settings
 from gateway.store import Database, StoreError
 from protocol.ids import ID_DESCRIPTION, ID_PATTERN
@@ -430,19 +430,37 @@ def device_revoke(state: CliState, room_id: str) -> None:
 
 @device.command("unclaimed")
 @click.argument("room_id", required=False)
+@click.option(
+    "--export",
+    "export_dir",
+    type=click.Path(path_type=Path, file_okay=False),
+    default=None,
+    help="Also write each assembled one's audio, decrypted, to DIR/<session>.flac (or .ogg).",
+)
 @click.pass_obj
-def device_unclaimed(state: CliState, room_id: str | None) -> None:
+def device_unclaimed(state: CliState, room_id: str | None, export_dir: Path | None) -> None:
     """Sessions a device sent that no partner session claims (e.g. recorded with
-    `room-agent record`): kept at the gateway, never uploaded. Newest first."""
+    `room-agent record`): kept at the gateway (encrypted in the store), never uploaded.
+    Newest first."""
     from gateway.ingest import records as ingest_records
+    from gateway.sessions.audio_vault import AudioKeyError, export_audio, is_vault_ref, open_vault
 
-    with state.database() as db, db.transaction(write=False) as conn:
-        found = ingest_records.unclaimed(conn, room_id)
-    for entry in found:
-        click.echo(
-            f"{entry.session_id}  {entry.device_id}  {entry.state:18} {_when(entry.created_at)}"
-            f"  {entry.audio_path or '-'}"
-        )
+    with state.database() as db:
+        with db.transaction(write=False) as conn:
+            found = ingest_records.unclaimed(conn, room_id)
+        for entry in found:
+            where = entry.audio_path or "-"
+            if export_dir is not None and is_vault_ref(entry.audio_path):
+                assert entry.audio_path is not None
+                try:
+                    vault = open_vault(db, state.settings.audio_key_path)
+                    where = str(export_audio(vault, entry.audio_path, export_dir, entry.session_id))
+                except (AudioKeyError, OSError) as exc:
+                    raise Fatal(f"device unclaimed --export: {exc}") from None
+            click.echo(
+                f"{entry.session_id}  {entry.device_id}  {entry.state:18}"
+                f" {_when(entry.created_at)}  {where}"
+            )
 
 
 @cli.command("broker-config")
@@ -493,6 +511,7 @@ def session_attach_audio(
     """Give a session its complete audio FILE and queue the upload (tests and demos;
     in production the room device's chunks are assembled into this file)."""
     from gateway.errors import GatewayError
+    from gateway.sessions.audio_vault import AudioKeyError, open_vault
     from gateway.sessions.lifecycle import SessionLifecycle
 
     content_type = content_type or SUFFIX_TYPES.get(file.suffix.lower())
@@ -504,12 +523,12 @@ def session_attach_audio(
         try:
             with db.transaction(write=False) as conn:
                 lifecycle.get(conn, session_id)
-            target = copy_audio(
-                settings.audio_dir, session_id, content_type, file, settings.http.audio_max_bytes
-            )
+            vault = open_vault(db, settings.audio_key_path)
+            with file.open("rb") as source:
+                ref = vault.store_file(session_id, source, settings.http.audio_max_bytes)
             with db.transaction() as conn:
-                attached = lifecycle.attach_audio(conn, session_id, str(target), content_type)
-        except (GatewayError, AudioRejected) as exc:
+                attached = lifecycle.attach_audio(conn, session_id, ref, content_type)
+        except (GatewayError, AudioRejected, AudioKeyError, OSError) as exc:
             raise Fatal(f"session attach-audio: {exc}") from None
     click.echo(f"session {session_id} {attached.state}; upload queued")
 

@@ -16,6 +16,7 @@ import socket
 import uvicorn
 
 from gateway.app import create_app
+from gateway.sessions.audio_vault import AudioKeyError, open_vault
 from gateway.settings import GatewaySettings
 from gateway.store import Database, SqliteLocation, StoreError
 from gateway.store.serve_lock import ServeLock
@@ -42,8 +43,12 @@ def serve(settings: GatewaySettings) -> None:
     try:
         if lock is not None:
             lock.acquire()  # held until this process ends
-        Database.open(location).close()
-    except StoreError as exc:
+        db = Database.open(location)
+        try:
+            open_vault(db, settings.audio_key_path)  # this replica's audio key is the store's
+        finally:
+            db.close()
+    except (StoreError, AudioKeyError) as exc:
         raise ServeError(str(exc)) from None
     listener = bind(settings.http.host, settings.http.port)
     try:

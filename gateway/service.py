@@ -26,6 +26,7 @@ from gateway.partner.callbacks import PartnerCallbacks
 from gateway.partner.tokens import TokenCheck
 from gateway.readiness import BlueprintHealth
 from gateway.relay.relay import Relay
+from gateway.sessions.audio_vault import AudioVault, open_vault
 from gateway.sessions.blueprint_records import BlueprintRecords
 from gateway.sessions.lifecycle import JobKind, SessionLifecycle
 from gateway.sessions.workflow import Workflow
@@ -46,6 +47,7 @@ class GatewayService:
     tokens: TokenCheck
     ingest: ChunkReceiver
     blueprint_health: BlueprintHealth
+    vault: AudioVault
     relay: Relay | None = None
     callbacks: PartnerCallbacks | None = None
     handlers: dict[str, Handler] = field(default_factory=dict)
@@ -63,7 +65,8 @@ class GatewayService:
         blueprint_records = BlueprintRecords(
             db, blueprint, lifecycle, record_updates=settings.blueprint.record_updates
         )
-        workflow = Workflow(db, blueprint_records, lifecycle)
+        vault = open_vault(db, settings.audio_key_path)
+        workflow = Workflow(db, blueprint_records, lifecycle, vault)
         handlers = workflow.handlers()
         callbacks = _partner_callbacks(settings, db, lifecycle)
         if callbacks is not None:
@@ -72,15 +75,9 @@ class GatewayService:
         wake = _Wake()
         key = _sealing_key(settings)
         files = ChunkFiles(settings.chunk_dir)
-        ingest = ChunkReceiver(db, files, key, lifecycle, wake)
+        ingest = ChunkReceiver(db, key, lifecycle, wake)
         assembler = Assembler(
-            db,
-            files,
-            key,
-            lifecycle,
-            settings.ingest,
-            settings.audio_dir,
-            settings.http.audio_max_bytes,
+            db, files, key, lifecycle, settings.ingest, vault, settings.http.audio_max_bytes
         )
         handlers[JobKind.ASSEMBLE_AUDIO] = assembler.handle
         retention = Retention(db, files, lifecycle, settings.ingest, settings.audio_dir)
@@ -121,6 +118,7 @@ class GatewayService:
             tokens=TokenCheck(settings.partner.tokens),
             ingest=ingest,
             blueprint_health=blueprint_health,
+            vault=vault,
             relay=relay,
             callbacks=callbacks,
             handlers=handlers,

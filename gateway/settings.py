@@ -310,6 +310,7 @@ class GatewaySettings(FileSettings):
     )
     database_file: Path | None = None
     sealing_key_file: Path | None = None
+    audio_key_file: Path | None = None
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     http: HttpSettings = Field(default_factory=HttpSettings)
     blueprint: BlueprintSettings = Field(default_factory=BlueprintSettings)
@@ -383,6 +384,10 @@ class GatewaySettings(FileSettings):
     @property
     def sealing_key_path(self) -> Path:
         return self.sealing_key_file or self.state_dir / "sealing-key.pem"
+
+    @property
+    def audio_key_path(self) -> Path:
+        return self.audio_key_file or self.state_dir / "audio-key"
 
     @property
     def audio_dir(self) -> Path:

@@ -16,7 +16,7 @@ from gateway.api.models import SessionOut
 from gateway.api.params import SessionIdPath
 from gateway.api.session_views import session_out
 from gateway.errors import Conflict
-from gateway.sessions.audio_files import CONTENT_TYPES, AudioRejected, AudioTooLarge, write_audio
+from gateway.sessions.audio_files import CONTENT_TYPES, AudioRejected, AudioTooLarge
 from gateway.sessions.lifecycle import UPLOADABLE_FROM
 from gateway.store import Connection
 
@@ -62,14 +62,9 @@ async def upload_session_audio(
             f"session {session_id} is {session.state}; audio is already attached",
             code="audio_already_attached",
         )
-    settings = service.settings
     try:
-        path = await write_audio(
-            settings.audio_dir,
-            session_id,
-            content_type,
-            request.stream(),
-            settings.http.audio_max_bytes,
+        ref = await service.vault.store_stream(
+            session_id, request.stream(), service.settings.http.audio_max_bytes
         )
     except AudioTooLarge as exc:
         raise ApiError("body_too_large", str(exc)) from None
@@ -77,7 +72,7 @@ async def upload_session_audio(
         raise ApiError("audio_unreadable", str(exc)) from None
 
     def attach(conn: Connection) -> SessionOut:
-        service.lifecycle.attach_audio(conn, session_id, str(path), content_type)
+        service.lifecycle.attach_audio(conn, session_id, ref, content_type)
         return session_out(conn, session_id, service.lifecycle.environment)
 
     answer = await service.db.run(attach)

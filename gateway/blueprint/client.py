@@ -17,6 +17,7 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from dataclasses import dataclass
 from datetime import UTC
 from email.utils import parsedate_to_datetime
 from pathlib import Path
@@ -99,6 +100,14 @@ class _Transient(Exception):
         super().__init__(f"{operation}: {reason}")
         self.status = status
         self.retry_after_s = retry_after_s
+
+
+@dataclass(frozen=True)
+class UploadBody:
+    """An upload's body: its size in bytes, and a fresh iterator over it for each attempt."""
+
+    size: int
+    stream: Callable[[], AsyncIterator[bytes]]
 
 
 class BlueprintClient:
@@ -239,13 +248,19 @@ class BlueprintClient:
         """Which Blueprint environment this client talks to (ids are only valid there)."""
         return self._environment
 
-    async def upload_audio(self, session_id: str, audio: Path, content_type: str) -> None:
-        """Stream ``audio`` to the session; it is never read into memory whole.
+    async def upload_audio(
+        self, session_id: str, audio: Path | UploadBody, content_type: str
+    ) -> None:
+        """Stream ``audio`` (a file, or a body read part by part) to the session; it is
+        never read into memory whole.
 
         A 409 means the session already has its audio (an earlier attempt got through
         but its answer was lost), which is the outcome the caller wanted.
         """
-        size = audio.stat().st_size
+        if isinstance(audio, Path):
+            path = audio
+            audio = UploadBody(path.stat().st_size, lambda: _file_chunks(path))
+        size = audio.size
         if size > MAX_UPLOAD_BYTES:
             raise BlueprintRejected(
                 413, f"upload_audio: session {session_id}: {size} bytes exceeds the limit"
@@ -257,7 +272,7 @@ class BlueprintClient:
                 "PUT",
                 paths.session_audio(session_id),
                 headers=headers,
-                stream=lambda: _file_chunks(audio),
+                stream=audio.stream,
             )
         except BlueprintRejected as exc:
             if exc.status != 409:

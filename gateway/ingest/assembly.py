@@ -1,9 +1,11 @@
 """One audio file per session from its chunks: decode, concatenate in seq order, encode.
 
 A durable job (``assemble_audio``), queued in the transaction that finds the session
-complete, so a gateway killed mid-assembly does it again at start. The work (opening,
-decoding, encoding) runs in a thread; the event loop only waits. The file is written the
-same durable way as any session audio, then handed to ``SessionLifecycle.attach_audio``,
+complete, so when a replica dies mid-assembly another does it again (its lease). The
+work (reading the sealed chunks from the store, opening, decoding, encoding) runs in
+threads; the event loop only waits. The encoder writes into memory (a memfd: plain audio
+never touches a disk), and the result is stored encrypted in the store's audio vault
+(gateway/sessions/audio_vault.py), then handed to ``SessionLifecycle.attach_audio``,
 which queues the upload to Blueprint. Only the chunks the manifest lists are used: a
 device leaves out chunks it set aside, and extra uploads cannot slip into the session.
 
@@ -17,11 +19,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TypeVar
 
 import numpy as np
@@ -32,7 +34,8 @@ from gateway.ingest.files import ChunkFiles
 from gateway.jobs.queue import Job
 from gateway.jobs.worker import Permanent
 from gateway.sessions import states as sessions
-from gateway.sessions.audio_files import DurableFile, audio_path
+from gateway.sessions.audio_files import AudioTooLarge
+from gateway.sessions.audio_vault import AudioVault, memory_file
 from gateway.sessions.lifecycle import UPLOADABLE_FROM, SessionLifecycle
 from gateway.settings import IngestSettings
 from gateway.store import Connection, Database
@@ -53,7 +56,7 @@ class _Plan:
 
 @dataclass(frozen=True)
 class Assembled:
-    path: Path
+    ref: str  # the audio in the vault
     content_type: str
     duration_s: float
     chunks: int
@@ -68,15 +71,15 @@ class Assembler:
         key: X25519PrivateKey | None,
         lifecycle: SessionLifecycle,
         settings: IngestSettings,
-        audio_dir: Path,
+        vault: AudioVault,
         max_bytes: int,
     ) -> None:
         self._db = db
-        self._files = files
+        self._files = files  # chunks stored as files before the vault (read only)
         self._key = key
         self._lifecycle = lifecycle
         self._settings = settings
-        self._audio_dir = audio_dir
+        self._vault = vault
         self._max_bytes = max_bytes
 
     async def handle(self, job: Job) -> None:
@@ -94,7 +97,6 @@ class Assembler:
         for seq, why in assembled.left_out:
             logger.warning("session %s: chunk %d left out: %s", session_id, seq, why)
         if assembled.chunks == 0:
-            assembled.path.unlink(missing_ok=True)
             await self._db.run(self._unusable, plan.session, assembled)
             return
         await self._db.run(self._attach, plan.session, assembled)
@@ -108,11 +110,10 @@ class Assembler:
 
     def build(self, plan: _Plan) -> Assembled:
         """Blocking: open and decode the chunks (two at a time: libsndfile releases the GIL)
-        while the previous ones are encoded straight into the durable file, in seq order."""
+        while the previous ones are encoded, in seq order, into memory; then stored."""
         session = plan.session
         codec = self._settings.codec
         content_type = CONTENT_TYPES[codec]
-        target = self._target(session, content_type)
         left_out: dict[int, str] = {}
 
         def decoded(item: tuple[int, str]) -> np.ndarray | None:
@@ -123,28 +124,39 @@ class Assembler:
                 left_out[seq] = str(exc)
                 return None
 
+        fd = memory_file(f"assemble-{session.session_id}")
         with (
             ThreadPoolExecutor(DECODERS, thread_name_prefix="assemble") as pool,
-            DurableFile(target, self._max_bytes) as file,
+            os.fdopen(fd, "w+b") as encoded,
         ):
             results = _in_order(pool, decoded, plan.files, ahead=2 * DECODERS)
             pieces = (pcm for pcm in results if pcm is not None)
-            samples = encode_into(file.fileno(), pieces, codec, self._settings.opus_bitrate_kbps)
-            file.written_directly()
+            samples = encode_into(fd, pieces, codec, self._settings.opus_bitrate_kbps)
+            used = len(plan.files) - len(left_out)
+            ref = ""
+            too_large = Permanent(f"session {session.session_id}: audio exceeds the limit")
+            if used:  # nothing to keep when no chunk could be used
+                if os.fstat(fd).st_size > self._max_bytes:
+                    raise too_large
+                encoded.seek(0)
+                try:
+                    ref = self._vault.store_file(session.session_id, encoded, self._max_bytes)
+                except AudioTooLarge:
+                    raise too_large from None
         return Assembled(
-            target,
-            content_type,
-            samples / SAMPLE_RATE,
-            len(plan.files) - len(left_out),
-            tuple(sorted(left_out.items())),
+            ref, content_type, samples / SAMPLE_RATE, used, tuple(sorted(left_out.items()))
         )
 
     def _decoded(self, session_id: str, seq: int, name: str) -> np.ndarray:
         assert self._key is not None
-        try:
-            blob = self._files.read(session_id, name)
-        except OSError as exc:
-            raise _Unusable(f"cannot be read ({exc.strerror or 'gone'})") from None
+        blob = self._db.call(records.sealed_chunk, session_id, seq, write=False)
+        if blob is None and name:  # stored as a file before the vault
+            try:
+                blob = self._files.read(session_id, name)
+            except OSError as exc:
+                raise _Unusable(f"cannot be read ({exc.strerror or 'gone'})") from None
+        if blob is None:
+            raise _Unusable("is not in the store")
         try:
             opened = open_chunk(blob, self._key)
         except EnvelopeError:
@@ -157,17 +169,11 @@ class Assembler:
             raise _Unusable(f"its audio is {audio.sample_rate} Hz, not {SAMPLE_RATE} Hz")
         return audio.pcm
 
-    def _target(self, session: records.IngestSession, content_type: str) -> Path:
-        if session.claimed:
-            return audio_path(self._audio_dir, session.session_id, content_type)
-        unclaimed = self._audio_dir / "unclaimed" / session.device_id
-        return audio_path(unclaimed, session.session_id, content_type)
-
     def _attach(
         self, conn: Connection, session: records.IngestSession, assembled: Assembled
     ) -> None:
         session_id = session.session_id
-        records.set_state(conn, session_id, "assembled", str(assembled.path))
+        records.set_state(conn, session_id, "assembled", assembled.ref)
         if not session.claimed:
             return
         _record_left_out(conn, session_id, assembled)
@@ -179,7 +185,7 @@ class Assembler:
             state = current.state if current else "unknown"
             sessions.add_event(conn, session_id, "audio_not_attached", f"session is {state}")
             return
-        self._lifecycle.attach_audio(conn, session_id, str(assembled.path), assembled.content_type)
+        self._lifecycle.attach_audio(conn, session_id, assembled.ref, assembled.content_type)
 
     def _unusable(
         self, conn: Connection, session: records.IngestSession, assembled: Assembled

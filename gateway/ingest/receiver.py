@@ -4,8 +4,9 @@ A chunk is checked in the order that costs least to refuse: the device's token (
 the header against the URL (no key needed), ownership of the session (store), then the
 seal is opened (authenticating header and audio) and the audio decoded (16 kHz, as long
 as the header says: a chunk that would sink its session at assembly is refused now, 422
-with a code the device's state shows), the file made durable, and the chunk recorded.
-Only then does the device get its 200, and may delete its copy.
+with a code the device's state shows), and the chunk, still sealed, committed to the
+store with its row (where every replica can read it). Only then does the device get its
+200, and may delete its copy.
 
 Which sessions a device may send: its own (a session started in its room) and ones the
 gateway does not know (recorded without a partner session, e.g. ``room-agent record``):
@@ -34,7 +35,6 @@ from gateway.ingest.errors import (
     Unauthenticated,
     Unavailable,
 )
-from gateway.ingest.files import ChunkFiles
 from gateway.ingest.records import IngestSession, StoredChunk
 from gateway.sessions import states as sessions
 from gateway.sessions.lifecycle import JobKind, SessionLifecycle
@@ -71,13 +71,11 @@ class ChunkReceiver:
     def __init__(
         self,
         db: Database,
-        files: ChunkFiles,
         key: X25519PrivateKey | None,
         lifecycle: SessionLifecycle,
         wake: Wake,
     ) -> None:
         self._db = db
-        self._files = files
         self._key = key
         self._lifecycle = lifecycle
         self._wake = wake
@@ -125,21 +123,16 @@ class ChunkReceiver:
         if early is not None:
             return early
         await asyncio.to_thread(_open, blob, key, header)
-        name = await asyncio.to_thread(self._files.write, session_id, seq, sha256, blob)
         chunk = StoredChunk(
             seq=seq,
             sha256=sha256,
             bytes=len(blob),
             start_s=header.start_s,
             duration_s=header.duration_s,
-            file=name,
+            file="",
             received_at=time.time(),
         )
-        try:
-            recorded = await self._db.run(self._record, device_id, session_id, chunk)
-        except Conflict:
-            self._files.discard(session_id, name)  # a different chunk won the race
-            raise
+        recorded = await self._db.run(self._record, device_id, session_id, chunk, blob)
         if recorded.assemble:
             self._wake()
         if not recorded.receipt.duplicate:
@@ -148,7 +141,7 @@ class ChunkReceiver:
         return recorded.receipt
 
     def _record(
-        self, conn: Connection, device_id: str, session_id: str, chunk: StoredChunk
+        self, conn: Connection, device_id: str, session_id: str, chunk: StoredChunk, blob: bytes
     ) -> _Recorded:
         session = _owned_session(conn, device_id, session_id)
         if session is None:
@@ -175,7 +168,7 @@ class ChunkReceiver:
         listed = _listed(session.manifest, chunk.seq)
         if listed is not None and (problem := _listed_unlike(listed, chunk)) is not None:
             raise Rejected(problem, code="manifest_mismatch")
-        records.insert_chunk(conn, session_id, chunk)
+        records.insert_chunk(conn, session_id, chunk, blob)
         receipt = ChunkReceipt(
             session_id=session_id, seq=chunk.seq, sha256=chunk.sha256, duplicate=False
         )

@@ -114,10 +114,12 @@ def get_chunk(conn: Connection, session_id: str, seq: int) -> StoredChunk | None
     return StoredChunk(**dict(row)) if row is not None else None
 
 
-def insert_chunk(conn: Connection, session_id: str, chunk: StoredChunk) -> None:
+def insert_chunk(conn: Connection, session_id: str, chunk: StoredChunk, sealed: bytes) -> None:
+    """The chunk's row with its sealed bytes as received (the store is where every replica
+    reads them; ``file`` is only set on chunks stored before that, as files)."""
     conn.execute(
         "INSERT INTO chunks (session_id, seq, sha256, bytes, start_s, duration_s, file,"
-        " received_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        " received_at, sealed) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
         (
             session_id,
             chunk.seq,
@@ -127,8 +129,17 @@ def insert_chunk(conn: Connection, session_id: str, chunk: StoredChunk) -> None:
             chunk.duration_s,
             chunk.file,
             chunk.received_at,
+            sealed,
         ),
     )
+
+
+def sealed_chunk(conn: Connection, session_id: str, seq: int) -> bytes | None:
+    """A chunk's sealed bytes; None once deleted (retention) or if kept as a file."""
+    row = conn.execute(
+        "SELECT sealed FROM chunks WHERE session_id = ? AND seq = ?", (session_id, seq)
+    ).fetchone()
+    return bytes(row["sealed"]) if row is not None and row["sealed"] is not None else None
 
 
 def chunks(conn: Connection, session_id: str) -> dict[int, StoredChunk]:

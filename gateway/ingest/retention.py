@@ -1,7 +1,8 @@
 """Session audio is deleted once Blueprint holds it, after ``ingest.retention_s``.
 
 Blueprint accepting the upload (``audio_uploaded``) queues a ``purge_audio`` job due after
-the retention time; it deletes the session's sealed chunks and its assembled file. A
+the retention time; it deletes the session's sealed chunks and its stored audio, in one
+transaction on either engine (and any files kept before audio moved into the store). A
 failed session keeps its audio (a retried upload needs it). Chunk rows stay, so a device
 repeating an upload still gets the right answer.
 """
@@ -15,6 +16,7 @@ from gateway.ingest import records
 from gateway.ingest.files import ChunkFiles
 from gateway.jobs.queue import Job
 from gateway.sessions import states as sessions
+from gateway.sessions.audio_vault import delete_session_audio, is_vault_ref
 from gateway.sessions.lifecycle import JobKind, SessionEvent, SessionLifecycle
 from gateway.sessions.states import Session
 from gateway.settings import IngestSettings
@@ -55,16 +57,18 @@ class Retention:
         session = await self._db.run(sessions.get, session_id, write=False)
         if session is None or session.state == "failed":
             return  # keep a failed session's audio for its retry
+        await self._db.run(self._purged, session_id)
+        # Files from before the vault, if any.
         self._files.delete_session(session_id)
-        if session.audio_path is not None:
+        if session.audio_path is not None and not is_vault_ref(session.audio_path):
             audio = Path(session.audio_path)
             if audio.is_relative_to(self._audio_dir):
                 audio.unlink(missing_ok=True)
-        await self._db.run(self._purged, session_id)
         logger.info("session %s: audio deleted (Blueprint has it)", session_id)
 
     @staticmethod
     def _purged(conn: Connection, session_id: str) -> None:
+        delete_session_audio(conn, session_id)
         if records.get_session(conn, session_id) is not None:
             records.mark_purged(conn, session_id)
         sessions.add_event(conn, session_id, "audio_deleted")

@@ -1,20 +1,19 @@
-"""Where a session's audio file lives at the gateway, and how it gets there durably.
+"""Audio content types, the audio errors, and the one durable-write helper for files.
 
-One file per session under ``state_dir/audio``, named by session id (never by a name).
-It is written to a temporary file, fsynced, renamed into place and the directory
-fsynced, so after a crash the file is either complete or absent, never torn.
+Session audio itself lives encrypted in the store (audio_vault.py), never in a file. Small
+files (configs, credentials, certificates, keys) are written to a temporary file,
+fsynced, renamed into place and the directory fsynced, so after a crash a file is either
+complete or absent, never torn.
 """
 
 from __future__ import annotations
 
 import os
 import secrets
-from collections.abc import AsyncIterator
 from pathlib import Path
 from types import TracebackType
 
 CONTENT_TYPES = {"audio/flac": ".flac", "audio/x-flac": ".flac", "audio/ogg": ".ogg"}
-COPY_BLOCK_BYTES = 1024 * 1024
 
 
 class AudioRejected(Exception):
@@ -25,45 +24,11 @@ class AudioTooLarge(AudioRejected):
     pass
 
 
-def audio_path(audio_dir: Path, session_id: str, content_type: str) -> Path:
-    return audio_dir / f"{session_id}{CONTENT_TYPES[content_type]}"
-
-
-async def write_audio(
-    audio_dir: Path,
-    session_id: str,
-    content_type: str,
-    chunks: AsyncIterator[bytes],
-    max_bytes: int,
-) -> Path:
-    """Write a stream (an HTTP body) as the session's audio; AudioRejected if empty or
-    larger than ``max_bytes``."""
-    with DurableFile(audio_path(audio_dir, session_id, content_type), max_bytes) as file:
-        async for chunk in chunks:
-            file.write(chunk)
-        file.require_content()
-    return file.target
-
-
 def write_small_file(target: Path, data: bytes, mode: int = 0o600) -> Path:
     """A small file (a config, a credential, a certificate) written the same durable way."""
     with DurableFile(target, max(len(data), 1), mode) as file:
         file.write(data)
     return target
-
-
-def copy_audio(
-    audio_dir: Path, session_id: str, content_type: str, source: Path, max_bytes: int
-) -> Path:
-    """Copy a file as the session's audio (``room-gateway session attach-audio``)."""
-    with (
-        DurableFile(audio_path(audio_dir, session_id, content_type), max_bytes) as file,
-        source.open("rb") as src,
-    ):
-        while block := src.read(COPY_BLOCK_BYTES):
-            file.write(block)
-        file.require_content()
-    return file.target
 
 
 class DurableFile:

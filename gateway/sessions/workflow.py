@@ -15,12 +15,13 @@ import logging
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 
-from gateway.blueprint.client import BlueprintRejected, BlueprintUnavailable
+from gateway.blueprint.client import BlueprintRejected, BlueprintUnavailable, UploadBody
 from gateway.errors import NotFound
 from gateway.jobs.queue import Job
 from gateway.jobs.worker import Handler, Permanent, Retryable
 from gateway.sessions import artifacts, records
 from gateway.sessions import states as sessions
+from gateway.sessions.audio_vault import AudioUnreadable, AudioVault, is_vault_ref
 from gateway.sessions.blueprint_records import (
     BlueprintRecords,
     RecordMissing,
@@ -48,8 +49,15 @@ def blueprint_errors() -> Iterator[None]:
 
 
 class Workflow:
-    def __init__(self, db: Database, records: BlueprintRecords, lifecycle: SessionLifecycle):
+    def __init__(
+        self,
+        db: Database,
+        records: BlueprintRecords,
+        lifecycle: SessionLifecycle,
+        vault: AudioVault | None = None,
+    ):
         self._db = db
+        self._vault = vault
         self._records = records
         self._blueprint = records.blueprint
         self._lifecycle = lifecycle
@@ -97,9 +105,7 @@ class Workflow:
             return  # uploaded before a crash, failed or cancelled meanwhile
         if session.audio_path is None or session.audio_content_type is None:
             raise Permanent(f"session {session.id} has no audio file")
-        audio = Path(session.audio_path)
-        if not audio.is_file():
-            raise Permanent(f"session {session.id}: audio file is missing")
+        audio = await self._audio(session.id, session.audio_path)
         content_type = session.audio_content_type
         uploaded = False
 
@@ -114,6 +120,22 @@ class Workflow:
         await self._with_repair(session, "upload_audio", upload)
         if uploaded:
             await self._db.run(self._lifecycle.upload_finished, session.id)
+
+    async def _audio(self, session_id: str, audio_path: str) -> Path | UploadBody:
+        """The session's audio: in the store's vault, or a file from before it."""
+        if not is_vault_ref(audio_path):
+            audio = Path(audio_path)
+            if not audio.is_file():
+                raise Permanent(f"session {session_id}: audio file is missing")
+            return audio
+        vault = self._vault
+        if vault is None:
+            raise Permanent("the gateway has no audio key")
+        try:
+            size = await vault.size(audio_path)
+        except AudioUnreadable as exc:
+            raise Permanent(f"session {session_id}: {exc}") from None
+        return UploadBody(size, lambda: vault.read(audio_path))
 
     async def fetch_artifact(self, job: Job) -> None:
         payload = job.payload

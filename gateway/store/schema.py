@@ -255,4 +255,23 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "ALTER TABLE jobs ADD COLUMN lease_expires_at REAL",
         "CREATE INDEX jobs_by_lease ON jobs (state, lease_expires_at)",
     ),
+    # 7: audio in the store every replica shares (gateway/sessions/audio_vault.py): a chunk's
+    # sealed bytes as received, a session's audio as parts encrypted with the audio key, and
+    # that key's fingerprint (a replica with another key refuses to start).
+    (
+        "ALTER TABLE chunks ADD COLUMN sealed BLOB",
+        """CREATE TABLE audio_parts (
+            audio_id TEXT NOT NULL,
+            part INTEGER NOT NULL,
+            session_id TEXT NOT NULL,
+            data BLOB NOT NULL,
+            PRIMARY KEY (audio_id, part)
+        )""",
+        "CREATE INDEX audio_parts_by_session ON audio_parts (session_id)",
+        """CREATE TABLE audio_key (
+            id INTEGER PRIMARY KEY CHECK (id = 1),
+            fingerprint TEXT NOT NULL,
+            created_at REAL NOT NULL
+        )""",
+    ),
 )

@@ -155,9 +155,15 @@ def test_attach_audio_by_command_completes_the_session(
     attached = gateway.cli("session", "attach-audio", session_id, str(flac_audio))
     assert "upload queued" in attached.stdout
     gateway.wait_for_state(session_id, "notes_ready")
-    stored = gateway.state_dir / "audio" / f"{session_id}.flac"
-    assert stored.read_bytes() == flac_audio.read_bytes()
-    assert stat.S_IMODE(stored.stat().st_mode) == 0o600
+    # Kept encrypted in the store (every replica reads it there), not as a file.
+    parts = gateway.query("SELECT data FROM audio_parts WHERE session_id = ?", session_id)
+    assert parts and flac_audio.read_bytes()[:64] not in b"".join(bytes(p[0]) for p in parts)
+    assert not list(gateway.state_dir.rglob("*.flac"))
+    key = gateway.state_dir / "audio-key"
+    assert stat.S_IMODE(key.stat().st_mode) == 0o600
+    uploaded = [s for s in sim.state()["session_details"].values()
+                if s["session_external_id"] == session_id]  # fmt: skip
+    assert uploaded[0]["audio_bytes"] == flac_audio.stat().st_size
     again = gateway.cli("session", "attach-audio", session_id, str(flac_audio), check=False)
     assert again.returncode == 2 and "notes_ready" in again.stderr
     unknown = gateway.cli("session", "attach-audio", "ses_nope", str(flac_audio), check=False)

@@ -222,8 +222,12 @@ def test_partner_to_room_to_blueprint_and_back(
                  "stop_sent", "stop_confirmed", "device_closed", "audio_closed", "audio_ready",
                  "audio_uploaded", "notes_ready", "device_notified"):  # fmt: skip
         assert step in timeline, step
-    chunk_dir = deployment.gateway.state_dir / "chunks" / session_id
-    wait(lambda: not chunk_dir.exists(), 10, "the chunks deleted after Blueprint took the audio")
+    kept = "SELECT COUNT(*) FROM chunks WHERE session_id = ? AND sealed IS NOT NULL"
+    wait(
+        lambda: deployment.gateway.query(kept, session_id)[0][0] == 0,
+        10,
+        "the chunks deleted after Blueprint took the audio",
+    )
     assert_no_phi(everything.messages, gateway.log(), agent.log())
     assert "Traceback" not in gateway.log() + agent.log()
     print(

@@ -120,18 +120,17 @@ def test_a_chunk_unusable_at_assembly_is_left_out_and_the_rest_uploaded(
     chunks = [linked.seal(ROOM, session_id, seq, tone(1.0, seed=seq), seq) for seq in range(3)]
     for chunk in chunks:
         assert linked.put_chunk(ROOM, session_id, chunk).status_code == 200
-    # The disk loses chunk 1 after its 200 (and another becomes garbage).
-    stored = linked.gateway.state_dir / "chunks" / session_id
-    (lost,) = stored.glob("000001-*.sealed")
-    lost.unlink()
-    (damaged,) = stored.glob("000002-*.sealed")
-    damaged.write_bytes(damaged.read_bytes()[:40])
+    # The store loses chunk 1's bytes after its 200 (and another's become garbage).
+    gateway = linked.gateway
+    where = "WHERE session_id = ? AND seq = ?"
+    gateway.execute(f"UPDATE chunks SET sealed = NULL {where}", session_id, 1)
+    gateway.execute(f"UPDATE chunks SET sealed = ? {where}", chunks[2].blob[:40], session_id, 2)
     stop(linked, session_id)
     assert linked.close(ROOM, session_id, chunks).status_code == 200
 
     done = linked.gateway.wait_for_state(session_id, "notes_ready")
     left_out = [e["detail"] for e in done["timeline"] if e["step"] == "chunk_left_out"]
-    assert len(left_out) == 2 and left_out[0].startswith("chunk 1: cannot be read"), left_out
+    assert len(left_out) == 2 and left_out[0].startswith("chunk 1: is not in the store"), left_out
     assert left_out[1].startswith("chunk 2: cannot be opened"), left_out
     assert at_blueprint(sim, session_id)["audio_duration_s"] == pytest.approx(1.0, abs=1e-3)
     assert "Traceback" not in linked.gateway.log()
@@ -141,8 +140,7 @@ def test_a_session_with_no_usable_chunk_fails_with_the_reason(linked: Deployment
     session_id = started(linked)
     chunk = linked.seal(ROOM, session_id, 0, tone(1.0))
     assert linked.put_chunk(ROOM, session_id, chunk).status_code == 200
-    for path in (linked.gateway.state_dir / "chunks" / session_id).glob("*.sealed"):
-        path.unlink()
+    linked.gateway.execute("UPDATE chunks SET sealed = NULL WHERE session_id = ?", session_id)
     stop(linked, session_id)
     assert linked.close(ROOM, session_id, [chunk]).status_code == 200
     failed = linked.gateway.wait_for_state(session_id, "failed")
@@ -220,6 +218,6 @@ def test_only_the_canonical_decimal_seq_is_a_chunk_path(linked: Deployment, seq:
     connection.close()
     assert answer.status == 422, (seq, answer.status, body)
     assert body["code"] == "invalid_request"
-    stored = linked.gateway.state_dir / "chunks" / session_id
-    assert not stored.exists() or not list(stored.iterdir())
+    stored = linked.gateway.query("SELECT COUNT(*) FROM chunks WHERE session_id = ?", session_id)
+    assert stored[0][0] == 0
     assert linked.gateway.http.post(f"/v1/sessions/{session_id}/cancel").status_code == 200

@@ -1,11 +1,14 @@
 """The gateway's HTTPS ingest against protocol/ingest.py, on a real `room-gateway serve`:
 every answer a device can get, durability before the 200 (checked by SIGKILL), assembly
 into one file that reaches the simulator with exactly the chunks' duration, retention.
+Audio at rest is in the store (every replica reads it), sealed or encrypted: never a
+plain FLAC on disk or in the database.
 Devices are played by this test: chunks sealed as the agent seals them.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
 from pathlib import Path
 
@@ -15,8 +18,10 @@ import pytest
 from gateway.ingest import records
 from gateway.ingest.assembly import Assembler, _Plan
 from gateway.ingest.files import ChunkFiles
+from gateway.sessions.audio_vault import open_vault
 from gateway.sessions.lifecycle import SessionLifecycle
 from gateway.settings import IngestSettings, JobSettings
+from gateway.store import Connection, Database, SqliteLocation
 from protocol.codec import decode
 from protocol.envelope import generate_private_key
 from protocol.manifest import SessionManifest
@@ -142,13 +147,28 @@ def test_every_answer_of_the_chunk_contract(linked: Deployment) -> None:
     assert linked.devices["room-1"].token not in log
 
 
-def test_a_chunk_is_on_disk_before_the_200_and_survives_sigkill(linked: Deployment) -> None:
+def stored_audio(deployed: Deployment, session_id: str) -> tuple[list[bytes], list[bytes]]:
+    """What the store holds of a session's audio: sealed chunks, encrypted parts."""
+    sealed = deployed.gateway.query(
+        "SELECT sealed FROM chunks WHERE session_id = ? AND sealed IS NOT NULL ORDER BY seq",
+        session_id,
+    )
+    parts = deployed.gateway.query(
+        "SELECT data FROM audio_parts WHERE session_id = ? ORDER BY audio_id, part", session_id
+    )
+    return [bytes(row[0]) for row in sealed], [bytes(row[0]) for row in parts]
+
+
+def plain_audio_files(state_dir: Path) -> list[Path]:
+    return [p for p in state_dir.rglob("*") if p.is_file() and p.read_bytes()[:4] == b"fLaC"]
+
+
+def test_a_chunk_is_in_the_store_before_the_200_and_survives_sigkill(linked: Deployment) -> None:
     session_id = session_in(linked, "room-2")
     chunk = linked.seal("room-2", session_id, 0, tone(2.0))
     assert linked.put_chunk("room-2", session_id, chunk).status_code == 200
     linked.gateway.kill()  # right after the answer: nothing is flushed later
-    stored = list((linked.gateway.state_dir / "chunks" / session_id).glob("*.sealed"))
-    assert [path.read_bytes() for path in stored] == [chunk.blob]
+    assert stored_audio(linked, session_id) == ([chunk.blob], [])
     linked.gateway.start()
     again = linked.put_chunk("room-2", session_id, chunk)
     assert (again.status_code, again.json()["duplicate"]) == (200, True)
@@ -198,9 +218,8 @@ def test_a_session_is_assembled_uploaded_once_and_its_audio_deleted(
     while "audio_deleted" not in steps(linked.gateway.session(session_id)):
         assert time.monotonic() < deadline, "audio not deleted"
         time.sleep(0.05)
-    state_dir = linked.gateway.state_dir
-    assert not (state_dir / "chunks" / session_id).exists()
-    assert not list((state_dir / "audio").glob(f"{session_id}.*"))
+    assert stored_audio(linked, session_id) == ([], [])
+    assert not plain_audio_files(linked.gateway.state_dir)
     # A repeat after deletion is still recognised.
     assert linked.put_chunk("room-3", session_id, chunks[2]).json()["duplicate"]
 
@@ -236,15 +255,20 @@ def test_a_session_no_partner_started_is_kept_but_not_uploaded(
     for chunk in chunks:
         assert linked.put_chunk("room-2", "recorded-by-hand", chunk).status_code == 200
     assert linked.close("room-2", "recorded-by-hand", chunks).json()["complete"]
-    kept = linked.gateway.state_dir / "audio" / "unclaimed" / "room-2" / "recorded-by-hand.flac"
     deadline = time.monotonic() + 10
-    while not kept.exists():
+    while "assembled" not in linked.gateway.cli("device", "unclaimed", "room-2").stdout:
         assert time.monotonic() < deadline, "not assembled"
         time.sleep(0.05)
-    assert decode(kept.read_bytes()).duration_s == pytest.approx(2.0)
+    sealed, parts = stored_audio(linked, "recorded-by-hand")
+    assert sealed == [chunk.blob for chunk in chunks] and parts  # kept, encrypted
+    assert not any(b"fLaC" in part for part in parts), "no plain FLAC in the database"
+    assert not plain_audio_files(linked.gateway.state_dir), "nor on disk"
     assert sim.state()["audio_uploads"] == 0
-    listed = linked.gateway.cli("device", "unclaimed", "room-2").stdout
+    export = linked.gateway.state_dir.parent / "exported"
+    listed = linked.gateway.cli("device", "unclaimed", "room-2", "--export", str(export)).stdout
+    kept = export / "recorded-by-hand.flac"
     assert listed.startswith("recorded-by-hand  room-2  assembled") and str(kept) in listed
+    assert decode(kept.read_bytes()).duration_s == pytest.approx(2.0)
     # Another device cannot add to it.
     intruder = linked.seal("room-3", "recorded-by-hand", 2, tone(1.0))
     assert linked.put_chunk("room-3", "recorded-by-hand", intruder).status_code == 403
@@ -280,28 +304,40 @@ def test_a_revoked_device_is_refused_at_ingest_at_once(linked: Deployment) -> No
 def test_assembly_concatenates_the_chunks_in_order(
     tmp_path: Path, deployed: Deployment, codec: str
 ) -> None:
-    files = ChunkFiles(tmp_path / "chunks")
+    db = Database.open(SqliteLocation(tmp_path / "gateway.db"))
     chunks = [deployed.seal("room-1", "ses_x", seq, tone(0.7, seed=seq)) for seq in range(4)]
-    for chunk in chunks:
-        files.write("ses_x", chunk.seq, chunk.sha256, chunk.blob)
+
+    def store(conn: Connection) -> None:
+        records.create_session(conn, "ses_x", "room-1", claimed=True)
+        for c in chunks:
+            stored = records.StoredChunk(c.seq, c.sha256, len(c.blob), 0.0, 0.7, "", 0.0)
+            records.insert_chunk(conn, "ses_x", stored, c.blob)
+
+    db.call(store)
     manifest = SessionManifest(
         device_id="room-1", session_id="ses_x", chunks=[c.listed() for c in chunks]
     )
     session = records.IngestSession(
         "ses_x", "room-1", True, "assembling", manifest, 0.0, None, None, 0.0
     )
-    plan = _Plan(session, [(c.seq, files.name(c.seq, c.sha256)) for c in chunks])
+    plan = _Plan(session, [(c.seq, "") for c in chunks])
+    vault = open_vault(db, tmp_path / "audio-key")
     assembler = Assembler(
-        None,  # type: ignore[arg-type]  # build() touches no database
-        files,
+        db,
+        ChunkFiles(tmp_path / "chunks"),
         deployed.key,
         SessionLifecycle(JobSettings(), "bpenv_test"),
         IngestSettings(codec=codec),  # type: ignore[arg-type]
-        tmp_path / "audio",
+        vault,
         10**8,
     )
     assembled = assembler.build(plan)
-    audio = decode(assembled.path.read_bytes())
+
+    async def read() -> bytes:
+        return b"".join([part async for part in vault.read(assembled.ref)])
+
+    audio = decode(asyncio.run(read()))
+    db.close()
     expected = np.concatenate([chunk.pcm for chunk in chunks])
     assert assembled.duration_s == pytest.approx(len(expected) / 16_000)
     if codec == "flac":
@@ -326,9 +362,8 @@ def test_a_cancelled_session_s_audio_is_discarded_and_never_uploaded(
         assert answer.status_code == 200, answer.text
     closed = linked.close("room-2", session_id, chunks)
     assert closed.status_code == 200 and closed.json()["complete"], closed.text
-    chunk_dir = linked.gateway.state_dir / "chunks" / session_id
     deadline = time.monotonic() + 10
-    while chunk_dir.exists() and any(chunk_dir.iterdir()):
+    while stored_audio(linked, session_id) != ([], []):
         assert time.monotonic() < deadline, "the cancelled session's chunks were kept"
         time.sleep(0.05)
     done = linked.gateway.session(session_id)
