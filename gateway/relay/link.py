@@ -6,9 +6,20 @@ are handed to the event loop with ``call_soon_threadsafe``, into one queue consu
 order. Publishing is done from the event loop (paho's publish is thread-safe) and awaited
 until the broker's PUBACK, whose MQTT 5 reason code tells an ACL refusal from success.
 
-The session is persistent (clean start off, a session expiry), so device events sent while
-the gateway is away are delivered when it is back, and retained room states arrive at
-every subscription.
+One gateway (plain subscriptions): the session is persistent (clean start off, a session
+expiry), so device events sent while the gateway is away are delivered when it is back,
+and retained room states arrive at every subscription.
+
+Replicas (``shared``: ``$share/gateway/rooms/+/...``): the broker hands each message to one
+replica of the group. Their sessions are not persistent (clean start, expiry 0): a broker
+keeps queueing a share of the group's messages for a disconnected member's session
+(measured on mosquitto 2.0.11: a killed replica's session kept half of them), so a dead
+replica would hoard messages the living ones should handle. MQTT 5 does not send retained
+messages to shared subscriptions, so each replica also subscribes to the retained room
+states without sharing (``recover``) and handles only the retained ones from it: live
+messages there are the shared subscription's to handle (told apart by subscription
+identifier). What this costs: events sent while every replica is away are not kept
+(room state is retained and reconciled; commands are re-sent until confirmed or expired).
 """
 
 from __future__ import annotations
@@ -35,6 +46,8 @@ logger = logging.getLogger(__name__)
 Inbound = Callable[[str, bytes], Awaitable[None]]
 Connected = Callable[[], Awaitable[None]]
 INBOX_MAX = 10_000
+MAIN_SUBSCRIPTION = 1  # subscription identifiers (MQTT 5)
+RECOVERY_SUBSCRIPTION = 2
 
 
 class PublishRefused(Exception):
@@ -52,10 +65,14 @@ class MqttLink:
         *,
         client_id: str,
         username: str | None = None,
+        shared: bool = False,
+        recover: list[str] | None = None,
     ) -> None:
         self.settings = settings
         self.host, self.port, _ = broker_address(settings.broker_url)
         self._subscriptions = subscriptions
+        self._shared = shared
+        self._recover = recover or []
         self._inbound = inbound
         self._on_connected = connected
         self._tasks: set[asyncio.Task[None]] = set()
@@ -81,12 +98,17 @@ class MqttLink:
         """Connect in the background (retried until it works); call from the event loop."""
         self._loop = asyncio.get_running_loop()
         self._consumer = asyncio.create_task(self._consume(), name="mqtt-inbound")
+        if self._shared:
+            properties = Properties(PacketTypes.CONNECT)
+            properties.SessionExpiryInterval = 0
+        else:
+            properties = persistent_session(self.settings)
         self.client.connect_async(
             self.host,
             self.port,
             keepalive=self.settings.keepalive_s,
-            clean_start=False,
-            properties=persistent_session(self.settings),
+            clean_start=self._shared,
+            properties=properties,
         )
         self.client.loop_start()
 
@@ -144,7 +166,15 @@ class MqttLink:
             logger.warning("relay: the broker refused the connection (%s)", reason_code)
             return
         options = SubscribeOptions(qos=1)
-        client.subscribe([(topic, options) for topic in self._subscriptions])
+        client.subscribe(
+            [(topic, options) for topic in self._subscriptions],
+            properties=_subscription_id(MAIN_SUBSCRIPTION),
+        )
+        if self._recover:
+            client.subscribe(
+                [(topic, options) for topic in self._recover],
+                properties=_subscription_id(RECOVERY_SUBSCRIPTION),
+            )
         self._connected.set()
         logger.info("relay: connected to the broker at %s:%d", self.host, self.port)
         if self._on_connected is not None:
@@ -177,6 +207,10 @@ class MqttLink:
             logger.error("relay: subscription refused by the broker (%s)", ", ".join(refused))
 
     def _on_message(self, client: mqtt.Client, userdata: object, message: mqtt.MQTTMessage) -> None:
+        if self._recover and not message.retain:
+            ids = getattr(message.properties, "SubscriptionIdentifier", None) or []
+            if RECOVERY_SUBSCRIPTION in ids and MAIN_SUBSCRIPTION not in ids:
+                return  # a live message: the shared subscription gives it to one replica
         self._call(self._enqueue, message.topic, bytes(message.payload))
 
     def _on_publish(
@@ -230,3 +264,9 @@ class MqttLink:
         for future in list(self._pending.values()):
             if not future.done():
                 future.set_exception(BrokerUnavailable("disconnected before acknowledgement"))
+
+
+def _subscription_id(number: int) -> Properties:
+    properties = Properties(PacketTypes.SUBSCRIBE)
+    properties.SubscriptionIdentifier = number
+    return properties

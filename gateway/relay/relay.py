@@ -45,6 +45,8 @@ class Relay:
         self._db = db
         self._wake = wake
         subscriptions = [topics.all_devices(kind, shared=shared) for kind in ("state", "events")]
+        # Shared subscriptions get no retained messages: the room states come this way.
+        recover = [topics.all_devices("state")] if shared else []
         self.link = MqttLink(
             settings,
             password,
@@ -53,6 +55,8 @@ class Relay:
             connected=self._reconnected,
             client_id=client_id,
             username=username,
+            shared=shared,
+            recover=recover,
         )
         self.commands = Commands(db, self.link, lifecycle, settings.command_expiry_s)
         self.notifier = DeviceNotifier(db, self.link, lifecycle, wake)

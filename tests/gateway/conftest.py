@@ -128,6 +128,18 @@ class GatewayProcess:
         assert self.service is not None
         self.service.kill()
 
+    def replica(self, name: str, **env: str) -> GatewayProcess:
+        """Another `serve` on this one's state directory (its keys) and store, on a port of
+        its own, as replica ``name``: what a second host with the same files runs."""
+        same = {k: v for k, v in self.env.items() if k != "ROOM_GATEWAY_HTTP__PORT"}
+        other = GatewayProcess(
+            self.state_dir,
+            self.env["ROOM_GATEWAY_BLUEPRINT__BASE_URL"],
+            {**same, "ROOM_GATEWAY_REPLICA": name, **env},
+        )
+        other.log_path = self.state_dir / f"gateway-{name}.log"
+        return other
+
     def stop(self) -> None:
         if self.service is not None:
             self.service.stop()

@@ -13,22 +13,13 @@ from tests.gateway.conftest import ROOM_GATEWAY, GatewayProcess, SimulatorProces
 from tests.support.postgres import PostgresServer
 
 
-def second_serve(first: GatewayProcess, **env: str) -> GatewayProcess:
-    """A gateway on the first's state directory (and store), on a port of its own."""
-    same = {key: value for key, value in first.env.items() if key != "ROOM_GATEWAY_HTTP__PORT"}
-    other = GatewayProcess(first.state_dir, first.env["ROOM_GATEWAY_BLUEPRINT__BASE_URL"],
-                           {**same, **env})  # fmt: skip
-    other.log_path = first.state_dir / f"gateway-{other.port}.log"
-    return other
-
-
 def test_a_second_serve_on_one_sqlite_file_refuses_naming_the_first(
     blueprint_sim: SimulatorProcess, tmp_path
 ):
     first = GatewayProcess(tmp_path / "state", blueprint_sim.url, {}).start()
     try:
         assert first.service is not None
-        second = second_serve(first)
+        second = first.replica("second")
         refused = subprocess.run(
             [ROOM_GATEWAY, "serve"],
             env=second._clean_env(),
@@ -65,7 +56,7 @@ def test_replicas_on_postgresql_serve_side_by_side(
         "ROOM_GATEWAY_REPLICA": "a",
     }
     first = GatewayProcess(state, blueprint_sim.url, env).start()
-    second = second_serve(first, ROOM_GATEWAY_REPLICA="b")
+    second = first.replica("b")
     try:
         second.start()
         for replica in (first, second):

@@ -1,0 +1,103 @@
+"""The relay with replicas: two `room-gateway serve` on one PostgreSQL and one mosquitto
+(run from the files broker-config wrote), each with its own MQTT client id.
+
+Device events reach the gateways through ``$share/gateway/...``: each is handled once,
+also after one replica is SIGKILLed (its session is not kept, so the broker hands the
+whole stream to the living one rather than hoarding a share for the dead). A room state
+the device retained before any gateway ran is recovered although shared subscriptions get
+no retained messages. Commands are published by whichever replica runs the job.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from tests.gateway.conftest import GatewayProcess, SimulatorProcess, StoreEnv, steps
+from tests.gateway.deployment import Deployment
+from tests.gateway.relay.test_relay import FakeDevice, command, wait_for_step
+
+ROOMS = ("room-1", "room-2")
+pytestmark = [
+    pytest.mark.parametrize("engine", ["postgresql"], indirect=True, scope="module"),
+    pytest.mark.timeout(180),
+]
+
+
+@pytest.fixture(scope="module")
+def replicas(
+    tmp_path_factory: pytest.TempPathFactory, blueprint_sim: SimulatorProcess, store_env: StoreEnv
+) -> Iterator[tuple[Deployment, GatewayProcess]]:
+    """Replica a (the deployment's gateway) and replica b; the broker started first, so a
+    device can retain its state before any gateway runs."""
+    root = tmp_path_factory.mktemp("replicas")
+    deployment = Deployment(
+        root, blueprint_sim.url, ROOMS, **store_env(root / "gateway"), ROOM_GATEWAY_REPLICA="a"
+    )
+    second = deployment.gateway.replica("b")
+    deployment.broker.start()
+    yield deployment, second
+    second.stop()
+    deployment.stop()
+
+
+def room(gateway: GatewayProcess, room_id: str) -> dict:
+    return gateway.http.get(f"/v1/rooms/{room_id}").json()
+
+
+def count(gateway: GatewayProcess, session_id: str, step: str) -> int:
+    return steps(gateway.session(session_id)).count(step)
+
+
+def wait_until(condition, timeout: float = 15.0, what: str = "") -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.05)
+
+
+def test_replicas_share_the_rooms_messages_once_each(
+    replicas: tuple[Deployment, GatewayProcess], sim: SimulatorProcess
+) -> None:
+    deployment, b = replicas
+    a = deployment.gateway
+    device = FakeDevice(deployment, "room-1").connect()
+    device.answer = lambda body: (True, None)
+    device.state(recorder="idle", backlog_chunks=7, version="t")  # retained, nobody listens
+    a.start()
+    b.start()
+    for replica in (a, b):  # the retained state reached the store although shared
+        wait_until(lambda r=replica: room(r, "room-1")["backlog_chunks"] == 7, what="state")
+    log = deployment.broker.log()
+    assert "gateway-a" in log and "gateway-b" in log  # two client ids, both connected
+    for replica in (a, b):
+        assert "gateway_mqtt_connected 1.0" in replica.http.get("/metrics").text
+
+    sim.set_callback(a.webhook_url)
+    a.put_people("clin-rep", "client-rep")
+    session_id = a.start_session("room-1", "clin-rep", "client-rep")  # via replica a
+    device.wait_for(command("start"))
+    started = json.dumps({"type": "session_started", "session_id": session_id})
+    for _ in range(20):
+        device.publish("events", started)
+    wait_until(lambda: count(a, session_id, "device_recording") >= 20, what="events")
+    marker = json.dumps({"type": "session_started", "session_id": session_id, "resumed": True})
+    device.publish("events", marker)  # sent last: once it is in, all the others are
+    wait_until(lambda: "resumed" in json.dumps(a.session(session_id)["timeline"]))
+    assert count(a, session_id, "device_recording") == 21, "each event handled once"
+
+    assert b.http.post(f"/v1/sessions/{session_id}/stop").status_code == 200  # via b
+    device.wait_for(command("stop"))
+    wait_for_step(deployment, session_id, "stop_confirmed")
+
+    a.kill()  # SIGKILL: its MQTT session ends with it, nothing is kept for it
+    for _ in range(10):
+        device.publish("events", started)
+    wait_until(lambda: count(b, session_id, "device_recording") >= 31, what="after the kill")
+    device.publish("events", marker)
+    wait_until(lambda: json.dumps(b.session(session_id)["timeline"]).count("resumed") == 2)
+    assert count(b, session_id, "device_recording") == 32, "none lost, none doubled"
+    device.disconnect()
