@@ -228,6 +228,17 @@ def release_leases(conn: Connection, replica: str, everyone: bool = False) -> in
     return cursor.rowcount
 
 
+def release_owned(conn: Connection, owner: str) -> int:
+    """At a clean stop: ``owner``'s running jobs are due now, for any replica to take."""
+    now = time.time()
+    cursor = conn.execute(
+        "UPDATE jobs SET state = 'queued', next_run_at = ?, lease_owner = NULL,"
+        " lease_expires_at = NULL, updated_at = ? WHERE state = 'running' AND lease_owner = ?",
+        (now, now, owner),
+    )
+    return cursor.rowcount
+
+
 def get(conn: Connection, job_id: int) -> Job | None:
     row = conn.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
     return Job.from_row(row) if row is not None else None

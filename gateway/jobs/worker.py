@@ -118,8 +118,8 @@ class Worker:
         self._renewer = asyncio.create_task(self._renew_leases(), name="job-leases")
 
     async def stop(self) -> None:
-        """Stop claiming and cancel attempts in flight: this replica's next run releases
-        their leases at start, another replica takes them over when the leases expire."""
+        """Stop claiming, cancel attempts in flight and release their leases, so another
+        replica takes them at once (after a crash: when the leases expire)."""
         for task in (self._task, self._renewer):
             if task is not None:
                 task.cancel()
@@ -128,6 +128,10 @@ class Worker:
         for task in list(self._running.values()):
             task.cancel()
         await asyncio.gather(*self._running.values(), return_exceptions=True)
+        try:
+            await self._db.run(jobs.release_owned, self.owner)
+        except StoreError as exc:
+            logger.warning("jobs not released at stop (%s): leases expire", type(exc).__name__)
 
     def wake(self) -> None:
         self._wake.set()

@@ -26,6 +26,8 @@ from gateway.store import Database, Location
 LEASE = JobSettings(
     concurrency=2, poll_interval_s=0.05, backoff_base_s=0.01, backoff_max_s=0.05, lease_s=0.6
 )
+# Renewed every 0.5 s: room for a loaded machine's pauses, so a takeover means a bug.
+RENEWED = LEASE.model_copy(update={"lease_s": 1.5})
 
 
 @pytest.fixture
@@ -141,16 +143,16 @@ def test_a_living_replica_keeps_its_lease_while_its_job_runs(replicas) -> None:
     async def long(job: Job) -> None:
         runs["long"] += 1
         started.set()
-        await asyncio.sleep(LEASE.lease_s * 3)  # three leases: renewed twice at least
+        await asyncio.sleep(RENEWED.lease_s * 3)  # three leases: renewed twice at least
 
     async def sentinel(job: Job) -> None:
         runs["sentinel"] += 1
 
     async def main() -> None:
-        a = Worker(first, {"long": long}, LEASE, replica="a")
+        a = Worker(first, {"long": long}, RENEWED, replica="a")
         a.start()
         await asyncio.wait_for(started.wait(), 10)
-        b = Worker(second, {"long": long, "sentinel": sentinel}, LEASE, replica="b")
+        b = Worker(second, {"long": long, "sentinel": sentinel}, RENEWED, replica="b")
         try:
             await run_workers([b], lambda: job(first, long_job).state == "done")
             marker = enqueue(first, "sentinel")  # b is still claiming: it takes this one
