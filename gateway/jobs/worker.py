@@ -206,7 +206,10 @@ class Worker:
         poll = self._settings.poll_interval_s
         if len(self._running) >= self._settings.concurrency:
             return poll
-        due = await self._db.run(jobs.next_due_at, write=False)
+        try:
+            due = await self._db.run(jobs.next_due_at, write=False)
+        except StoreError:  # the database is away: look again after a poll, never give up
+            return poll
         if due is None:
             return poll
         return min(poll, max(0.0, due - time.time()))

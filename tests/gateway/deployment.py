@@ -91,10 +91,12 @@ class Deployment:
         blueprint_url: str,
         rooms: tuple[str, ...],
         tls: Pki | None = None,
+        gateway_url: str | None = None,
         **env: str,
     ) -> None:
         """With ``tls``: the broker listens with TLS (``tls``'s server certificate) and
-        requires client certificates from the gateway's device CA (mutual TLS)."""
+        requires client certificates from the gateway's device CA (mutual TLS).
+        ``gateway_url``: what devices are given (a load balancer); default the gateway."""
         self.root = root
         self.broker_port = free_port()
         self.broker_dir = root / "broker"
@@ -126,7 +128,7 @@ class Deployment:
             **env,
         }
         self.gateway = GatewayProcess(state_dir, blueprint_url, settings_env)
-        self.gateway.env["ROOM_GATEWAY_DEVICES__GATEWAY_URL"] = self.gateway.url
+        self.gateway.env["ROOM_GATEWAY_DEVICES__GATEWAY_URL"] = gateway_url or self.gateway.url
         self.gateway.cli("keygen")
         self.gateway.cli("broker-config", "--out", str(self.broker_dir))
         self.devices = {room: self.add_device(room) for room in rooms}

@@ -87,16 +87,16 @@ def everything(deployment: Deployment) -> Iterator[Probe]:
         yield probe
 
 
-def start_agent(tmp_path: Path, deployment: Deployment, fifo: Path) -> Service:
+def start_agent(tmp_path: Path, deployment: Deployment, fifo: Path, room: str = ROOM) -> Service:
     """`room-agent run` with the agent.toml and credential files `device add` wrote; the
     environment adds only what is test-specific (the ALSA test microphone, a state dir,
     short timings)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("ROOM_AGENT_")}
     env.update(write_asound_conf(tmp_path / "asound.conf", fifo))
     env.update(
-        ROOM_AGENT_CONFIG=str(deployment.devices[ROOM].directory / "agent.toml"),
+        ROOM_AGENT_CONFIG=str(deployment.devices[room].directory / "agent.toml"),
         # The secrets as systemd's LoadCredential= provides them.
-        CREDENTIALS_DIRECTORY=str(deployment.devices[ROOM].directory),
+        CREDENTIALS_DIRECTORY=str(deployment.devices[room].directory),
         ROOM_AGENT_STATE_DIR=str(tmp_path / "agent-state"),
         ROOM_AGENT_SPOOL__MIN_FREE_BYTES="0",
         ROOM_AGENT_AUDIO__DEVICE="testmic",

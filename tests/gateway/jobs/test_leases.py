@@ -14,13 +14,14 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 
 from gateway.jobs import queue as jobs
 from gateway.jobs.queue import Job
 from gateway.jobs.worker import Handler, Worker
-from gateway.settings import JobSettings
+from gateway.settings import GatewaySettings, JobSettings
 from gateway.store import Database, Location
 
 LEASE = JobSettings(
@@ -153,12 +154,20 @@ def test_a_living_replica_keeps_its_lease_while_its_job_runs(replicas) -> None:
         a.start()
         await asyncio.wait_for(started.wait(), 10)
         b = Worker(second, {"long": long, "sentinel": sentinel}, RENEWED, replica="b")
+        b.start()
         try:
-            await run_workers([b], lambda: job(first, long_job).state == "done")
-            marker = enqueue(first, "sentinel")  # b is still claiming: it takes this one
-            await run_workers([b], lambda: job(first, marker).state == "done")
+            deadline = time.monotonic() + 20
+            while job(first, long_job).state != "done":
+                assert time.monotonic() < deadline, "the long job did not finish"
+                await asyncio.sleep(0.02)
+            await a.stop()
+            marker = enqueue(first, "sentinel")  # b was claiming all along: it takes this
+            while job(first, marker).state != "done":
+                assert time.monotonic() < deadline, "b stopped claiming"
+                await asyncio.sleep(0.02)
         finally:
             await a.stop()
+            await b.stop()
 
     asyncio.run(main())
     assert runs == Counter({"long": 1, "sentinel": 1})
@@ -183,3 +192,43 @@ def test_the_outcome_of_a_taken_over_attempt_is_refused(replicas) -> None:
         assert jobs.renew(conn, "b/1", [job_id], 30.0) == [job_id]
         assert jobs.complete(conn, job_id, fresh) is True
     assert (job(first, job_id).state, job(first, job_id).lease_owner) == ("done", None)
+
+
+def test_the_worker_keeps_working_after_the_database_went_away(postgres, tmp_path: Path) -> None:
+    """PostgreSQL restarted under a running worker: it claims and runs jobs again after
+    (its loop once died on the first failed look at the queue, and with it every job)."""
+    if not postgres.can_restart:
+        pytest.skip("external PostgreSQL: cannot restart it")
+    name = postgres.database()
+    location = GatewaySettings(
+        state_dir=tmp_path,
+        store={"url": postgres.url(name), "password_file": postgres.password_file(tmp_path),
+               "unavailable_s": 0.2},
+    ).store_location  # fmt: skip
+    db = Database.open(location)
+    ran: list[int] = []
+
+    async def step(job: Job) -> None:
+        ran.append(job.id)
+
+    async def main() -> None:
+        worker = Worker(db, {"step": step}, LEASE, replica="a")
+        worker.start()
+        try:
+            postgres.stop("fast")
+            await asyncio.sleep(2.0)  # the loop looks at the queue several times meanwhile
+            postgres.start_again()
+            job_id = await asyncio.to_thread(enqueue, db)
+            deadline = time.monotonic() + 20
+            while job_id not in ran:
+                assert time.monotonic() < deadline, "the worker stopped working"
+                await asyncio.sleep(0.05)
+            assert worker.alive
+        finally:
+            await worker.stop()
+
+    try:
+        asyncio.run(main())
+    finally:
+        db.close()
+        postgres.drop(name)
