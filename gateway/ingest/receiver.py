@@ -38,7 +38,7 @@ from gateway.ingest.errors import (
 from gateway.ingest.records import IngestSession, StoredChunk
 from gateway.sessions import states as sessions
 from gateway.sessions.lifecycle import JobKind, SessionLifecycle
-from gateway.store import Connection, Database
+from gateway.store import Connection, Database, serialize_on
 from protocol.codec import SAMPLE_RATE, CodecError, decode
 from protocol.envelope import (
     ChunkHeader,
@@ -132,7 +132,9 @@ class ChunkReceiver:
             file="",
             received_at=time.time(),
         )
-        recorded = await self._db.run(self._record, device_id, session_id, chunk, blob)
+        recorded = await self._db.run(
+            self._record, device_id, session_id, chunk, blob, isolation="read_committed"
+        )
         if recorded.assemble:
             self._wake()
         if not recorded.receipt.duplicate:
@@ -143,6 +145,8 @@ class ChunkReceiver:
     def _record(
         self, conn: Connection, device_id: str, session_id: str, chunk: StoredChunk, blob: bytes
     ) -> _Recorded:
+        # A session's chunks and its manifest take turns (any replica may take any chunk).
+        serialize_on(conn, f"ingest:{session_id}")
         session = _owned_session(conn, device_id, session_id)
         if session is None:
             session = records.create_session(
@@ -185,7 +189,9 @@ class ChunkReceiver:
             raise Rejected(
                 "manifest device_id/session_id do not match the path", code="path_mismatch"
             )
-        receipt, assemble = await self._db.run(self._close, device_id, manifest)
+        receipt, assemble = await self._db.run(
+            self._close, device_id, manifest, isolation="read_committed"
+        )
         if assemble:
             self._wake()
         return receipt
@@ -194,6 +200,7 @@ class ChunkReceiver:
         self, conn: Connection, device_id: str, manifest: SessionManifest
     ) -> tuple[CloseReceipt, bool]:
         session_id = manifest.session_id
+        serialize_on(conn, f"ingest:{session_id}")
         session = _owned_session(conn, device_id, session_id)
         started = sessions.get(conn, session_id)
         if started is not None and started.state == "cancelled":

@@ -28,7 +28,9 @@ SQL (see ``dialect.py`` for the little that is translated)
 - Rows read by name or position: ``row["state"]``, ``row[0]``, ``dict(row)``.
 - Rows a transaction will update after reading them: nothing to add (serializable). A
   queue claimed by several replicas: ``"SELECT ..." + conn.dialect.skip_locked`` under
-  ``isolation="read_committed"``, as ``jobs.queue.claim_due`` does.
+  ``isolation="read_committed"``, as ``jobs.queue.claim_due`` does. Many writers of one
+  thing at once (a session's chunks): ``serialize_on(conn, key)`` first, under
+  ``read_committed``, as the ingest receiver does.
 
 Migrations
 - Append to ``schema.MIGRATIONS``; never edit one that has landed on main. Column types:
@@ -43,7 +45,13 @@ Errors
 """
 
 from gateway.store.connection import Connection, Row
-from gateway.store.database import Database, Isolation, latest_version, probe_write
+from gateway.store.database import (
+    Database,
+    Isolation,
+    latest_version,
+    probe_write,
+    serialize_on,
+)
 from gateway.store.errors import DatabaseUnavailable, IntegrityError, SchemaTooNew, StoreError
 from gateway.store.location import Location, PostgresLocation, SqliteLocation, parse_url
 
@@ -62,4 +70,5 @@ __all__ = [
     "latest_version",
     "parse_url",
     "probe_write",
+    "serialize_on",
 ]

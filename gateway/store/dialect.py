@@ -47,6 +47,8 @@ class Dialect:
     for_update: str
     # One row when the table named by the placeholder exists (the catalogs differ).
     table_exists: str
+    # Taken with a text key, held to the end of the transaction; SQLite: one writer anyway.
+    advisory_lock: str
 
 
 SQLITE = Dialect(
@@ -54,12 +56,14 @@ SQLITE = Dialect(
     skip_locked="",
     for_update="",
     table_exists="SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?",
+    advisory_lock="",
 )
 POSTGRESQL = Dialect(
     "postgresql",
     skip_locked=" FOR UPDATE SKIP LOCKED",
     for_update=" FOR UPDATE",
     table_exists="SELECT 1 FROM pg_tables WHERE schemaname = current_schema() AND tablename = ?",
+    advisory_lock="SELECT pg_advisory_xact_lock(hashtextextended(?, 0))",
 )
 DIALECTS = {"sqlite": SQLITE, "postgresql": POSTGRESQL}
 

@@ -128,6 +128,15 @@ class GatewayProcess:
         assert self.service is not None
         self.service.kill()
 
+    def behind(self, url: str) -> GatewayProcess:
+        """This gateway's settings and store, its HTTP through ``url`` (a load balancer)."""
+        front = self.replica("front")
+        front.url, front.webhook_url = url, f"{url}/v1/webhooks/blueprint"
+        front.http = httpx.Client(
+            base_url=url, timeout=30, headers={"Authorization": f"Bearer {PARTNER_TOKEN}"}
+        )
+        return front
+
     def replica(self, name: str, **env: str) -> GatewayProcess:
         """Another `serve` on this one's state directory (its keys) and store, on a port of
         its own, as replica ``name``: what a second host with the same files runs."""
