@@ -83,6 +83,7 @@ async def _serve(settings: GatewaySettings, listener: socket.socket) -> None:
         log_level=settings.log_level,
         lifespan="on",
         server_header=False,
+        timeout_keep_alive=round(settings.http.keep_alive_s),
     )
     server = uvicorn.Server(config)
     serving = asyncio.create_task(server.serve(sockets=[listener]))

@@ -67,6 +67,9 @@ class HttpSettings(BaseModel):
     max_body_bytes: int = Field(default=1 * MiB, ge=1 * KiB)
     webhook_max_body_bytes: int = Field(default=256 * KiB, ge=1 * KiB)
     audio_max_bytes: int = Field(default=500 * MiB, ge=1 * KiB)
+    # Longer than a load balancer keeps an idle connection to reuse it (HAProxy: 5 s), so the
+    # gateway never closes one just as the balancer sends a request on it (a 502).
+    keep_alive_s: float = Field(default=75.0, gt=0, le=3600)
 
 
 class BlueprintSettings(BaseModel):

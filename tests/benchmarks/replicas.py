@@ -138,9 +138,11 @@ def main() -> None:
     parser.add_argument("--sessions", type=int, default=40)
     parser.add_argument("--rooms", type=int, default=4)
     parser.add_argument("--lease", type=float, default=5.0)
+    parser.add_argument("--failover-only", action="store_true", help="three replicas, 3. only")
     args = parser.parse_args()
     chunks = speech_chunks()
-    rooms = tuple(f"room-{n}" for n in range(1, args.rooms + 3))
+    # rooms[0]: ingest, [1]: the kill during ingest, [2]: the upload's kill, then notify's.
+    rooms = tuple(f"room-{n}" for n in range(1, args.rooms + 4))
     print(f"machine: {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f} at start")
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
@@ -151,7 +153,7 @@ def main() -> None:
         with Service(argv, root / "simulator.log", env={"PYTHONUNBUFFERED": "1"}) as service:
             sim = SimulatorProcess(service, f"http://127.0.0.1:{port}")
             wait_for_http(f"{sim.url}/_sim/state")
-            for engine, replicas in LAYOUTS:
+            for engine, replicas in LAYOUTS[-1:] if args.failover_only else LAYOUTS:
                 site = root / f"{engine}-{replicas}"
                 deployment, gateways, proxy, server = deploy(
                     site, sim, engine, replicas, rooms, args.lease
@@ -161,19 +163,22 @@ def main() -> None:
                     sim.set_callback(deployment.gateway.webhook_url)
                     deployment.gateway.put_people(*deployment.people)
                     label = f"{replicas} replica{'s' if replicas > 1 else ''} on {engine}"
-                    rate = throughput(deployment, rooms[0], chunks, args.chunks, args.concurrency)
-                    print(f"{label}: ingest {rate:.0f} chunks/s ({args.chunks} chunks,"
-                          f" {args.concurrency} clients, through HAProxy)")  # fmt: skip
-                    latencies, achieved = measure(
-                        deployment, args.sessions, list(rooms[2:]), audio, 0.0
-                    )
-                    print(f"{label}: webhook -> notify {report(latencies, achieved)}")
+                    if not args.failover_only:
+                        rate = throughput(
+                            deployment, rooms[0], chunks, args.chunks, args.concurrency
+                        )
+                        print(f"{label}: ingest {rate:.0f} chunks/s ({args.chunks} chunks,"
+                              f" {args.concurrency} clients, through HAProxy)")  # fmt: skip
+                        latencies, achieved = measure(
+                            deployment, args.sessions, list(rooms[3:]), audio, 0.0
+                        )
+                        print(f"{label}: webhook -> notify {report(latencies, achieved)}")
                     if replicas > 1:
                         victim = gateways[f"r{replicas}"]
                         gap = next_chunk_after_kill(deployment, rooms[1], chunks, victim)
                         print(f"{label}: SIGKILL of a replica -> next chunk accepted"
                               f" {gap * 1000:.0f} ms")  # fmt: skip
-                        taken = job_takeover_after_kill(deployment, gateways, sim, audio, rooms[1])
+                        taken = job_takeover_after_kill(deployment, gateways, sim, audio, rooms[2])
                         print(f"{label}: SIGKILL of an upload's replica -> job taken over"
                               f" {taken:.1f} s (lease {args.lease:g} s)")  # fmt: skip
                 finally:
