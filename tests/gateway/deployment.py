@@ -92,11 +92,13 @@ class Deployment:
         rooms: tuple[str, ...],
         tls: Pki | None = None,
         gateway_url: str | None = None,
+        replicas: tuple[str, ...] = (),
         **env: str,
     ) -> None:
         """With ``tls``: the broker listens with TLS (``tls``'s server certificate) and
         requires client certificates from the gateway's device CA (mutual TLS).
-        ``gateway_url``: what devices are given (a load balancer); default the gateway."""
+        ``gateway_url``: what devices are given (a load balancer); default the gateway.
+        ``replicas``: names of gateway replicas (each logs in as gateway-<name>)."""
         self.root = root
         self.broker_port = free_port()
         self.broker_dir = root / "broker"
@@ -124,7 +126,7 @@ class Deployment:
             "ROOM_GATEWAY_BROKER__USER": "root" if os.geteuid() == 0 else "mosquitto",
             # Tests watch rooms/# as a replica would: the broker makes the client id the user
             # name, so a probe logged in as `gateway` would knock the relay off.
-            "ROOM_GATEWAY_BROKER__REPLICAS": json.dumps(OBSERVERS),
+            "ROOM_GATEWAY_BROKER__REPLICAS": json.dumps([*OBSERVERS, *replicas]),
             **env,
         }
         self.gateway = GatewayProcess(state_dir, blueprint_url, settings_env)

@@ -75,6 +75,7 @@ def site(tmp_path: Path, sim: SimulatorProcess, postgres: PostgresServer) -> Ite
         sim.url,
         ROOMS,
         gateway_url=f"http://127.0.0.1:{proxy_port}",
+        replicas=REPLICAS,
         ROOM_GATEWAY_STORE__URL=postgres.url(name),
         ROOM_GATEWAY_STORE__PASSWORD_FILE=str(postgres.password_file(state)),
         ROOM_GATEWAY_STORE__UNAVAILABLE_S="1",

@@ -38,7 +38,12 @@ def replicas(
     device can retain its state before any gateway runs."""
     root = tmp_path_factory.mktemp("replicas")
     deployment = Deployment(
-        root, blueprint_sim.url, ROOMS, **store_env(root / "gateway"), ROOM_GATEWAY_REPLICA="a"
+        root,
+        blueprint_sim.url,
+        ROOMS,
+        replicas=("a", "b"),
+        **store_env(root / "gateway"),
+        ROOM_GATEWAY_REPLICA="a",
     )
     second = deployment.gateway.replica("b")
     deployment.broker.start()
