@@ -13,7 +13,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import ClassVar, Self
+from typing import Any, ClassVar, Self
 from urllib.parse import urlsplit
 
 import paho.mqtt.client as mqtt
@@ -154,14 +154,18 @@ def connect_once(
     answer = ConnectAnswer()
     subscribed = threading.Event()
 
-    def on_connect(c: mqtt.Client, u: object, f: object, code: ReasonCode, p: Properties) -> None:
+    def on_connect(
+        c: mqtt.Client, u: Any, f: mqtt.ConnectFlags, code: ReasonCode, p: Properties | None
+    ) -> None:
         answer.connack, answer.properties = code, p
         if subscribe is not None and not code.is_failure:
             c.subscribe(subscribe, qos=1)
         else:
             subscribed.set()
 
-    def on_subscribe(c: mqtt.Client, u: object, m: int, codes: list[ReasonCode], p: object) -> None:
+    def on_subscribe(
+        c: mqtt.Client, u: Any, m: int, codes: list[ReasonCode], p: Properties | None
+    ) -> None:
         answer.suback = list(codes)
         subscribed.set()
 

@@ -55,8 +55,8 @@ class ServeLock:
             ) from None
         file.seek(0)
         file.truncate()
-        holder = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.time()}
-        file.write(json.dumps(holder) + "\n")
+        record = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.time()}
+        file.write(json.dumps(record) + "\n")
         file.flush()
         self._file = file
         return self

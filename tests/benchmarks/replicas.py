@@ -53,8 +53,8 @@ def deploy(root: Path, sim, engine: str, replicas: int, rooms: tuple[str, ...], 
                 "ROOM_GATEWAY_STORE__PASSWORD_FILE": str(password)}  # fmt: skip
     proxy_port = free_port()
     names = tuple(f"r{n}" for n in range(1, replicas + 1))
-    deployment = Deployment(root, sim.url, rooms, gateway_url=f"http://127.0.0.1:{proxy_port}",
-                            replicas=names, **env)  # fmt: skip
+    deployment = Deployment(root, sim.url, rooms, None, f"http://127.0.0.1:{proxy_port}",
+                            names, **env)  # fmt: skip
     gateways = {"r1": deployment.gateway}
     gateways |= {f"r{n}": deployment.gateway.replica(f"r{n}") for n in range(2, replicas + 1)}
     deployment.broker.start()

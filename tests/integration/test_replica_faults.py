@@ -20,6 +20,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -161,7 +162,7 @@ def test_replicas_lose_hosts_and_the_database_restarts_yet_every_session_complet
             feeders.append(feeder)
             agents.append(start_agent(directory, site.deployment, feeder.path, room))
         for room in ROOMS:
-            wait(lambda r=room: front.get(f"/v1/rooms/{r}").json()["online"], 30, f"{room} online")
+            wait(partial(room_online, front, room), 30, f"{room} online")
         sessions: dict[str, str] = {}
         for room in ROOMS:
             body = {"room": room, "clinician_external_id": "clin-f",
@@ -170,19 +171,18 @@ def test_replicas_lose_hosts_and_the_database_restarts_yet_every_session_complet
             assert answer.status_code == 201, answer.text
             sessions[room] = answer.json()["session_id"]
         for session_id in sessions.values():
-            wait(lambda s=session_id: "start_confirmed" in steps(site.session(s)), 30, "start")
+            wait(partial(has_step, site, session_id, "start_confirmed"), 30, "start")
 
         # 1. A replica dies while the chunks stream in.
-        killer = threading.Thread(
-            target=lambda: (
-                wait(lambda: site.query("SELECT COUNT(*) FROM chunks")[0][0] >= 2, 30, "chunks"),
-                site.replicas["a"].kill(),
-            )
-        )
+        def kill_during_ingest() -> None:
+            wait(lambda: site.query("SELECT COUNT(*) FROM chunks")[0][0] >= 2, 30, "chunks")
+            site.replicas["a"].kill()
+
+        killer = threading.Thread(target=kill_during_ingest)
         killer.start()
         play_all(feeders, speech[: cut(16)])
         killer.join(40)
-        assert not site.replicas["a"].service.alive()  # type: ignore[union-attr]
+        assert "a" not in site.alive()
 
         # 2. PostgreSQL restarts mid-session: 503 with Retry-After, the agents spool.
         site.postgres.stop("fast")
@@ -204,8 +204,7 @@ def test_replicas_lose_hosts_and_the_database_restarts_yet_every_session_complet
         # 3. Uploads slowed (every Blueprint call waits 2 s): the upload's replica dies.
         sim.faults(latency_ms=2000)
         for session_id in sessions.values():
-            wait(lambda s=session_id: front.post(f"/v1/sessions/{s}/stop").status_code == 200,
-                 30, "stop")  # fmt: skip
+            wait(partial(stopped, front, session_id), 30, "stop")
         uploader = wait(lambda: running_job_owner(site, "upload_audio"), 60, "an upload", site)
         site.replicas[uploader].kill()
 
@@ -216,18 +215,13 @@ def test_replicas_lose_hosts_and_the_database_restarts_yet_every_session_complet
         sim.faults(latency_ms=0)
 
         done = {
-            room: wait(
-                lambda s=s: (d := site.session(s))["state"] == "notes_ready" and d,
-                120,
-                f"{room} notes_ready",
-                site,
-            )
+            room: wait(partial(notes_ready, site, s), 120, f"{room} notes_ready", site)
             for room, s in sessions.items()
         }
         for room, session_id in sessions.items():
             agent = agents[ROOMS.index(room)]
-            wait(lambda a=agent, s=session_id: f"session {s}: notes_ready" in a.log(), 30,
-                 f"{room}'s agent told notes_ready")  # fmt: skip
+            told = f"session {session_id}: notes_ready"
+            wait(partial(logged, agent, told), 30, f"{room}'s agent told notes_ready")
     finally:
         for agent in agents:
             agent.kill()
@@ -255,3 +249,24 @@ def test_replicas_lose_hosts_and_the_database_restarts_yet_every_session_complet
         f"\nreplicas killed: a (ingest), {uploader} (upload), {fetcher} (note fetch);"
         f" PostgreSQL restarted; {len(ROOMS)} sessions notes_ready"
     )
+
+
+def room_online(front: httpx.Client, room: str) -> bool:
+    return bool(front.get(f"/v1/rooms/{room}").json()["online"])
+
+
+def has_step(site: Site, session_id: str, step: str) -> bool:
+    return step in steps(site.session(session_id))
+
+
+def stopped(front: httpx.Client, session_id: str) -> bool:
+    return front.post(f"/v1/sessions/{session_id}/stop").status_code == 200
+
+
+def notes_ready(site: Site, session_id: str) -> dict[str, Any] | None:
+    found = site.session(session_id)
+    return found if found["state"] == "notes_ready" else None
+
+
+def logged(service: Service, text: str) -> bool:
+    return text in service.log()

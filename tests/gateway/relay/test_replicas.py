@@ -41,7 +41,9 @@ def replicas(
         root,
         blueprint_sim.url,
         ROOMS,
-        replicas=("a", "b"),
+        None,  # no TLS
+        None,  # devices reach replica a directly
+        ("a", "b"),
         **store_env(root / "gateway"),
         ROOM_GATEWAY_REPLICA="a",
     )
