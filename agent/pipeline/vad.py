@@ -24,8 +24,10 @@ speech frames with STRONG_FRAMES strong ones in a row at a held level (a short w
 a quiet talker is loud for only three or four frames; a knock dies away within two);
 it reaches back over the loud frames just before (a first word webrtcvad missed) plus the
 pre-roll (onsets are quiet), and ends ``hangover`` after the last loud speech frame
-(pauses inside sentences, quiet word endings). ``trim`` (agent/settings.py) sets
-webrtcvad's mode and the padding, or keeps everything.
+(pauses inside sentences, quiet word endings). With trim "conservative" a second look,
+webrtcvad at mode 0 on the same frames, may open a region the same way (held, strong
+energy): at 5 dB SNR mode 2 hears nothing in some whole words that mode 0 catches.
+``trim`` (agent/settings.py) sets webrtcvad's mode and the padding, or keeps everything.
 """
 
 from __future__ import annotations
@@ -151,9 +153,10 @@ class Segmenter:
         self.frame_index = 0  # index of the next whole frame
         self.run = 0  # frames of the run that opens a region, up to the current one
         self.voiced_run = 0  # loud speech frames in a row
-        self.speech_run = 0  # speech frames in a row
-        # Energy over the floor of the last frames of the current speech run.
-        self.strong: deque[float] = deque(maxlen=OPEN_WINDOW)
+        self.speech_run = _SpeechRun(self.min_run)
+        # The second look (trim conservative): webrtcvad at mode 0 on the same frames.
+        self.second_vad = webrtcvad.Vad(0) if preset.second_look else None
+        self.second_run = _SpeechRun(self.min_run)
         self.region_end = 0  # frame index where the last region ended (no overlap)
         self.open = False
         self.chunk: list[np.ndarray] = []
@@ -190,7 +193,7 @@ class Segmenter:
         out: list[SpeechChunk] = []
         if self.keep_all:
             for frame in frames:
-                self._step(frame, True, True, math.inf, out)
+                self._step(frame, True, True, False, math.inf, out)
                 self.frame_index += 1
             return out
         energies = band_energy_db(frames).tolist()
@@ -200,8 +203,10 @@ class Segmenter:
             floor = self.floor.update(energy)
             loud = energy > floor + self.margin_db
             above = energy - floor
-            speech = self.vad.is_speech(raw[i * step : (i + 1) * step], SAMPLE_RATE)
-            self._step(frames[i], loud, speech, above, out)
+            view = raw[i * step : (i + 1) * step]
+            speech = self.vad.is_speech(view, SAMPLE_RATE)
+            second = self.second_vad is not None and self.second_vad.is_speech(view, SAMPLE_RATE)
+            self._step(frames[i], loud, speech, second, above, out)
             self.frame_index += 1
         return out
 
@@ -222,19 +227,21 @@ class Segmenter:
         return np.clip(raised, INT16_MIN, INT16_MAX).astype(np.int16).tobytes()
 
     def _step(
-        self, frame: np.ndarray, loud: bool, speech: bool, above: float, out: list[SpeechChunk]
+        self,
+        frame: np.ndarray,
+        loud: bool,
+        speech: bool,
+        second: bool,
+        above: float,
+        out: list[SpeechChunk],
     ) -> None:
-        """``above``: the frame's energy over the floor, dB."""
+        """``second``: the second look's opinion; ``above``: energy over the floor, dB."""
         voiced = loud and speech
         if self.on_frame is not None:
             self.on_frame(frame, voiced)
         self.voiced_run = self.voiced_run + 1 if voiced else 0
-        if speech:
-            self.speech_run += 1
-            self.strong.append(above)
-        else:
-            self.speech_run = 0
-            self.strong.clear()
+        self.speech_run.add(speech, above)
+        self.second_run.add(second, above)
         if self.open:
             self.since_voiced = 0 if voiced else self.since_voiced + 1
             if self.since_voiced <= self.hangover:
@@ -245,8 +252,11 @@ class Segmenter:
         if self.voiced_run >= self.min_run:
             self.run = self.voiced_run
             self._open(out)
-        elif self.speech_run >= self.min_run and _sustained(self.strong):
-            self.run = len(self.strong)
+        elif self.speech_run.sustained():
+            self.run = self.speech_run.tail()
+            self._open(out)
+        elif self.second_run.sustained():
+            self.run = self.second_run.tail()
             self._open(out)
 
     def _open(self, out: list[SpeechChunk]) -> None:
@@ -294,16 +304,38 @@ class Segmenter:
         self.region_end = self.frame_index
 
 
-def _sustained(above: deque[float]) -> bool:
-    """STRONG_FRAMES strong frames in a row within PLATEAU_DB of each other: a voice holds
-    its level for a syllable; a knock is loudest in its first frame or two and has died
-    away by the third (25 dB and more below), and knocks in a row are 100 ms apart."""
-    levels = list(above)
-    for at in range(len(levels) - STRONG_FRAMES + 1):
-        run = levels[at : at + STRONG_FRAMES]
-        if min(run) > STRONG_MARGIN_DB and max(run) - min(run) <= PLATEAU_DB:
-            return True
-    return False
+class _SpeechRun:
+    """A detector's current run of speech frames, and their energy over the floor."""
+
+    def __init__(self, min_run: int) -> None:
+        self.min_run = min_run
+        self.length = 0
+        self.above: deque[float] = deque(maxlen=OPEN_WINDOW)
+
+    def add(self, speech: bool, above: float) -> None:
+        if speech:
+            self.length += 1
+            self.above.append(above)
+        else:
+            self.length = 0
+            self.above.clear()
+
+    def tail(self) -> int:
+        return len(self.above)
+
+    def sustained(self) -> bool:
+        """``min_run`` speech frames, with STRONG_FRAMES strong ones in a row within
+        PLATEAU_DB of each other: a voice holds its level for a syllable; a knock is
+        loudest in its first frame or two and has died away by the third (25 dB and more
+        below), and knocks in a row are 100 ms apart."""
+        if self.length < self.min_run:
+            return False
+        levels = list(self.above)
+        for at in range(len(levels) - STRONG_FRAMES + 1):
+            run = levels[at : at + STRONG_FRAMES]
+            if min(run) > STRONG_MARGIN_DB and max(run) - min(run) <= PLATEAU_DB:
+                return True
+        return False
 
 
 def band_energy_db(frames: np.ndarray) -> np.ndarray:
