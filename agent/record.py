@@ -100,9 +100,9 @@ def _open_source(settings: AgentSettings, input_file: Path | None, realtime: boo
             from agent.pipeline.filesource import FileSource
 
             return FileSource(input_file, realtime=realtime)
-        from agent.pipeline.capture import MicrophoneSource
+        from agent.pipeline.capture import RECORDING_BATCH_S, MicrophoneSource
 
-        return MicrophoneSource(settings.audio)
+        return MicrophoneSource(settings.audio, batch_s=RECORDING_BATCH_S)
     except AudioInputError as exc:
         raise Fatal(str(exc)) from None
 
