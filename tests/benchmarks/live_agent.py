@@ -14,7 +14,7 @@ phases (callgrind_control -i on, -z, -d), instructions divided by audio seconds 
 valgrind the agent runs ~50x slower, so that phase is short (``--callgrind-s``).
 
     .venv/bin/python tests/benchmarks/live_agent.py [--seconds 60] [--idle-s 20]
-        [--callgrind-s 10] [--no-callgrind] [--no-baseline]
+        [--callgrind-s 10] [--no-callgrind] [--no-baseline] [--agent PATH] [--env K=V]
 """
 
 from __future__ import annotations
@@ -113,6 +113,7 @@ def run_agent(
     record_s: float,
     valgrind: Path | None,
     extra_env: dict[str, str],
+    room_agent: str = ROOM_AGENT,
 ) -> list[Phase | int]:
     """Idle, then recording: the two phases (or, under callgrind, the instruction counts)."""
     users = {DEVICE: PASSWORD, "gateway": "gateway-secret"}
@@ -128,7 +129,7 @@ def run_agent(
         for key in ("BACKOFF_BASE_S", "BACKOFF_MAX_S"):
             env.pop(f"ROOM_AGENT_LINK__{key}")
         env.update(extra_env)
-        argv = [ROOM_AGENT, "run"]
+        argv = [room_agent, "run"]
         if valgrind is not None:
             argv = [
                 "valgrind",
@@ -208,6 +209,12 @@ def main() -> None:
     parser.add_argument("--no-callgrind", action="store_true")
     parser.add_argument("--no-baseline", action="store_true")
     parser.add_argument(
+        "--agent",
+        default=ROOM_AGENT,
+        help="the room-agent to run, e.g. one installed with only the [agent] extra (as on a"
+        " device: no test or dev packages that httpx would import)",
+    )
+    parser.add_argument(
         "--env", action="append", default=[], help="KEY=VALUE for the agent (a setting to try)"
     )
     args = parser.parse_args()
@@ -216,7 +223,9 @@ def main() -> None:
         work = Path(tmp)
         (work / "agent").mkdir()
         extra = dict(item.split("=", 1) for item in args.env)
-        phases = run_agent(work / "agent", audio, args.idle_s, args.seconds, None, extra)
+        phases = run_agent(
+            work / "agent", audio, args.idle_s, args.seconds, None, extra, args.agent
+        )
         baseline = None
         if not args.no_baseline:
             (work / "bare").mkdir()
@@ -225,7 +234,13 @@ def main() -> None:
         if not args.no_callgrind:
             (work / "cg").mkdir()
             instructions = run_agent(
-                work / "cg", audio, args.callgrind_s, args.callgrind_s, work / "cg" / "out", extra
+                work / "cg",
+                audio,
+                args.callgrind_s,
+                args.callgrind_s,
+                work / "cg" / "out",
+                extra,
+                args.agent,
             )
     print(
         f"live agent, 16 kHz mono via PortAudio (ALSA file plugin, FIFO at real time); "
