@@ -222,9 +222,9 @@ def _watch(stop: threading.Event, health: Health) -> None:
 
 
 def _microphone(settings: AgentSettings) -> AudioSource:
-    from agent.pipeline.capture import RECORDING_BATCH_S, MicrophoneSource
+    from agent.pipeline.capture import MicrophoneSource
 
-    return MicrophoneSource(settings.audio, batch_s=RECORDING_BATCH_S)
+    return MicrophoneSource(settings.audio)
 
 
 def _uplink_client(settings: LinkSettings) -> httpx.Client:

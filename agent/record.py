@@ -100,9 +100,9 @@ def _open_source(settings: AgentSettings, input_file: Path | None, realtime: boo
             from agent.pipeline.filesource import FileSource
 
             return FileSource(input_file, realtime=realtime)
-        from agent.pipeline.capture import RECORDING_BATCH_S, MicrophoneSource
+        from agent.pipeline.capture import MicrophoneSource
 
-        return MicrophoneSource(settings.audio, batch_s=RECORDING_BATCH_S)
+        return MicrophoneSource(settings.audio)
     except AudioInputError as exc:
         raise Fatal(str(exc)) from None
 

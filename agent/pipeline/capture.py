@@ -37,10 +37,6 @@ log = logging.getLogger(__name__)
 NO_SAMPLES = np.zeros(0, dtype=np.int16)
 # How often a read() without timeout looks whether the source was closed meanwhile.
 POLL_S = 0.1
-# What recording asks a read() to gather: the blocks arriving within this long of the
-# first one (at most this much audio). Fewer wake-ups and per-call costs down the
-# pipeline, on a Pi's budget; a stop still takes effect within a read's timeout.
-RECORDING_BATCH_S = 0.25
 # How long close() waits for the device to let go (a stalled driver may never).
 CLOSE_WAIT_S = 3.0
 # libjack's complaints at every PortAudio start when no JACK server runs (there never is).
@@ -139,17 +135,8 @@ class MicrophoneSource:
     out what is still queued and then None: audio captured is never thrown away at stop.
     """
 
-    def __init__(
-        self,
-        settings: AudioSettings,
-        *,
-        reopen: ReopenPolicy | None = None,
-        batch_s: float = 0.0,
-    ) -> None:
-        """``batch_s``: see read(); 0 hands out each block as it came."""
+    def __init__(self, settings: AudioSettings, *, reopen: ReopenPolicy | None = None) -> None:
         self.stats = CaptureStats()
-        self._batch_s = batch_s
-        self._batch_frames = max(1, int(batch_s * SAMPLE_RATE))  # counted at 16 kHz
         self._settings = settings
         self._policy = reopen or ReopenPolicy()
         self._stall_s = max(self._policy.stall_s, 4 * settings.block_ms / 1000)
@@ -169,39 +156,16 @@ class MicrophoneSource:
         self._supervisor.start()
 
     def read(self, timeout: float | None = None) -> np.ndarray | None:
-        """The next samples; empty if none came within ``timeout``; None once closed and
-        drained. With ``batch_s``, what arrives within it of the first block (and within
-        ``timeout``) comes as one array: the pipeline wakes a few times a second, not at
-        every period."""
+        """The next block; empty if none came within ``timeout``; None once closed and drained."""
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
-            blocks = self._gather(deadline)
-            if not blocks:
-                return self._end() if self._closed else NO_SAMPLES
-            # One conversion per device opening in the batch (numpy costs per call).
-            parts = [
-                self._to_16k(_Block(group[0].opening, group[0].rate, group[0].channels, data))
-                for group, data in _joined(blocks)
-            ]
-            size = sum(part.size for part in parts)
-            if size:  # (a resampler's first blocks may give nothing yet)
-                self.stats.samples += size
-                return parts[0] if len(parts) == 1 else np.concatenate(parts)
-
-    def _gather(self, deadline: float | None) -> list[_Block]:
-        """The next block, and those arriving within ``batch_s`` of it (up to the deadline)."""
-        blocks: list[_Block] = []
-        frames = 0
-        while frames < self._batch_frames:
             block = self._next_block(deadline)
             if block is None:
-                break
-            if not blocks:
-                batch_end = time.monotonic() + self._batch_s
-                deadline = batch_end if deadline is None else min(deadline, batch_end)
-            blocks.append(block)
-            frames += len(block.data) // (2 * block.channels) * SAMPLE_RATE // block.rate
-        return blocks
+                return self._end() if self._closed else NO_SAMPLES
+            samples = self._to_16k(block)
+            if samples.size:
+                self.stats.samples += samples.size
+                return samples
 
     def close(self) -> None:
         """Stop capturing; blocks already captured stay readable."""
@@ -451,18 +415,6 @@ class _LossLog:
                 stats.dropped_blocks,
                 stats.dropped_s,
             )
-
-
-def _joined(blocks: list[_Block]) -> Iterator[tuple[list[_Block], bytes]]:
-    """Consecutive blocks of one device opening, with their data joined."""
-    group: list[_Block] = []
-    for block in blocks:
-        if group and block.opening != group[0].opening:
-            yield group, b"".join(b.data for b in group)
-            group = []
-        group.append(block)
-    if group:
-        yield group, b"".join(b.data for b in group)
 
 
 def _log_retry(state: tenacity.RetryCallState) -> None:

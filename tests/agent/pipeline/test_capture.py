@@ -17,7 +17,6 @@ import pytest
 
 from agent.pipeline.audio import AudioInputError
 from agent.pipeline.capture import (
-    RECORDING_BATCH_S,
     InputDevice,
     MicrophoneSource,
     ReopenPolicy,
@@ -202,27 +201,6 @@ def test_captured_audio_is_bit_exact(testmic):
     np.testing.assert_array_equal(after_silence(captured)[: len(signal)], signal)
     assert stats.samples == len(captured)
     assert (stats.dropped_blocks, stats.overruns, stats.reopens) == (0, 0, 0)
-
-
-def test_recording_reads_gather_a_quarter_second_and_stay_bit_exact(testmic):
-    """Recording asks for batches (fewer wake-ups on a Pi): blocks arriving within
-    RECORDING_BATCH_S come as one array, in order, nothing lost or repeated."""
-    signal = noise(16_000 * 3, seed=8)
-    with (
-        FifoFeeder(testmic, period_frames=BLOCK) as feeder,
-        MicrophoneSource(AudioSettings(device="testmic"), batch_s=RECORDING_BATCH_S) as source,
-    ):
-        feeder.play(signal)
-        sizes = []
-        captured = []
-        while sum(sizes) < len(signal) + 8_000:
-            block = source.read(timeout=1.0)
-            assert block is not None and block.size, "the stream stopped"
-            sizes.append(block.size)
-            captured.append(block)
-    np.testing.assert_array_equal(after_silence(np.concatenate(captured))[: len(signal)], signal)
-    assert max(sizes) <= RECORDING_BATCH_S * 16_000 + BLOCK
-    assert np.median(sizes) >= 4 * BLOCK, sizes  # real time, 30 ms periods: ~8 per read
 
 
 def test_a_48k_only_device_is_opened_at_48k_and_resampled(tmp_path, monkeypatch):
