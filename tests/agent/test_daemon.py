@@ -38,6 +38,7 @@ TOKEN = "room-9-ingest-token"
 STATE, EVENTS, CMD = (topic(DEVICE, kind) for kind in ("state", "events", "cmd"))
 ROOM_AGENT = str(Path(sys.executable).parent / "room-agent")
 SPEED = 8  # the FIFO is fed at 8x real time: a 40 s session plays in 5 s
+FIFO_PERIOD = 480  # the feeder's period: its idle silence comes in whole periods
 
 
 SPEECH_S = 12.69  # the true speech in the synthetic session below
@@ -71,7 +72,7 @@ def ingest():
 
 @pytest.fixture
 def feeder(tmp_path):
-    with FifoFeeder(tmp_path / "mic.fifo", period_frames=480, speed=SPEED) as playing:
+    with FifoFeeder(tmp_path / "mic.fifo", period_frames=FIFO_PERIOD, speed=SPEED) as playing:
         yield playing
 
 
@@ -158,11 +159,26 @@ def locate(part: np.ndarray, whole: np.ndarray) -> int | None:
 
 
 def found_in(audio: np.ndarray, played: list[np.ndarray]) -> bool:
-    """The chunk is input audio, bit-exact, apart from the FIFO's silence (exact zeros)
-    before or after what was played."""
+    """The chunk is input audio, bit-exact, apart from the FIFO's silence (exact zeros,
+    whole periods) before, after, or between what was played: a test that waits between
+    two plays lets the feeder idle, and a region whose hangover outlasts the wait spans it.
+    The pieces between such silences are in the input, in order."""
     voiced = np.flatnonzero(audio)
-    core = audio[voiced[0] : voiced[-1] + 1] if len(voiced) else audio[:0]
-    return len(core) > 0 and any(locate(core, piece) is not None for piece in played)
+    if not len(voiced):
+        return False
+    gaps = np.flatnonzero(np.diff(voiced) > FIFO_PERIOD)
+    starts = [voiced[0], *voiced[gaps + 1]]
+    ends = [*voiced[gaps], voiced[-1]]
+    for piece in played:
+        at = 0
+        for start, end in zip(starts, ends, strict=True):
+            found = locate(audio[start : end + 1], piece[at:])
+            if found is None:
+                break
+            at += found + end + 1 - start
+        else:
+            return True
+    return False
 
 
 def cut(seconds: float) -> int:
