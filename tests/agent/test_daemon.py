@@ -162,23 +162,22 @@ def found_in(audio: np.ndarray, played: list[np.ndarray]) -> bool:
     """The chunk is input audio, bit-exact, apart from the FIFO's silence (exact zeros,
     whole periods) before, after, or between what was played: a test that waits between
     two plays lets the feeder idle, and a region whose hangover outlasts the wait spans it.
-    The pieces between such silences are in the input, in order."""
+    The pieces between such silences are in the input, in order; the input is what was
+    played, one piece after the other (a chunk may run from one into the next)."""
     voiced = np.flatnonzero(audio)
     if not len(voiced):
         return False
     gaps = np.flatnonzero(np.diff(voiced) > FIFO_PERIOD)
     starts = [voiced[0], *voiced[gaps + 1]]
     ends = [*voiced[gaps], voiced[-1]]
-    for piece in played:
-        at = 0
-        for start, end in zip(starts, ends, strict=True):
-            found = locate(audio[start : end + 1], piece[at:])
-            if found is None:
-                break
-            at += found + end + 1 - start
-        else:
-            return True
-    return False
+    whole = np.concatenate(played)
+    at = 0
+    for start, end in zip(starts, ends, strict=True):
+        found = locate(audio[start : end + 1], whole[at:])
+        if found is None:
+            return False
+        at += found + end + 1 - start
+    return True
 
 
 def cut(seconds: float) -> int:
