@@ -258,11 +258,11 @@ def main() -> None:
         assert isinstance(recording, Phase)
         print(f"recording / bare capture CPU: {recording.cpu_s / max(baseline.cpu_s, 1e-9):.1f}x")
     if instructions:
-        idle_ir, rec_ir = instructions
+        idle_ir, rec_ir = (int(count) for count in instructions if isinstance(count, int))
         print(
             f"instructions (callgrind, {args.callgrind_s:g} s each): idle "
-            f"{int(idle_ir) / args.callgrind_s / 1e6:.1f} M per second, recording "
-            f"{int(rec_ir) / args.callgrind_s / 1e6:.1f} M per audio second"
+            f"{idle_ir / args.callgrind_s / 1e6:.1f} M per second, recording "
+            f"{rec_ir / args.callgrind_s / 1e6:.1f} M per audio second"
         )
 
 
