@@ -26,10 +26,17 @@ class CliState(SettingsContext[AgentSettings]):
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @config_option(CONFIG_ENV)
+@click.option(
+    "-v", "--verbose", is_flag=True, help="Log what happens (debug level, sound system's too)."
+)
 @click.version_option(__version__, prog_name="room-agent")
 @click.pass_context
-def cli(ctx: click.Context, config_path: Path | None) -> None:
+def cli(ctx: click.Context, config_path: Path | None, verbose: bool) -> None:
     """The room device: captures speech, seals it and spools it for the gateway."""
+    if verbose:
+        import logging
+
+        logging.basicConfig(level=logging.DEBUG, format="%(levelname)s %(name)s: %(message)s")
     ctx.obj = CliState(config_path)
 
 

@@ -81,6 +81,7 @@ async def _serve(settings: GatewaySettings, listener: socket.socket) -> None:
         create_app(settings),
         log_config=None,
         log_level=settings.log_level,
+        access_log=settings.http.access_log,
         lifespan="on",
         server_header=False,
         timeout_keep_alive=round(settings.http.keep_alive_s),

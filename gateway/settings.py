@@ -70,6 +70,7 @@ class HttpSettings(BaseModel):
     # Longer than a load balancer keeps an idle connection to reuse it (HAProxy: 5 s), so the
     # gateway never closes one just as the balancer sends a request on it (a 502).
     keep_alive_s: float = Field(default=75.0, gt=0, le=3600)
+    access_log: bool = False
 
 
 class BlueprintSettings(BaseModel):

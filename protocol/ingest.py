@@ -7,6 +7,9 @@ identity). What each answer means to the device's uplink:
 - 409: a different chunk is stored under this seq; keep ours and report it, never delete.
 - 422: the gateway cannot open the chunk (corrupt or tampered): quarantine it locally.
 - 401/403: unknown, revoked or foreign device: keep everything, retry slowly.
+  The gateway's refusals are RFC 9457 problem details whose ``code`` says which
+  (:data:`DEVICE_AUTH_CODES`); a 401/403 without one is not the gateway's (a proxy, a
+  firewall, another server at that address) and must not be read as a revocation.
 - 413: over the gateway's size limit: keep it and report.
 - 5xx or no answer: retry with backoff.
 
@@ -16,6 +19,8 @@ gateway assembles the session when it holds every chunk the manifest lists.
 
 from __future__ import annotations
 
+import json
+import re
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -25,6 +30,12 @@ from protocol.ids import SessionId, Sha256Hex
 SEALED_CHUNK_CONTENT_TYPE = "application/vnd.room-audio.sealed-chunk"
 CHUNK_PATH = "/v1/devices/{device_id}/sessions/{session_id}/chunks/{seq}"
 CLOSE_PATH = "/v1/devices/{device_id}/sessions/{session_id}/close"
+PROBLEM_MEDIA_TYPE = "application/problem+json"
+# The gateway's own answers when it refuses a device's credentials (gateway/api/errors.py).
+DEVICE_AUTH_CODES = frozenset(
+    {"missing_token", "device_unauthenticated", "device_forbidden", "device_revoked"}
+)
+_CODE = re.compile(r"^[a-z0-9_]{1,64}$")
 
 
 def chunk_path(device_id: str, session_id: str, seq: int) -> str:
@@ -33,6 +44,18 @@ def chunk_path(device_id: str, session_id: str, seq: int) -> str:
 
 def close_path(device_id: str, session_id: str) -> str:
     return CLOSE_PATH.format(device_id=device_id, session_id=session_id)
+
+
+def problem_code(content_type: str | None, body: bytes) -> str | None:
+    """The stable ``code`` of a gateway's problem+json answer; None for anything else (a
+    proxy's HTML page, an empty body, another server's JSON)."""
+    if (content_type or "").split(";")[0].strip().lower() != PROBLEM_MEDIA_TYPE:
+        return None
+    try:
+        code = json.loads(body).get("code")
+    except (ValueError, AttributeError):
+        return None
+    return code if isinstance(code, str) and _CODE.match(code) else None
 
 
 class ChunkReceipt(BaseModel):

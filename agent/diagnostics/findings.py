@@ -15,6 +15,7 @@ from agent.diagnostics.observations import AgentView, SpoolView
 from agent.diagnostics.probes import BrokerProbe, GatewayProbe, public_url
 from agent.diagnostics.status_file import REFRESH_S
 from agent.settings import AgentSettings
+from protocol.messages import ChunkRefusal
 
 # The snapshot is rewritten at least every REFRESH_S: three missed rewrites mean a hung agent.
 STALE_SNAPSHOT_S = 3 * REFRESH_S
@@ -184,13 +185,27 @@ def judge_gateway(settings: AgentSettings, probe: GatewayProbe | None) -> Findin
             summary=f"{probe.url} reachable ({health}), but it refuses this device's token",
             fix=_reprovision(settings.device_id, "the gateway"),
         )
+    if probe.token == "revoked":
+        return Finding(
+            item="gateway",
+            verdict="problem",
+            summary=f"{probe.url}: device {settings.device_id} is revoked there",
+            fix=_reprovision(settings.device_id, "the gateway"),
+        )
     if probe.token == "forbidden":
         return Finding(
             item="gateway",
             verdict="problem",
-            summary=f"{probe.url}: device {settings.device_id} is revoked there, or the token"
-            " is another device's",
+            summary=f"{probe.url}: the token is another device's, not {settings.device_id}'s",
             fix=f"check device_id; then {_reprovision(settings.device_id, 'the gateway')}",
+        )
+    if probe.token == "not_gateway":
+        return Finding(
+            item="gateway",
+            verdict="problem",
+            summary=f"{probe.url} answers HTTP {probe.token_status}, but not as the"
+            f" room-gateway does ({health})",
+            fix=NOT_THE_GATEWAY.format(status=probe.token_status, url=probe.url),
         )
     if probe.token == "unexpected" and (probe.token_status or 0) >= 500:
         return Finding(
@@ -292,13 +307,49 @@ def judge_errors(settings: AgentSettings, agent: AgentView) -> Finding:
     code = snap.last_error
     if code is None:
         return Finding(item="last error", verdict="ok", summary="none")
+    refused = snap.uplink.refused if snap.uplink is not None else None
+    summary = code
+    if refused is not None and refused.code != code:
+        summary += f" (gateway: HTTP {refused.status} {refused.code})"
     return Finding(
-        item="last error", verdict="problem", summary=code, fix=error_fix(code, settings)
+        item="last error",
+        verdict="problem",
+        summary=summary,
+        fix=error_fix(code, settings, refused),
     )
 
 
-def error_fix(code: str, settings: AgentSettings) -> str:
-    """What to do about an agent's error code (recorder's first, else the uplink's)."""
+def refusal_line(refused: ChunkRefusal) -> str:
+    what = "manifest" if refused.seq is None else f"chunk {refused.seq}"
+    return f"{what} of session {refused.session_id}: HTTP {refused.status} {refused.code}"
+
+
+NOT_THE_GATEWAY = (
+    "HTTP {status} from something that is not the room-gateway (its answer has no gateway"
+    " problem code): a proxy or firewall between this device and {url}, or that URL names"
+    " another server. This is not a revocation: check link.gateway_url, then ask the"
+    " network's operator to let the device through"
+)
+
+
+def error_fix(code: str, settings: AgentSettings, refused: ChunkRefusal | None = None) -> str:
+    """What to do about an agent's error code (recorder's first, else the uplink's), with
+    the gateway's reason for its latest refusal when there is one."""
+    url = public_url(settings.link.gateway_url)
+    if refused is not None and refused.code == "wrong_key":
+        return (
+            "the gateway cannot open this device's audio: it is sealed to another key than"
+            " the gateway's. Set agent.gateway_public_key to the key `room-gateway keygen`"
+            " prints on the gateway (or enroll again), then restart the agent; chunks sealed"
+            " to the old key stay in quarantine"
+        )
+    if code in ("http_401", "http_403"):
+        return NOT_THE_GATEWAY.format(status=code[5:], url=url)
+    if code == "device_revoked":
+        return (
+            f"the gateway revoked device {settings.device_id}; if that was a mistake:"
+            f" {_reprovision(settings.device_id, 'the gateway')}"
+        )
     if code == "spool_full":
         return "recording stopped: the spool is full; the gateway must take the backlog first"
     if code == "device_lost":
@@ -306,7 +357,7 @@ def error_fix(code: str, settings: AgentSettings) -> str:
     if code == "unauthorized":
         return _reprovision(settings.device_id, "the gateway")
     if code == "gateway_unreachable":
-        return f"check network/firewall to {public_url(settings.link.gateway_url)}"
+        return f"check network/firewall to {url}"
     if code == "gateway_error" or code.startswith("http_5"):
         return GATEWAY_FAILS
     if code.startswith(("chunk_", "manifest_", "bad_receipt")):

@@ -13,7 +13,9 @@ short reasons (never a secret) and never raises for a network problem.
   an empty body with a content type the gateway refuses. The gateway checks the token
   before anything else and the content type before reading or storing anything, so the
   answer is 401 (unknown token), 403 (revoked, or another device's token) or 415 (token
-  accepted) with no side effect: no chunk, no session, nothing stored.
+  accepted) with no side effect: no chunk, no session, nothing stored. Its refusals are
+  problem+json with a code; a 401/403 without one is something else's (a proxy, a
+  firewall, another server at that address), and is said so, not called a revocation.
 """
 
 from __future__ import annotations
@@ -32,15 +34,15 @@ from pydantic import BaseModel
 
 from agent import __version__
 from agent.settings import LinkSettings, MqttSettings
-from protocol.ingest import chunk_path
+from protocol.ingest import DEVICE_AUTH_CODES, chunk_path, problem_code
 from runtime.mqtt import broker_address, new_client, tls_context
 
 TIMEOUT_S = 3.0
 PROBE_SESSION = "status-probe"
 PROBE_CONTENT_TYPE = "application/x-room-agent-probe"
-TokenVerdict = Literal["accepted", "refused", "forbidden", "not_checked", "unexpected"]
-# What the gateway's answer to the token probe means (see the module docstring).
-TOKEN_ANSWERS: dict[int, TokenVerdict] = {415: "accepted", 401: "refused", 403: "forbidden"}
+TokenVerdict = Literal[
+    "accepted", "refused", "forbidden", "revoked", "not_gateway", "not_checked", "unexpected"
+]
 ConnectVerdict = Literal["accepted", "refused", "no_answer", "not_checked"]
 
 
@@ -60,6 +62,7 @@ class GatewayProbe(BaseModel):
     healthz: int | None = None  # HTTP status of GET /healthz
     token: TokenVerdict = "not_checked"
     token_status: int | None = None  # HTTP status of the token probe
+    token_code: str | None = None  # the gateway's problem code in that answer, if any
     error: str | None = None
 
 
@@ -148,8 +151,22 @@ def probe_gateway(
         found.error = network_error(exc, timeout)
         return found
     found.token_status = answer.status_code
-    found.token = TOKEN_ANSWERS.get(answer.status_code, "unexpected")
+    found.token_code = problem_code(answer.headers.get("content-type"), answer.content)
+    found.token = token_verdict(answer.status_code, found.token_code)
     return found
+
+
+def token_verdict(status: int, code: str | None) -> TokenVerdict:
+    """What the answer to the token probe means (see the module docstring)."""
+    if status == 415:
+        return "accepted"
+    if status in (401, 403) and code not in DEVICE_AUTH_CODES:
+        return "not_gateway"
+    if status == 401:
+        return "refused"
+    if status == 403:
+        return "revoked" if code == "device_revoked" else "forbidden"
+    return "unexpected"
 
 
 def _client(settings: LinkSettings, timeout: float) -> httpx.Client:

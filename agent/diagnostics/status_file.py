@@ -29,7 +29,13 @@ from agent.link.uplink import UplinkStatus
 from agent.pipeline.recorder import RecorderListener, RecorderSnapshot
 from protocol.ids import DeviceId, SessionId
 from protocol.manifest import SessionManifest
-from protocol.messages import Notification, RecorderState, SessionClosed, SessionStarted
+from protocol.messages import (
+    ChunkRefusal,
+    Notification,
+    RecorderState,
+    SessionClosed,
+    SessionStarted,
+)
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +57,7 @@ class UplinkSnapshot(BaseModel):
     sessions_delivered: int = 0
     held: int = 0
     set_aside: int = 0
+    refused: ChunkRefusal | None = None  # the gateway's latest refusal and its reason code
 
 
 class NotificationSnapshot(BaseModel):
@@ -142,6 +149,7 @@ def _uplink(uplink: UplinkStatus) -> UplinkSnapshot:
         sessions_delivered=uplink.sessions_delivered,
         held=len(uplink.held),
         set_aside=len(uplink.set_aside),
+        refused=uplink.refused,
     )
 
 

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
-from agent.diagnostics.findings import Finding, ago, human_bytes, judge
+from agent.diagnostics.findings import Finding, ago, human_bytes, judge, refusal_line
 from agent.diagnostics.observations import AgentView, SpoolView, age_s, agent_view, spool_view
 from agent.diagnostics.probes import BrokerProbe, GatewayProbe, probe_broker, probe_gateway
 from agent.diagnostics.status_file import STATUS_FILE, StatusSnapshot, UplinkSnapshot
@@ -82,6 +82,8 @@ def format_status(report: StatusReport) -> str:
     rows += [("broker", said["broker"]), ("gateway", said["gateway"])]
     if snap is not None and snap.uplink is not None:
         rows.append(("uplink", _uplink_line(snap.uplink)))
+        if snap.uplink.refused is not None:
+            rows.append(("refused", refusal_line(snap.uplink.refused)))
     rows.append(("spool", said["spool"]))
     for backlog in report.spool.sessions:
         state = "closed" if backlog.closed else "open"

@@ -38,6 +38,7 @@ class DeviceStatus:
     def state(self, online: bool = True) -> DeviceState:
         snapshot = self.recorder.state
         usage = self.spool.usage()
+        uplink = self.uplink.status() if self.uplink is not None else None
         return DeviceState(
             device_id=self.device_id,
             online=online,
@@ -49,6 +50,7 @@ class DeviceStatus:
             spool_free_bytes=self.spool.free_bytes(),
             quarantined=usage.quarantined,
             version=__version__,
+            refused=uplink.refused if uplink is not None else None,
         )
 
     def heartbeat(self) -> Heartbeat:

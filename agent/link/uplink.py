@@ -11,11 +11,17 @@ What each answer means is protocol/ingest.py's contract:
 
 - 2xx: the receipt must name this session, seq and sha256, then the chunk is acknowledged;
 - 401/403: the token is refused: everything is kept and retried every ``backoff_max_s``;
+  only the gateway's own refusal (problem+json with a device code) means "unauthorized"
+  or "device_revoked"; a 401/403 from anything else (a proxy, a firewall, another server)
+  is reported as ``http_401``/``http_403``, never as a revocation;
 - 409 (another chunk is stored under this seq) and 413: kept in the spool and held back
   until the agent restarts, reported in the device state; never deleted;
 - 422 (the gateway cannot open the chunk): quarantined by the spool (kept for a person)
   and left out of the manifest, so the rest of the session can still be assembled;
 - 5xx, no answer, or anything else: retried with exponential backoff and jitter.
+
+The latest refusal (session, seq, status and the gateway's reason code) is kept in the
+status, for the device state, `status` and `doctor`, until that chunk is taken.
 
 Retries and backoff are tenacity's. Only ids, seqs and status codes are logged; the token
 is only ever in the Authorization header.
@@ -39,13 +45,16 @@ from agent import __version__
 from agent.settings import LinkSettings
 from agent.spool import ChunkCorrupt, PendingChunk, Spool, SpoolError
 from protocol.ingest import (
+    DEVICE_AUTH_CODES,
     SEALED_CHUNK_CONTENT_TYPE,
     ChunkReceipt,
     CloseReceipt,
     chunk_path,
     close_path,
+    problem_code,
 )
 from protocol.manifest import SessionManifest
+from protocol.messages import ChunkRefusal
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +65,7 @@ RESCAN_S = 5.0
 STOP_WAIT_S = 5.0
 REJECTED = "rejected by the gateway (HTTP 422)"
 
-ProblemKind = Literal["conflict", "too_large", "rejected", "corrupt", "manifest_refused"]
+ProblemKind = Literal["conflict", "too_large", "rejected", "corrupt", "manifest_refused", "foreign"]
 Receipt = TypeVar("Receipt", ChunkReceipt, CloseReceipt)
 
 
@@ -81,6 +90,7 @@ class UplinkStatus(BaseModel):
     sessions_delivered: int = 0
     held: list[UplinkProblem] = []
     set_aside: list[UplinkProblem] = []
+    refused: ChunkRefusal | None = None  # the latest 4xx, with the gateway's reason code
 
 
 class _Retry(Exception):
@@ -277,7 +287,7 @@ class Uplink:
         path = chunk_path(self.device_id, chunk.session_id, chunk.seq)
         response = self._request("PUT", path, blob, {"Content-Type": SEALED_CHUNK_CONTENT_TYPE})
         if not response.is_success:
-            self._refused(response.status_code, chunk.session_id, chunk.seq)
+            self._refused(response, chunk.session_id, chunk.seq)
             return
         receipt = _receipt(response, ChunkReceipt)
         if receipt is None or (receipt.session_id, receipt.seq, receipt.sha256) != (
@@ -295,6 +305,7 @@ class Uplink:
         with self._cond:
             self._status.chunks_sent += 1
             self._status.bytes_sent += chunk.bytes
+            self._taken(chunk.session_id, chunk.seq)
         self._maybe_closable(chunk.session_id)
 
     def _send_manifest(self, session_id: str) -> None:
@@ -309,7 +320,7 @@ class Uplink:
             {"Content-Type": "application/json"},
         )
         if not response.is_success:
-            self._refused(response.status_code, session_id, None)
+            self._refused(response, session_id, None)
             return
         receipt = _receipt(response, CloseReceipt)
         if receipt is None or receipt.session_id != session_id:
@@ -332,6 +343,7 @@ class Uplink:
             return
         with self._cond:
             self._status.sessions_delivered += 1
+            self._taken(manifest.session_id, None)
         log.info(
             "uplink: session %s delivered (%d chunks, gateway: %s)",
             manifest.session_id,
@@ -347,19 +359,28 @@ class Uplink:
         except httpx.TransportError:
             raise _Retry("gateway_unreachable") from None
 
-    def _refused(self, status: int, session_id: str, seq: int | None) -> None:
+    def _refused(self, response: httpx.Response, session_id: str, seq: int | None) -> None:
         """Everything but 2xx, as protocol/ingest.py says; raises _Retry to try again."""
+        status = response.status_code
+        code = problem_code(response.headers.get("content-type"), response.content)
         what = "manifest" if seq is None else f"chunk {seq}"
-        if status in (401, 403):
-            raise _Unauthorized("unauthorized")
+        if 400 <= status < 500:
+            self._note_refusal(session_id, seq, status, code)
+        if status in (401, 403) and code in DEVICE_AUTH_CODES:
+            raise _Unauthorized("device_revoked" if code == "device_revoked" else "unauthorized")
+        if status in (401, 403) and code != "foreign_session":
+            # Not the gateway's answer: a proxy or firewall in between, or another server.
+            raise _Unauthorized(f"http_{status}")
         if status == 422 and seq is not None:
             self._set_aside(session_id, seq)
             return
-        if status in (409, 413, 422):
+        if status in (403, 409, 413, 422):
             kind: ProblemKind = "conflict" if status == 409 else "too_large"
+            if status == 403:
+                kind = "foreign"
             if seq is None:
                 kind = "manifest_refused"
-            log.warning("uplink: session %s %s refused (HTTP %d); kept", session_id, what, status)
+            log.warning("uplink: session %s %s held back; kept in the spool", session_id, what)
             with self._cond:
                 self._held.add((session_id, seq))
             self._problem(UplinkProblem(session_id=session_id, seq=seq, kind=kind, status=status))
@@ -367,6 +388,33 @@ class Uplink:
         raise _Retry("gateway_error" if status >= 500 else f"http_{status}")
 
     # -- bookkeeping
+
+    def _note_refusal(
+        self, session_id: str, seq: int | None, status: int, code: str | None
+    ) -> None:
+        refusal = ChunkRefusal(
+            session_id=session_id, seq=seq, status=status, code=code or f"http_{status}"
+        )
+        with self._cond:
+            last = self._status.refused
+            first = last is None or (last.status, last.code) != (refusal.status, refusal.code)
+            self._status.refused = refusal
+        if first:
+            what = "manifest" if seq is None else f"chunk {seq}"
+            log.warning(
+                "uplink: session %s %s refused: HTTP %d %s%s",
+                session_id,
+                what,
+                status,
+                refusal.code,
+                "" if code else " (not the gateway's answer: no problem code)",
+            )
+
+    def _taken(self, session_id: str, seq: int | None) -> None:
+        """Caller holds ``_cond``: a refusal of what was now taken is over."""
+        refused = self._status.refused
+        if refused is not None and (refused.session_id, refused.seq) == (session_id, seq):
+            self._status.refused = None
 
     def _set_aside(self, session_id: str, seq: int) -> None:
         try:

@@ -41,6 +41,10 @@ POLL_S = 0.1
 CLOSE_WAIT_S = 3.0
 # libjack's complaints at every PortAudio start when no JACK server runs (there never is).
 JACK_NOISE = (b"Cannot connect to server", b"jack server is not running", b"JackShmReadWritePtr")
+# alsa-lib's, as PortAudio probes every PCM of the system config: ~50 lines with no sound
+# card ("cannot find card '0'", "Unknown PCM cards.pcm.rear", ...). Logged at debug level
+# (room-agent --verbose) rather than printed: the device list or the error says what counts.
+ALSA_NOISE = b"ALSA lib "
 # PortAudio's global state (Pa_Initialize / Pa_Terminate) is not thread-safe.
 _PORTAUDIO_LOCK = threading.Lock()
 
@@ -270,6 +274,8 @@ class MicrophoneSource:
         try:
             self._queue.put_nowait(block)
         except queue.Full:
+            if self._closing.is_set():
+                return  # past close(): audio after the stop, which nobody reads; no loss
             self.stats.dropped_blocks += 1
             self.stats.dropped_s += frames / block.rate
             self._losses.report("dropped", self.stats)
@@ -476,10 +482,11 @@ def _stop_portaudio(pa: pyaudio.PyAudio) -> None:
 
 @contextmanager
 def _jack_noise_filtered() -> Iterator[None]:
-    """Drops libjack's stderr lines at PortAudio start; everything else still gets through.
+    """Drops libjack's stderr lines at PortAudio start, and turns alsa-lib's into debug log
+    lines; everything else still gets through.
 
     stderr (fd 2, which C libraries write to) is diverted to a file for the moment and then
-    replayed without the JACK lines, so other threads' messages are delayed, not lost.
+    replayed without those lines, so other threads' messages are delayed, not lost.
     """
     sys.stderr.flush()
     saved = os.dup(2)
@@ -491,10 +498,11 @@ def _jack_noise_filtered() -> Iterator[None]:
             os.dup2(saved, 2)
             os.close(saved)
             captured.seek(0)
-            kept = [
-                line
-                for line in captured.read().splitlines(keepends=True)
-                if not line.startswith(JACK_NOISE)
-            ]
+            kept = []
+            for line in captured.read().splitlines(keepends=True):
+                if line.startswith(ALSA_NOISE):
+                    log.debug("alsa: %s", line.decode(errors="replace").rstrip())
+                elif not line.startswith(JACK_NOISE):
+                    kept.append(line)
             if kept:
                 os.write(2, b"".join(kept))

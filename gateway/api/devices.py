@@ -91,6 +91,7 @@ AuthenticatedDevice = Annotated[Device, Depends(authenticated_device)]
         "chunk_conflict",
         "session_assembled",
         "chunk_rejected",
+        "wrong_key",
         "path_mismatch",
         "undecodable_audio",
         "wrong_sample_rate",

@@ -114,6 +114,9 @@ CATALOGUE: dict[str, ErrorCode] = _codes(
     ("session_assembled", 409, "Session assembled",
      "the session's audio is assembled already; a new seq cannot join it"),
     ("chunk_rejected", 422, "Chunk rejected", "the chunk cannot be opened or trusted"),
+    ("wrong_key", 422, "Wrong key",
+     "the chunk is sealed to another key than this gateway's: the device's"
+     " gateway_public_key is wrong (GET .../sealing-key gives the gateway's fingerprint)"),
     ("path_mismatch", 422, "Path mismatch", "the chunk's or manifest's ids differ from the path"),
     ("undecodable_audio", 422, "Undecodable audio", "the chunk opens; its audio does not decode"),
     ("wrong_sample_rate", 422, "Wrong sample rate", "the chunk's audio is not 16 kHz"),

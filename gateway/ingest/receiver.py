@@ -43,6 +43,7 @@ from protocol.codec import SAMPLE_RATE, CodecError, decode
 from protocol.envelope import (
     ChunkHeader,
     EnvelopeError,
+    WrongKey,
     key_fingerprint,
     open_chunk,
     read_header,
@@ -286,6 +287,8 @@ def _open(blob: bytes, key: X25519PrivateKey, header: ChunkHeader) -> None:
     """Open the seal and check the audio is what assembly can use (blocking)."""
     try:
         opened = open_chunk(blob, key)
+    except WrongKey as exc:  # the device's gateway_public_key is not this gateway's
+        raise Rejected(str(exc), code="wrong_key") from None
     except EnvelopeError as exc:
         raise Rejected(str(exc)) from None
     problem = audio_problem(opened.audio, header.duration_s)

@@ -299,3 +299,17 @@ def locate(part, whole):
         if at < 0 and np.array_equal(whole[: len(part) + at], part[-at:]):
             return int(at)
     return None
+
+
+def test_devices_is_quiet_without_a_sound_card_and_verbose_on_request(env):
+    """alsa-lib prints ~50 lines on a machine with no sound card (this one, CI's) when
+    PortAudio probes the system's PCMs: they are debug log lines, shown with --verbose."""
+    env.pop("ALSA_CONFIG_PATH", None)  # the system's own ALSA config
+    done = run(env, "devices")
+    assert done.returncode == 0, done.stderr
+    assert "ALSA lib" not in done.stderr and "jack" not in done.stderr.lower(), done.stderr
+    assert done.stderr == ""
+    verbose = run(env, "--verbose", "devices")
+    assert verbose.returncode == 0
+    assert verbose.stdout == done.stdout
+    assert all(line.startswith("DEBUG ") for line in verbose.stderr.splitlines())

@@ -4,8 +4,11 @@ port, implementing protocol/ingest.py's semantics, with knobs for faults.
 It opens each chunk with the test's private key and stores it (in memory, with the time it
 arrived): an identical repeat gets 200 again, different content under a used seq 409, a
 chunk it cannot open (tampered, wrong key, header not matching the URL) 422, a wrong token
-401. ``fail_next(n)`` answers the next n requests with a 5xx, ``answer_all(401)`` answers
-everything so, ``stop()`` refuses connections until ``start()`` (same port).
+401; each refusal as the gateway gives it, problem+json with its code (wrong_key for a
+chunk sealed to another key). ``fail_next(n)`` answers the next n requests with a 5xx,
+``answer_all(401)`` answers everything so, ``answer_all(403, proxy=True)`` as a proxy in
+front of it would (an HTML page, no code), ``stop()`` refuses connections until
+``start()`` (same port). ``GET .../sealing-key`` gives the key's fingerprint.
 
 The real gateway's endpoint replaces this in the end-to-end tests; the agent's uplink is
 tested against this contract meanwhile.
@@ -14,6 +17,7 @@ tested against this contract meanwhile.
 from __future__ import annotations
 
 import hashlib
+import json
 import threading
 import time
 from collections.abc import Callable
@@ -27,10 +31,11 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from fastapi import FastAPI, Request, Response
 from pydantic import ValidationError
 
-from protocol.envelope import EnvelopeError, OpenedChunk, open_chunk
+from protocol.envelope import EnvelopeError, OpenedChunk, WrongKey, open_chunk
 from protocol.ingest import (
     CHUNK_PATH,
     CLOSE_PATH,
+    PROBLEM_MEDIA_TYPE,
     SEALED_CHUNK_CONTENT_TYPE,
     ChunkReceipt,
     CloseReceipt,
@@ -40,6 +45,20 @@ from tests.support.certs import Pki
 from tests.support.processes import free_port
 
 HOST = "127.0.0.1"
+# The code the real gateway gives each status it may answer (gateway/api/errors.py).
+CODES = {
+    400: "malformed_request",
+    401: "device_unauthenticated",
+    403: "device_revoked",
+    409: "chunk_conflict",
+    413: "body_too_large",
+    415: "unsupported_media_type",
+    422: "chunk_rejected",
+    500: "internal_error",
+    502: "bad_gateway",
+    503: "ingest_unavailable",
+}
+PROXY_PAGE = "<html><body><h1>403 Forbidden</h1></body></html>"
 
 
 @dataclass(frozen=True)
@@ -75,6 +94,7 @@ class IngestState:
     fail_next: int = 0
     fail_status: int = 503
     forced_status: int | None = None
+    forced_by_proxy: bool = False
     lock: threading.Condition = field(default_factory=threading.Condition)
 
 
@@ -100,15 +120,24 @@ def make_app(state: IngestState) -> FastAPI:
     return app
 
 
-def _refusal(state: IngestState, request: Request, device_id: str) -> int | None:
+def problem(status: int, code: str | None = None) -> Response:
+    """The gateway's way of refusing: problem+json with a stable code."""
+    code = code or CODES.get(status, "ingest_refused")
+    body = json.dumps({"type": f"urn:room-audio:problem:{code}", "status": status, "code": code})
+    return Response(body, status_code=status, media_type=PROBLEM_MEDIA_TYPE)
+
+
+def _refusal(state: IngestState, request: Request, device_id: str) -> Response | None:
     if state.fail_next > 0:
         state.fail_next -= 1
-        return state.fail_status
+        return problem(state.fail_status)
     if state.forced_status is not None:
-        return state.forced_status
+        if state.forced_by_proxy:
+            return Response(PROXY_PAGE, status_code=state.forced_status, media_type="text/html")
+        return problem(state.forced_status)
     expected = state.tokens.get(device_id)
     if expected is None or request.headers.get("authorization") != f"Bearer {expected}":
-        return 401
+        return problem(401)
     return None
 
 
@@ -117,21 +146,23 @@ def _store_chunk(
 ) -> tuple[int, Response]:
     refused = _refusal(state, request, device_id)
     if refused is not None:
-        return refused, Response(status_code=refused)
+        return refused.status_code, refused
     if request.headers.get("content-type") != SEALED_CHUNK_CONTENT_TYPE:
-        return 415, Response(status_code=415)
+        return 415, problem(415)
     try:
         opened = open_chunk(body, state.key)
+    except WrongKey:
+        return 422, problem(422, "wrong_key")
     except EnvelopeError:
-        return 422, Response(status_code=422)
+        return 422, problem(422)
     header = opened.header
     if (header.device_id, header.session_id, header.seq) != (device_id, session_id, seq):
-        return 422, Response(status_code=422)
+        return 422, problem(422, "path_mismatch")
     key = (device_id, session_id, seq)
     sha = hashlib.sha256(body).hexdigest()
     stored = state.chunks.get(key)
     if stored is not None and stored.sha256 != sha:
-        return 409, Response(status_code=409)
+        return 409, problem(409)
     if stored is None:
         state.chunks[key] = StoredChunk(body, opened, time.monotonic())
         state.lock.notify_all()
@@ -144,13 +175,13 @@ def _close(
 ) -> tuple[int, Response]:
     refused = _refusal(state, request, device_id)
     if refused is not None:
-        return refused, Response(status_code=refused)
+        return refused.status_code, refused
     try:
         manifest = SessionManifest.model_validate_json(body)
     except ValidationError:
-        return 422, Response(status_code=422)
+        return 422, problem(422, "invalid_request")
     if (manifest.device_id, manifest.session_id) != (device_id, session_id):
-        return 422, Response(status_code=422)
+        return 422, problem(422, "path_mismatch")
     missing = [
         chunk.seq
         for chunk in manifest.chunks
@@ -249,10 +280,11 @@ class IngestServer:
         with self.state.lock:
             self.state.fail_next, self.state.fail_status = count, status
 
-    def answer_all(self, status: int | None) -> None:
-        """Answer every request with ``status`` (e.g. 401); None: behave again."""
+    def answer_all(self, status: int | None, proxy: bool = False) -> None:
+        """Answer every request with ``status`` (e.g. 401) as the gateway would, or with
+        ``proxy`` as something in front of it would (no problem code); None: behave again."""
         with self.state.lock:
-            self.state.forced_status = status
+            self.state.forced_status, self.state.forced_by_proxy = status, proxy
 
     def plant(self, device_id: str, session_id: str, seq: int, sealed: bytes) -> None:
         """Store a chunk as if it had arrived earlier (to provoke a 409)."""

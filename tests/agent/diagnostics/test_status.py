@@ -13,7 +13,8 @@ import pytest
 
 from agent.diagnostics.status_file import STATUS_FILE
 from agent.diagnostics.status_report import StatusReport
-from protocol.messages import StartCommand, StopCommand
+from protocol.envelope import generate_private_key, public_key_to_text
+from protocol.messages import DeviceState, StartCommand, StopCommand
 from protocol.topics import topic
 from tests.agent.device_setup import (
     DEVICE,
@@ -154,11 +155,9 @@ def test_the_real_gateway_accepts_the_token_until_the_device_is_revoked(tmp_path
         assert block(done)["gateway"] == (f"{gateway.url} reachable (/healthz 200), token accepted")
         gateway.cli("device", "revoke", DEVICE)
         done = room_agent(env, "--config", config, "status")
-        assert block(done)["gateway"] == (
-            f"{gateway.url}: device {DEVICE} is revoked there, or the token is another device's"
-        )
+        assert block(done)["gateway"] == f"{gateway.url}: device {DEVICE} is revoked there"
         assert problems(done)["gateway"] == (
-            f"check device_id; then the gateway refuses this device's credentials: re-provision"
+            f"the gateway refuses this device's credentials: re-provision"
             f" with `room-gateway device add {DEVICE} --rotate` on the gateway and install the"
             " new credential files here"
         )
@@ -167,6 +166,49 @@ def test_the_real_gateway_accepts_the_token_until_the_device_is_revoked(tmp_path
         assert (bundle / "ingest-token").read_text().strip() not in done.stdout
     finally:
         gateway.stop()
+
+
+def test_a_403_from_a_proxy_is_not_diagnosed_as_a_revocation(tmp_path, broker, ingest):
+    env = device_env(tmp_path, broker.url, ingest.url)
+    ingest.answer_all(403, proxy=True)  # an HTML page, as nginx or a firewall gives it
+    done = room_agent(env, "status")
+    assert done.returncode == 1
+    assert block(done)["gateway"] == (
+        f"{ingest.url} answers HTTP 403, but not as the room-gateway does (/healthz 404)"
+    )
+    fix = problems(done)["gateway"]
+    assert fix.startswith("HTTP 403 from something that is not the room-gateway")
+    assert "not a revocation" in fix and "--rotate" not in fix
+    assert "revoked" not in done.stdout
+
+
+def test_a_wrong_gateway_key_is_shown_with_the_gateways_reason(tmp_path, broker, ingest):
+    """Chunks recorded to another key than the gateway's: the gateway's 422 wrong_key
+    reaches the device state, `status` and its fix (not only the gateway's log)."""
+    env = device_env(tmp_path, broker.url, ingest.url)
+    stranger = generate_private_key().public_key()
+    env["ROOM_AGENT_GATEWAY_PUBLIC_KEY"] = public_key_to_text(stranger)
+    record(tmp_path, env, "therapy-8")
+    with Probe(broker) as probe:
+        agent = start_agent(tmp_path, env)
+        try:
+            refused = probe.wait_for(
+                lambda m: m.topic == topic(DEVICE, "state") and '"wrong_key"' in m.payload.decode(),
+                timeout=15,
+            )
+            state = DeviceState.model_validate_json(refused.payload)
+            assert state.refused is not None
+            assert (state.refused.session_id, state.refused.status) == ("therapy-8", 422)
+            wait_for_snapshot(tmp_path, lambda s: s.uplink is not None and s.uplink.refused)
+            done = room_agent(env, "status")
+            assert agent.stop() == 0
+        finally:
+            agent.kill()
+    assert done.returncode == 1
+    rows = block(done)
+    assert re.fullmatch(r"chunk \d+ of session therapy-8: HTTP 422 wrong_key", rows["refused"])
+    assert rows["last error"] == "chunk_rejected (gateway: HTTP 422 wrong_key)"
+    assert "sealed to another key than the gateway's" in problems(done)["last error"]
 
 
 def test_an_mqtts_broker_is_checked_as_the_agent_verifies_it(tmp_path):

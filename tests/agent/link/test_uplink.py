@@ -21,7 +21,7 @@ from agent.pipeline.seal import ChunkSealer
 from agent.settings import AgentSettings, LinkSettings
 from agent.spool import Spool
 from protocol.envelope import generate_private_key, public_key_to_text
-from protocol.messages import DeviceState
+from protocol.messages import ChunkRefusal, DeviceState
 from tests.support.certs import Pki
 from tests.support.ingest_server import IngestServer
 from tests.support.speech import make_session
@@ -183,6 +183,28 @@ def test_wrong_token_is_refused_by_the_server(server, spool):
         uplink.stop()
 
 
+@pytest.mark.parametrize(
+    ("proxy", "reason", "code"),
+    [(False, "device_revoked", "device_revoked"), (True, "http_403", "http_403")],
+    ids=["the-gateway-revoked-it", "a-proxy-refuses"],
+)
+def test_a_403_is_a_revocation_only_when_the_gateway_says_so(server, spool, proxy, reason, code):
+    spool_session(spool, "behind-proxy", 1)
+    server.answer_all(403, proxy=proxy)
+    uplink = start_uplink(link(server), spool)
+    try:
+        server.wait_until(lambda: any(r.status == 403 for r in server.state.requests))
+        deadline = time.monotonic() + 5
+        while uplink.status().reason is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        status = uplink.status()
+    finally:
+        uplink.stop()
+    assert status.reason == reason
+    assert status.refused == ChunkRefusal(session_id="behind-proxy", seq=0, status=403, code=code)
+    assert chunk_files(spool, "behind-proxy") == [0], "kept"
+
+
 def device_state(tmp_path, spool: Spool, uplink: Uplink) -> DeviceState:
     """The retained MQTT state the device would publish now."""
     settings = AgentSettings(
@@ -238,8 +260,12 @@ def test_unopenable_chunk_is_quarantined_and_reported(tmp_path, server, spool):
         uplink.stop()
     assert [(p.seq, p.kind, p.status) for p in status.set_aside] == [(3, "rejected", 422)]
     assert status.reason == "chunk_rejected"
+    # The gateway's reason, not only its status, reaches the device.
+    wrong_key = ChunkRefusal(session_id="tampered", seq=3, status=422, code="wrong_key")
+    assert status.refused == wrong_key
     state = device_state(tmp_path, spool, uplink)
     assert (state.reason, state.quarantined, state.backlog_chunks) == ("chunk_rejected", 1, 0)
+    assert state.refused == wrong_key
     assert [c.seq for c in server.manifest("tampered").chunks] == [0, 1, 2]
     quarantined = spool.quarantined()
     assert [(q.session_id, q.reason) for q in quarantined] == [

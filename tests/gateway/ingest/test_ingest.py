@@ -96,7 +96,7 @@ def test_every_answer_of_the_chunk_contract(linked: Deployment) -> None:
     stranger = generate_private_key().public_key()
     wrong_key = linked.seal("room-1", session_id, 1, tone(1.0), recipient=stranger)
     answer = linked.put_chunk("room-1", session_id, wrong_key)
-    assert "another gateway key" in assert_problem(answer, 422, "chunk_rejected")["detail"]
+    assert "another gateway key" in assert_problem(answer, 422, "wrong_key")["detail"]
     # Header and path disagree: seq 2 sealed, sent as seq 1.
     mislabeled = linked.seal("room-1", session_id, 2, tone(1.0))
     answer = linked.put_chunk("room-1", session_id, SealedChunk(1, mislabeled.blob, tone(1), 0))
