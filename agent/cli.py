@@ -191,7 +191,7 @@ def run(state: CliState) -> None:
     """
     from agent.daemon import run_agent
 
-    run_agent(state.settings)
+    run_agent(state.settings, lambda: load_agent_settings(state.config_path))
 
 
 @cli.command()

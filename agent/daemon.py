@@ -15,6 +15,13 @@ gateway sent meanwhile arrives through the persistent MQTT session and ends it. 
 microphone cannot be opened, the session stays interrupted: a start for it resumes it, a
 stop closes it.
 
+Before it records, the agent checks that the key it seals to is the gateway's and that
+its microphone is there (agent/link/key_check.py, agent/pipeline/presence.py): a wrong
+key refuses every start (sealing_key_mismatch), a missing microphone is in the state and
+heartbeat. SIGHUP (`systemctl reload room-agent`) re-reads the credentials (a rotation)
+and checks key and microphone again; a token or password the gateway or broker refuses
+is re-read by itself (agent/link/credentials.py).
+
 SIGTERM/SIGINT mid-session (a service stop: update, reboot): the session is *suspended*,
 not closed: capture ends, what was captured is spooled, and the session stays open and
 resumable, so the restarted service continues it instead of splitting one therapy session
@@ -32,7 +39,7 @@ import signal
 import ssl
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 
@@ -41,9 +48,12 @@ import httpx
 from agent import __version__
 from agent.diagnostics.status_file import STATUS_FILE, StatusWriter, build_snapshot
 from agent.link.control import ControlLink
+from agent.link.credentials import DeviceCredentials
 from agent.link.device_status import DeviceStatus
+from agent.link.key_check import SealingKeyWatch
 from agent.link.uplink import Uplink, make_client
 from agent.pipeline.audio import AudioInputError, AudioSource
+from agent.pipeline.presence import MicrophonePresence
 from agent.pipeline.recorder import Recorder, RecorderError, RecorderListener
 from agent.pipeline.seal import SealingKeyError, gateway_key
 from agent.settings import AgentSettings, LinkSettings, MqttSettings
@@ -106,12 +116,13 @@ class Health:
         return None
 
 
-def run_agent(settings: AgentSettings) -> None:
-    """The service's life: set up (Fatal on what a person must fix), run, shut down."""
+def run_agent(settings: AgentSettings, reload: Callable[[], AgentSettings] | None = None) -> None:
+    """The service's life: set up (Fatal on what a person must fix), run, shut down.
+    ``reload`` loads the settings again (for the credentials, after a rotation)."""
     _configure_logging(settings.log_level)
     # Everything a person must fix is found before the spool is touched.
     try:
-        gateway_key(settings.gateway_public_key)
+        sealing_key = gateway_key(settings.gateway_public_key)
     except SealingKeyError as exc:
         raise Fatal(str(exc)) from None
     link_client = _uplink_client(settings.link) if settings.link.gateway_url else None
@@ -123,35 +134,85 @@ def run_agent(settings: AgentSettings) -> None:
         raise Fatal(str(exc)) from None
     with spool:
         recorder = Recorder(settings, spool, lambda: _microphone(settings))
-        uplink = None
+        presence = MicrophonePresence(
+            settings.audio, busy=lambda: recorder.state.state in ("recording", "closing")
+        )
+        if recorder.interrupted_session is None:
+            # Not before a resume: opening the microphone says it sooner, and a look would
+            # only delay the session's first audio.
+            presence.check_now()
+        uplink = key = None
         if link_client is not None:
             uplink = Uplink(settings.link, settings.device_id, spool, link_client)
             recorder.add_listener(UplinkWaker(uplink))
-        status = DeviceStatus(settings.device_id, recorder, spool, uplink)
+            key = SealingKeyWatch(
+                link_client, settings.device_id, sealing_key, settings.link.backoff_max_s
+            )
+            key.check_now()  # before any session is resumed or started
+            uplink.on_wrong_key.append(key.recheck)
+        status = DeviceStatus(settings.device_id, recorder, spool, uplink, key, presence)
         control = None
         if settings.mqtt.broker_url:
             mqtt = settings.mqtt
             control = ControlLink(mqtt, settings.device_id, recorder, status, mqtt.password)
             recorder.add_listener(control)
+        credentials = _credentials(settings, reload, uplink, control)
         health = Health(spool, recorder, uplink, control)
         snapshots = _status_writer(settings, status, control, health)
-        _serve(recorder, uplink, control, health, settings, snapshots)
+        for watcher in (presence, key):
+            if watcher is not None:
+                watcher.on_change.append(snapshots.poke)
+                if control is not None:
+                    watcher.on_change.append(control.publish_state)
+
+        def hangup() -> None:
+            credentials.reread("SIGHUP", force=True)
+            presence.recheck()
+            if key is not None:
+                key.recheck()
+
+        watchers = [presence, key] if key is not None else [presence]
+        _serve(recorder, status, control, health, settings, snapshots, watchers, hangup)
+
+
+def _credentials(
+    settings: AgentSettings,
+    reload: Callable[[], AgentSettings] | None,
+    uplink: Uplink | None,
+    control: ControlLink | None,
+) -> DeviceCredentials:
+    """Re-read on SIGHUP and on a refusal; a new token or password goes where it is used."""
+    credentials = DeviceCredentials(settings, reload or (lambda: settings))
+    if uplink is not None:
+        credentials.on_token.append(uplink.use_token)
+        uplink.on_unauthorized.append(lambda: credentials.reread("the gateway refused the token"))
+    if control is not None:
+        credentials.on_password.append(control.use_password)
+        control.on_refused_credentials.append(
+            lambda: credentials.reread("the broker refused the password")
+        )
+    return credentials
 
 
 def _serve(
     recorder: Recorder,
-    uplink: Uplink | None,
+    status: DeviceStatus,
     control: ControlLink | None,
     health: Health,
     settings: AgentSettings,
     snapshots: StatusWriter,
+    watchers: list[MicrophonePresence | SealingKeyWatch],
+    hangup: Callable[[], None],
 ) -> None:
     stop = threading.Event()
-    with _stop_on_signals(stop):
+    uplink = status.uplink
+    with _stop_on_signals(stop, hangup):
         snapshots.start()
+        for watcher in watchers:
+            watcher.start()
         if uplink is not None:
             uplink.start()
-        _resume(recorder)
+        _resume(recorder, status)
         if control is not None:
             control.start()
         log.info(
@@ -169,6 +230,8 @@ def _serve(
             control.refuse_commands()
         recorder.suspend(SUSPEND_WAIT_S)
         snapshots.stop()  # its last word: the recorder's final state, all parts still up
+        for watcher in watchers:
+            watcher.stop()
         if control is not None:
             control.stop()
         if uplink is not None:
@@ -192,13 +255,22 @@ def _status_writer(
     return writer
 
 
-def _resume(recorder: Recorder) -> None:
+def _resume(recorder: Recorder, status: DeviceStatus) -> None:
     session_id = recorder.interrupted_session
+    presence = status.microphone_presence
     if session_id is None:
+        return
+    refusal = status.start_refusal()
+    if refusal is not None:
+        log.warning("room-agent: session %s not resumed (%s)", session_id, refusal)
+        if presence is not None:
+            presence.check_now()
         return
     try:
         recorder.start(session_id)
     except (AudioInputError, RecorderError, SpoolError) as exc:
+        if presence is not None and isinstance(exc, AudioInputError):
+            presence.failed_to_open()
         log.warning(
             "room-agent: session %s not resumed (%s); a start command resumes it, a stop closes it",
             session_id,
@@ -265,11 +337,16 @@ def _why(exc: BaseException) -> str:
 
 
 @contextmanager
-def _stop_on_signals(stop: threading.Event) -> Iterator[None]:
+def _stop_on_signals(stop: threading.Event, hangup: Callable[[], None]) -> Iterator[None]:
     def handler(signum: int, frame: object) -> None:
         stop.set()
 
+    def on_hangup(signum: int, frame: object) -> None:
+        # Reading files and asking the gateway: not in a signal handler.
+        threading.Thread(target=hangup, name="sighup", daemon=True).start()
+
     previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
+    previous[signal.SIGHUP] = signal.signal(signal.SIGHUP, on_hangup)
     try:
         yield
     finally:

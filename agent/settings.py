@@ -44,6 +44,7 @@ class AudioSettings(BaseModel):
     noise_window_s: float = Field(default=6.0, ge=0.5, le=120)
     codec: Literal["flac", "opus"] = "flac"
     opus_bitrate_kbps: int = Field(default=24, ge=6, le=256)
+    presence_check_s: float = Field(default=30.0, ge=0.1, le=3600)
 
     @property
     def trim_preset(self) -> TrimPreset:

@@ -30,6 +30,8 @@ from protocol.ids import SessionId, Sha256Hex
 SEALED_CHUNK_CONTENT_TYPE = "application/vnd.room-audio.sealed-chunk"
 CHUNK_PATH = "/v1/devices/{device_id}/sessions/{session_id}/chunks/{seq}"
 CLOSE_PATH = "/v1/devices/{device_id}/sessions/{session_id}/close"
+# What the device asks before it records: is the key it seals to the gateway's?
+SEALING_KEY_PATH = "/v1/devices/{device_id}/sealing-key"
 PROBLEM_MEDIA_TYPE = "application/problem+json"
 # The gateway's own answers when it refuses a device's credentials (gateway/api/errors.py).
 DEVICE_AUTH_CODES = frozenset(
@@ -44,6 +46,10 @@ def chunk_path(device_id: str, session_id: str, seq: int) -> str:
 
 def close_path(device_id: str, session_id: str) -> str:
     return CLOSE_PATH.format(device_id=device_id, session_id=session_id)
+
+
+def sealing_key_path(device_id: str) -> str:
+    return SEALING_KEY_PATH.format(device_id=device_id)
 
 
 def problem_code(content_type: str | None, body: bytes) -> str | None:
@@ -74,3 +80,14 @@ class CloseReceipt(BaseModel):
     complete: bool = Field(description="every chunk in the manifest is stored")
     missing: list[int] = Field(default_factory=list, description="seqs not yet received")
     state: Literal["waiting_for_chunks", "assembling", "assembled"]
+
+
+class SealingKeyInfo(BaseModel):
+    """The gateway's sealing key, as a device checks its own configured one against it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    fingerprint: str = Field(
+        pattern=r"^sha256:[0-9a-f]{64}$", description="sha256 of the raw X25519 public key"
+    )
+    public_key: str = Field(max_length=64, description="base64, as gateway_public_key has it")

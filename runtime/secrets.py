@@ -69,3 +69,23 @@ def _credential_file(credential: str) -> Path | None:
         return path if path.is_file() else None
     path = Path(os.environ.get(INSTALLED_CREDENTIALS_ENV, INSTALLED_CREDENTIALS)) / credential
     return path if path.is_file() and os.access(path, os.R_OK) else None
+
+
+def credential_copies(credential: str) -> list[SecretStr]:
+    """Every readable copy of a credential, the one changed last first: systemd's (made
+    when the unit started) and the installed file, which a rotation replaces while the
+    service runs. For a running service re-reading its secrets (SIGHUP, a refused one)."""
+    paths = []
+    if os.environ.get(CREDENTIALS_ENV):
+        paths.append(Path(os.environ[CREDENTIALS_ENV]) / credential)
+    paths.append(
+        Path(os.environ.get(INSTALLED_CREDENTIALS_ENV, INSTALLED_CREDENTIALS)) / credential
+    )
+    found = []
+    for path in paths:
+        try:
+            changed = path.stat().st_mtime_ns
+            found.append((changed, read_secret_file(path)))
+        except (OSError, ValueError):
+            continue
+    return [secret for _, secret in sorted(found, key=lambda item: item[0], reverse=True)]

@@ -49,8 +49,10 @@ def judge(
     """One finding per item, in the order a technician works through them."""
     return [
         judge_agent(agent),
+        judge_microphone(settings, agent),
         judge_broker(settings, broker, agent),
         judge_gateway(settings, gateway),
+        judge_sealing_key(settings, gateway, agent),
         judge_spool(spool, agent),
         judge_quarantine(spool),
         judge_errors(settings, agent),
@@ -106,6 +108,72 @@ def _health_fix(code: str) -> str:
             f" room-agent user owns state_dir; then {RESTART}"
         )
     return f"a part of the agent stopped ({code}); systemd's watchdog restarts it, or: {RESTART}"
+
+
+def judge_microphone(settings: AgentSettings, agent: AgentView) -> Finding:
+    """What the running agent last found of audio.device (it looks while idle)."""
+    snap = agent.snapshot
+    wanted = settings.audio.device
+    if not agent.running or snap is None or snap.microphone is None:
+        return Finding(
+            item="microphone",
+            verdict="skipped",
+            summary="not known (the agent is not running): `room-agent devices` lists them",
+        )
+    if snap.microphone == "ok":
+        return Finding(item="microphone", verdict="ok", summary=f"{wanted!r} there")
+    if snap.microphone == "missing":
+        return Finding(
+            item="microphone",
+            verdict="problem",
+            summary=f"missing: no input device matches audio.device {wanted!r}",
+            fix="plug in the room's microphone (check: arecord -l), or set audio.device to a"
+            " part of one of the names `room-agent devices` lists; the agent finds it again"
+            f" within {settings.audio.presence_check_s:g} s",
+        )
+    return Finding(
+        item="microphone",
+        verdict="problem",
+        summary=f"{wanted!r} is there but does not open (busy, or not this format)",
+        fix="close other recorders (fuser -v /dev/snd/*); check audio.device_rate and"
+        " audio.channels against `room-agent devices`",
+    )
+
+
+def judge_sealing_key(
+    settings: AgentSettings, probe: GatewayProbe | None, agent: AgentView
+) -> Finding:
+    """Is gateway_public_key the gateway's? The gateway's own answer (asked from here with
+    the device's token), else what the running agent last found."""
+    snap = agent.snapshot if agent.running else None
+    found = probe.key if probe is not None else None
+    state = found.state if found is not None else (snap.sealing_key if snap else None)
+    if probe is None:
+        return Finding(item="sealing key", verdict="skipped", summary="no gateway to ask")
+    if state is None or state == "unverified":
+        why = found.error if found is not None and found.error else "gateway or token not ok"
+        return Finding(item="sealing key", verdict="skipped", summary=f"not verified ({why})")
+    mine = found.device_fingerprint if found else snap.device_key_fingerprint if snap else None
+    theirs = found.gateway_fingerprint if found else snap.gateway_key_fingerprint if snap else None
+    if state == "verified":
+        return Finding(
+            item="sealing key", verdict="ok", summary=f"the gateway's ({_short(theirs)})"
+        )
+    key = found.gateway_public_key if found is not None else None
+    setting = f'agent.gateway_public_key = "{key}"' if key else "agent.gateway_public_key"
+    return Finding(
+        item="sealing key",
+        verdict="problem",
+        summary=f"not the gateway's: this device seals to {_short(mine)}, the gateway opens"
+        f" {_short(theirs)}; the agent refuses to record",
+        fix=f"set {setting} (the key `room-gateway keygen` prints on the gateway), or enroll"
+        f" again; then: {RESTART}",
+    )
+
+
+def _short(fingerprint: str | None) -> str:
+    """sha256:0123456789ab...: enough to compare by eye."""
+    return f"{fingerprint[:19]}..." if fingerprint else "?"
 
 
 def judge_broker(settings: AgentSettings, probe: BrokerProbe | None, agent: AgentView) -> Finding:
@@ -350,6 +418,19 @@ def error_fix(code: str, settings: AgentSettings, refused: ChunkRefusal | None =
             f"the gateway revoked device {settings.device_id}; if that was a mistake:"
             f" {_reprovision(settings.device_id, 'the gateway')}"
         )
+    if code == "sealing_key_mismatch":
+        return (
+            "this device seals to another key than the gateway's, so it refuses to record:"
+            " set agent.gateway_public_key to the key `room-gateway keygen` prints on the"
+            f" gateway (see the sealing key item), then: {RESTART}"
+        )
+    if code.startswith("microphone_"):
+        return (
+            f"the microphone audio.device {settings.audio.device!r} names is {code[11:]}:"
+            " plug it in or correct audio.device (room-agent devices lists the names)"
+        )
+    if code == "broker_not_authorized":
+        return _reprovision(settings.device_id, "the broker")
     if code == "spool_full":
         return "recording stopped: the spool is full; the gateway must take the backlog first"
     if code == "device_lost":

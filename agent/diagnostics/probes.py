@@ -28,11 +28,13 @@ from typing import Literal
 
 import httpx
 import paho.mqtt.client as mqtt
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 from pydantic import BaseModel
 
 from agent import __version__
+from agent.link.key_check import KeyCheck, check_key
 from agent.settings import LinkSettings, MqttSettings
 from protocol.ingest import DEVICE_AUTH_CODES, chunk_path, problem_code
 from runtime.mqtt import broker_address, new_client, tls_context
@@ -64,6 +66,7 @@ class GatewayProbe(BaseModel):
     token_status: int | None = None  # HTTP status of the token probe
     token_code: str | None = None  # the gateway's problem code in that answer, if any
     error: str | None = None
+    key: KeyCheck | None = None  # is gateway_public_key the gateway's? (with the token)
 
 
 def probe_broker(settings: MqttSettings, device_id: str, timeout: float = TIMEOUT_S) -> BrokerProbe:
@@ -130,8 +133,12 @@ def _mqtt_connect(
 
 
 def probe_gateway(
-    settings: LinkSettings, device_id: str, timeout: float = TIMEOUT_S
+    settings: LinkSettings,
+    device_id: str,
+    sealing_key: X25519PublicKey | None = None,
+    timeout: float = TIMEOUT_S,
 ) -> GatewayProbe:
+    """``sealing_key``: the device's gateway_public_key, compared with the gateway's."""
     found = GatewayProbe(url=public_url(settings.gateway_url), reachable=False)
     try:
         with _client(settings, timeout) as client:
@@ -139,14 +146,14 @@ def probe_gateway(
             found.reachable = True
             if settings.ingest_token is None:
                 return found
+            auth = {"Authorization": f"Bearer {settings.ingest_token.get_secret_value()}"}
             answer = client.put(
                 chunk_path(device_id, PROBE_SESSION, 0),
                 content=b"",
-                headers={
-                    "Authorization": f"Bearer {settings.ingest_token.get_secret_value()}",
-                    "Content-Type": PROBE_CONTENT_TYPE,
-                },
+                headers={**auth, "Content-Type": PROBE_CONTENT_TYPE},
             )
+            if sealing_key is not None and answer.status_code == 415:
+                found.key = check_key(client, device_id, sealing_key, timeout, auth)
     except (httpx.HTTPError, OSError) as exc:
         found.error = network_error(exc, timeout)
         return found

@@ -31,8 +31,10 @@ from protocol.ids import DeviceId, SessionId
 from protocol.manifest import SessionManifest
 from protocol.messages import (
     ChunkRefusal,
+    MicrophoneState,
     Notification,
     RecorderState,
+    SealingKeyState,
     SessionClosed,
     SessionStarted,
 )
@@ -92,6 +94,11 @@ class StatusSnapshot(BaseModel):
     last_error: str | None = None
     health: str | None = None  # the watchdog's problem code, if any
     last_notification: NotificationSnapshot | None = None
+    microphone: MicrophoneState | None = None  # None: not looked at (yet)
+    microphone_device: str | None = None
+    sealing_key: SealingKeyState | None = None  # None: no gateway to compare with
+    device_key_fingerprint: str | None = None
+    gateway_key_fingerprint: str | None = None
 
     def same_as(self, other: StatusSnapshot | None) -> bool:
         """Equal apart from when it was written."""
@@ -119,6 +126,7 @@ def build_snapshot(
     """The snapshot as of now, from the objects the daemon runs."""
     recorder = status.recorder.state
     uplink = status.uplink.status() if status.uplink is not None else None
+    key = status.key.last if status.key is not None else None
     return StatusSnapshot(
         pid=os.getpid(),
         version=__version__,
@@ -137,6 +145,13 @@ def build_snapshot(
         last_error=status.reason(),
         health=health(),
         last_notification=_newest(control.notifications()) if control is not None else None,
+        microphone=status.microphone(),
+        microphone_device=status.microphone_presence.device
+        if status.microphone_presence is not None
+        else None,
+        sealing_key=key.state if key is not None else None,
+        device_key_fingerprint=key.device_fingerprint if key is not None else None,
+        gateway_key_fingerprint=key.gateway_fingerprint if key is not None else None,
     )
 
 

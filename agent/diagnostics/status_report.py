@@ -20,12 +20,14 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from pathlib import Path
 
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
 from pydantic import BaseModel
 
 from agent.diagnostics.findings import Finding, ago, human_bytes, judge, refusal_line
 from agent.diagnostics.observations import AgentView, SpoolView, age_s, agent_view, spool_view
 from agent.diagnostics.probes import BrokerProbe, GatewayProbe, probe_broker, probe_gateway
 from agent.diagnostics.status_file import STATUS_FILE, StatusSnapshot, UplinkSnapshot
+from agent.pipeline.seal import SealingKeyError, gateway_key
 from agent.settings import AgentSettings
 from agent.spool.layout import LOCK
 
@@ -52,7 +54,7 @@ def gather(settings: AgentSettings, config: Path | None) -> StatusReport:
         broker = probe_broker(settings.mqtt, settings.device_id)
     gateway = None
     if settings.link.gateway_url:
-        gateway = probe_gateway(settings.link, settings.device_id)
+        gateway = probe_gateway(settings.link, settings.device_id, _sealing_key(settings))
     spool = spool_view(settings)
     findings = judge(settings, agent, broker, gateway, spool)
     return StatusReport(
@@ -68,6 +70,13 @@ def gather(settings: AgentSettings, config: Path | None) -> StatusReport:
     )
 
 
+def _sealing_key(settings: AgentSettings) -> X25519PublicKey | None:
+    try:
+        return gateway_key(settings.gateway_public_key)
+    except SealingKeyError:
+        return None  # config validate (and doctor's config item) says why
+
+
 # -- showing
 
 
@@ -79,7 +88,12 @@ def format_status(report: StatusReport) -> str:
     rows = [("device", report.device_id + config), ("agent", said["agent"])]
     if snap is not None and (snap.session_id or snap.overruns or snap.dropped_s):
         rows.append(("recorder", _recorder_line(snap)))
-    rows += [("broker", said["broker"]), ("gateway", said["gateway"])]
+    rows += [
+        ("microphone", said["microphone"]),
+        ("broker", said["broker"]),
+        ("gateway", said["gateway"]),
+        ("sealing key", said["sealing key"]),
+    ]
     if snap is not None and snap.uplink is not None:
         rows.append(("uplink", _uplink_line(snap.uplink)))
         if snap.uplink.refused is not None:

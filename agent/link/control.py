@@ -31,6 +31,7 @@ import queue
 import threading
 import time
 from collections import OrderedDict, deque
+from collections.abc import Callable
 
 import paho.mqtt.client as mqtt
 import tenacity
@@ -68,6 +69,8 @@ CONNACK_WAIT_S = 10.0
 # reconnect_min_s before the next attempt rather than hammering the broker.
 STABLE_S = 10.0
 STOP_WAIT_S = 30.0  # how long a stop command waits for the session to be closed
+# CONNACK reason codes that mean "these credentials are not accepted".
+AUTH_REFUSALS = ("Not authorized", "Bad user name or password")
 GOODBYE_WAIT_S = 2.0  # how long stop() waits for the broker to take the offline state
 EVENT_BUFFER = 1000  # events kept while the broker is away
 NOTIFIED_KEPT = 256  # sessions whose last notification is remembered
@@ -95,6 +98,11 @@ class ControlLink(RecorderListener):
         self._lost = threading.Event()
         self._connack = threading.Event()
         self._refusal: str | None = None
+        self._not_authorized = False  # the broker refused the last attempt's credentials
+        # Told when the broker refuses the credentials: re-read them (a rotation?); a new
+        # password comes back through use_password().
+        self.on_refused_credentials: list[Callable[[], None]] = []
+        status.control_problem = self.problem
         self._commands: queue.Queue[bytes | None] = queue.Queue()
         self._refusing = threading.Event()
         self._executing = threading.Lock()
@@ -153,6 +161,14 @@ class ControlLink(RecorderListener):
     def connected(self) -> bool:
         with self._lock:
             return self._online
+
+    def problem(self) -> str | None:
+        """broker_not_authorized while the broker refuses this device's credentials."""
+        return "broker_not_authorized" if self._not_authorized else None
+
+    def use_password(self, password: SecretStr) -> None:
+        """The next connection attempt logs in with ``password`` (a rotation)."""
+        self.client.username_pw_set(self.device_id, password.get_secret_value())
 
     def notifications(self) -> dict[str, Notification]:
         """The last notification per session (newest sessions kept)."""
@@ -261,8 +277,20 @@ class ControlLink(RecorderListener):
             self.client.loop_stop()
             with self._lock:
                 self._online = False
+            if self._refusal in AUTH_REFUSALS:
+                self._refused_credentials()
             raise BrokerUnavailable(self._refusal or "no CONNACK")
+        if self._not_authorized:
+            log.info("control: the broker accepts this device's credentials again")
+        self._not_authorized = False
         log.info("control: connected to the broker")
+
+    def _refused_credentials(self) -> None:
+        """Re-read the credentials (rotated since?); report the refusal while it lasts (in
+        the status file: the broker is the one thing the state cannot go through)."""
+        self._not_authorized = True
+        for hook in self.on_refused_credentials:
+            hook()
 
     def _hold(self) -> None:
         """Heartbeats (with a state refresh) until the connection drops or stop()."""
@@ -387,6 +415,9 @@ class ControlLink(RecorderListener):
             return False, "session_closed"
         if snapshot.state in ("recording", "closing"):
             return False, "already_recording"
+        refusal = self.status.start_refusal()
+        if refusal is not None:
+            return False, refusal
         try:
             self.recorder.start(session_id)
         except RecorderError:
@@ -394,7 +425,9 @@ class ControlLink(RecorderListener):
         except SpoolFull:
             return False, "spool_full"
         except AudioInputError:
-            return False, "audio_input_unavailable"
+            presence = self.status.microphone_presence
+            state = presence.failed_to_open() if presence is not None else "unavailable"
+            return False, f"microphone_{state}"
         except SpoolError:
             return False, "spool_error"
         return True, None

@@ -13,22 +13,35 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 
 from agent import __version__
+from agent.link.key_check import MISMATCH, SealingKeyWatch
 from agent.link.uplink import Uplink
+from agent.pipeline.presence import MicrophonePresence
 from agent.pipeline.recorder import Recorder
 from agent.spool import Spool
-from protocol.messages import DeviceState, Heartbeat
+from protocol.messages import DeviceState, Heartbeat, MicrophoneState, SealingKeyState
 
 REASON_MAX = 64
 
 
 class DeviceStatus:
     def __init__(
-        self, device_id: str, recorder: Recorder, spool: Spool, uplink: Uplink | None = None
+        self,
+        device_id: str,
+        recorder: Recorder,
+        spool: Spool,
+        uplink: Uplink | None = None,
+        key: SealingKeyWatch | None = None,
+        microphone: MicrophonePresence | None = None,
     ) -> None:
         self.device_id = device_id
         self.recorder = recorder
         self.spool = spool
         self.uplink = uplink
+        self.key = key
+        self.microphone_presence = microphone
+        # An authentication problem of the control link (the broker refuses the
+        # password), for the state's reason: set by the control link.
+        self.control_problem: Callable[[], str | None] = lambda: None
         self.started = time.monotonic()
         # When the last heartbeat was built (the control link sends it at once, while
         # connected), and who wants to know (the status file): for `room-agent status`.
@@ -51,6 +64,9 @@ class DeviceStatus:
             quarantined=usage.quarantined,
             version=__version__,
             refused=uplink.refused if uplink is not None else None,
+            microphone=self.microphone(),
+            microphone_device=self._microphone_device(),
+            sealing_key=self.sealing_key(),
         )
 
     def heartbeat(self) -> Heartbeat:
@@ -67,12 +83,43 @@ class DeviceStatus:
             dropped_s=round(capture.dropped_s, 3),
             uptime_s=round(time.monotonic() - self.started, 1),
             version=__version__,
+            microphone=self.microphone(),
         )
 
+    def microphone(self) -> MicrophoneState | None:
+        """ok while recording (the capture holds it; losing it is device_lost), else what
+        the last look found; None when nobody looks (record-only tools)."""
+        if self.microphone_presence is None:
+            return None
+        if self.recorder.state.state == "recording":
+            return "ok"
+        return self.microphone_presence.state
+
+    def sealing_key(self) -> SealingKeyState | None:
+        return self.key.state if self.key is not None else None
+
+    def start_refusal(self) -> str | None:
+        """Why a start must be refused before the microphone is even opened."""
+        if self.sealing_key() == "mismatch":
+            return MISMATCH
+        return None
+
     def reason(self) -> str | None:
-        """The recorder's problem (spool_full, device_lost, ...) first, else the uplink's
-        (unauthorized, gateway_unreachable, chunk_conflict, ...)."""
+        """The recorder's problem (spool_full, device_lost, ...) first, then a sealing key
+        that is not the gateway's, a missing microphone, the broker refusing the device,
+        else the uplink's (unauthorized, gateway_unreachable, chunk_conflict, ...)."""
         reason = self.recorder.state.last_error
+        if reason is None and self.sealing_key() == "mismatch":
+            reason = MISMATCH
+        microphone = self.microphone()
+        if reason is None and microphone not in (None, "ok"):
+            reason = f"microphone_{microphone}"
+        if reason is None:
+            reason = self.control_problem()
         if reason is None and self.uplink is not None:
             reason = self.uplink.status().reason
         return reason[:REASON_MAX] if reason else None
+
+    def _microphone_device(self) -> str | None:
+        presence = self.microphone_presence
+        return presence.device if presence is not None else None

@@ -34,6 +34,7 @@ import ssl
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal, TypeVar
 
@@ -165,6 +166,11 @@ class Uplink:
         self._held: set[tuple[str, int | None]] = set()
         self._status = UplinkStatus()
         self._workers: list[threading.Thread] = []
+        self._token_generation = 0
+        # Told of the gateway's own refusals: its "unauthorized" (re-read the credentials)
+        # and a chunk sealed to another key than its own (check the key again).
+        self.on_unauthorized: list[Callable[[], None]] = []
+        self.on_wrong_key: list[Callable[[], None]] = []
 
     # -- public API
 
@@ -189,6 +195,15 @@ class Uplink:
         for worker in self._workers:
             worker.join(max(0.0, deadline - time.monotonic()))
         self.client.close()
+
+    def use_token(self, token: SecretStr) -> None:
+        """Authenticate with ``token`` (a rotation), and try again now: a refused token's
+        retries wait ``backoff_max_s``, which the new one need not."""
+        self.client.headers["Authorization"] = f"Bearer {token.get_secret_value()}"
+        with self._cond:
+            self._token_generation += 1
+            self._dirty = True
+            self._cond.notify_all()
 
     def alive(self) -> bool:
         """Every worker is still running (for the watchdog)."""
@@ -251,9 +266,18 @@ class Uplink:
             retry=tenacity.retry_if_exception_type(_Retry),
             wait=self._wait,
             stop=lambda _state: self._stopping.is_set(),
-            sleep=self._stopping.wait,
+            sleep=self._sleep,
             reraise=True,
         )
+
+    def _sleep(self, seconds: float) -> None:
+        """Until the next retry, a stop, or a new token."""
+        with self._cond:
+            generation = self._token_generation
+            self._cond.wait_for(
+                lambda: self._stopping.is_set() or self._token_generation != generation,
+                timeout=seconds,
+            )
 
     def _wait(self, state: tenacity.RetryCallState) -> float:
         """A refused token will not fix itself within seconds: retry it slowly."""
@@ -367,11 +391,17 @@ class Uplink:
         if 400 <= status < 500:
             self._note_refusal(session_id, seq, status, code)
         if status in (401, 403) and code in DEVICE_AUTH_CODES:
+            if code != "device_revoked":
+                for hook in self.on_unauthorized:
+                    hook()
             raise _Unauthorized("device_revoked" if code == "device_revoked" else "unauthorized")
         if status in (401, 403) and code != "foreign_session":
             # Not the gateway's answer: a proxy or firewall in between, or another server.
             raise _Unauthorized(f"http_{status}")
         if status == 422 and seq is not None:
+            if code == "wrong_key":
+                for hook in self.on_wrong_key:
+                    hook()
             self._set_aside(session_id, seq)
             return
         if status in (403, 409, 413, 422):

@@ -16,14 +16,16 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from gateway.api.deps import Service
 from gateway.api.errors import ApiError, problems
 from gateway.devices.registry import Device
-from gateway.ingest.errors import IngestError
+from gateway.ingest.errors import IngestError, Unavailable
 from protocol.ids import ID_DESCRIPTION, ID_PATTERN
 from protocol.ingest import (
     CHUNK_PATH,
     CLOSE_PATH,
     SEALED_CHUNK_CONTENT_TYPE,
+    SEALING_KEY_PATH,
     ChunkReceipt,
     CloseReceipt,
+    SealingKeyInfo,
 )
 from protocol.manifest import SessionManifest
 
@@ -80,6 +82,27 @@ async def authenticated_device(
 
 
 AuthenticatedDevice = Annotated[Device, Depends(authenticated_device)]
+
+
+@router.get(
+    SEALING_KEY_PATH,
+    response_model=SealingKeyInfo,
+    responses=problems(*DEVICE_CODES, "no_sealing_key"),
+)
+async def sealing_key(device: AuthenticatedDevice, service: Service) -> SealingKeyInfo:
+    """The key this gateway opens chunks with: a device compares it with the key it seals
+    to before it records (at start and in `doctor`), so a wrong key is found before any
+    audio is sealed to it. Only for a device's own token: which key a gateway uses is
+    nobody else's business."""
+    info = service.ingest.sealing_key_info
+    if info is None:
+        raise _refused(
+            Unavailable(
+                "the gateway has no sealing key yet (room-gateway keygen)", code="no_sealing_key"
+            ),
+            f"device {device.id} sealing key",
+        )
+    return info
 
 
 @router.put(

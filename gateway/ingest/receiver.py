@@ -46,9 +46,10 @@ from protocol.envelope import (
     WrongKey,
     key_fingerprint,
     open_chunk,
+    public_key_to_text,
     read_header,
 )
-from protocol.ingest import ChunkReceipt, CloseReceipt
+from protocol.ingest import ChunkReceipt, CloseReceipt, SealingKeyInfo
 from protocol.manifest import ManifestChunk, SessionManifest
 
 logger = logging.getLogger(__name__)
@@ -90,6 +91,16 @@ class ChunkReceiver:
     def key_fingerprint(self) -> str | None:
         """The sealing key's fingerprint (what devices must seal to), if there is a key."""
         return key_fingerprint(self._key.public_key()) if self._key is not None else None
+
+    @property
+    def sealing_key_info(self) -> SealingKeyInfo | None:
+        """What GET .../sealing-key answers (protocol/ingest.py), if there is a key."""
+        if self._key is None:
+            return None
+        public = self._key.public_key()
+        return SealingKeyInfo(
+            fingerprint=key_fingerprint(public), public_key=public_key_to_text(public)
+        )
 
     def on_stored(self, listener: ChunkStored) -> None:
         self._listeners.append(listener)

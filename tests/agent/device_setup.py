@@ -11,9 +11,11 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
+
 from agent.diagnostics.status_file import STATUS_FILE, StatusSnapshot, read_snapshot
 from protocol.envelope import generate_private_key, public_key_to_text
-from tests.support.alsa import write_asound_conf
+from tests.support.alsa import write_asound_conf, write_raw
 from tests.support.processes import Service
 
 KEY = generate_private_key()
@@ -27,9 +29,13 @@ ROOM_AGENT = str(Path(sys.executable).parent / "room-agent")
 def device_env(
     tmp_path: Path, broker_url: str = "", gateway_url: str = "", mic: Path | None = None
 ) -> dict[str, str]:
-    """The device's environment; ``mic``: the raw file or FIFO the ALSA testmic reads."""
+    """The device's environment; ``mic``: the raw file or FIFO the ALSA testmic reads
+    (default: a silent file, so the microphone is there; a FIFO that does not exist yet is
+    an unplugged one)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("ROOM_AGENT_")}
-    env.update(write_asound_conf(tmp_path / "asound.conf", mic or tmp_path / "mic.fifo"))
+    if mic is None:
+        mic = write_raw(tmp_path / "idle-mic.raw", np.zeros(16_000, dtype=np.int16))
+    env.update(write_asound_conf(tmp_path / "asound.conf", mic))
     secrets = tmp_path / "credentials"
     secrets.mkdir(exist_ok=True)
     (secrets / "ingest-token").write_text(TOKEN + "\n")
@@ -41,6 +47,9 @@ def device_env(
         ROOM_AGENT_GATEWAY_PUBLIC_KEY=public_key_to_text(KEY.public_key()),
         ROOM_AGENT_SPOOL__MIN_FREE_BYTES="0",
         ROOM_AGENT_AUDIO__DEVICE="testmic",
+        # Fed at up to 8x real time: a queue of 60 s is 7.5 s of a consumer held up by a
+        # slow disk on a shared machine, as 10 s (the default) is at 1x in a room.
+        ROOM_AGENT_AUDIO__QUEUE_MAX_S="60",
         ROOM_AGENT_MQTT__BROKER_URL=broker_url,
         ROOM_AGENT_MQTT__HEARTBEAT_S="1",
         ROOM_AGENT_MQTT__RECONNECT_MIN_S="0.2",

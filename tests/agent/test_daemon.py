@@ -91,6 +91,9 @@ def agent_env(tmp_path, broker_url: str, gateway_url: str, fifo: Path) -> dict[s
         ROOM_AGENT_SPOOL__MIN_FREE_BYTES="0",
         ROOM_AGENT_AUDIO__DEVICE="testmic",
         ROOM_AGENT_AUDIO__MAX_CHUNK_S="4",
+        # Fed at up to 8x real time: a queue of 60 s is 7.5 s of a consumer held up by a
+        # slow disk on a shared machine, as 10 s (the default) is at 1x in a room.
+        ROOM_AGENT_AUDIO__QUEUE_MAX_S="60",
         ROOM_AGENT_MQTT__BROKER_URL=broker_url,
         ROOM_AGENT_MQTT__RECONNECT_MIN_S="0.2",
         ROOM_AGENT_MQTT__RECONNECT_MAX_S="1",

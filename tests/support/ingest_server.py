@@ -31,14 +31,23 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from fastapi import FastAPI, Request, Response
 from pydantic import ValidationError
 
-from protocol.envelope import EnvelopeError, OpenedChunk, WrongKey, open_chunk
+from protocol.envelope import (
+    EnvelopeError,
+    OpenedChunk,
+    WrongKey,
+    key_fingerprint,
+    open_chunk,
+    public_key_to_text,
+)
 from protocol.ingest import (
     CHUNK_PATH,
     CLOSE_PATH,
     PROBLEM_MEDIA_TYPE,
     SEALED_CHUNK_CONTENT_TYPE,
+    SEALING_KEY_PATH,
     ChunkReceipt,
     CloseReceipt,
+    SealingKeyInfo,
 )
 from protocol.manifest import SessionManifest
 from tests.support.certs import Pki
@@ -100,6 +109,18 @@ class IngestState:
 
 def make_app(state: IngestState) -> FastAPI:
     app = FastAPI()
+
+    @app.get(SEALING_KEY_PATH)
+    async def sealing_key(device_id: str, request: Request) -> Response:
+        with state.lock:
+            refused = _refusal(state, request, device_id)
+        if refused is not None:
+            return refused
+        public = state.key.public_key()
+        info = SealingKeyInfo(
+            fingerprint=key_fingerprint(public), public_key=public_key_to_text(public)
+        )
+        return Response(info.model_dump_json(), media_type="application/json")
 
     @app.put(CHUNK_PATH)
     async def put_chunk(device_id: str, session_id: str, seq: int, request: Request) -> Response:

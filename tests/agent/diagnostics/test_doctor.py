@@ -38,6 +38,7 @@ ITEMS = (
     "agent",
     "broker",
     "gateway",
+    "sealing key",
     "spool",
     "quarantine",
     "last error",

@@ -18,7 +18,6 @@ from protocol.messages import DeviceState, StartCommand, StopCommand
 from protocol.topics import topic
 from tests.agent.device_setup import (
     DEVICE,
-    KEY,
     PASSWORD,
     TOKEN,
     device_env,
@@ -29,7 +28,6 @@ from tests.agent.device_setup import (
 from tests.gateway.conftest import GatewayProcess
 from tests.support.alsa import FifoFeeder
 from tests.support.certs import Pki
-from tests.support.ingest_server import IngestServer
 from tests.support.mosquitto import Broker
 from tests.support.mqtt_probe import Probe
 from tests.support.speech import make_session, make_session_pcm
@@ -37,24 +35,14 @@ from tests.support.speech import make_session, make_session_pcm
 pytestmark = pytest.mark.timeout(60)
 
 
-@pytest.fixture
-def broker(tmp_path):
-    with Broker(tmp_path / "broker", users={DEVICE: PASSWORD, "gateway": "gateway-secret"}) as b:
-        yield b
-
-
-@pytest.fixture
-def ingest():
-    with IngestServer(KEY, {DEVICE: TOKEN}) as server:
-        yield server
-
-
 def block(done) -> dict[str, str]:
     """The aligned block's rows, label -> text (rows without a label are appended)."""
     rows: dict[str, str] = {}
     label = ""
-    for line in done.stdout.split("\n\n")[0].splitlines():
-        name, text = line[:10].strip(), line[12:]
+    lines = done.stdout.split("\n\n")[0].splitlines()
+    width = re.match(r"\S+(?: \S+)* {2,}", lines[0]).end()  # the labels' column
+    for line in lines:
+        name, text = line[:width].strip(), line[width:]
         label = name or label
         rows[label] = f"{rows[label]}\n{text}" if not name else text
     return rows
@@ -103,8 +91,10 @@ def test_with_no_agent_running_it_says_so_and_still_checks_the_network(tmp_path,
     verdicts = {f.item: f.verdict for f in report.findings}
     assert verdicts == {
         "agent": "problem",
+        "microphone": "skipped",
         "broker": "ok",
         "gateway": "ok",
+        "sealing key": "ok",
         "spool": "ok",
         "quarantine": "ok",
         "last error": "skipped",
@@ -207,7 +197,7 @@ def test_a_wrong_gateway_key_is_shown_with_the_gateways_reason(tmp_path, broker,
     assert done.returncode == 1
     rows = block(done)
     assert re.fullmatch(r"chunk \d+ of session therapy-8: HTTP 422 wrong_key", rows["refused"])
-    assert rows["last error"] == "chunk_rejected (gateway: HTTP 422 wrong_key)"
+    assert rows["last error"] == "sealing_key_mismatch (gateway: HTTP 422 wrong_key)"
     assert "sealed to another key than the gateway's" in problems(done)["last error"]
 
 

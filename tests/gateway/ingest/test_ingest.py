@@ -12,6 +12,7 @@ import asyncio
 import time
 from pathlib import Path
 
+import httpx
 import numpy as np
 import pytest
 
@@ -23,7 +24,8 @@ from gateway.sessions.lifecycle import SessionLifecycle
 from gateway.settings import IngestSettings, JobSettings
 from gateway.store import Connection, Database, SqliteLocation
 from protocol.codec import decode
-from protocol.envelope import generate_private_key
+from protocol.envelope import generate_private_key, key_fingerprint, public_key_to_text
+from protocol.ingest import SealingKeyInfo, sealing_key_path
 from protocol.manifest import SessionManifest
 from tests.gateway.conftest import PHI_STRINGS, SECRETS, SimulatorProcess, StoreEnv, steps
 from tests.gateway.deployment import Deployment, SealedChunk, tone
@@ -369,3 +371,23 @@ def test_a_cancelled_session_s_audio_is_discarded_and_never_uploaded(
     done = linked.gateway.session(session_id)
     assert done["state"] == "cancelled" and "audio_uploaded" not in steps(done)
     assert sim.state()["audio_uploads"] == 0
+
+
+def test_each_device_can_learn_the_gateway_s_key_fingerprint(linked: Deployment) -> None:
+    """What a device compares its gateway_public_key with before it records; only with
+    its own token."""
+    path = sealing_key_path("room-1")
+    http = linked.gateway.http
+    own = {"Authorization": f"Bearer {linked.devices['room-1'].token}"}
+    answer = httpx.get(f"{linked.gateway.url}{path}", headers=own)
+    assert answer.status_code == 200, answer.text
+    info = SealingKeyInfo.model_validate_json(answer.content)
+    public = linked.key.public_key()
+    assert info == SealingKeyInfo(
+        fingerprint=key_fingerprint(public), public_key=public_key_to_text(public)
+    )
+    assert_problem(httpx.get(f"{linked.gateway.url}{path}"), 401, "missing_token")
+    other = {"Authorization": f"Bearer {linked.devices['room-2'].token}"}
+    assert_problem(httpx.get(f"{linked.gateway.url}{path}", headers=other), 403, "device_forbidden")
+    # A partner token is no device's.
+    assert http.get(path).status_code == 401

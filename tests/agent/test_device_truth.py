@@ -1,0 +1,196 @@
+"""The device tells the truth about itself: a real `room-agent run`, a real mosquitto, the
+stand-in ingest server, real PortAudio through the ALSA file plugin.
+
+- a sealing key that is not the gateway's is found before anything is recorded: starts are
+  refused with the reason in the state, `status` names both keys and the fix;
+- a missing microphone is in the state, the heartbeat, `status` and its exit code, and a
+  start is refused naming it;
+- after a rotation the running agent picks up the new password and token (on refusal and
+  on SIGHUP) and reports the refusal while it lasts.
+"""
+
+import re
+import signal
+
+import pytest
+
+from protocol.envelope import generate_private_key, key_fingerprint, public_key_to_text
+from protocol.messages import CommandResult, DeviceState, Heartbeat, StartCommand
+from protocol.topics import topic
+from tests.agent.device_setup import (
+    DEVICE,
+    KEY,
+    PASSWORD,
+    TOKEN,
+    device_env,
+    room_agent,
+    start_agent,
+    wait_for_snapshot,
+)
+from tests.agent.diagnostics.test_status import block, problems, record
+from tests.support.alsa import FifoFeeder
+from tests.support.mqtt_probe import Probe
+
+pytestmark = pytest.mark.timeout(90)
+STATE, EVENTS, CMD = (topic(DEVICE, kind) for kind in ("state", "events", "cmd"))
+
+
+def result(probe: Probe, command_id: str) -> CommandResult:
+    def answered(message) -> bool:
+        return message.topic == EVENTS and message.json().get("command_id") == command_id
+
+    return CommandResult.model_validate_json(probe.wait_for(answered, timeout=15).payload)
+
+
+def test_a_wrong_sealing_key_is_found_before_anything_is_recorded(tmp_path, broker, ingest):
+    env = device_env(tmp_path, broker.url, ingest.url)
+    stranger = generate_private_key().public_key()
+    env["ROOM_AGENT_GATEWAY_PUBLIC_KEY"] = public_key_to_text(stranger)
+    with Probe(broker) as probe:
+        agent = start_agent(tmp_path, env)
+        try:
+            online = probe.wait_for(probe.on(STATE, online=True), timeout=15)
+            state = DeviceState.model_validate_json(online.payload)
+            assert (state.sealing_key, state.reason) == ("mismatch", "sealing_key_mismatch")
+            probe.publish(CMD, StartCommand(command_id="go", session_id="s-wrong-key"))
+            answer = result(probe, "go")
+            assert (answer.ok, answer.reason) == (False, "sealing_key_mismatch")
+            snapshot = wait_for_snapshot(tmp_path, lambda s: s.sealing_key == "mismatch")
+            assert snapshot.recorder == "idle"
+            done = room_agent(env, "status")
+            doctor = room_agent(env, "doctor", "--no-check")
+            assert agent.stop() == 0
+        finally:
+            agent.kill()
+    assert not (tmp_path / "state" / "spool" / "sessions" / "s-wrong-key").exists()
+    sent = {r.session_id for r in ingest.requests()}
+    assert sent <= {"status-probe"}, "nothing was sealed to the wrong key, nothing sent"
+    assert done.returncode == 1
+    rows = block(done)
+    mine, theirs = key_fingerprint(stranger)[:19], key_fingerprint(KEY.public_key())[:19]
+    assert rows["sealing key"] == (
+        f"not the gateway's: this device seals to {mine}..., the gateway opens {theirs}...;"
+        " the agent refuses to record"
+    )
+    fix = problems(done)["sealing key"]
+    assert f'agent.gateway_public_key = "{public_key_to_text(KEY.public_key())}"' in fix
+    assert rows["last error"] == "sealing_key_mismatch"
+    assert doctor.returncode == 1
+    assert re.search(r"^PROBLEM +sealing key +not the gateway's", doctor.stdout, re.M)
+    assert "Traceback" not in agent.log() + done.stderr + doctor.stderr
+
+
+def test_the_right_key_is_verified(tmp_path, broker, ingest):
+    env = device_env(tmp_path, broker.url, ingest.url)
+    with Probe(broker) as probe:
+        agent = start_agent(tmp_path, env)
+        try:
+            online = probe.wait_for(probe.on(STATE, online=True), timeout=15)
+            assert DeviceState.model_validate_json(online.payload).sealing_key == "verified"
+            done = room_agent(env, "status")
+        finally:
+            agent.stop()
+    fingerprint = key_fingerprint(KEY.public_key())[:19]
+    assert block(done)["sealing key"] == f"the gateway's ({fingerprint}...)"
+
+
+def test_a_missing_microphone_is_reported_everywhere(tmp_path, broker, ingest):
+    env = device_env(tmp_path, broker.url, ingest.url)
+    env["ROOM_AGENT_AUDIO__DEVICE"] = "respeaker"  # not there: only testmic and default are
+    with Probe(broker) as probe:
+        agent = start_agent(tmp_path, env)
+        try:
+            online = probe.wait_for(probe.on(STATE, online=True), timeout=15)
+            state = DeviceState.model_validate_json(online.payload)
+            assert (state.microphone, state.microphone_device) == ("missing", "respeaker")
+            assert state.reason == "microphone_missing"
+            beat = probe.wait_for(probe.on(EVENTS, type="heartbeat"), timeout=15)
+            assert Heartbeat.model_validate_json(beat.payload).microphone == "missing"
+            probe.publish(CMD, StartCommand(command_id="go", session_id="s-no-mic"))
+            answer = result(probe, "go")
+            assert (answer.ok, answer.reason) == (False, "microphone_missing")
+            wait_for_snapshot(tmp_path, lambda s: s.microphone == "missing")
+            done = room_agent(env, "status")
+            assert agent.stop() == 0
+        finally:
+            agent.kill()
+    assert done.returncode == 1
+    rows = block(done)
+    assert rows["microphone"] == "missing: no input device matches audio.device 'respeaker'"
+    assert rows["last error"] == "microphone_missing"
+    assert "room-agent devices" in problems(done)["microphone"]
+
+
+def test_a_microphone_plugged_in_later_is_found(tmp_path, broker, ingest):
+    """The ALSA file plugin lists the PCM with no input channels while its FIFO is
+    missing: that is how an unplugged microphone looks (devtools/demo/microphone.py)."""
+    env = device_env(tmp_path, broker.url, ingest.url, tmp_path / "mic.fifo")
+    env["ROOM_AGENT_AUDIO__PRESENCE_CHECK_S"] = "0.5"
+    with Probe(broker) as probe:
+        agent = start_agent(tmp_path, env)
+        try:
+            probe.wait_for(probe.on(STATE, online=True, microphone="missing"), timeout=15)
+            with FifoFeeder(tmp_path / "mic.fifo", period_frames=480):
+                probe.wait_for(probe.on(STATE, microphone="ok"), timeout=15)
+                snapshot = wait_for_snapshot(tmp_path, lambda s: s.microphone == "ok")
+                assert snapshot.last_error is None
+            assert agent.stop() == 0
+        finally:
+            agent.kill()
+
+
+def test_a_rotated_password_is_picked_up_without_a_restart(tmp_path, broker, ingest):
+    env = device_env(tmp_path, broker.url, ingest.url)
+    with Probe(broker) as probe:
+        agent = start_agent(tmp_path, env)
+        try:
+            probe.wait_for(probe.on(STATE, online=True), timeout=15)
+            # `device add --rotate` on the gateway: the broker takes only the new password
+            # from now on; the device's file is replaced a while later.
+            broker.set_password(DEVICE, "rotated-mqtt-password")
+            broker.restart()
+            refused = wait_for_snapshot(
+                tmp_path, lambda s: s.last_error == "broker_not_authorized", timeout=20
+            )
+            assert not refused.mqtt_connected
+            done = room_agent(env, "status")
+            assert done.returncode == 1
+            assert block(done)["last error"] == "broker_not_authorized"
+            assert "--rotate" in problems(done)["last error"]
+            after = probe.count()
+            (tmp_path / "credentials" / "mqtt-password").write_text("rotated-mqtt-password\n")
+            # The next refusal makes it re-read the file: back without a restart.
+            probe.wait_for(probe.on(STATE, online=True), timeout=20, after=after)
+            wait_for_snapshot(tmp_path, lambda s: s.mqtt_connected and s.last_error is None)
+            assert agent.alive()
+            assert agent.stop() == 0
+        finally:
+            agent.kill()
+    log = agent.log()
+    assert "credentials: MQTT password changed" in log and "Traceback" not in log
+    assert "rotated-mqtt-password" not in log and PASSWORD not in log
+
+
+@pytest.mark.parametrize("how", ["refusal", "sighup"])
+def test_a_rotated_token_is_picked_up_without_a_restart(tmp_path, broker, ingest, how):
+    env = device_env(tmp_path, broker.url, ingest.url)
+    env["ROOM_AGENT_LINK__BACKOFF_MAX_S"] = "60" if how == "sighup" else "0.5"
+    record(tmp_path, env, "after-rotation")
+    ingest.state.tokens[DEVICE] = "rotated-ingest-token"  # the gateway rotated it
+    agent = start_agent(tmp_path, env)
+    try:
+        refused = wait_for_snapshot(tmp_path, lambda s: s.last_error == "unauthorized")
+        assert refused.uplink is not None and refused.uplink.refused is not None
+        assert refused.uplink.refused.code == "device_unauthenticated"
+        (tmp_path / "credentials" / "ingest-token").write_text("rotated-ingest-token\n")
+        if how == "sighup":  # `systemctl reload room-agent`: no wait for the next refusal
+            agent.proc.send_signal(signal.SIGHUP)
+        ingest.wait_until(lambda: ingest.manifest("after-rotation") is not None, timeout=20)
+        wait_for_snapshot(tmp_path, lambda s: s.last_error is None)
+        assert agent.alive()
+        assert agent.stop() == 0
+    finally:
+        agent.kill()
+    log = agent.log()
+    assert "credentials: ingest token changed" in log and "Traceback" not in log
+    assert "rotated-ingest-token" not in log and TOKEN not in log
