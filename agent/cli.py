@@ -16,7 +16,10 @@ from agent import __version__
 from agent.pipeline.audio import SAMPLE_RATE, AudioInputError
 from agent.settings import CONFIG_ENV, AgentSettings, load_agent_settings
 from runtime.cli import Fatal, SettingsContext, config_option, run_program
+from runtime.secrets import CREDENTIALS_ENV, INSTALLED_CREDENTIALS
 from runtime.settings import ConfigError
+
+DEFAULT_CONFIG = "/etc/room-audio/agent.toml"  # where room-agent.service reads it
 
 
 class CliState(SettingsContext[AgentSettings]):
@@ -247,6 +250,71 @@ def doctor(state: CliState, seconds: float, no_check: bool, as_json: bool) -> No
     except ConfigError as exc:
         raise Fatal(str(exc)) from None
     click.echo(report.model_dump_json() if as_json else format_doctor(report))
+    if not report.healthy:
+        sys.exit(1)
+
+
+@cli.command()
+@click.argument("url")
+@click.argument("code")
+@click.option(
+    "--pin", default=None, help="The gateway certificate's sha256:... (device add prints it)."
+)
+@click.option(
+    "--ca-file",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=None,
+    help="Trust this CA for the gateway's certificate (instead of --pin or the system's).",
+)
+@click.option(
+    "--credentials-dir",
+    type=click.Path(path_type=Path, file_okay=False),
+    default=Path(INSTALLED_CREDENTIALS),
+    show_default=True,
+    help="Where the credential files go (room-agent.service loads them from there).",
+)
+@click.option("--no-doctor", is_flag=True, help="Do not run doctor's checks afterwards.")
+@click.pass_obj
+def enroll(
+    state: CliState,
+    url: str,
+    code: str,
+    pin: str | None,
+    ca_file: Path | None,
+    credentials_dir: Path,
+    no_doctor: bool,
+) -> None:
+    """Set this device up from the gateway at URL with the one-time CODE that
+    `room-gateway device add` printed: its settings (--config, default
+    /etc/room-audio/agent.toml), credentials and the gateway's sealing key, over HTTPS,
+    pinned to --pin. Then runs doctor's checks (no sound check); exit status 0 when all is
+    well, 1 when something needs fixing, 2 when enrollment failed.
+    """
+    import os
+
+    from agent.enroll import enroll as fetch
+
+    config = state.config_path or Path(DEFAULT_CONFIG)
+    files = fetch(url, code, pin, ca_file, config, credentials_dir)
+    click.echo(
+        f"device {files.device_id} enrolled: {config}, credentials in {credentials_dir}",
+        err=True,
+    )
+    if no_doctor:
+        return
+    from agent.diagnostics.doctor import diagnose, format_doctor
+
+    os.environ[CREDENTIALS_ENV] = str(credentials_dir)  # as the unit will give them
+    try:
+        report = diagnose(config, None)
+    except ConfigError as exc:
+        raise Fatal(str(exc)) from None
+    click.echo(format_doctor(report))
+    click.echo(
+        "next: sudo systemctl enable --now room-agent (already running: sudo systemctl"
+        " reload room-agent)",
+        err=True,
+    )
     if not report.healthy:
         sys.exit(1)
 

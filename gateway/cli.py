@@ -14,6 +14,7 @@ from typing import Any
 import click
 
 from gateway import __version__, rooms
+from gateway.devices.enrollment import Enrollment
 from gateway.devices.provisioning import Provisioning, ProvisioningError
 from gateway.devices.snippet import write_bundle
 from gateway.jobs import queue as jobs
@@ -384,7 +385,22 @@ def device_add(
     click.echo(f"device {room_id}: credentials issued; files in {out} (mode 0600)", err=True)
     if added.broker is not None:
         click.echo(f"broker: {added.broker}", err=True)
+    _enrollment_lines(settings, added.enrollment)
     click.echo(config, nl=False)
+
+
+def _enrollment_lines(settings: GatewaySettings, enrollment: Enrollment) -> None:
+    """How the technician enrolls the device: the one-time code, the URL, the pin."""
+    from gateway.devices.pin import gateway_certificate_pin
+
+    url = settings.devices.gateway_url
+    pin, why = gateway_certificate_pin(url)
+    expires = datetime.fromtimestamp(enrollment.expires_at, UTC).strftime("%Y-%m-%d %H:%M UTC")
+    command = f"room-agent enroll {url} {enrollment.code}" + (f" --pin {pin}" if pin else "")
+    click.echo(f"enrollment code: {enrollment.code} (once, until {expires})", err=True)
+    click.echo(f"on the device:   sudo {command}", err=True)
+    if pin is None:
+        click.echo(f"                 (no certificate to pin: {why})", err=True)
 
 
 @device.command("list")

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from gateway.blueprint.client import BlueprintClient
+from gateway.devices.enrollment import GuessLimiter
 from gateway.ingest.assembly import Assembler
 from gateway.ingest.files import ChunkFiles
 from gateway.ingest.receiver import ChunkReceiver
@@ -51,6 +52,7 @@ class GatewayService:
     relay: Relay | None = None
     callbacks: PartnerCallbacks | None = None
     handlers: dict[str, Handler] = field(default_factory=dict)
+    enroll_guesses: GuessLimiter = field(default_factory=GuessLimiter)
 
     @classmethod
     def open(cls, settings: GatewaySettings) -> GatewayService:

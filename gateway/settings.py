@@ -231,6 +231,7 @@ class DeviceSettings(BaseModel):
     )
     broker_ca_file: Path | None = None
     allow_plaintext: bool = False
+    enrollment_ttl_s: float = Field(default=1800.0, ge=60, le=7 * 86_400)
 
 
 class BrokerSettings(BaseModel):

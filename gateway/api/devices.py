@@ -15,8 +15,17 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from gateway.api.deps import Service
 from gateway.api.errors import ApiError, problems
+from gateway.devices import enrollment
 from gateway.devices.registry import Device
 from gateway.ingest.errors import IngestError, Unavailable
+from protocol.enrollment import (
+    ENROLL_PATH,
+    EnrollAnswer,
+    EnrollmentError,
+    EnrollRequest,
+    public_key_from,
+    wrap,
+)
 from protocol.ids import ID_DESCRIPTION, ID_PATTERN
 from protocol.ingest import (
     CHUNK_PATH,
@@ -82,6 +91,46 @@ async def authenticated_device(
 
 
 AuthenticatedDevice = Annotated[Device, Depends(authenticated_device)]
+
+
+@router.post(
+    ENROLL_PATH,
+    response_model=EnrollAnswer,
+    responses=problems(
+        "invalid_request",
+        "malformed_request",
+        "enrollment_refused",
+        "too_many_attempts",
+        "store_busy",
+    ),
+)
+async def enroll(body: EnrollRequest, request: Request, service: Service) -> EnrollAnswer:
+    """A device's files for a one-time enrollment code (protocol/enrollment.py): the code
+    itself never comes here, only the lookup id derived from it; the answer is sealed
+    with the code and wrapped to the key the device sent. Works once."""
+    client = request.client.host if request.client is not None else "unknown"
+    wait = service.enroll_guesses.retry_after(client)
+    if wait is not None:
+        logger.warning("enroll: %s refused: too many wrong codes", client)
+        raise ApiError(
+            "too_many_attempts",
+            f"too many wrong codes; retry in {wait:.0f} s",
+            headers={"Retry-After": str(round(wait))},
+        )
+    try:
+        device_key = public_key_from(body.device_key)
+    except EnrollmentError as exc:
+        raise ApiError("invalid_request", str(exc)) from None
+    try:
+        room_id, sealed = await service.db.run(enrollment.redeem, body.lookup)
+    except enrollment.EnrollmentRefused:
+        service.enroll_guesses.wrong(client)
+        logger.warning("enroll: unknown, used or expired code from %s", client)
+        raise ApiError(
+            "enrollment_refused", "no such code, or it was used or has expired"
+        ) from None
+    logger.info("enroll: device %s enrolled from %s", room_id, client)
+    return EnrollAnswer(device_id=room_id, sealed=wrap(sealed, device_key))
 
 
 @router.get(

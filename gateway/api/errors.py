@@ -127,6 +127,12 @@ CATALOGUE: dict[str, ErrorCode] = _codes(
     ("ingest_refused", 400, "Ingest refused", "the device's request is refused"),
     ("ingest_unavailable", 503, "Ingest unavailable", "the gateway cannot take audio now; retry"),
     ("no_sealing_key", 503, "No sealing key", "the gateway has no sealing key yet"),
+    # --- enrollment --------------------------------------------------------------------
+    ("enrollment_refused", 404, "Enrollment refused",
+     "no such enrollment code, or it was used or has expired: `room-gateway device add"
+     " ROOM --rotate` makes a new one"),
+    ("too_many_attempts", 429, "Too many attempts",
+     "too many wrong enrollment codes from this address; retry after Retry-After seconds"),
 )  # fmt: skip
 
 

@@ -175,6 +175,10 @@ class DeviceIssued(BaseModel):
     enrollment_code: str | None = Field(
         description="a one-time code the device can enroll with, when enrollment is available"
     )
+    enroll_command: str | None = Field(
+        default=None, description="what to run on the device: room-agent enroll URL CODE"
+    )
+    enrollment_expires_at: str | None = None
 
 
 @router.get("/api/whoami", dependencies=[Admin])
@@ -289,7 +293,14 @@ def _issue(service: GatewayService, room: str, rotate: bool) -> DeviceIssued:
         raise ApiError("device_not_added", str(exc).splitlines()[0]) from None
     out = settings.state_dir / "devices" / room
     write_bundle(added.bundle, out, Path(settings.devices.install_dir))
-    return DeviceIssued(room=room, status=added.device.status, files=str(out), enrollment_code=None)
+    return DeviceIssued(
+        room=room,
+        status=added.device.status,
+        files=str(out),
+        enrollment_code=added.enrollment.code,
+        enroll_command=f"room-agent enroll {settings.devices.gateway_url} {added.enrollment.code}",
+        enrollment_expires_at=_iso(added.enrollment.expires_at),
+    )
 
 
 # --- live updates -------------------------------------------------------------------------------

@@ -15,17 +15,19 @@ from pathlib import Path
 
 from pydantic import SecretStr
 
-from gateway.devices import broker_files, credentials, registry
+from gateway.devices import broker_files, credentials, enrollment, registry
 from gateway.devices.addresses import device_address_problems
 from gateway.devices.broker_files import BrokerFiles
 from gateway.devices.ca import CaError, DeviceCa
+from gateway.devices.enrollment import Enrollment
 from gateway.devices.reload import ReloadError, reload_broker
 from gateway.devices.reserved import is_reserved
-from gateway.devices.snippet import DeviceBundle
+from gateway.devices.snippet import DeviceBundle, bundle_files
 from gateway.keys import KeyFileError, load_key, public_text
 from gateway.sessions.audio_files import write_small_file
 from gateway.settings import GatewaySettings
 from gateway.store.database import Database
+from protocol.enrollment import DeviceFiles
 
 logger = logging.getLogger(__name__)
 GATEWAY_CERT = "mqtt-client.crt"
@@ -42,6 +44,7 @@ class Added:
     bundle: DeviceBundle
     broker: str | None
     warnings: list[str]
+    enrollment: Enrollment
 
 
 @dataclass(frozen=True)
@@ -111,7 +114,20 @@ class Provisioning:
             broker_ca_pem=self._broker_ca(),
         )
         warnings = [f"gateway.{p.key}: {p.text}" for p in addresses if p.severity == "warning"]
-        return Added(device, bundle, self.sync_broker(), warnings)
+        code = self._enrollment(bundle)
+        return Added(device, bundle, self.sync_broker(), warnings, code)
+
+    def _enrollment(self, bundle: DeviceBundle) -> Enrollment:
+        """A one-time code for `room-agent enroll`, replacing the room's unused ones."""
+        install_dir = self.settings.devices.install_dir
+        files = bundle_files(bundle, Path(install_dir))
+        sealed = DeviceFiles(
+            device_id=bundle.device_id,
+            install_dir=install_dir,
+            files={name: data.decode() for name, data in files.items() if data is not None},
+        )
+        with self.db.transaction() as conn:
+            return enrollment.create(conn, sealed, self.settings.devices.enrollment_ttl_s)
 
     def revoke(self, room_id: str) -> str | None:
         """Refuse the device from now on; returns what was done at the broker."""

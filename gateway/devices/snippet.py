@@ -73,11 +73,10 @@ def render_agent_config(bundle: DeviceBundle, install_dir: Path) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_bundle(bundle: DeviceBundle, out: Path, install_dir: Path) -> str:
-    """Write agent.toml and the credential files into ``out``; returns agent.toml's text."""
-    out.mkdir(parents=True, exist_ok=True, mode=0o700)
+def bundle_files(bundle: DeviceBundle, install_dir: Path) -> dict[str, bytes | None]:
+    """agent.toml and the credential files, by name (None: not for this kind of device)."""
     config = render_agent_config(bundle, install_dir)
-    files: dict[str, bytes | None] = {
+    return {
         TOKEN_FILE: (bundle.token + "\n").encode(),
         PASSWORD_FILE: (bundle.password + "\n").encode() if bundle.password else None,
         CERT_FILE: bundle.cert_pem,
@@ -85,13 +84,19 @@ def write_bundle(bundle: DeviceBundle, out: Path, install_dir: Path) -> str:
         BROKER_CA_FILE: bundle.broker_ca_pem,
         CONFIG_FILE: config.encode(),
     }
+
+
+def write_bundle(bundle: DeviceBundle, out: Path, install_dir: Path) -> str:
+    """Write agent.toml and the credential files into ``out``; returns agent.toml's text."""
+    out.mkdir(parents=True, exist_ok=True, mode=0o700)
+    files = bundle_files(bundle, install_dir)
     for name, data in files.items():
         target = out / name
         if data is None:
             target.unlink(missing_ok=True)  # left from an earlier kind of credentials
         else:
             write_small_file(target, data, 0o600)
-    return config
+    return (files[CONFIG_FILE] or b"").decode()
 
 
 def _quote(text: str) -> str:

@@ -163,9 +163,12 @@ async function loadDevices() {
 }
 
 function issued(device) {
-  const code = device.enrollment_code ? ` Enrollment code: ${device.enrollment_code}.` : "";
+  const code = device.enrollment_code
+    ? ` Enrollment code: ${device.enrollment_code} (once, until ${device.enrollment_expires_at}):` +
+      ` on the device, run sudo ${device.enroll_command}.`
+    : "";
   return `device ${device.room}: credentials issued; agent.toml and credential files in ` +
-    `${device.files} on the gateway host (copy them to the device).${code}`;
+    `${device.files} on the gateway host.${code}`;
 }
 
 async function deviceAction(room, action) {
