@@ -1,8 +1,11 @@
-"""Prometheus metrics: jobs by state, webhooks and their latency, Blueprint calls by status.
+"""Prometheus metrics: jobs by state, webhooks and their latency, Blueprint calls by status,
+sessions by state, and each room's device (online, recording, backlog, last heartbeat,
+microphone).
 
 One registry per app (not the global default), so several apps in a test process do not
-collide. Label values are ids of kinds, never of sessions or people, to keep cardinality
-bounded; unknown webhook event types are folded into "other".
+collide. Label values are ids of kinds and room ids (a clinic's rooms: bounded, and no
+person's), never of sessions or people; unknown webhook event types are folded into
+"other". monitoring/ has the alert rules and the Grafana dashboard that use them.
 """
 
 from __future__ import annotations
@@ -18,6 +21,8 @@ from prometheus_client import (
 
 from gateway.blueprint import models as bp
 from gateway.jobs.queue import JOB_STATES
+from gateway.relay.room_status import RoomStatus
+from gateway.sessions.states import SESSION_STATES
 
 KNOWN_EVENT_TYPES = frozenset(
     {
@@ -89,6 +94,78 @@ class GatewayMetrics:
             ["dependency"],
             registry=self.registry,
         )
+
+        self.sessions = Gauge(
+            "gateway_sessions",
+            "Sessions in the store by state",
+            ["state"],
+            registry=self.registry,
+        )
+        room = ["room"]
+        self.room_online = Gauge(
+            "gateway_room_online",
+            "1 while the room's device is connected (its retained state says online)",
+            room,
+            registry=self.registry,
+        )
+        self.room_recording = Gauge(
+            "gateway_room_recording",
+            "1 while the room's device records a session",
+            room,
+            registry=self.registry,
+        )
+        self.room_backlog_bytes = Gauge(
+            "gateway_room_backlog_bytes",
+            "Sealed audio the room's device holds that the gateway has not acknowledged",
+            room,
+            registry=self.registry,
+        )
+        self.room_backlog_chunks = Gauge(
+            "gateway_room_backlog_chunks",
+            "Chunks the room's device holds that the gateway has not acknowledged",
+            room,
+            registry=self.registry,
+        )
+        self.room_heartbeat_age = Gauge(
+            "gateway_room_heartbeat_age_seconds",
+            "Seconds since the room's device last sent a heartbeat (absent: never)",
+            room,
+            registry=self.registry,
+        )
+        self.room_microphone_ok = Gauge(
+            "gateway_room_microphone_ok",
+            "1 when the room's device has its microphone (0 missing or not opening;"
+            " absent: not reported)",
+            room,
+            registry=self.registry,
+        )
+
+    def set_rooms(self, rooms: dict[str, RoomStatus], now: float) -> None:
+        """Refresh the per-room gauges from the store; a room gone from it disappears."""
+        gauges = (
+            self.room_online,
+            self.room_recording,
+            self.room_backlog_bytes,
+            self.room_backlog_chunks,
+            self.room_heartbeat_age,
+            self.room_microphone_ok,
+        )
+        for gauge in gauges:
+            gauge.clear()
+        for room_id, status in rooms.items():
+            self.room_online.labels(room_id).set(int(status.online))
+            self.room_recording.labels(room_id).set(int(status.recorder == "recording"))
+            self.room_backlog_bytes.labels(room_id).set(status.backlog_bytes)
+            self.room_backlog_chunks.labels(room_id).set(status.backlog_chunks)
+            if status.heartbeat_at is not None:
+                self.room_heartbeat_age.labels(room_id).set(max(0.0, now - status.heartbeat_at))
+            if status.microphone is not None:
+                self.room_microphone_ok.labels(room_id).set(int(status.microphone == "ok"))
+
+    def set_session_counts(self, counts: dict[str, int]) -> None:
+        """Every state is exported, 0 included, so rate() and alerts see it from the start."""
+        for state in SESSION_STATES:
+            self.sessions.labels(state).set(counts.get(state, 0))
 
     def set_dependencies(self, up: dict[str, bool]) -> None:
         self.dependency_up.clear()

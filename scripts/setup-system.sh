@@ -18,6 +18,7 @@ packages=(
     postgresql          # the gateway's store for several replicas; tests start their own
     haproxy             # the load balancer in front of gateway replicas (multi-replica tests)
     chromium            # the browser the /console and /docs tests drive (Playwright, headless)
+    prometheus          # promtool: the tests check monitoring/alerts.yml with it
 )
 
 missing=()

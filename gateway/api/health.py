@@ -8,6 +8,8 @@ token or reveals an id of a person.
 
 from __future__ import annotations
 
+import time
+
 from fastapi import APIRouter, Response
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
@@ -16,6 +18,8 @@ from gateway.api.deps import Service
 from gateway.jobs import queue as jobs
 from gateway.metrics import CONTENT_TYPE
 from gateway.readiness import Readiness, readiness
+from gateway.relay import room_status
+from gateway.sessions import states as sessions
 
 router = APIRouter(tags=["health"])
 
@@ -40,9 +44,13 @@ async def readyz(service: Service) -> Response:
 
 @router.get("/metrics", response_class=Response, responses={200: {"content": {CONTENT_TYPE: {}}}})
 async def metrics(service: Service) -> Response:
-    """Prometheus text format: jobs, ingest, webhooks, Blueprint calls (no ids)."""
+    """Prometheus text format: jobs, sessions by state, each room's device, ingest,
+    webhooks, Blueprint calls (room ids only, no id of a person or a session)."""
     counts = await service.db.run(jobs.counts, write=False)
     service.metrics.set_job_counts(counts)
+    rooms = await service.db.run(room_status.all_rooms, write=False)
+    service.metrics.set_rooms(rooms, time.time())
+    service.metrics.set_session_counts(await service.db.run(sessions.counts, write=False))
     service.metrics.mqtt_connected.set(int(service.relay is not None and service.relay.connected))
     ready = await readiness(service)
     service.metrics.set_dependencies(

@@ -311,3 +311,9 @@ def _get(conn: Connection, session_id: str) -> Session:
     session = get(conn, session_id)
     assert session is not None, session_id
     return session
+
+
+def counts(conn: Connection) -> dict[str, int]:
+    """How many sessions are in each state (for /metrics)."""
+    rows = conn.execute("SELECT state, COUNT(*) AS n FROM sessions GROUP BY state").fetchall()
+    return {str(row[0]): int(row[1]) for row in rows}
