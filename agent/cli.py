@@ -9,22 +9,31 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
-from agent import __version__
-from agent.pipeline.audio import SAMPLE_RATE, AudioInputError
-from agent.settings import CONFIG_ENV, AgentSettings, load_agent_settings
+from agent import CONFIG_ENV, __version__
 from runtime.cli import Fatal, SettingsContext, config_option, run_program
-from runtime.secrets import CREDENTIALS_ENV, INSTALLED_CREDENTIALS
-from runtime.settings import ConfigError
 
+if TYPE_CHECKING:
+    from agent.settings import AgentSettings
+
+# Start-up matters (a technician waits for each command; a Pi is 5-10x slower than a
+# laptop): numpy, pydantic-settings, PortAudio and httpx are imported by the commands that
+# use them, not here (tests/benchmarks/cli_startup.py measures it).
 DEFAULT_CONFIG = "/etc/room-audio/agent.toml"  # where room-agent.service reads it
 
 
-class CliState(SettingsContext[AgentSettings]):
+def _load(path: Path | None) -> AgentSettings:
+    from agent.settings import load_agent_settings
+
+    return load_agent_settings(path)
+
+
+class CliState(SettingsContext["AgentSettings"]):
     def __init__(self, config_path: Path | None) -> None:
-        super().__init__(config_path, load_agent_settings)
+        super().__init__(config_path, _load)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -49,6 +58,7 @@ def cli(ctx: click.Context, config_path: Path | None, verbose: bool) -> None:
 def segment(state: CliState, file: Path) -> None:
     """Print the speech segments VAD keeps in FILE (WAV or FLAC), as one JSON object."""
     settings = state.settings
+    from agent.pipeline.audio import SAMPLE_RATE, AudioInputError
     from agent.pipeline.filesource import FileSource
     from agent.pipeline.vad import Segmenter, merge_spans
 
@@ -77,6 +87,7 @@ def segment(state: CliState, file: Path) -> None:
 @click.option("--json", "as_json", is_flag=True, help="One JSON list, for scripts.")
 def devices(as_json: bool) -> None:
     """List the audio input devices: what audio.device can name (by a part of the name)."""
+    from agent.pipeline.audio import AudioInputError
     from agent.pipeline.capture import list_input_devices
 
     try:
@@ -117,6 +128,7 @@ def check(state: CliState, seconds: float, as_json: bool) -> None:
     1 for any other verdict, 2 on errors (no such device, bad config), 130 on Ctrl-C.
     """
     from agent.diagnostics.mic_check import Meter, print_report, run_check
+    from agent.pipeline.audio import AudioInputError
 
     settings = state.settings
     meter = Meter(sys.stderr, seconds)
@@ -194,7 +206,7 @@ def run(state: CliState) -> None:
     """
     from agent.daemon import run_agent
 
-    run_agent(state.settings, lambda: load_agent_settings(state.config_path))
+    run_agent(state.settings, lambda: _load(state.config_path))
 
 
 @cli.command()
@@ -238,6 +250,7 @@ def doctor(state: CliState, seconds: float, no_check: bool, as_json: bool) -> No
     """
     from agent.diagnostics.doctor import diagnose, format_doctor
     from agent.diagnostics.validate import config_path
+    from runtime.settings import ConfigError
 
     def prompt() -> None:
         if not as_json:
@@ -269,9 +282,9 @@ def doctor(state: CliState, seconds: float, no_check: bool, as_json: bool) -> No
 @click.option(
     "--credentials-dir",
     type=click.Path(path_type=Path, file_okay=False),
-    default=Path(INSTALLED_CREDENTIALS),
-    show_default=True,
-    help="Where the credential files go (room-agent.service loads them from there).",
+    default=None,
+    help="Where the credential files go (room-agent.service loads them from there)"
+    " [default: /etc/room-audio/credentials].",
 )
 @click.option("--no-doctor", is_flag=True, help="Do not run doctor's checks afterwards.")
 @click.pass_obj
@@ -281,7 +294,7 @@ def enroll(
     code: str,
     pin: str | None,
     ca_file: Path | None,
-    credentials_dir: Path,
+    credentials_dir: Path | None,
     no_doctor: bool,
 ) -> None:
     """Set this device up from the gateway at URL with the one-time CODE that
@@ -293,7 +306,9 @@ def enroll(
     import os
 
     from agent.enroll import enroll as fetch
+    from runtime.secrets import CREDENTIALS_ENV, INSTALLED_CREDENTIALS
 
+    credentials_dir = credentials_dir or Path(INSTALLED_CREDENTIALS)
     config = state.config_path or Path(DEFAULT_CONFIG)
     files = fetch(url, code, pin, ca_file, config, credentials_dir)
     click.echo(
@@ -303,6 +318,7 @@ def enroll(
     if no_doctor:
         return
     from agent.diagnostics.doctor import diagnose, format_doctor
+    from runtime.settings import ConfigError
 
     os.environ[CREDENTIALS_ENV] = str(credentials_dir)  # as the unit will give them
     try:

@@ -46,7 +46,8 @@ from datetime import UTC, datetime
 import httpx
 
 from agent import __version__
-from agent.diagnostics.status_file import STATUS_FILE, StatusWriter, build_snapshot
+from agent.diagnostics.status_file import STATUS_FILE
+from agent.diagnostics.status_writer import StatusWriter, build_snapshot
 from agent.link.control import ControlLink
 from agent.link.credentials import DeviceCredentials
 from agent.link.device_status import DeviceStatus

@@ -13,11 +13,11 @@ from typing import ClassVar, Literal
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 from pydantic_settings import SettingsConfigDict
 
+from agent import CONFIG_ENV
 from runtime.mqtt import BrokerSettings
 from runtime.secrets import resolve_secret
 from runtime.settings import FileSettings, default_state_dir, load_settings
 
-CONFIG_ENV = "ROOM_AGENT_CONFIG"
 DEVICE_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$"
 # The names systemd/room-agent.service gives its LoadCredential= entries.
 INGEST_TOKEN_CREDENTIAL = "ingest-token"

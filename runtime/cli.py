@@ -11,8 +11,6 @@ from typing import Generic, TypeVar
 
 import click
 
-from runtime.settings import ConfigError
-
 S = TypeVar("S")
 
 
@@ -87,6 +85,8 @@ class SettingsContext(Generic[S]):
     @property
     def settings(self) -> S:
         if self._settings is None:
+            from runtime.settings import ConfigError  # pydantic-settings: not for --help
+
             try:
                 self._settings = self._load(self.config_path)
             except ConfigError as exc:

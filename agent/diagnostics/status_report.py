@@ -27,9 +27,9 @@ from agent.diagnostics.findings import Finding, ago, human_bytes, judge, refusal
 from agent.diagnostics.observations import AgentView, SpoolView, age_s, agent_view, spool_view
 from agent.diagnostics.probes import BrokerProbe, GatewayProbe, probe_broker, probe_gateway
 from agent.diagnostics.status_file import STATUS_FILE, StatusSnapshot, UplinkSnapshot
-from agent.pipeline.seal import SealingKeyError, gateway_key
 from agent.settings import AgentSettings
 from agent.spool.layout import LOCK
+from protocol.envelope import EnvelopeError, public_key_from_text
 
 
 class StatusReport(BaseModel):
@@ -71,9 +71,11 @@ def gather(settings: AgentSettings, config: Path | None) -> StatusReport:
 
 
 def _sealing_key(settings: AgentSettings) -> X25519PublicKey | None:
+    if not settings.gateway_public_key:
+        return None
     try:
-        return gateway_key(settings.gateway_public_key)
-    except SealingKeyError:
+        return public_key_from_text(settings.gateway_public_key)
+    except EnvelopeError:
         return None  # config validate (and doctor's config item) says why
 
 
