@@ -51,6 +51,7 @@ from agent.diagnostics.status_writer import StatusWriter, build_snapshot
 from agent.link.control import ControlLink
 from agent.link.credentials import DeviceCredentials
 from agent.link.device_status import DeviceStatus
+from agent.link.diagnosis import install_log_ring
 from agent.link.key_check import SealingKeyWatch
 from agent.link.uplink import Uplink, make_client
 from agent.pipeline.audio import AudioInputError, AudioSource
@@ -156,6 +157,7 @@ def run_agent(settings: AgentSettings, reload: Callable[[], AgentSettings] | Non
         if settings.mqtt.broker_url:
             mqtt = settings.mqtt
             control = ControlLink(mqtt, settings.device_id, recorder, status, mqtt.password)
+            control.log_ring = install_log_ring()
             recorder.add_listener(control)
         credentials = _credentials(settings, reload, uplink, control)
         health = Health(spool, recorder, uplink, control)

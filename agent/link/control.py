@@ -42,6 +42,7 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 from pydantic import BaseModel, SecretStr, ValidationError
 
 from agent.link.device_status import DeviceStatus
+from agent.link.diagnosis import LogRing, recent_logs, room_check
 from agent.pipeline.audio import AudioInputError
 from agent.pipeline.recorder import Recorder, RecorderError, RecorderListener, RecorderSnapshot
 from agent.settings import MqttSettings
@@ -49,8 +50,10 @@ from agent.spool import SpoolError, SpoolFull
 from protocol import topics
 from protocol.manifest import SessionManifest
 from protocol.messages import (
+    CheckCommand,
     ChunkSpooled,
     CommandResult,
+    LogsCommand,
     Notification,
     PingCommand,
     SessionClosed,
@@ -102,6 +105,7 @@ class ControlLink(RecorderListener):
         # Told when the broker refuses the credentials: re-read them (a rotation?); a new
         # password comes back through use_password().
         self.on_refused_credentials: list[Callable[[], None]] = []
+        self.log_ring: LogRing | None = None  # the lines a logs command may send
         status.control_problem = self.problem
         self._commands: queue.Queue[bytes | None] = queue.Queue()
         self._refusing = threading.Event()
@@ -397,6 +401,9 @@ class ControlLink(RecorderListener):
             ok, reason = self._stop(command.session_id)
         elif isinstance(command, PingCommand):
             ok, reason = True, None
+        elif isinstance(command, CheckCommand | LogsCommand):
+            self._diagnose(command)
+            return
         else:
             ok, reason = False, "not_supported"
         log.info(
@@ -406,6 +413,21 @@ class ControlLink(RecorderListener):
             "ok" if ok else reason,
         )
         self._result(command.command_id, ok, reason)
+
+    def _diagnose(self, command: CheckCommand | LogsCommand) -> None:
+        """`room-gateway room check|logs`: numbers and the agent's own log lines only."""
+        answer = CommandResult(command_id=command.command_id[:64], ok=True)
+        if isinstance(command, LogsCommand):
+            answer.logs = recent_logs(self.log_ring, command)
+        elif self.recorder.state.state in ("recording", "closing"):
+            answer.ok, answer.reason = False, "recording"  # never disturbed
+        elif (refusal := self.status.start_refusal()) is not None:
+            answer.ok, answer.reason = False, refusal
+        else:
+            answer.check, answer.reason = room_check(self.recorder.settings.audio, command)
+            answer.ok = answer.check is not None
+        log.info("control: %s %s: %s", command.type, command.command_id, answer.reason or "ok")
+        self._send_event(answer)
 
     def _start(self, session_id: str) -> tuple[bool, str | None]:
         snapshot = self.recorder.state

@@ -15,7 +15,14 @@ import signal
 import pytest
 
 from protocol.envelope import generate_private_key, key_fingerprint, public_key_to_text
-from protocol.messages import CommandResult, DeviceState, Heartbeat, StartCommand
+from protocol.messages import (
+    CheckCommand,
+    CommandResult,
+    DeviceState,
+    Heartbeat,
+    LogsCommand,
+    StartCommand,
+)
 from protocol.topics import topic
 from tests.agent.device_setup import (
     DEVICE,
@@ -30,6 +37,7 @@ from tests.agent.device_setup import (
 from tests.agent.diagnostics.test_status import block, problems, record
 from tests.support.alsa import FifoFeeder
 from tests.support.mqtt_probe import Probe
+from tests.support.speech import make_session_pcm
 
 pytestmark = pytest.mark.timeout(90)
 STATE, EVENTS, CMD = (topic(DEVICE, kind) for kind in ("state", "events", "cmd"))
@@ -194,3 +202,31 @@ def test_a_rotated_token_is_picked_up_without_a_restart(tmp_path, broker, ingest
     log = agent.log()
     assert "credentials: ingest token changed" in log and "Traceback" not in log
     assert "rotated-ingest-token" not in log and TOKEN not in log
+
+
+def test_the_gateway_can_ask_for_a_level_check_and_the_logs(tmp_path, broker, ingest):
+    """What `room-gateway room check|logs` sends: numbers and the agent's own log lines."""
+    env = device_env(tmp_path, broker.url, ingest.url, tmp_path / "mic.fifo")
+    pcm, _ = make_session_pcm(8, 20, seed=3)
+    with (
+        FifoFeeder(tmp_path / "mic.fifo", period_frames=480, speed=2) as mic,
+        Probe(broker) as probe,
+    ):
+        agent = start_agent(tmp_path, env)
+        try:
+            probe.wait_for(probe.on(STATE, online=True), timeout=15)
+            mic.play(pcm)
+            probe.publish(CMD, CheckCommand(command_id="chk", seconds=2))
+            answer = result(probe, "chk")
+            assert answer.ok, answer
+            assert answer.check is not None and answer.check.seconds >= 1.9
+            assert answer.check.speech_share > 0 and answer.check.verdict
+            probe.publish(CMD, LogsCommand(command_id="log", since_s=600))
+            logs = result(probe, "log")
+            assert logs.ok and logs.logs
+            messages = [line.message for line in logs.logs]
+            assert any("connected to the broker" in m for m in messages), messages
+            assert all(PASSWORD not in m and TOKEN not in m for m in messages)
+            assert agent.stop() == 0
+        finally:
+            agent.kill()
