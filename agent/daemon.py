@@ -54,6 +54,7 @@ from agent.link.device_status import DeviceStatus
 from agent.link.diagnosis import install_log_ring
 from agent.link.key_check import SealingKeyWatch
 from agent.link.uplink import Uplink, make_client
+from agent.periodic import PeriodicCheck
 from agent.pipeline.audio import AudioInputError, AudioSource
 from agent.pipeline.presence import MicrophonePresence
 from agent.pipeline.recorder import Recorder, RecorderError, RecorderListener
@@ -174,7 +175,7 @@ def run_agent(settings: AgentSettings, reload: Callable[[], AgentSettings] | Non
             if key is not None:
                 key.recheck()
 
-        watchers = [presence, key] if key is not None else [presence]
+        watchers: list[PeriodicCheck] = [presence] if key is None else [presence, key]
         _serve(recorder, status, control, health, settings, snapshots, watchers, hangup)
 
 
@@ -204,7 +205,7 @@ def _serve(
     health: Health,
     settings: AgentSettings,
     snapshots: StatusWriter,
-    watchers: list[MicrophonePresence | SealingKeyWatch],
+    watchers: list[PeriodicCheck],
     hangup: Callable[[], None],
 ) -> None:
     stop = threading.Event()

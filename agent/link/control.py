@@ -104,7 +104,7 @@ class ControlLink(RecorderListener):
         self._not_authorized = False  # the broker refused the last attempt's credentials
         # Told when the broker refuses the credentials: re-read them (a rotation?); a new
         # password comes back through use_password().
-        self.on_refused_credentials: list[Callable[[], None]] = []
+        self.on_refused_credentials: list[Callable[[], object]] = []
         self.log_ring: LogRing | None = None  # the lines a logs command may send
         status.control_problem = self.problem
         self._commands: queue.Queue[bytes | None] = queue.Queue()

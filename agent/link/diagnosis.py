@@ -17,11 +17,13 @@ import threading
 import time
 from collections import deque
 from datetime import UTC, datetime
+from typing import Literal
 
 from agent.pipeline.audio import AudioInputError
 from agent.settings import AudioSettings
 from protocol.messages import CheckCommand, LogLine, LogsCommand, RoomCheck
 
+LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
 RING_LINES = 2000
 MESSAGE_MAX = 500
 
@@ -31,7 +33,7 @@ class LogRing(logging.Handler):
 
     def __init__(self, size: int = RING_LINES) -> None:
         super().__init__(level=logging.DEBUG)
-        self._lines: deque[tuple[float, str, str, str]] = deque(maxlen=size)
+        self._lines: deque[tuple[float, LogLevel, str, str]] = deque(maxlen=size)
         self._guard = threading.Lock()
 
     def emit(self, record: logging.LogRecord) -> None:
@@ -39,7 +41,7 @@ class LogRing(logging.Handler):
             message = record.getMessage()
         except Exception:  # a bad format string must not break logging
             message = str(record.msg)
-        level = record.levelname if record.levelname in _LEVELS else "INFO"
+        level = _LEVELS.get(record.levelname, "INFO")
         with self._guard:
             self._lines.append((record.created, level, record.name[:64], message[:MESSAGE_MAX]))
 
@@ -51,7 +53,7 @@ class LogRing(logging.Handler):
         return [
             LogLine(
                 at=datetime.fromtimestamp(created, UTC),
-                level=level,  # type: ignore[arg-type]
+                level=level,
                 logger=name,
                 message=message,
             )
@@ -59,7 +61,13 @@ class LogRing(logging.Handler):
         ]
 
 
-_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+_LEVELS: dict[str, LogLevel] = {
+    "DEBUG": "DEBUG",
+    "INFO": "INFO",
+    "WARNING": "WARNING",
+    "ERROR": "ERROR",
+    "CRITICAL": "CRITICAL",
+}
 
 
 def install_log_ring() -> LogRing:

@@ -169,7 +169,7 @@ class Uplink:
         self._token_generation = 0
         # Told of the gateway's own refusals: its "unauthorized" (re-read the credentials)
         # and a chunk sealed to another key than its own (check the key again).
-        self.on_unauthorized: list[Callable[[], None]] = []
+        self.on_unauthorized: list[Callable[[], object]] = []
         self.on_wrong_key: list[Callable[[], None]] = []
 
     # -- public API
