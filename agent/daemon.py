@@ -48,6 +48,7 @@ import httpx
 from agent import __version__
 from agent.diagnostics.status_file import STATUS_FILE
 from agent.diagnostics.status_writer import StatusWriter, build_snapshot
+from agent.link.applied import AppliedCommands
 from agent.link.control import ControlLink
 from agent.link.credentials import DeviceCredentials
 from agent.link.device_status import DeviceStatus
@@ -157,7 +158,10 @@ def run_agent(settings: AgentSettings, reload: Callable[[], AgentSettings] | Non
         control = None
         if settings.mqtt.broker_url:
             mqtt = settings.mqtt
-            control = ControlLink(mqtt, settings.device_id, recorder, status, mqtt.password)
+            applied = AppliedCommands(settings.state_dir)
+            control = ControlLink(
+                mqtt, settings.device_id, recorder, status, mqtt.password, applied
+            )
             control.log_ring = install_log_ring()
             recorder.add_listener(control)
         credentials = _credentials(settings, reload, uplink, control)

@@ -18,8 +18,11 @@ Commands run one at a time on a thread of their own (a stop waits for the sessio
 closed in the spool), and each gets a CommandResult on ``events``: a start while another
 session records is refused ("already_recording"), a repeated start of the session being
 recorded is fine (QoS 1 may deliver twice), a stop of anything but the current session is
-refused ("not_recording"). Notifications (chunk acked, uploaded, notes ready, failed) are
-kept, the last per session, and logged by id.
+refused ("not_recording"). Start, stop, pause and resume are applied once per command id
+(agent/link/applied.py): the gateway re-sends its desired command until the device's
+state names it as the last applied, and a repeat gets the first answer again.
+Notifications (chunk acked, uploaded, notes ready, failed) are kept, the last per session,
+and logged by id.
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
 from pydantic import BaseModel, SecretStr, ValidationError
 
+from agent.link.applied import AppliedCommands
 from agent.link.device_status import DeviceStatus
 from agent.link.diagnosis import LogRing, recent_logs, room_check
 from agent.pipeline.audio import AudioInputError
@@ -55,7 +59,9 @@ from protocol.messages import (
     CommandResult,
     LogsCommand,
     Notification,
+    PauseCommand,
     PingCommand,
+    ResumeCommand,
     SessionClosed,
     SessionStarted,
     StartCommand,
@@ -77,6 +83,7 @@ AUTH_REFUSALS = ("Not authorized", "Bad user name or password")
 GOODBYE_WAIT_S = 2.0  # how long stop() waits for the broker to take the offline state
 EVENT_BUFFER = 1000  # events kept while the broker is away
 NOTIFIED_KEPT = 256  # sessions whose last notification is remembered
+SESSION_COMMANDS = (StartCommand, StopCommand, PauseCommand, ResumeCommand)
 
 
 class ControlLink(RecorderListener):
@@ -87,11 +94,14 @@ class ControlLink(RecorderListener):
         recorder: Recorder,
         status: DeviceStatus,
         password: SecretStr | None = None,
+        applied: AppliedCommands | None = None,
     ) -> None:
         self.settings = settings
         self.device_id = device_id
         self.recorder = recorder
         self.status = status
+        self.applied = applied if applied is not None else AppliedCommands(None)
+        status.applied = self.applied
         self.host, self.port, _ = broker_address(settings.broker_url)
         self._lock = threading.Lock()
         self._online = False
@@ -393,6 +403,15 @@ class ControlLink(RecorderListener):
             if command_id is not None:
                 self._result(command_id, False, "invalid_command")
             return
+        session_command = isinstance(command, SESSION_COMMANDS)
+        earlier = self.applied.answer(command.command_id) if session_command else None
+        if earlier is not None:
+            # Sent again (the gateway did not see the answer, or the broker repeated it):
+            # answered as the first time, not carried out twice.
+            log.info("control: %s %s again: answered as before", command.type, command.command_id)
+            self._result(command.command_id, earlier.ok, earlier.reason)
+            self.publish_state()
+            return
         if self._refusing.is_set():
             ok, reason = False, "shutting_down"
         elif isinstance(command, StartCommand):
@@ -412,7 +431,11 @@ class ControlLink(RecorderListener):
             getattr(command, "session_id", command.command_id),
             "ok" if ok else reason,
         )
+        if session_command and reason != "shutting_down":
+            self.applied.applied(command.command_id, ok, reason)
         self._result(command.command_id, ok, reason)
+        if session_command:
+            self.publish_state()  # with its last_command_id
 
     def _diagnose(self, command: CheckCommand | LogsCommand) -> None:
         """`room-gateway room check|logs`: numbers and the agent's own log lines only."""

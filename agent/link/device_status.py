@@ -13,6 +13,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 
 from agent import __version__
+from agent.link.applied import AppliedCommands
 from agent.link.key_check import MISMATCH, SealingKeyWatch
 from agent.link.uplink import Uplink
 from agent.pipeline.presence import MicrophonePresence
@@ -47,6 +48,8 @@ class DeviceStatus:
         # connected), and who wants to know (the status file): for `room-agent status`.
         self.last_heartbeat_at: datetime | None = None
         self.on_heartbeat: list[Callable[[], None]] = []
+        # The control link's record of applied commands: the state names the last one.
+        self.applied: AppliedCommands | None = None
 
     def state(self, online: bool = True) -> DeviceState:
         snapshot = self.recorder.state
@@ -67,6 +70,7 @@ class DeviceStatus:
             microphone=self.microphone(),
             microphone_device=self._microphone_device(),
             sealing_key=self.sealing_key(),
+            last_command_id=self.applied.last if self.applied is not None else None,
         )
 
     def heartbeat(self) -> Heartbeat:

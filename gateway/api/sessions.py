@@ -35,6 +35,7 @@ from gateway.errors import Conflict
 from gateway.relay import room_status
 from gateway.sessions import artifacts
 from gateway.sessions import states as sessions
+from gateway.sessions.lifecycle import STOPPABLE_FROM
 from gateway.sessions.states import SessionFilter, SessionState
 from gateway.store import Connection
 
@@ -48,16 +49,24 @@ router = APIRouter(prefix="/v1", dependencies=[Depends(require_partner)], tags=[
     "/sessions",
     status_code=201,
     response_model=SessionOut,
-    responses=problems(
-        *PARTNER_CODES,
-        *BODY_CODES,
-        *IDEMPOTENCY_CODES,
-        "room_not_provisioned",
-        "unknown_clinician",
-        "unknown_client",
-        "room_busy",
-        "device_busy",
-    ),
+    responses={
+        202: {
+            "model": SessionOut,
+            "description": "Accepted: the session is ``starting``, waiting for the room's"
+            " device (it may be offline) to confirm; it becomes ``recording`` when it"
+            " does, or ``failed`` with the reason after ``mqtt.command_expiry_s``.",
+        },
+        **problems(
+            *PARTNER_CODES,
+            *BODY_CODES,
+            *IDEMPOTENCY_CODES,
+            "room_not_provisioned",
+            "unknown_clinician",
+            "unknown_client",
+            "room_busy",
+            "device_busy",
+        ),
+    },
 )
 async def start_session(
     body: SessionIn,
@@ -68,9 +77,14 @@ async def start_session(
 ) -> JSONResponse:
     """Start recording in a room, for a clinician and a client already PUT.
 
-    The Blueprint session is created now, so the upload at the end waits for nothing. A
-    room records one session at a time (``room_busy``). Send an ``Idempotency-Key`` so a
-    retry after a lost answer returns this session rather than ``room_busy``."""
+    With room devices (the gateway's MQTT relay on) the answer is 202 and the session
+    ``starting``: the start is sent to the room's device, again whenever it reconnects,
+    until it confirms (then ``recording``) or ``mqtt.command_expiry_s`` passes (then
+    ``failed``, the reason naming what was waited for). Without them it is 201 and
+    ``recording``. The Blueprint session is created now, so the upload at the end waits
+    for nothing. A room records one session at a time (``room_busy``). Send an
+    ``Idempotency-Key`` so a retry after a lost answer returns this session rather than
+    ``room_busy``."""
 
     def start(conn: Connection) -> SessionOut:
         if service.relay is not None:
@@ -82,12 +96,14 @@ async def start_session(
             body.client_external_id,
             body.session_setting,
             body.note_type,
+            waits_for_room=service.relay is not None,
         )
         if service.relay is not None:
             service.relay.commands.queue(conn, body.room, session.id, "start")
         return session_out(conn, session.id, service.lifecycle.environment)
 
-    answer = await answer_once(service, principal, idempotency_key, request, body, start, 201)
+    status = 202 if service.relay is not None else 201
+    answer = await answer_once(service, principal, idempotency_key, request, body, start, status)
     service.worker.wake()
     return answer
 
@@ -168,7 +184,11 @@ async def stop_session(
     def stop(conn: Connection) -> SessionOut:
         before = service.lifecycle.get(conn, session_id)
         stopped = service.lifecycle.stop(conn, session_id)
-        if service.relay is not None and (before.state, stopped.state) == ("recording", "stopping"):
+        if (
+            service.relay is not None
+            and before.state in STOPPABLE_FROM
+            and stopped.state == "stopping"
+        ):
             service.relay.commands.queue(conn, stopped.room_id, session_id, "stop")
         return session_out(conn, session_id, service.lifecycle.environment)
 

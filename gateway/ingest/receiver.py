@@ -166,6 +166,9 @@ class ChunkReceiver:
             )
             if session.claimed:
                 sessions.add_event(conn, session_id, "first_chunk_received")
+                # Its audio is the surest sign the room records it, whatever became of
+                # the start's confirmation.
+                self._lifecycle.recording_started(conn, session_id, "audio received")
             else:
                 logger.warning(
                     "device %s: chunks for session %s, which no partner session claims;"

@@ -1,13 +1,18 @@
-"""Start and stop commands to a room's device: durable, confirmed, or visibly expired.
+"""Session commands to a room's device: durable, re-sent until confirmed, or visibly expired.
 
-``POST /v1/sessions`` and ``.../stop`` queue a command in the same transaction as the
-session's state change: a row in ``device_commands`` and a ``device_command`` job, which
-publishes it on ``rooms/<room>/cmd`` (QoS 1, ids only, MQTT 5 message expiry) as soon as
-the broker is reachable. A device that is offline gets it when it reconnects (its session
-is persistent), unless ``mqtt.command_expiry_s`` passes first: then the broker drops it
-and a ``command_expiry`` job marks it expired on the session's timeline; an unconfirmed
-start also fails the session ("the room device did not confirm the start"), since
-nothing is being recorded. The device's ``command_result`` event settles the command.
+``POST /v1/sessions`` (and stop, pause, resume) change the room's desired state
+(gateway/sessions/desired.py) in the same transaction as the session: a row in
+``device_commands`` with a fresh command id, a ``device_command`` job that publishes it on
+``rooms/<room>/cmd`` (QoS 1, ids only, MQTT 5 message expiry), and a ``command_expiry``
+job at its deadline. The broker may lose it (restarted without persistence, the device's
+session gone), the gateway may die before it went out, the device may die before it
+answered: so whenever the device's reported state does not match the desired one (each
+state message, every reconnection of the gateway, its start) the same command, same id,
+is sent again, at most every ``RESEND_AFTER_S``. The device applies each id once and
+answers again. The gap is closed by the device's ``command_result``, by its state showing
+what was wanted (recording the session, its last command id), or, for a start, by audio of
+the session reaching the gateway. A start still unconfirmed at its deadline fails the
+session with what it waited for (an offline room, or a room that did not answer).
 """
 
 from __future__ import annotations
@@ -18,22 +23,44 @@ import time
 from dataclasses import dataclass
 from typing import Literal
 
+from gateway.ingest import records as ingest_records
 from gateway.jobs.queue import Job
 from gateway.jobs.worker import Retryable
+from gateway.relay import room_status
 from gateway.relay.link import MqttLink, PublishRefused
+from gateway.sessions import desired
 from gateway.sessions import states as sessions
+from gateway.sessions.desired import Desired, DesiredState
 from gateway.sessions.lifecycle import JobKind, SessionLifecycle
 from gateway.store import Connection, Database
 from protocol import topics
-from protocol.messages import CommandResult, StartCommand, StopCommand
+from protocol.messages import (
+    CommandResult,
+    DeviceState,
+    PauseCommand,
+    ResumeCommand,
+    StartCommand,
+    StopCommand,
+)
 from runtime.mqtt import BrokerUnavailable
 
 logger = logging.getLogger(__name__)
 
-CommandKind = Literal["start", "stop"]
+CommandKind = Literal["start", "stop", "pause", "resume"]
 CommandState = Literal["queued", "sent", "ok", "refused", "expired"]
 EXPIRY_MARGIN_S = 1.0  # the expiry job runs just after the broker would have dropped it
 RETRY_AFTER_S = 1.0  # broker away: try again soon, the command is waited for
+RESEND_AFTER_S = 2.0  # a gap seen again this soon after a send is not sent again yet
+DESIRED_BY_KIND: dict[CommandKind, DesiredState] = {
+    "start": "recording",
+    "resume": "recording",
+    "pause": "paused",
+    "stop": "stopped",
+}
+# What a session failed at its start's deadline says it waited for (notify.py maps these
+# prefixes to codes for the device).
+OFFLINE_AT_DEADLINE = "the room device was offline and did not come online within"
+UNANSWERED_AT_DEADLINE = "the room device did not confirm the start within"
 
 
 @dataclass(frozen=True)
@@ -87,7 +114,18 @@ class Commands:
 
     # --- queueing (inside the caller's transaction) -------------------------------------
 
-    def queue(self, conn: Connection, room_id: str, session_id: str, kind: CommandKind) -> str:
+    def queue(
+        self,
+        conn: Connection,
+        room_id: str,
+        session_id: str,
+        kind: CommandKind,
+        *,
+        shadow: bool = True,
+    ) -> str:
+        """A command for the room, sent as soon as the broker takes it. With ``shadow`` it
+        also becomes what the room should do (re-sent until confirmed); without, it is a
+        one-off correction (a stop for a session the device should not be recording)."""
         now = time.time()
         command_id = "cmd_" + secrets.token_hex(8)
         conn.execute(
@@ -95,7 +133,11 @@ class Commands:
             " expires_at) VALUES (?, ?, ?, ?, 'queued', ?, ?)",
             (command_id, room_id, session_id, kind, now, now + self._expiry_s),
         )
-        self._lifecycle.enqueue(conn, JobKind.DEVICE_COMMAND, {"command_id": command_id})
+        if shadow:
+            desired.want(
+                conn, room_id, session_id, DESIRED_BY_KIND[kind], command_id, now + self._expiry_s
+            )
+        self._send_job(conn, command_id)
         self._lifecycle.enqueue(
             conn,
             JobKind.COMMAND_EXPIRY,
@@ -104,16 +146,49 @@ class Commands:
         )
         return command_id
 
+    def reissue(self, conn: Connection, room_id: str, force: bool = False) -> bool:
+        """Send the room's desired command again if the gap is still open (same id: the
+        device applies it once). Not within ``RESEND_AFTER_S`` of the last send unless
+        ``force`` (the broker or the gateway has just come back). True when queued."""
+        want = desired.get(conn, room_id)
+        if want is None or want.command_id is None or not want.open:
+            return False
+        if (
+            not force
+            and want.last_sent_at is not None
+            and time.time() - want.last_sent_at < RESEND_AFTER_S
+        ):
+            return False
+        command = get(conn, want.command_id)
+        if command is None or command.state not in ("queued", "sent"):
+            return False
+        self._send_job(conn, command.id)
+        return True
+
+    def reissue_all(self, conn: Connection) -> int:
+        """Every open gap, at once: after the gateway (re)connected to the broker."""
+        return sum(self.reissue(conn, want.room_id, force=True) for want in desired.open_gaps(conn))
+
+    def _send_job(self, conn: Connection, command_id: str) -> None:
+        self._lifecycle.enqueue(
+            conn,
+            JobKind.DEVICE_COMMAND,
+            {"command_id": command_id},
+            key=f"{JobKind.DEVICE_COMMAND}:{command_id}",
+        )
+
     # --- job handlers -------------------------------------------------------------------
 
     async def send(self, job: Job) -> None:
-        command = await self._db.run(get, job.payload["command_id"], write=False)
-        if command is None or command.state != "queued":
+        command_id = job.payload["command_id"]
+        found = await self._db.run(_to_send, command_id, write=False)
+        if found is None:
             return
+        command, want = found
         remaining = command.expires_at - time.time()
         if remaining <= 0:
             return  # the expiry job reports it
-        message = _message(command)
+        message = _message(command, want)
         try:
             await self._link.publish(
                 topics.topic(command.room_id, "cmd"), message.model_dump_json(), int(remaining)
@@ -122,47 +197,129 @@ class Commands:
             raise Retryable(f"{command.kind} command: {exc}", RETRY_AFTER_S) from None
         except PublishRefused as exc:
             raise Retryable(f"{command.kind} command: {exc}") from None
-        await self._db.run(self._sent, command)
+        sends = await self._db.run(self._sent, command)
         logger.info(
-            "relay: %s %s sent to room %s", command.kind, command.session_id, command.room_id
+            "relay: %s %s sent to room %s (%s)",
+            command.kind,
+            command.session_id,
+            command.room_id,
+            "first" if sends <= 1 else f"again, {sends}",
         )
 
     async def expire(self, job: Job) -> None:
         await self._db.run(self._expire, job.payload["command_id"])
 
-    # --- the device's answer (from the relay's inbound messages) ------------------------
+    # --- the device's answer and reports (from the relay's inbound messages) ------------
 
     def result(self, conn: Connection, room_id: str, answer: CommandResult) -> None:
         command = get(conn, answer.command_id)
         if command is None or command.room_id != room_id:
             return  # not ours (e.g. a test or a technician pinging the device)
         if command.state in ("ok", "refused"):
-            return  # QoS 1 may deliver the answer twice
-        _set_state(conn, command.id, "ok" if answer.ok else "refused", answer.reason)
-        if command.session_id is None:
-            return
-        if command.state == "queued":  # answered before the sender recorded its send
+            return  # QoS 1 may deliver the answer twice; a re-sent command is answered again
+        if command.session_id is not None and command.state == "queued":
+            # answered before the sender recorded its send
             sessions.add_event(conn, command.session_id, f"{command.kind}_sent", command.id)
+        desired.confirm(conn, room_id, command.id)
         if answer.ok:
-            sessions.add_event(conn, command.session_id, f"{command.kind}_confirmed")
+            self._settled(conn, command, "ok", None)
             return
         reason = answer.reason or "refused"
-        sessions.add_event(conn, command.session_id, f"{command.kind}_refused", reason)
+        self._settled(conn, command, "refused", reason)
+        if command.session_id is None:
+            return
         session = sessions.get(conn, command.session_id)
-        if command.kind == "start" and session is not None and session.state == "recording":
+        if session is None:
+            return
+        if command.kind == "start" and session.state in ("starting", "recording", "paused"):
             self._lifecycle.failed(
                 conn, command.session_id, f"the room device refused to start ({reason})"
             )
+        elif (
+            command.kind == "stop"
+            and session.state == "stopping"
+            and reason == "not_recording"
+            and ingest_records.received(conn, command.session_id) is None
+        ):
+            self._lifecycle.failed(
+                conn,
+                command.session_id,
+                "stopped before the room device started recording: nothing was recorded",
+            )
+
+    def reported(self, conn: Connection, room_id: str, state: DeviceState) -> bool:
+        """The device's state against the desired one: confirm what it shows done, ask
+        again for what it does not (if online). True when a command was queued."""
+        want = desired.get(conn, room_id)
+        if want is None or want.command_id is None or want.confirmed_at is not None:
+            return False
+        if _satisfied(want, state):
+            desired.confirm(conn, room_id, want.command_id)
+            command = get(conn, want.command_id)
+            if command is not None and command.state in ("queued", "sent"):
+                self._settled(conn, command, "ok", None, how="the device reports it")
+            return False
+        if not state.online:
+            return False
+        return self.reissue(conn, room_id)
+
+    def started(self, conn: Connection, session_id: str) -> None:
+        """The device says it records the session (an event or its state): its start is
+        done, even if the answer to it was lost."""
+        session = sessions.get(conn, session_id)
+        if session is None:
+            return
+        want = desired.get(conn, session.room_id)
+        if (
+            want is not None
+            and want.session_id == session_id
+            and want.command_id is not None
+            and want.confirmed_at is None
+            and want.state == "recording"
+        ):
+            command = get(conn, want.command_id)
+            if command is not None and command.kind == "start":
+                desired.confirm(conn, session.room_id, command.id)
+                if command.state in ("queued", "sent"):
+                    self._settled(conn, command, "ok", None, how="the device reports it")
+        self._lifecycle.recording_started(conn, session_id, "the device reports it")
+
+    def _settled(
+        self,
+        conn: Connection,
+        command: DeviceCommand,
+        state: CommandState,
+        reason: str | None,
+        how: str | None = None,
+    ) -> None:
+        _set_state(conn, command.id, state, reason)
+        if command.session_id is None:
+            return
+        if state == "refused":
+            sessions.add_event(conn, command.session_id, f"{command.kind}_refused", reason)
+            return
+        sessions.add_event(conn, command.session_id, f"{command.kind}_confirmed", how)
+        if command.kind == "start":
+            self._lifecycle.recording_started(conn, command.session_id, "start confirmed")
 
     # --- transactions -------------------------------------------------------------------
 
-    def _sent(self, conn: Connection, command: DeviceCommand) -> None:
+    def _sent(self, conn: Connection, command: DeviceCommand) -> int:
+        """Record a send; the number of sends of this command so far."""
+        desired.mark_sent(conn, command.room_id, command.id)
+        want = desired.get(conn, command.room_id)
+        sends = want.sends if want is not None and want.command_id == command.id else 1
         current = get(conn, command.id)
         if current is None or current.state != "queued":
-            return  # answered before we recorded the send
+            if current is not None and current.state == "sent" and command.session_id:
+                sessions.add_event(
+                    conn, command.session_id, f"{command.kind}_resent", f"{command.id} #{sends}"
+                )
+            return sends
         _set_state(conn, command.id, "sent")
         if command.session_id is not None:
             sessions.add_event(conn, command.session_id, f"{command.kind}_sent", command.id)
+        return sends
 
     def _expire(self, conn: Connection, command_id: str) -> None:
         command = get(conn, command_id)
@@ -173,13 +330,15 @@ class Commands:
             return
         detail = f"no answer from room {command.room_id} within {self._expiry_s} s"
         sessions.add_event(conn, command.session_id, f"{command.kind}_expired", detail)
+        want = desired.get(conn, command.room_id)
+        current = want is None or want.command_id == command.id
         session = sessions.get(conn, command.session_id)
-        if command.kind == "start" and session is not None and session.state == "recording":
-            self._lifecycle.failed(
-                conn,
-                command.session_id,
-                f"the room device did not confirm the start within {self._expiry_s} s",
-            )
+        # No confirmation and no audio: nothing is recorded; say what was waited for.
+        if command.kind == "start" and current and session and session.state == "starting":
+            status = room_status.get(conn, command.room_id)
+            online = status is not None and status.online
+            waited = UNANSWERED_AT_DEADLINE if online else OFFLINE_AT_DEADLINE
+            self._lifecycle.failed(conn, command.session_id, f"{waited} {self._expiry_s} s")
         logger.warning(
             "relay: %s %s to room %s expired unanswered",
             command.kind,
@@ -188,8 +347,50 @@ class Commands:
         )
 
 
-def _message(command: DeviceCommand) -> StartCommand | StopCommand:
+def _to_send(conn: Connection, command_id: str) -> tuple[DeviceCommand, Desired | None] | None:
+    """The command, if it is still to be sent: not answered, and not a start that a later
+    command for its session overtook (a stop, or a start that begins paused: the room
+    must not record even briefly what the partner no longer wants recorded)."""
+    command = get(conn, command_id)
+    if command is None or command.state not in ("queued", "sent"):
+        return None
+    want = desired.get(conn, command.room_id)
+    if (
+        command.kind == "start"
+        and want is not None
+        and want.session_id == command.session_id
+        and want.command_id != command.id
+    ):
+        return None
+    return command, want
+
+
+def _satisfied(want: Desired, state: DeviceState) -> bool:
+    """Does the device's report show the desired state done?"""
+    if state.last_command_id == want.command_id and state.online:
+        return _matches(want, state) or want.state == "stopped"
+    return state.online and _matches(want, state)
+
+
+def _matches(want: Desired, state: DeviceState) -> bool:
+    recording_it = state.recorder == "recording" and state.session_id == want.session_id
+    if want.state == "recording":
+        return recording_it and not state.paused
+    if want.state == "paused":
+        return recording_it and state.paused
+    return not recording_it and state.session_id == want.session_id
+
+
+def _message(
+    command: DeviceCommand, want: Desired | None
+) -> StartCommand | StopCommand | PauseCommand | ResumeCommand:
     assert command.session_id is not None
+    session_id = command.session_id
     if command.kind == "start":
-        return StartCommand(command_id=command.id, session_id=command.session_id)
-    return StopCommand(command_id=command.id, session_id=command.session_id)
+        paused = want is not None and want.command_id == command.id and want.state == "paused"
+        return StartCommand(command_id=command.id, session_id=session_id, paused=paused)
+    if command.kind == "pause":
+        return PauseCommand(command_id=command.id, session_id=session_id)
+    if command.kind == "resume":
+        return ResumeCommand(command_id=command.id, session_id=session_id)
+    return StopCommand(command_id=command.id, session_id=session_id)

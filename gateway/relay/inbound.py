@@ -5,9 +5,12 @@ device whose topic they came on; anything else is dropped with a log line naming
 and the problem's type, never the payload. Messages from rooms the gateway does not know
 are ignored. Each message is one short transaction.
 
-Besides keeping room status, the device's reports are reconciled with the sessions: a
-device recording a session the gateway has stopped (its stop expired while it was away,
-or it resumed after a restart) is sent a stop again, at most once per command expiry.
+Besides keeping room status, the device's reports are reconciled with the room's desired
+state (commands.py: confirmed when the report shows it done, the command sent again when
+not), and with the sessions: a device recording a session the gateway has stopped (its
+stop expired while it was away, or it resumed after a restart) is sent a stop again, at
+most once per command expiry. A device that says it records a session still ``starting``
+has started it, whatever became of its confirmation.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from pydantic import ValidationError
 from gateway import rooms
 from gateway.relay import room_status
 from gateway.relay.commands import Commands, last_for_session
+from gateway.sessions import desired
 from gateway.sessions import states as sessions
 from gateway.store import Connection, Database
 from protocol import topics
@@ -79,10 +83,11 @@ class DeviceMessages:
         elif isinstance(message, CommandResult):
             self._commands.result(conn, device_id, message)
         elif isinstance(message, SessionStarted):
-            self._session_event(
+            if self._session_event(
                 conn, device_id, message.session_id, "device_recording",
                 "resumed" if message.resumed else None,
-            )  # fmt: skip
+            ):  # fmt: skip
+                self._commands.started(conn, message.session_id)
         elif isinstance(message, SessionClosed):
             detail = f"{message.chunks} chunks, {message.speech_s:.2f} s, {message.reason}"
             self._session_event(conn, device_id, message.session_id, "device_closed", detail)
@@ -95,20 +100,30 @@ class DeviceMessages:
         session_id: str,
         step: str,
         detail: str | None,
-    ) -> None:
+    ) -> bool:
+        """Add the step to the session's timeline if it is this room's; True if it was."""
         session = sessions.get(conn, session_id)
-        if session is not None and session.room_id == device_id:
-            sessions.add_event(conn, session_id, step, detail)
+        if session is None or session.room_id != device_id:
+            return False
+        sessions.add_event(conn, session_id, step, detail)
+        return True
 
     def _reconcile(self, conn: Connection, device_id: str, state: DeviceState) -> bool:
+        queued = self._commands.reported(conn, device_id, state)
         if not state.online or state.recorder != "recording" or state.session_id is None:
-            return False
+            return queued
         session = sessions.get(conn, state.session_id)
-        if session is None or session.room_id != device_id or session.state == "recording":
-            return False  # not a partner session (e.g. room-agent record), or as it should be
+        if session is None or session.room_id != device_id:
+            return queued  # not a partner session (e.g. room-agent record)
+        if session.state in ("starting", "recording", "paused"):
+            if session.state == "starting":
+                self._commands.started(conn, session.id)
+            return queued  # as it should be (pause and resume are the desired state's)
         last = last_for_session(conn, session.id, "stop")
         if last is not None and time.time() - last.created_at < self._expiry_s:
-            return False  # a stop is on its way, or was just sent
+            return queued  # a stop is on its way, or was just sent
         sessions.add_event(conn, session.id, "device_still_recording", session.state)
-        self._commands.queue(conn, device_id, session.id, "stop")
+        want = desired.get(conn, device_id)
+        mine = want is None or want.session_id == session.id
+        self._commands.queue(conn, device_id, session.id, "stop", shadow=mine)
         return True

@@ -39,6 +39,8 @@ FAILURE_CODES = (
     ("no speech", "no_speech"),
     ("the room device refused", "start_refused"),
     ("the room device did not confirm", "device_unreachable"),
+    ("the room device was offline", "device_offline"),
+    ("stopped before the room device started", "nothing_recorded"),
 )
 
 

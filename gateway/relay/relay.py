@@ -2,7 +2,8 @@
 
 Subscribes to every room's ``state`` and ``events`` (a shared subscription when several
 gateways share the broker), keeps room status, sends commands, notifies devices. When the
-broker comes back, commands and notifications that waited for it are made due at once.
+broker comes back (and when the gateway starts), commands and notifications that waited
+for it are made due at once, and each room's desired state is asked for again.
 """
 
 from __future__ import annotations
@@ -84,9 +85,18 @@ class Relay:
         await self.messages.handle(topic, payload)
 
     async def _reconnected(self) -> None:
+        """The broker is (back) there: what waited for it is due, and every room whose
+        desired state is not confirmed is asked again (a restarted broker may have lost
+        the commands it held; a restarted gateway may have died before sending them)."""
         due = await self._db.run(_make_due, BROKER_JOBS)
-        if due:
-            logger.info("relay: %d command(s)/notification(s) waiting for the broker are due", due)
+        reissued = await self._db.run(self.commands.reissue_all)
+        if due or reissued:
+            logger.info(
+                "relay: %d command(s)/notification(s) waiting for the broker are due,"
+                " %d room(s) asked again",
+                due,
+                reissued,
+            )
             self._wake()
 
 

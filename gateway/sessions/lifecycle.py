@@ -53,7 +53,10 @@ class SessionEvent(StrEnum):
 Notifier = Callable[[Connection, Session, SessionEvent], None]
 """Called inside the transaction of a session event; may enqueue jobs on ``conn``."""
 
-UPLOADABLE_FROM: tuple[sessions.SessionState, ...] = ("recording", "stopping")
+# The room may close a session by itself (a button, a full spool) before the gateway saw
+# it stopped, or before its start was confirmed: its audio is taken all the same.
+UPLOADABLE_FROM: tuple[sessions.SessionState, ...] = ("starting", "recording", "paused", "stopping")
+STOPPABLE_FROM: tuple[sessions.SessionState, ...] = ("starting", "recording", "paused")
 AFTER_UPLOAD: tuple[sessions.SessionState, ...] = ("audio_ready", "uploading", "processing")
 
 
@@ -126,9 +129,12 @@ class SessionLifecycle:
         client_external_id: str,
         session_setting: str,
         note_type: str | None,
+        *,
+        waits_for_room: bool = False,
     ) -> Session:
-        """A new session recording in ``room_id``; its Blueprint session is created now,
-        so the upload at the end does not wait for it."""
+        """A new session in ``room_id``: ``starting`` until the room's device confirms
+        (``waits_for_room``: there is a device link), else ``recording``. Its Blueprint
+        session is created now, so the upload at the end does not wait for it."""
         if not rooms.exists(conn, room_id):
             raise InvalidReference(
                 f"room {room_id} is not provisioned", code="room_not_provisioned"
@@ -151,6 +157,7 @@ class SessionLifecycle:
                 client_external_id,
                 session_setting,
                 note_type,
+                state="starting" if waits_for_room else "recording",
             )
         except RoomBusy as exc:
             active = sessions.active_in_room(conn, room_id)
@@ -169,8 +176,26 @@ class SessionLifecycle:
     def stop(self, conn: Connection, session_id: str) -> Session:
         """Stop recording; repeating it, or stopping a session already past, is harmless."""
         session = self.get(conn, session_id)
-        stopped = sessions.transition(conn, session_id, "stopping", ("recording",), step="stopped")
+        stopped = sessions.transition(conn, session_id, "stopping", STOPPABLE_FROM, step="stopped")
         return stopped or session
+
+    def recording_started(self, conn: Connection, session_id: str, how: str) -> Session | None:
+        """The room records the session (its start confirmed, its state or its audio say
+        so): ``starting`` becomes ``recording``. A session failed at its start's deadline
+        whose audio turns up after all is taken back: audio is never dropped because a
+        confirmation was missed."""
+        session = sessions.get(conn, session_id)
+        if session is None:
+            return None
+        if (
+            session.state == "failed"
+            and session.resume_state == "starting"
+            and sessions.active_in_room(conn, session.room_id) is None
+        ):
+            sessions.resume(conn, session_id)
+        return sessions.transition(
+            conn, session_id, "recording", ("starting",), step="recording_started", detail=how
+        )
 
     def cancel(self, conn: Connection, session_id: str) -> Session:
         """Cancel before the audio leaves for Blueprint: the session ends ``cancelled``, its

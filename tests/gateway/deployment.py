@@ -25,7 +25,7 @@ from protocol.codec import encode
 from protocol.envelope import ChunkHeader, seal_chunk
 from protocol.ingest import SEALED_CHUNK_CONTENT_TYPE, chunk_path, close_path
 from protocol.manifest import ManifestChunk, SessionManifest
-from tests.gateway.conftest import GatewayProcess
+from tests.gateway.conftest import GatewayProcess, SimulatorProcess
 from tests.support.certs import ClientCert, Pki
 from tests.support.mosquitto import Broker
 from tests.support.processes import free_port
@@ -168,6 +168,14 @@ class Deployment:
     def stop(self) -> None:
         self.gateway.stop()
         self.broker.kill()
+
+    def with_people(self, webhook_sink: SimulatorProcess, name: str) -> Deployment:
+        """Ready for one test of a module's deployment: the (reset) simulator calls this
+        gateway back, and people new to it, named after the test, are PUT."""
+        webhook_sink.set_callback(self.gateway.webhook_url)
+        self.people = (f"clin-{name}", f"client-{name}")
+        self.gateway.put_people(*self.people)
+        return self
 
     # --- playing a device over HTTPS ------------------------------------------------------
 

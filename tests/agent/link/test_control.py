@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from agent.link.applied import AppliedCommands
 from agent.link.control import ControlLink
 from agent.link.device_status import DeviceStatus
 from agent.pipeline.audio import CaptureStats
@@ -111,7 +112,12 @@ def running_agent(settings: AgentSettings, source_factory=Silence):
         recorder = Recorder(settings, spool, source_factory)
         status = DeviceStatus(settings.device_id, recorder, spool)
         control = ControlLink(
-            settings.mqtt, settings.device_id, recorder, status, settings.mqtt.password
+            settings.mqtt,
+            settings.device_id,
+            recorder,
+            status,
+            settings.mqtt.password,
+            AppliedCommands(settings.state_dir),
         )
         recorder.add_listener(control)
         control.start()
@@ -296,6 +302,36 @@ def test_commands_and_refusals(tmp_path, broker, probe):
         assert result(probe, "x-3")["reason"] == "shutting_down"
         assert agent.recorder.state.state == "recording"
     assert_protocol_payloads(probe)
+
+
+def test_each_command_id_is_applied_once_and_named_in_the_state(tmp_path, broker, probe):
+    """The gateway sends its desired command again until the state names it: a repeat is
+    answered as the first time and not carried out again, also after a restart."""
+    settings = agent_settings(tmp_path, broker)
+    with running_agent(settings) as agent:
+        probe.wait_for(probe.on(STATE, online=True))
+        probe.publish(CMD, StartCommand(command_id="s-1", session_id="session-1"))
+        assert result(probe, "s-1")["ok"] is True
+        probe.wait_for(probe.on(STATE, last_command_id="s-1", recorder="recording"))
+        probe.publish(CMD, StopCommand(command_id="x-1", session_id="session-1"))
+        assert result(probe, "x-1")["ok"] is True
+        mark = probe.count()
+        probe.publish(CMD, StartCommand(command_id="s-1", session_id="session-1"))  # again
+        again = probe.wait_for(
+            probe.on(EVENTS, type="command_result", command_id="s-1"), 10, mark
+        ).json()
+        assert (again["ok"], again["reason"]) == (True, None), "the first answer again"
+        assert agent.recorder.state.state == "closed", "not carried out twice"
+        assert not [m for m in probe.messages[mark:] if m.json().get("type") == "session_started"]
+    mark = probe.count()
+    with running_agent(settings):
+        state = probe.wait_for(probe.on(STATE, online=True), 10, mark)
+        assert state.json()["last_command_id"] == "x-1", "kept across a restart"
+        probe.publish(CMD, StopCommand(command_id="x-1", session_id="session-1"))
+        assert result(probe, "x-1")["ok"] is True
+    record = settings.state_dir / "commands.json"
+    assert record.stat().st_mode & 0o077 == 0, "private to the agent's user"
+    assert b"session-1" not in record.read_bytes(), "ids of commands and answers only"
 
 
 def test_notifications_are_kept_per_session(tmp_path, broker, probe):
