@@ -87,10 +87,12 @@ def everything(deployment: Deployment) -> Iterator[Probe]:
         yield probe
 
 
-def start_agent(tmp_path: Path, deployment: Deployment, fifo: Path, room: str = ROOM) -> Service:
+def start_agent(
+    tmp_path: Path, deployment: Deployment, fifo: Path, room: str = ROOM, **extra: str
+) -> Service:
     """`room-agent run` with the agent.toml and credential files `device add` wrote; the
     environment adds only what is test-specific (the ALSA test microphone, a state dir,
-    short timings)."""
+    short timings, and ``extra``)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("ROOM_AGENT_")}
     env.update(write_asound_conf(tmp_path / "asound.conf", fifo))
     env.update(
@@ -106,6 +108,7 @@ def start_agent(tmp_path: Path, deployment: Deployment, fifo: Path, room: str = 
         ROOM_AGENT_MQTT__HEARTBEAT_S="0.5",
         ROOM_AGENT_LINK__BACKOFF_BASE_S="0.1",
         ROOM_AGENT_LINK__BACKOFF_MAX_S="1",
+        **extra,
     )
     return Service([ROOM_AGENT, "run"], tmp_path / "agent.log", env=env).start()
 
