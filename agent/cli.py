@@ -365,6 +365,83 @@ def verify(state: CliState, as_json: bool) -> None:
         sys.exit(1)
 
 
+@cli.command()
+@click.argument("switch", type=click.Choice(["on", "off", "status"]), default="status")
+@click.pass_obj
+def privacy(state: CliState, switch: str) -> None:
+    """The room's "do not record" switch: on refuses starts (and pauses a session being
+    recorded) until off. The running agent follows within a second and its state shows
+    it to the gateway. privacy.do_not_record = true in the settings keeps it on for good.
+    """
+    from agent.privacy import PrivacySwitch, set_flag
+
+    settings = state.settings
+    if switch != "status":
+        try:
+            set_flag(settings.state_dir, switch == "on")
+        except OSError as exc:
+            raise Fatal(f"{settings.state_dir}: {exc.strerror}") from None
+    engaged = PrivacySwitch(settings.state_dir, settings.privacy.do_not_record).engaged
+    why = " (privacy.do_not_record in the settings)" if settings.privacy.do_not_record else ""
+    click.echo(f"do not record: {'on' if engaged else 'off'}{why}")
+
+
+@cli.group()
+def feedback() -> None:
+    """The room's feedback: indicators, cues, button, hooks (agent.feedback)."""
+
+
+@feedback.command("test")
+@click.option("--seconds", default=1.5, show_default=True, type=click.FloatRange(0, 60),
+              help="How long each state is shown.")  # fmt: skip
+@click.option("--cues/--no-cues", "with_cues", default=True, show_default=True,
+              help="Play each cue too (even with cues.enabled off).")  # fmt: skip
+@click.pass_obj
+def feedback_test(state: CliState, seconds: float, with_cues: bool) -> None:
+    """Cycle every indicator through each state, and play each cue, so a technician sees
+    and hears them work. Prints each step; exit status 1 if a configured part failed."""
+    import time
+
+    from agent.feedback.cues import CUES, CuePlayer
+    from agent.feedback.hub import build_indicators
+    from agent.feedback.indicator import Indicators
+    from agent.feedback.states import ROOM_STATES
+
+    settings = state.settings
+    feedback_settings = settings.feedback
+    drivers = build_indicators(settings)
+    configured = len(feedback_settings.sysfs_leds) + bool(feedback_settings.gpio.led_pins)
+    configured += bool(feedback_settings.apa102.device)
+    click.echo(f"indicators: {', '.join(d.name for d in drivers) or 'none configured'}")
+    indicators = Indicators(drivers)
+    try:
+        for room_state in ROOM_STATES:
+            click.echo(f"showing {room_state}")
+            indicators.show(room_state)
+            time.sleep(seconds)
+    finally:
+        indicators.close()
+    failed = configured - len(drivers)
+    if with_cues:
+        cue_settings = feedback_settings.cues.model_copy(update={"enabled": True})
+        try:
+            player = CuePlayer(cue_settings)
+        except (OSError, ValueError) as exc:
+            raise Fatal(f"agent.feedback.cues: {exc}") from None
+        for cue in CUES:
+            click.echo(f"cue {cue} on {cue_settings.device!r}")
+            try:
+                from agent.feedback.cues import play_pcm
+
+                play_pcm(player.samples[cue], cue_settings.device)
+            except Exception as exc:
+                click.echo(f"  not played: {exc}", err=True)
+                failed += 1
+                break
+    if failed:
+        sys.exit(1)
+
+
 @cli.group()
 def config() -> None:
     """Check the settings."""

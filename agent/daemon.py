@@ -48,6 +48,10 @@ import httpx
 from agent import __version__
 from agent.diagnostics.status_file import STATUS_FILE
 from agent.diagnostics.status_writer import StatusWriter, build_snapshot
+from agent.feedback.cues import CuePlayer
+from agent.feedback.hooks import Hooks
+from agent.feedback.hub import FeedbackHub, build_indicators
+from agent.feedback.indicator import Indicators
 from agent.link.applied import AppliedCommands
 from agent.link.control import ControlLink
 from agent.link.credentials import DeviceCredentials
@@ -60,6 +64,7 @@ from agent.pipeline.audio import AudioInputError, AudioSource
 from agent.pipeline.presence import MicrophonePresence
 from agent.pipeline.recorder import Recorder, RecorderError, RecorderListener
 from agent.pipeline.seal import SealingKeyError, gateway_key
+from agent.privacy import PrivacySwitch
 from agent.settings import AgentSettings, LinkSettings, MqttSettings
 from agent.spool import Spool, SpoolError
 from protocol.manifest import SessionManifest
@@ -155,15 +160,19 @@ def run_agent(settings: AgentSettings, reload: Callable[[], AgentSettings] | Non
             key.check_now()  # before any session is resumed or started
             uplink.on_wrong_key.append(key.recheck)
         status = DeviceStatus(settings.device_id, recorder, spool, uplink, key, presence)
+        privacy = PrivacySwitch(settings.state_dir, settings.privacy.do_not_record)
+        privacy.recorder = recorder
+        status.privacy = privacy
         control = None
         if settings.mqtt.broker_url:
             mqtt = settings.mqtt
             applied = AppliedCommands(settings.state_dir)
             control = ControlLink(
-                mqtt, settings.device_id, recorder, status, mqtt.password, applied
+                mqtt, settings.device_id, recorder, status, mqtt.password, applied, privacy
             )
             control.log_ring = install_log_ring()
             recorder.add_listener(control)
+            privacy.on_change.append(lambda engaged: control.publish_state())
         credentials = _credentials(settings, reload, uplink, control)
         health = Health(spool, recorder, uplink, control)
         snapshots = _status_writer(settings, status, control, health)
@@ -180,7 +189,12 @@ def run_agent(settings: AgentSettings, reload: Callable[[], AgentSettings] | Non
                 key.recheck()
 
         watchers: list[PeriodicCheck] = [presence] if key is None else [presence, key]
-        _serve(recorder, status, control, health, settings, snapshots, watchers, hangup)
+        hub = _feedback(settings, recorder, control, status, privacy)
+        with _button(settings, hub):
+            _serve(
+                recorder, status, control, health, settings, snapshots, watchers, hangup,
+                privacy, hub,
+            )  # fmt: skip
 
 
 def _credentials(
@@ -211,16 +225,20 @@ def _serve(
     snapshots: StatusWriter,
     watchers: list[PeriodicCheck],
     hangup: Callable[[], None],
+    privacy: PrivacySwitch,
+    hub: FeedbackHub,
 ) -> None:
     stop = threading.Event()
     uplink = status.uplink
     with _stop_on_signals(stop, hangup):
+        hub.start()
         snapshots.start()
         for watcher in watchers:
             watcher.start()
         if uplink is not None:
             uplink.start()
         _resume(recorder, status)
+        privacy.start()
         if control is not None:
             control.start()
         log.info(
@@ -236,6 +254,7 @@ def _serve(
         systemd.notify("STOPPING=1")
         if control is not None:
             control.refuse_commands()
+        privacy.stop()
         recorder.suspend(SUSPEND_WAIT_S)
         snapshots.stop()  # its last word: the recorder's final state, all parts still up
         for watcher in watchers:
@@ -244,7 +263,51 @@ def _serve(
             control.stop()
         if uplink is not None:
             uplink.stop()
+        hub.stop()
     log.info("room-agent: stopped")
+
+
+def _feedback(
+    settings: AgentSettings,
+    recorder: Recorder,
+    control: ControlLink | None,
+    status: DeviceStatus,
+    privacy: PrivacySwitch,
+) -> FeedbackHub:
+    """The room's feedback (agent/feedback/): indicators, cues and hooks, all optional."""
+    hub = FeedbackHub(
+        settings,
+        recorder,
+        Indicators(build_indicators(settings)),
+        CuePlayer(settings.feedback.cues),
+        Hooks(settings.feedback.hooks, settings.device_id, settings.feedback.hook_timeout_s),
+        privacy,
+    )
+    recorder.add_listener(hub)
+    privacy.on_change.append(hub.privacy_changed)
+    status.on_heartbeat.append(lambda: hub.problem(status.reason()))
+    if control is not None:
+        control.on_connection.append(hub.connection)
+        control.on_notification.append(hub.notified)
+    return hub
+
+
+@contextmanager
+def _button(settings: AgentSettings, hub: FeedbackHub) -> Iterator[None]:
+    gpio = settings.feedback.gpio
+    button = None
+    if gpio.button_pin is not None:
+        try:
+            from agent.feedback.gpio import GpioButton
+
+            button = GpioButton(gpio, hub.button)
+        except Exception as exc:
+            log.error("feedback: the button is not available (%s)", exc)
+    try:
+        yield
+    finally:
+        if button is not None:
+            button.close()
 
 
 def _status_writer(

@@ -137,6 +137,88 @@ class MqttSettings(BrokerSettings):
     heartbeat_s: float = Field(default=60.0, ge=0.1, le=3600)
 
 
+class PrivacySettings(BaseModel):
+    """The room's "do not record" mode: while it is on, starts are refused (and a session
+    being recorded is paused). ``do_not_record`` keeps it on for good (a room that must
+    never record); ``room-agent privacy on|off`` and a button switch it at run time."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    do_not_record: bool = False
+
+
+FeedbackEvent = Literal[
+    "recording_started",
+    "paused",
+    "resumed",
+    "stopped",
+    "notes_ready",
+    "failed",
+    "problem",
+    "offline",
+    "online",
+    "do_not_record_on",
+    "do_not_record_off",
+]
+ButtonAction = Literal["pause_resume", "stop", "do_not_record", "none"]
+
+
+class GpioSettings(BaseModel):
+    """LEDs and a button on GPIO pins (gpiozero; BCM numbers). Empty: none."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    led_pins: list[int] = Field(default=[], description="LEDs showing the state")
+    button_pin: int | None = None
+    button_pull_up: bool = True  # a button to ground (the usual wiring)
+    bounce_s: float = Field(default=0.05, ge=0, le=1, description="contact bounce ignored")
+    long_press_s: float = Field(default=2.0, gt=0, le=30)
+    short_press: ButtonAction = "pause_resume"
+    long_press: ButtonAction = "stop"
+
+
+class Apa102Settings(BaseModel):
+    """The APA102 LED ring of ReSpeaker 2-/4-mic HATs, on SPI. Empty device: none."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    device: str = Field(default="", description="e.g. /dev/spidev0.0 (2-mic), /dev/spidev0.1")
+    leds: int = Field(default=3, ge=1, le=255, description="3 on the 2-mic HAT, 12 on the 4-mic")
+    brightness: int = Field(default=8, ge=0, le=31)
+
+
+class CueSettings(BaseModel):
+    """Short sounds on start, pause, resume and stop through the output device."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = False
+    device: str = "default"
+    volume: float = Field(default=0.5, ge=0, le=1)
+    directory: Path | None = Field(
+        default=None, description="start.wav, pause.wav, resume.wav, stop.wav; default: shipped"
+    )
+
+
+class FeedbackSettings(BaseModel):
+    """What people in the room see and hear: none of it is required."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    sysfs_leds: list[str] = Field(
+        default=[], description="names under sysfs_root, e.g. led0 (the Pi's ACT)"
+    )
+    sysfs_root: Path = Field(default="/sys/class/leds", validate_default=True)
+    gpio: GpioSettings = GpioSettings()
+    apa102: Apa102Settings = Apa102Settings()
+    cues: CueSettings = CueSettings()
+    notes_ready_s: float = Field(default=300.0, ge=0, le=86_400, description="shown this long")
+    hooks: dict[FeedbackEvent, str] = Field(
+        default={}, description="a command per event (no shell), ids in its env"
+    )
+    hook_timeout_s: float = Field(default=10.0, gt=0, le=300)
+
+
 class AgentSettings(FileSettings):
     model_config = SettingsConfigDict(
         env_prefix="ROOM_AGENT_", env_nested_delimiter="__", extra="forbid"
@@ -155,6 +237,8 @@ class AgentSettings(FileSettings):
     # Factories: the secrets are resolved when the settings are loaded, not at import.
     link: LinkSettings = Field(default_factory=LinkSettings)
     mqtt: MqttSettings = Field(default_factory=MqttSettings)
+    privacy: PrivacySettings = PrivacySettings()
+    feedback: FeedbackSettings = FeedbackSettings()
 
     @property
     def spool_dir(self) -> Path:

@@ -26,6 +26,10 @@ COMMENTED = {
     "agent.mqtt.ca_file",
     "agent.mqtt.client_cert_file",
     "agent.mqtt.client_key_file",
+    # Nothing by default (no button, the shipped cues, no hooks): an example to uncomment.
+    "agent.feedback.gpio.button_pin",
+    "agent.feedback.cues.directory",
+    "agent.feedback.hooks",
 }
 # The gateway's machine-dependent keys, and its secrets (never shown with a value to copy).
 GATEWAY_COMMENTED = {

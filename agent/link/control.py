@@ -49,6 +49,7 @@ from agent.link.device_status import DeviceStatus
 from agent.link.diagnosis import LogRing, recent_logs, room_check
 from agent.pipeline.audio import AudioInputError
 from agent.pipeline.recorder import Recorder, RecorderError, RecorderListener, RecorderSnapshot
+from agent.privacy import PrivacySwitch
 from agent.settings import MqttSettings
 from agent.spool import SpoolError, SpoolFull
 from protocol import topics
@@ -63,6 +64,8 @@ from protocol.messages import (
     PingCommand,
     ResumeCommand,
     SessionClosed,
+    SessionPaused,
+    SessionResumed,
     SessionStarted,
     StartCommand,
     StopCommand,
@@ -95,6 +98,7 @@ class ControlLink(RecorderListener):
         status: DeviceStatus,
         password: SecretStr | None = None,
         applied: AppliedCommands | None = None,
+        privacy: PrivacySwitch | None = None,
     ) -> None:
         self.settings = settings
         self.device_id = device_id
@@ -102,6 +106,11 @@ class ControlLink(RecorderListener):
         self.status = status
         self.applied = applied if applied is not None else AppliedCommands(None)
         status.applied = self.applied
+        self.privacy = privacy
+        # Told (on paho's thread: return fast) of each notification, and of the connection
+        # coming and going: the room's feedback.
+        self.on_notification: list[Callable[[Notification], None]] = []
+        self.on_connection: list[Callable[[bool], None]] = []
         self.host, self.port, _ = broker_address(settings.broker_url)
         self._lock = threading.Lock()
         self._online = False
@@ -198,6 +207,12 @@ class ControlLink(RecorderListener):
         self._send_event(event)
 
     def session_closed(self, event: SessionClosed, manifest: SessionManifest) -> None:
+        self._send_event(event)
+
+    def session_paused(self, event: SessionPaused) -> None:
+        self._send_event(event)
+
+    def session_resumed(self, event: SessionResumed) -> None:
         self._send_event(event)
 
     def state_changed(self, snapshot: RecorderSnapshot) -> None:
@@ -350,6 +365,7 @@ class ControlLink(RecorderListener):
                 kind, payload = self._buffer.popleft()
                 self._publish(kind, payload)  # type: ignore[arg-type]
         self._connack.set()
+        self._tell(self.on_connection, True)
 
     def _on_disconnect(
         self,
@@ -362,6 +378,7 @@ class ControlLink(RecorderListener):
         with self._lock:
             self._online = False
         self._lost.set()
+        self._tell(self.on_connection, False)
 
     def _on_subscribe(
         self,
@@ -415,9 +432,13 @@ class ControlLink(RecorderListener):
         if self._refusing.is_set():
             ok, reason = False, "shutting_down"
         elif isinstance(command, StartCommand):
-            ok, reason = self._start(command.session_id)
+            ok, reason = self._start(command.session_id, command.paused)
         elif isinstance(command, StopCommand):
             ok, reason = self._stop(command.session_id)
+        elif isinstance(command, PauseCommand):
+            ok, reason = self._pause(command.session_id, pause=True)
+        elif isinstance(command, ResumeCommand):
+            ok, reason = self._pause(command.session_id, pause=False)
         elif isinstance(command, PingCommand):
             ok, reason = True, None
         elif isinstance(command, CheckCommand | LogsCommand):
@@ -452,19 +473,23 @@ class ControlLink(RecorderListener):
         log.info("control: %s %s: %s", command.type, command.command_id, answer.reason or "ok")
         self._send_event(answer)
 
-    def _start(self, session_id: str) -> tuple[bool, str | None]:
+    def _start(self, session_id: str, paused: bool = False) -> tuple[bool, str | None]:
         snapshot = self.recorder.state
         if snapshot.session_id == session_id and snapshot.state == "recording":
+            if paused:  # a start that begins paused, for a session already recording
+                self.recorder.pause("command")
             return True, None  # delivered twice
         if snapshot.session_id == session_id and snapshot.state in ("closing", "closed"):
             return False, "session_closed"
         if snapshot.state in ("recording", "closing"):
             return False, "already_recording"
+        if self.privacy is not None and self.privacy.engaged:
+            return False, "do_not_record"
         refusal = self.status.start_refusal()
         if refusal is not None:
             return False, refusal
         try:
-            self.recorder.start(session_id)
+            self.recorder.start(session_id, paused=paused)
         except RecorderError:
             return False, "already_recording"
         except SpoolFull:
@@ -475,6 +500,22 @@ class ControlLink(RecorderListener):
             return False, f"microphone_{state}"
         except SpoolError:
             return False, "spool_error"
+        return True, None
+
+    def _pause(self, session_id: str, pause: bool) -> tuple[bool, str | None]:
+        """Pause or resume the session being recorded; repeating it is fine."""
+        snapshot = self.recorder.state
+        if snapshot.session_id != session_id or snapshot.state != "recording":
+            return False, "not_recording"
+        if not pause and self.privacy is not None and self.privacy.engaged:
+            return False, "do_not_record"  # the room's switch wins over the partner
+        try:
+            if pause:
+                self.recorder.pause("command")
+            else:
+                self.recorder.resume("command")
+        except RecorderError:
+            return False, "not_recording"
         return True, None
 
     def _stop(self, session_id: str) -> tuple[bool, str | None]:
@@ -506,12 +547,21 @@ class ControlLink(RecorderListener):
             self._notified.move_to_end(session_id)
             while len(self._notified) > NOTIFIED_KEPT:
                 self._notified.popitem(last=False)
+        self._tell(self.on_notification, notification)
         if notification.type == "failed":
             log.warning(
                 "control: session %s failed at the gateway (%s)", session_id, notification.reason
             )
         else:
             log.info("control: session %s: %s", session_id, notification.type)
+
+    @staticmethod
+    def _tell(listeners: list, value: object) -> None:
+        for listener in list(listeners):
+            try:
+                listener(value)
+            except Exception:
+                log.exception("control: a listener failed")
 
 
 def _command_id(payload: bytes) -> str | None:

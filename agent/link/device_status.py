@@ -18,6 +18,7 @@ from agent.link.key_check import MISMATCH, SealingKeyWatch
 from agent.link.uplink import Uplink
 from agent.pipeline.presence import MicrophonePresence
 from agent.pipeline.recorder import Recorder
+from agent.privacy import PrivacySwitch
 from agent.spool import Spool
 from protocol.messages import DeviceState, Heartbeat, MicrophoneState, SealingKeyState
 
@@ -50,6 +51,7 @@ class DeviceStatus:
         self.on_heartbeat: list[Callable[[], None]] = []
         # The control link's record of applied commands: the state names the last one.
         self.applied: AppliedCommands | None = None
+        self.privacy: PrivacySwitch | None = None  # the room's "do not record" switch
 
     def state(self, online: bool = True) -> DeviceState:
         snapshot = self.recorder.state
@@ -71,6 +73,8 @@ class DeviceStatus:
             microphone_device=self._microphone_device(),
             sealing_key=self.sealing_key(),
             last_command_id=self.applied.last if self.applied is not None else None,
+            paused=snapshot.paused,
+            do_not_record=self.privacy.engaged if self.privacy is not None else False,
         )
 
     def heartbeat(self) -> Heartbeat:

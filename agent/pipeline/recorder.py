@@ -12,6 +12,12 @@ in the spool is closed as "interrupted" so its manifest can go to the gateway. s
 leaves the same situation on purpose (recording -> idle, the session open and resumable):
 what a service stop mid-session does.
 
+Pause: while paused the microphone is closed to the session: every block the source
+delivers is dropped as it is read, before VAD, encoding and the spool; the speech chunk in
+progress is finished at the pause, the audio timeline does not advance, and the paused
+stretch (times and its offset in the audio, nothing else) is journalled for the manifest.
+A session paused when the service stopped or the power went is resumed paused.
+
 When the spool is full the session is closed with reason "spool_full": what is spooled is
 kept, nothing is deleted to make room. Listeners hear of every step (for MQTT); they run on
 the recorder thread and a failing listener never stops a recording.
@@ -39,7 +45,16 @@ from agent.spool import Spool, SpoolError, SpoolFull
 from agent.spool.files import write_atomically
 from protocol.ids import ID_DESCRIPTION, ID_PATTERN, SessionId
 from protocol.manifest import CloseReason, SessionManifest
-from protocol.messages import ChunkSpooled, RecorderState, SessionClosed, SessionStarted, now
+from protocol.messages import (
+    ChunkSpooled,
+    PauseSource,
+    RecorderState,
+    SessionClosed,
+    SessionPaused,
+    SessionResumed,
+    SessionStarted,
+    now,
+)
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +81,7 @@ class RecorderSnapshot(BaseModel):
     chunks: int = 0
     speech_s: float = 0.0
     unspooled_s: float = 0.0
+    paused: bool = False
     capture: CaptureStats = CaptureStats()
 
 
@@ -81,6 +97,12 @@ class RecorderListener:
     def session_closed(self, event: SessionClosed, manifest: SessionManifest) -> None:
         pass
 
+    def session_paused(self, event: SessionPaused) -> None:
+        pass
+
+    def session_resumed(self, event: SessionResumed) -> None:
+        pass
+
     def state_changed(self, snapshot: RecorderSnapshot) -> None:
         pass
 
@@ -90,6 +112,7 @@ class _StateFile(BaseModel):
 
     session_id: SessionId | None
     at: datetime
+    paused: bool = False  # resumed paused: a pause must survive a restart
 
 
 def new_session_id() -> str:
@@ -118,6 +141,13 @@ class Recorder:
         self._suspending = threading.Event()
         self._thread: threading.Thread | None = None
         self._source: AudioSource | None = None
+        # Set while the microphone is closed to the session; checked for every block read.
+        self._closed_to_session = threading.Event()
+        self._paused_at: datetime | None = None
+        self._pause_source: PauseSource = "command"
+        self._position_s = 0.0  # where in the session's audio capture has got to
+        self.interrupted_paused = False
+        self._interrupted_paused_at: datetime | None = None
         self.interrupted_session = self._find_interrupted()
 
     # -- public API
@@ -134,9 +164,15 @@ class Recorder:
             snapshot.capture = dataclasses.replace(source.stats)
         return snapshot
 
-    def start(self, session_id: str | None = None, max_audio_s: float | None = None) -> str:
+    def start(
+        self,
+        session_id: str | None = None,
+        max_audio_s: float | None = None,
+        paused: bool | None = None,
+    ) -> str:
         """Start (or resume the interrupted) session and return its id; recording runs on a
-        thread. ``max_audio_s`` ends the session after that much captured audio.
+        thread. ``max_audio_s`` ends the session after that much captured audio. ``paused``:
+        begin with the microphone closed to it (None: as the interrupted session was).
 
         Raises RecorderError (busy), SpoolFull, AudioInputError (source), SpoolError."""
         with self._mutex:
@@ -148,12 +184,14 @@ class Recorder:
         if session_id is None:
             session_id = interrupted or new_session_id()
         resumed = session_id == interrupted and self._in_spool(session_id)
+        if paused is None:
+            paused = resumed and self.interrupted_paused
         self.spool.check_room(self._largest_chunk_bytes())
         source = self.source_factory()
         try:
             if interrupted is not None and session_id != interrupted:
                 self.close_interrupted()
-            _write_state(self.state_path, session_id)
+            _write_state(self.state_path, session_id, paused)
             if not resumed:
                 self.spool.create_session(session_id, self.settings.device_id)
         except BaseException:
@@ -164,6 +202,18 @@ class Recorder:
         self._source = source
         self._stop.clear()
         self._suspending.clear()
+        self._position_s = info.end_s
+        if resumed and self._interrupted_paused_at is not None:
+            # Paused when the power went: that stretch ends now, as far as is known.
+            self._paused_at = self._interrupted_paused_at
+            self._journal_pause(session_id)
+        self._interrupted_paused_at = None
+        if paused:
+            self._closed_to_session.set()
+            self._paused_at, self._pause_source = now(), "command"
+        else:
+            self._closed_to_session.clear()
+            self._paused_at = None
         limit = None if max_audio_s is None else int(max_audio_s * SAMPLE_RATE)
         # Made before "recording" is published, started after: whoever sees "recording"
         # (the watchdog's health check) never sees the previous session's finished thread.
@@ -183,10 +233,73 @@ class Recorder:
             chunks=info.chunks,
             speech_s=info.speech_s,
             unspooled_s=0.0,
+            paused=bool(paused),
         )
         self._emit("session_started", SessionStarted(session_id=session_id, resumed=resumed))
+        if paused:
+            event = SessionPaused(session_id=session_id, offset_s=self._position_s)
+            self._emit("session_paused", event)
         self._thread.start()
         return session_id
+
+    def pause(self, source: PauseSource = "command") -> bool:
+        """Close the microphone to the session now: every block read from here on is
+        dropped before VAD. False if it already was; RecorderError if not recording."""
+        with self._mutex:
+            if self._snapshot.state != "recording" or self._snapshot.session_id is None:
+                raise RecorderError("not recording")
+            if self._closed_to_session.is_set():
+                return False
+            self._closed_to_session.set()  # first: nothing read after this point is kept
+            self._paused_at, self._pause_source = now(), source
+            self._snapshot.paused = True
+            session_id = self._snapshot.session_id
+            at = self._paused_at
+        _write_state(self.state_path, session_id, True)
+        offset = round(self._position_s, 3)
+        self._emit(
+            "session_paused",
+            SessionPaused(session_id=session_id, source=source, offset_s=offset, at=at),
+        )
+        self._emit("state_changed", self.state)
+        log.info("recorder: session %s paused (%s)", session_id, source)
+        return True
+
+    def resume(self, source: PauseSource = "command") -> bool:
+        """Open the microphone to the session again; the paused stretch is journalled.
+        False if it was not paused; RecorderError if not recording."""
+        with self._mutex:
+            if self._snapshot.state != "recording" or self._snapshot.session_id is None:
+                raise RecorderError("not recording")
+            if not self._closed_to_session.is_set():
+                return False
+            session_id = self._snapshot.session_id
+        self._journal_pause(session_id)
+        _write_state(self.state_path, session_id, False)
+        with self._mutex:
+            self._paused_at = None
+            self._snapshot.paused = False
+            self._closed_to_session.clear()
+        self._emit("session_resumed", SessionResumed(session_id=session_id, source=source))
+        self._emit("state_changed", self.state)
+        log.info("recorder: session %s resumed (%s)", session_id, source)
+        return True
+
+    @property
+    def paused_by(self) -> PauseSource | None:
+        """Who closed the microphone, while it is closed."""
+        with self._mutex:
+            return self._pause_source if self._closed_to_session.is_set() else None
+
+    def _journal_pause(self, session_id: str) -> None:
+        started = self._paused_at
+        if started is None:
+            return
+        try:
+            self.spool.record_pause(session_id, round(self._position_s, 3), started, now())
+        except (SpoolError, OSError) as exc:
+            log.warning("recorder: session %s: paused interval not journalled (%s)",
+                        session_id, type(exc).__name__)  # fmt: skip
 
     def suspend(self, timeout: float | None = None) -> RecorderSnapshot:
         """End capture but keep the session open and named in the state file, so the next
@@ -247,31 +360,51 @@ class Recorder:
         detail: str | None = None
         segmenter = Segmenter(self.settings.audio)
         taken = 0
+        base_s = offset_s  # where the current segmenter's stream starts in the session
+        pushed = 0  # samples given to the current segmenter
 
         def room_left() -> bool:
             return limit is None or taken < limit
 
         def take(block: np.ndarray) -> None:
-            nonlocal taken, next_seq
+            nonlocal taken, next_seq, pushed
+            if self._closed_to_session.is_set():
+                return  # paused: the block goes no further than this
             if limit is not None:
                 block = block[: limit - taken]
             taken += len(block)
+            pushed += len(block)
+            self._position_s = base_s + pushed / SAMPLE_RATE
             if len(block):
                 for chunk in segmenter.push(block):
-                    next_seq = self._spool_chunk(session_id, next_seq, offset_s, chunk)
+                    next_seq = self._spool_chunk(session_id, next_seq, base_s, chunk)
+
+        def close_segment() -> None:
+            """At a pause: finish the speech in progress; the next audio starts a new
+            segment where this one ended (the timeline does not advance while paused)."""
+            nonlocal segmenter, base_s, pushed, next_seq
+            for chunk in segmenter.flush():
+                next_seq = self._spool_chunk(session_id, next_seq, base_s, chunk)
+            base_s += pushed / SAMPLE_RATE
+            pushed = 0
+            segmenter = Segmenter(self.settings.audio)
 
         try:
             while not self._stop.is_set() and room_left():
                 block = source.read(READ_TIMEOUT_S)
                 if block is None:
                     break
+                if self._closed_to_session.is_set():
+                    if pushed:
+                        close_segment()
+                    continue  # dropped: nothing of it reaches VAD, encode or the spool
                 take(block)
             # A stop ends capture, but what the device had already delivered is kept.
             source.close()
             while room_left() and (block := source.read(READ_TIMEOUT_S)) is not None:
                 take(block)
             for chunk in segmenter.flush():
-                next_seq = self._spool_chunk(session_id, next_seq, offset_s, chunk)
+                next_seq = self._spool_chunk(session_id, next_seq, base_s, chunk)
         except SpoolFull as exc:
             # Not a warning in the log: the state and the closed event carry the alarm.
             reason, error, detail = "spool_full", "spool_full", str(exc)
@@ -293,6 +426,10 @@ class Recorder:
     def _suspend(self, session_id: str) -> None:
         self._source = None
         self.interrupted_session = session_id
+        # Still paused: the state file says so (and since when), and the next start
+        # journals that stretch and resumes it paused.
+        self.interrupted_paused = self._closed_to_session.is_set()
+        self._interrupted_paused_at = self._paused_at if self.interrupted_paused else None
         self._update(state="idle")
         log.info("recorder: session %s suspended; the next start resumes it", session_id)
 
@@ -325,6 +462,9 @@ class Recorder:
         self, session_id: str, reason: CloseReason, error: str | None, detail: str | None
     ) -> None:
         self._update(state="closing", reason=reason, last_error=error, detail=detail)
+        if self._closed_to_session.is_set():
+            self._journal_pause(session_id)  # closed while paused: the pause ends here
+            self._paused_at = None
         try:
             manifest = self.spool.close_session(session_id, reason)
             _write_state(self.state_path, None)
@@ -353,7 +493,8 @@ class Recorder:
     def _find_interrupted(self) -> str | None:
         """The session to resume, from the state file (also when the power went before
         its spool session existed); other open sessions are closed."""
-        recorded = _read_state(self.state_path)
+        recorded, self._interrupted_paused_at = _read_state(self.state_path)
+        self.interrupted_paused = self._interrupted_paused_at is not None
         interrupted = recorded if recorded is not None and not self._in_spool(recorded) else None
         for info in self.spool.sessions():
             if info.closed:
@@ -398,18 +539,20 @@ class Recorder:
                 log.exception("recorder: a %s listener failed", method)
 
 
-def _read_state(path: Path) -> str | None:
+def _read_state(path: Path) -> tuple[str | None, datetime | None]:
+    """The session to resume and, if it was paused, since when."""
     try:
-        return _StateFile.model_validate_json(path.read_bytes()).session_id
+        state = _StateFile.model_validate_json(path.read_bytes())
     except FileNotFoundError:
-        return None
+        return None, None
     except ValidationError:
         log.warning("recorder: %s is unreadable; no session to resume", path.name)
-        return None
+        return None, None
+    return state.session_id, state.at if state.paused else None
 
 
-def _write_state(path: Path, session_id: str | None) -> None:
+def _write_state(path: Path, session_id: str | None, paused: bool = False) -> None:
     """Atomically: a torn state file would lose which session to resume."""
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    data = _StateFile(session_id=session_id, at=now()).model_dump_json().encode()
+    data = _StateFile(session_id=session_id, at=now(), paused=paused).model_dump_json().encode()
     write_atomically(path, data)

@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 from agent.spool.files import append_line
 from agent.spool.models import SessionInfo
 from protocol.ids import DeviceId, SessionId, Sha256Hex
-from protocol.manifest import CloseReason, ManifestChunk, SessionManifest
+from protocol.manifest import CloseReason, ManifestChunk, PausedInterval, SessionManifest
 
 JOURNAL = "journal.jsonl"
 
@@ -61,8 +61,18 @@ class CloseRecord(_Record):
     at: datetime
 
 
+class PausedRecord(_Record):
+    """A stretch with the microphone closed to the session (times only, no audio)."""
+
+    type: Literal["paused"] = "paused"
+    offset_s: float = Field(ge=0)
+    started_at: datetime
+    ended_at: datetime
+
+
 JournalRecord = Annotated[
-    OpenRecord | ChunkRecord | AckRecord | LostRecord | CloseRecord, Field(discriminator="type")
+    OpenRecord | ChunkRecord | AckRecord | LostRecord | CloseRecord | PausedRecord,
+    Field(discriminator="type"),
 ]
 _journal_record: TypeAdapter[JournalRecord] = TypeAdapter(JournalRecord)
 
@@ -79,6 +89,7 @@ class SessionIndex:
     acked: set[int] = field(default_factory=set)
     lost: dict[int, str] = field(default_factory=dict)
     closed: CloseRecord | None = None
+    paused: list[PausedRecord] = field(default_factory=list)
     highest_seq: int = -1
     pending_bytes: int = 0
 
@@ -104,6 +115,8 @@ class SessionIndex:
             self.lost.setdefault(record.seq, record.reason)
         elif isinstance(record, CloseRecord):
             self.closed = record
+        elif isinstance(record, PausedRecord):
+            self.paused.append(record)
         if seq is not None:
             self.highest_seq = max(self.highest_seq, seq)
             change = int(self.is_pending(seq)) - int(was_pending)
@@ -129,6 +142,9 @@ class SessionIndex:
             chunks=[
                 ManifestChunk.model_validate(c.model_dump(exclude={"type"}))
                 for c in self.manifest_chunks()
+            ],
+            paused=[
+                PausedInterval.model_validate(p.model_dump(exclude={"type"})) for p in self.paused
             ],
         )
 

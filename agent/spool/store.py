@@ -29,6 +29,7 @@ from agent.spool.journal import (
     CloseRecord,
     LostRecord,
     OpenRecord,
+    PausedRecord,
     SessionIndex,
 )
 from agent.spool.layout import (
@@ -182,6 +183,19 @@ class Spool:
             self._sessions[session_id] = session
             log.info("spool: session %s opened", session_id)
             return session.info()
+
+    def record_pause(
+        self, session_id: str, offset_s: float, started_at: datetime, ended_at: datetime
+    ) -> None:
+        """A paused stretch of an open session, for its manifest (times only)."""
+        with self._mutex:
+            session = self._session(session_id)
+            if session.closed is not None:
+                raise SpoolError(f"session {session_id} is closed")
+            self._check_writable()
+            session.record(
+                PausedRecord(offset_s=offset_s, started_at=started_at, ended_at=ended_at)
+            )
 
     def close_session(self, session_id: str, reason: CloseReason) -> SessionManifest:
         """Record the end of a session; closing a closed session returns its manifest."""

@@ -17,6 +17,7 @@ from gateway.sessions.artifacts import Artifact
 from gateway.sessions.records import Client, Clinician
 from gateway.sessions.states import Session, SessionState, TimelineEntry
 from protocol.ids import ID_DESCRIPTION, ID_PATTERN
+from protocol.manifest import PausedInterval
 
 EXTERNAL_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$"
 EXTERNAL_ID_DESCRIPTION = "the partner's id: 1-128 letters, digits, '.', '_', ':' or '-'"
@@ -197,6 +198,11 @@ class ReceivedAudioOut(BaseModel):
     speech_s: float = Field(description="audio seconds received (speech only: VAD-trimmed)")
     manifest_chunks: int | None = Field(description="chunks the device's manifest lists")
     state: Literal["receiving", "waiting_for_chunks", "assembling", "assembled", "failed"]
+    paused: list[PausedInterval] = Field(
+        default_factory=list,
+        description="the stretches the room's microphone was closed to the session, from"
+        " its manifest (offset in the audio, and the device's start and end times)",
+    )
 
 
 class SessionOut(BaseModel):

@@ -30,5 +30,6 @@ def session_out(conn: Connection, session_id: str, environment: str) -> SessionO
             speech_s=received.speech_s,
             manifest_chunks=received.manifest_chunks,
             state=received.state,
+            paused=received.paused,
         )
     return answer

@@ -33,6 +33,7 @@ from gateway.api.params import SessionIdPath
 from gateway.api.session_views import session_out
 from gateway.errors import Conflict
 from gateway.relay import room_status
+from gateway.service import GatewayService
 from gateway.sessions import artifacts
 from gateway.sessions import states as sessions
 from gateway.sessions.lifecycle import STOPPABLE_FROM
@@ -65,6 +66,7 @@ router = APIRouter(prefix="/v1", dependencies=[Depends(require_partner)], tags=[
             "unknown_client",
             "room_busy",
             "device_busy",
+            "room_do_not_record",
         ),
     },
 )
@@ -197,6 +199,68 @@ async def stop_session(
     return answer
 
 
+PAUSE_CODES = ("session_not_found", "session_not_recording")
+
+
+@router.post(
+    "/sessions/{session_id}/pause",
+    response_model=SessionOut,
+    responses=problems(*PARTNER_CODES, *IDEMPOTENCY_CODES, *PAUSE_CODES),
+)
+async def pause_session(
+    session_id: SessionIdPath,
+    request: Request,
+    service: Service,
+    principal: Principal,
+    idempotency_key: IdempotencyKey = None,
+) -> JSONResponse:
+    """Pause: the room's microphone is closed to the session (nothing it hears is kept)
+    until resumed; the session stays open. The state is ``paused`` at once; the room's
+    device closes the microphone when the command reaches it (the timeline's
+    ``microphone_closed`` says when, by the device's clock), and the session's manifest
+    lists each paused interval (times only). A session still ``starting`` begins paused.
+    Harmless to repeat; ``session_not_recording`` once it is stopped."""
+    return await _pause(session_id, request, service, principal, idempotency_key, pause=True)
+
+
+@router.post(
+    "/sessions/{session_id}/resume",
+    response_model=SessionOut,
+    responses=problems(*PARTNER_CODES, *IDEMPOTENCY_CODES, *PAUSE_CODES),
+)
+async def resume_session(
+    session_id: SessionIdPath,
+    request: Request,
+    service: Service,
+    principal: Principal,
+    idempotency_key: IdempotencyKey = None,
+) -> JSONResponse:
+    """Resume a paused session: the microphone is open to it again. A room whose "do not
+    record" switch is on refuses: the session goes back to ``paused`` and the timeline
+    says why (``resume_refused``). Harmless to repeat."""
+    return await _pause(session_id, request, service, principal, idempotency_key, pause=False)
+
+
+async def _pause(
+    session_id: str,
+    request: Request,
+    service: GatewayService,
+    principal: str,
+    idempotency_key: str | None,
+    *,
+    pause: bool,
+) -> JSONResponse:
+    def change(conn: Connection) -> SessionOut:
+        session = service.lifecycle.pause(conn, session_id, pause=pause)
+        if service.relay is not None:
+            service.relay.commands.pause(conn, session, pause=pause)
+        return session_out(conn, session_id, service.lifecycle.environment)
+
+    answer = await answer_once(service, principal, idempotency_key, request, None, change, 200)
+    service.worker.wake()
+    return answer
+
+
 @router.post(
     "/sessions/{session_id}/cancel",
     response_model=SessionOut,
@@ -261,6 +325,12 @@ def _refuse_if_device_busy(conn: Connection, room_id: str) -> None:
     if status is not None and status.online and status.recorder in ("recording", "closing"):
         raise Conflict(
             f"the device in room {room_id} is recording ({status.session_id})", code="device_busy"
+        )
+    if status is not None and status.do_not_record:
+        raise Conflict(
+            f'room {room_id} has its "do not record" switch on; it records nothing until'
+            " it is released in the room",
+            code="room_do_not_record",
         )
 
 

@@ -11,11 +11,11 @@ listed, but never uploaded.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 from gateway.store import Connection
-from protocol.manifest import SessionManifest
+from protocol.manifest import PausedInterval, SessionManifest
 
 IngestState = Literal["receiving", "waiting_for_chunks", "assembling", "assembled", "failed"]
 
@@ -160,6 +160,7 @@ class Received:
     manifest_chunks: int | None
     state: IngestState
     claimed: bool
+    paused: list[PausedInterval] = field(default_factory=list)
 
 
 def received(conn: Connection, session_id: str) -> Received | None:
@@ -177,6 +178,7 @@ def received(conn: Connection, session_id: str) -> Received | None:
         manifest_chunks=len(session.manifest.chunks) if session.manifest else None,
         state=session.state,
         claimed=session.claimed,
+        paused=list(session.manifest.paused) if session.manifest else [],
     )
 
 

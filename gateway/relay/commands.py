@@ -31,7 +31,7 @@ from gateway.relay.link import MqttLink, PublishRefused
 from gateway.sessions import desired
 from gateway.sessions import states as sessions
 from gateway.sessions.desired import Desired, DesiredState
-from gateway.sessions.lifecycle import JobKind, SessionLifecycle
+from gateway.sessions.lifecycle import STOPPABLE_FROM, JobKind, SessionLifecycle
 from gateway.store import Connection, Database
 from protocol import topics
 from protocol.messages import (
@@ -122,6 +122,7 @@ class Commands:
         kind: CommandKind,
         *,
         shadow: bool = True,
+        wanted: DesiredState | None = None,
     ) -> str:
         """A command for the room, sent as soon as the broker takes it. With ``shadow`` it
         also becomes what the room should do (re-sent until confirmed); without, it is a
@@ -134,9 +135,8 @@ class Commands:
             (command_id, room_id, session_id, kind, now, now + self._expiry_s),
         )
         if shadow:
-            desired.want(
-                conn, room_id, session_id, DESIRED_BY_KIND[kind], command_id, now + self._expiry_s
-            )
+            state = wanted or DESIRED_BY_KIND[kind]
+            desired.want(conn, room_id, session_id, state, command_id, now + self._expiry_s)
         self._send_job(conn, command_id)
         self._lifecycle.enqueue(
             conn,
@@ -145,6 +145,42 @@ class Commands:
             delay_s=self._expiry_s + EXPIRY_MARGIN_S,
         )
         return command_id
+
+    def pause(self, conn: Connection, session: sessions.Session, *, pause: bool) -> bool:
+        """The partner paused or resumed ``session`` (already moved by the lifecycle): ask
+        the room for it. A session still starting gets a new start that begins paused (or
+        not), overtaking the first. Nothing when the room is already asked for that."""
+        target: DesiredState = "paused" if pause else "recording"
+        want = desired.get(conn, session.room_id)
+        if want is not None and want.session_id == session.id and want.state == target:
+            return False
+        if session.state == "starting":
+            self.queue(conn, session.room_id, session.id, "start", wanted=target)
+        else:
+            self.queue(conn, session.room_id, session.id, "pause" if pause else "resume")
+        return True
+
+    def room_paused(self, conn: Connection, session_id: str, *, pause: bool, at: float,
+                    source: str) -> None:  # fmt: skip
+        """The room paused or resumed by itself (a button, its privacy switch): that is now
+        what the room should do, nothing to send."""
+        session = sessions.get(conn, session_id)
+        if session is None:
+            return
+        moved = self._lifecycle.room_paused(conn, session_id, pause=pause, source=source, at=at)
+        if moved is not None:
+            target: DesiredState = "paused" if pause else "recording"
+            desired.want(conn, session.room_id, session_id, target, None, None, origin="room")
+
+    def room_stopped(self, conn: Connection, session_id: str, reason: str) -> None:
+        """The room closed the session by itself (its button, a full spool, a lost
+        microphone): it is stopping, its audio on its way; nothing to send."""
+        moved = sessions.transition(
+            conn, session_id, "stopping", STOPPABLE_FROM, step="stopped",
+            detail=f"in the room ({reason})",
+        )  # fmt: skip
+        if moved is not None:
+            desired.want(conn, moved.room_id, session_id, "stopped", None, None, origin="room")
 
     def reissue(self, conn: Connection, room_id: str, force: bool = False) -> bool:
         """Send the room's desired command again if the gap is still open (same id: the
@@ -199,9 +235,10 @@ class Commands:
             raise Retryable(f"{command.kind} command: {exc}") from None
         sends = await self._db.run(self._sent, command)
         logger.info(
-            "relay: %s %s sent to room %s (%s)",
+            "relay: %s %s (%s) sent to room %s (%s)",
             command.kind,
             command.session_id,
+            command.id,
             command.room_id,
             "first" if sends <= 1 else f"again, {sends}",
         )
@@ -235,6 +272,11 @@ class Commands:
             self._lifecycle.failed(
                 conn, command.session_id, f"the room device refused to start ({reason})"
             )
+        elif command.kind == "resume" and session.state == "recording":
+            # e.g. the room's "do not record" switch is on: it stays paused, visibly.
+            self.room_paused(
+                conn, session.id, pause=True, at=time.time(), source=f"resume_refused:{reason}"
+            )
         elif (
             command.kind == "stop"
             and session.state == "stopping"
@@ -247,9 +289,12 @@ class Commands:
                 "stopped before the room device started recording: nothing was recorded",
             )
 
-    def reported(self, conn: Connection, room_id: str, state: DeviceState) -> bool:
+    def reported(
+        self, conn: Connection, room_id: str, state: DeviceState, force: bool = False
+    ) -> bool:
         """The device's state against the desired one: confirm what it shows done, ask
-        again for what it does not (if online). True when a command was queued."""
+        again for what it does not (if online; at once with ``force``: it has just come
+        online, so what was sent before may never have reached it). True when queued."""
         want = desired.get(conn, room_id)
         if want is None or want.command_id is None or want.confirmed_at is not None:
             return False
@@ -261,7 +306,7 @@ class Commands:
             return False
         if not state.online:
             return False
-        return self.reissue(conn, room_id)
+        return self.reissue(conn, room_id, force=force)
 
     def started(self, conn: Connection, session_id: str) -> None:
         """The device says it records the session (an event or its state): its start is

@@ -33,6 +33,8 @@ from protocol.messages import (
     DeviceState,
     Heartbeat,
     SessionClosed,
+    SessionPaused,
+    SessionResumed,
     SessionStarted,
     device_events,
 )
@@ -76,8 +78,10 @@ class DeviceMessages:
         if not rooms.exists(conn, device_id):
             return False
         if isinstance(message, DeviceState):
+            before = room_status.get(conn, device_id)
+            came_online = message.online and (before is None or not before.online)
             room_status.record_state(conn, device_id, message)
-            return self._reconcile(conn, device_id, message)
+            return self._reconcile(conn, device_id, message, came_online)
         if isinstance(message, Heartbeat):
             room_status.record_heartbeat(conn, device_id, message)
         elif isinstance(message, CommandResult):
@@ -88,10 +92,29 @@ class DeviceMessages:
                 "resumed" if message.resumed else None,
             ):  # fmt: skip
                 self._commands.started(conn, message.session_id)
+        elif isinstance(message, SessionPaused | SessionResumed):
+            self._paused(conn, device_id, message)
         elif isinstance(message, SessionClosed):
             detail = f"{message.chunks} chunks, {message.speech_s:.2f} s, {message.reason}"
-            self._session_event(conn, device_id, message.session_id, "device_closed", detail)
+            if self._session_event(conn, device_id, message.session_id, "device_closed", detail):
+                self._commands.room_stopped(conn, message.session_id, message.reason)
         return False
+
+    def _paused(
+        self, conn: Connection, device_id: str, message: SessionPaused | SessionResumed
+    ) -> None:
+        """The device closed (or opened) the microphone to a session, at its time: on the
+        timeline; and when the room did it by itself, the session follows."""
+        pause = isinstance(message, SessionPaused)
+        detail = f"{message.source}, at {message.offset_s:.2f} s" if pause else message.source
+        step = "microphone_closed" if pause else "microphone_opened"
+        at = message.at.timestamp()
+        session = sessions.get(conn, message.session_id)
+        if session is None or session.room_id != device_id:
+            return
+        sessions.add_event(conn, session.id, step, detail, at=at)
+        if message.source != "command":
+            self._commands.room_paused(conn, session.id, pause=pause, at=at, source=message.source)
 
     def _session_event(
         self,
@@ -108,8 +131,10 @@ class DeviceMessages:
         sessions.add_event(conn, session_id, step, detail)
         return True
 
-    def _reconcile(self, conn: Connection, device_id: str, state: DeviceState) -> bool:
-        queued = self._commands.reported(conn, device_id, state)
+    def _reconcile(
+        self, conn: Connection, device_id: str, state: DeviceState, came_online: bool
+    ) -> bool:
+        queued = self._commands.reported(conn, device_id, state, force=came_online)
         if not state.online or state.recorder != "recording" or state.session_id is None:
             return queued
         session = sessions.get(conn, state.session_id)

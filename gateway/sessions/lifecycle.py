@@ -18,7 +18,7 @@ from typing import Any
 from gateway import rooms
 from gateway.errors import Conflict, InvalidReference, NotFound
 from gateway.jobs import queue as jobs
-from gateway.sessions import artifacts, records
+from gateway.sessions import artifacts, desired, records
 from gateway.sessions import states as sessions
 from gateway.sessions.artifacts import ArtifactKind
 from gateway.sessions.states import RoomBusy, Session
@@ -179,6 +179,45 @@ class SessionLifecycle:
         stopped = sessions.transition(conn, session_id, "stopping", STOPPABLE_FROM, step="stopped")
         return stopped or session
 
+    def pause(self, conn: Connection, session_id: str, *, pause: bool) -> Session:
+        """The partner pauses (or resumes) a session: ``recording`` <-> ``paused``. A
+        session still ``starting`` stays so (its room begins as asked). Repeating it is
+        harmless; a session past recording cannot be paused (``session_not_recording``)."""
+        session = self.get(conn, session_id)
+        if session.state not in ("starting", "recording", "paused"):
+            raise Conflict(
+                f"session {session_id} is {session.state}; only a starting, recording or"
+                " paused session can be paused or resumed",
+                code="session_not_recording",
+            )
+        if session.state == "starting":
+            sessions.add_event(conn, session_id, "paused" if pause else "resumed", "partner")
+            return session
+        moved = sessions.transition(
+            conn,
+            session_id,
+            "paused" if pause else "recording",
+            ("recording",) if pause else ("paused",),
+            step="paused" if pause else "resumed",
+            detail="partner",
+        )
+        return moved or session
+
+    def room_paused(
+        self, conn: Connection, session_id: str, *, pause: bool, source: str, at: float
+    ) -> Session | None:
+        """The room paused (or resumed) by itself: a button, its "do not record" switch,
+        or its refusal of the partner's resume. ``at``: the device's time."""
+        return sessions.transition(
+            conn,
+            session_id,
+            "paused" if pause else "recording",
+            ("recording",) if pause else ("paused",),
+            step="paused" if pause else "resumed",
+            detail=source,
+            at=at,
+        )
+
     def recording_started(self, conn: Connection, session_id: str, how: str) -> Session | None:
         """The room records the session (its start confirmed, its state or its audio say
         so): ``starting`` becomes ``recording``. A session failed at its start's deadline
@@ -193,8 +232,15 @@ class SessionLifecycle:
             and sessions.active_in_room(conn, session.room_id) is None
         ):
             sessions.resume(conn, session_id)
+        want = desired.get(conn, session.room_id)
+        paused = want is not None and want.session_id == session_id and want.state == "paused"
         return sessions.transition(
-            conn, session_id, "recording", ("starting",), step="recording_started", detail=how
+            conn,
+            session_id,
+            "paused" if paused else "recording",
+            ("starting",),
+            step="recording_started",
+            detail=f"{how}, paused" if paused else how,
         )
 
     def cancel(self, conn: Connection, session_id: str) -> Session:

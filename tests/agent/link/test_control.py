@@ -22,6 +22,7 @@ from agent.link.device_status import DeviceStatus
 from agent.pipeline.audio import CaptureStats
 from agent.pipeline.filesource import FileSource
 from agent.pipeline.recorder import Recorder
+from agent.privacy import PrivacySwitch, set_flag
 from agent.settings import AgentSettings
 from agent.spool import Spool
 from protocol.envelope import generate_private_key, public_key_to_text
@@ -29,7 +30,9 @@ from protocol.messages import (
     ChunkAcked,
     DeviceState,
     NotesReady,
+    PauseCommand,
     PingCommand,
+    ResumeCommand,
     SessionFailed,
     SessionUploaded,
     StartCommand,
@@ -87,6 +90,7 @@ class Stack:
     spool: Spool
     recorder: Recorder
     control: ControlLink
+    privacy: PrivacySwitch
 
 
 def agent_settings(tmp_path, broker: Broker, **mqtt) -> AgentSettings:
@@ -111,6 +115,9 @@ def running_agent(settings: AgentSettings, source_factory=Silence):
     with Spool(settings.spool_dir, GIB, 0) as spool:
         recorder = Recorder(settings, spool, source_factory)
         status = DeviceStatus(settings.device_id, recorder, spool)
+        privacy = PrivacySwitch(settings.state_dir, settings.privacy.do_not_record)
+        privacy.recorder = recorder
+        status.privacy = privacy
         control = ControlLink(
             settings.mqtt,
             settings.device_id,
@@ -118,12 +125,16 @@ def running_agent(settings: AgentSettings, source_factory=Silence):
             status,
             settings.mqtt.password,
             AppliedCommands(settings.state_dir),
+            privacy,
         )
         recorder.add_listener(control)
+        privacy.on_change.append(lambda engaged: control.publish_state())
         control.start()
+        privacy.start()
         try:
-            yield Stack(settings, spool, recorder, control)
+            yield Stack(settings, spool, recorder, control, privacy)
         finally:
+            privacy.stop()
             control.stop()
             recorder.stop(10)
 
@@ -332,6 +343,53 @@ def test_each_command_id_is_applied_once_and_named_in_the_state(tmp_path, broker
     record = settings.state_dir / "commands.json"
     assert record.stat().st_mode & 0o077 == 0, "private to the agent's user"
     assert b"session-1" not in record.read_bytes(), "ids of commands and answers only"
+
+
+def test_pause_resume_and_the_do_not_record_switch(tmp_path, broker, probe):
+    settings = agent_settings(tmp_path, broker)
+    with running_agent(settings) as agent:
+        probe.wait_for(probe.on(STATE, online=True))
+        probe.publish(CMD, StartCommand(command_id="s-1", session_id="session-1", paused=True))
+        assert result(probe, "s-1")["ok"] is True
+        paused = probe.wait_for(probe.on(EVENTS, type="session_paused", session_id="session-1"))
+        assert paused.json()["source"] == "command", "a start that begins paused"
+        probe.wait_for(probe.on(STATE, paused=True, recorder="recording"))
+        probe.publish(CMD, ResumeCommand(command_id="r-1", session_id="session-1"))
+        assert result(probe, "r-1")["ok"] is True
+        probe.wait_for(probe.on(EVENTS, type="session_resumed", source="command"))
+        probe.wait_for(probe.on(STATE, paused=False, last_command_id="r-1"))
+        probe.publish(CMD, PauseCommand(command_id="p-1", session_id="session-1"))
+        assert result(probe, "p-1")["ok"] is True
+        probe.publish(CMD, PauseCommand(command_id="p-2", session_id="session-1"))
+        assert result(probe, "p-2")["ok"] is True, "pausing a paused session is fine"
+        probe.publish(CMD, PauseCommand(command_id="p-3", session_id="other"))
+        assert result(probe, "p-3")["reason"] == "not_recording"
+        probe.publish(CMD, ResumeCommand(command_id="r-2", session_id="session-1"))
+        assert result(probe, "r-2")["ok"] is True
+
+        # The room's switch (`room-agent privacy on` writes the flag): the session pauses,
+        # a resume from the gateway is refused, the state shows it; off resumes it.
+        set_flag(settings.state_dir, True)
+        probe.wait_for(probe.on(EVENTS, type="session_paused", source="do_not_record"))
+        probe.wait_for(probe.on(STATE, do_not_record=True, paused=True))
+        probe.publish(CMD, ResumeCommand(command_id="r-3", session_id="session-1"))
+        assert result(probe, "r-3")["reason"] == "do_not_record"
+        set_flag(settings.state_dir, False)
+        probe.wait_for(probe.on(EVENTS, type="session_resumed", source="do_not_record"))
+        probe.wait_for(probe.on(STATE, do_not_record=False, paused=False))
+        probe.publish(CMD, StopCommand(command_id="x-1", session_id="session-1"))
+        assert result(probe, "x-1")["ok"] is True
+        assert len(agent.spool.manifest("session-1").paused) == 3
+
+        agent.privacy.toggle()  # a button
+        probe.wait_for(probe.on(STATE, do_not_record=True))
+        probe.publish(CMD, StartCommand(command_id="s-2", session_id="session-2"))
+        assert result(probe, "s-2")["reason"] == "do_not_record"
+        assert agent.recorder.state.state == "closed", "nothing started"
+        agent.privacy.toggle()
+        probe.publish(CMD, StartCommand(command_id="s-3", session_id="session-2"))
+        assert result(probe, "s-3")["ok"] is True
+    assert_protocol_payloads(probe)
 
 
 def test_notifications_are_kept_per_session(tmp_path, broker, probe):

@@ -22,7 +22,7 @@ from tests.gateway.relay.fake_device import FakeDevice, command, wait_for_step
 
 pytestmark = pytest.mark.timeout(120)
 EXPIRY_S = 8
-ROOMS = tuple(f"shadow-{n}" for n in range(1, 8))
+ROOMS = tuple(f"shadow-{n}" for n in range(1, 12))
 
 
 @pytest.fixture(scope="module")
@@ -212,3 +212,98 @@ def test_a_repeated_start_is_one_command_and_the_device_answers_it_again(
     done = linked.gateway.wait_for_state(session_id, "recording")
     assert steps(done).count("start_confirmed") == 1
     assert steps(done).count("recording_started") == 1
+
+
+def answered(device: FakeDevice, kind: str, session_id: str, **fields) -> dict:
+    return device.wait_for(
+        lambda m: (
+            command(kind)(m)
+            and m["session_id"] == session_id
+            and all(m.get(k) == v for k, v in fields.items())
+        )
+    )
+
+
+def test_pause_and_resume_from_the_partner_reach_the_room(
+    linked: Deployment, device: FakeDevice
+) -> None:
+    device.connect()
+    session_id = start(linked, device.device_id)["session_id"]
+    linked.gateway.wait_for_state(session_id, "recording")
+    http = linked.gateway.http
+    paused = http.post(f"/v1/sessions/{session_id}/pause")
+    assert (paused.status_code, paused.json()["state"]) == (200, "paused")
+    order = answered(device, "pause", session_id)
+    assert set(order) - {"_topic"} == {"at", "type", "command_id", "session_id"}, "ids only"
+    wait_for_step(linked, session_id, "pause_confirmed")
+    assert http.post(f"/v1/sessions/{session_id}/pause").json()["state"] == "paused"
+    resumed = http.post(f"/v1/sessions/{session_id}/resume")
+    assert (resumed.status_code, resumed.json()["state"]) == (200, "recording")
+    answered(device, "resume", session_id)
+    # The room refuses a resume while its "do not record" switch is on: back to paused.
+    http.post(f"/v1/sessions/{session_id}/pause")
+    answered(device, "pause", session_id)
+    device.answer = lambda body: (body["type"] != "resume", "do_not_record")
+    http.post(f"/v1/sessions/{session_id}/resume")
+    answered(device, "resume", session_id)
+    back = wait_for_step(linked, session_id, "resume_refused")
+    linked.gateway.wait_for_state(session_id, "paused")
+    assert "resume_refused:do_not_record" in [e["detail"] for e in back["timeline"]] + [
+        e["detail"] for e in linked.gateway.session(session_id)["timeline"]
+    ]
+    http.post(f"/v1/sessions/{session_id}/stop")
+    answered(device, "stop", session_id)
+    late = http.post(f"/v1/sessions/{session_id}/pause")
+    assert (late.status_code, late.json()["code"]) == (409, "session_not_recording")
+    assert http.post("/v1/sessions/ses_nope/pause").status_code == 404
+
+
+def test_a_session_paused_before_the_room_started_begins_paused(
+    linked: Deployment, device: FakeDevice
+) -> None:
+    session_id = start(linked, device.device_id)["session_id"]  # the room is offline
+    paused = linked.gateway.http.post(f"/v1/sessions/{session_id}/pause")
+    assert paused.json()["state"] == "starting", "it stays starting, to begin paused"
+    device.connect()
+    device.state(recorder="idle")
+    order = answered(device, "start", session_id, paused=True)
+    assert len(starts(device)) == 1, "the first start, overtaken, is never sent"
+    device.state(recorder="recording", session_id=session_id, paused=True,
+                 last_command_id=order["command_id"])  # fmt: skip
+    linked.gateway.wait_for_state(session_id, "paused")
+    linked.gateway.http.post(f"/v1/sessions/{session_id}/stop")
+    answered(device, "stop", session_id)
+
+
+def test_the_room_pausing_by_itself_and_its_do_not_record_switch(
+    linked: Deployment, device: FakeDevice
+) -> None:
+    device.connect()
+    room = device.device_id
+    session_id = start(linked, room)["session_id"]
+    linked.gateway.wait_for_state(session_id, "recording")
+    event = {"type": "session_paused", "session_id": session_id, "source": "button",
+             "offset_s": 3.5}  # fmt: skip
+    device.publish("events", json.dumps(event))
+    paused = linked.gateway.wait_for_state(session_id, "paused")
+    assert ("paused", "button") in [(e["step"], e["detail"]) for e in paused["timeline"]]
+    device.publish("events", json.dumps({"type": "session_resumed", "session_id": session_id,
+                                         "source": "button"}))  # fmt: skip
+    linked.gateway.wait_for_state(session_id, "recording")
+    # A long press on the button stops it in the room: the session follows, nothing sent.
+    closed = {"type": "session_closed", "session_id": session_id, "reason": "stopped",
+              "chunks": 0, "speech_s": 0.0}  # fmt: skip
+    device.publish("events", json.dumps(closed))
+    stopping = linked.gateway.wait_for_state(session_id, "stopping")
+    assert ("stopped", "in the room (stopped)") in [
+        (e["step"], e["detail"]) for e in stopping["timeline"]
+    ]
+    device.state(recorder="closed", session_id=session_id, do_not_record=True)
+    deadline = time.monotonic() + 10
+    while not linked.gateway.http.get(f"/v1/rooms/{room}").json()["do_not_record"]:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    body = {"room": room, "clinician_external_id": linked.people[0],
+            "client_external_id": linked.people[1]}  # fmt: skip
+    refused = linked.gateway.http.post("/v1/sessions", json=body)
+    assert (refused.status_code, refused.json()["code"]) == (409, "room_do_not_record")

@@ -1,0 +1,60 @@
+"""The room's state as people see it, and the pattern each LED shows for it.
+
+One word for everything the agent knows: ``recording`` and ``paused`` first (people in the
+room must always know whether they are being recorded, also while the network is down),
+then ``problem`` (no microphone, a full spool, the wrong key), ``notes_ready`` for a while
+after the gateway said so, ``offline`` (no broker), else ``idle``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+RoomState = Literal["idle", "recording", "paused", "offline", "problem", "notes_ready"]
+ROOM_STATES: tuple[RoomState, ...] = (
+    "idle", "recording", "paused", "offline", "problem", "notes_ready",
+)  # fmt: skip
+
+# A single LED: steady on, off, or blinking (on, off seconds).
+Pattern = tuple[float, float] | Literal["on", "off"]
+PATTERNS: dict[RoomState, Pattern] = {
+    "recording": "on",
+    "paused": (0.5, 0.5),
+    "problem": (0.1, 0.1),
+    "notes_ready": (0.1, 1.9),
+    "offline": (0.05, 4.95),
+    "idle": "off",
+}
+# A colour LED (the APA102 ring): RGB.
+COLOURS: dict[RoomState, tuple[int, int, int]] = {
+    "recording": (255, 0, 0),
+    "paused": (255, 120, 0),
+    "problem": (255, 0, 255),
+    "notes_ready": (0, 255, 0),
+    "offline": (0, 0, 255),
+    "idle": (0, 0, 0),
+}
+
+
+@dataclass(frozen=True)
+class Facts:
+    """What the state is made of."""
+
+    recorder: str = "idle"  # the recorder's state
+    paused: bool = False
+    connected: bool = True
+    problem: str | None = None
+    notes_ready: bool = False
+
+
+def room_state(facts: Facts) -> RoomState:
+    if facts.recorder == "recording":
+        return "paused" if facts.paused else "recording"
+    if facts.problem:
+        return "problem"
+    if facts.notes_ready:
+        return "notes_ready"
+    if not facts.connected:
+        return "offline"
+    return "idle"
