@@ -85,6 +85,8 @@ class FeedbackHub(RecorderListener):
         self._event("stopped", event.session_id, "stop")
 
     def state_changed(self, snapshot: RecorderSnapshot) -> None:
+        if snapshot.last_error:  # e.g. spool_full, device_lost: shown now, not at a heartbeat
+            self.problem(snapshot.last_error)
         self._update(recorder=snapshot.state, paused=snapshot.paused)
 
     # -- the control link and the device status

@@ -103,7 +103,11 @@ def main() -> None:
                     probe.wait_for(probe.on(STATE, online=True), timeout=20)
                     session_id = deployment.gateway.start_session(ROOM, *deployment.people)
                     deployment.gateway.wait_for_state(session_id, "recording", timeout=20)
-                    pauses, baseline = measure(deployment, probe, session_id, args.tries)
+                    try:
+                        pauses, baseline = measure(deployment, probe, session_id, args.tries)
+                    except AssertionError:
+                        print(agent.log()[-6000:], file=sys.stderr)
+                        raise
                     deployment.gateway.http.post(f"/v1/sessions/{session_id}/stop")
             finally:
                 if agent is not None:

@@ -94,10 +94,13 @@ def test_gpio_leds_follow_the_state() -> None:
     leds.close()
 
 
+HOLD_S = 0.3  # a short press, and the quiet between presses: far above bounce_s (0.05)
+
+
 def test_button_short_and_long_presses_debounced() -> None:
     factory = MockFactory()
     actions: list[str] = []
-    settings = GpioSettings(button_pin=27, bounce_s=0.05, long_press_s=0.3)
+    settings = GpioSettings(button_pin=27, bounce_s=0.05, long_press_s=1.0)
     button = GpioButton(settings, actions.append, pin_factory=factory)
     pin = factory.pin(27)
     # A short press whose contacts bounce: one press.
@@ -105,16 +108,16 @@ def test_button_short_and_long_presses_debounced() -> None:
         pin.drive_low()
         pin.drive_high()
     pin.drive_low()
-    time.sleep(0.06)
+    time.sleep(HOLD_S)
     pin.drive_high()
     until(lambda: actions == ["pause_resume"], 2, "one short press")
-    time.sleep(0.06)  # past the bounce time
+    time.sleep(HOLD_S)
     pin.drive_low()  # held: a long press, and no short press at the release
-    until(lambda: actions == ["pause_resume", "stop"], 2, "the long press")
+    until(lambda: actions == ["pause_resume", "stop"], 3, "the long press")
     pin.drive_high()
-    time.sleep(0.06)
+    time.sleep(HOLD_S)
     pin.drive_low()  # the sentinel: one more short press, the only other action
-    time.sleep(0.06)
+    time.sleep(HOLD_S)
     pin.drive_high()
     until(lambda: len(actions) == 3, 2, "the sentinel press")
     assert actions == ["pause_resume", "stop", "pause_resume"]
@@ -125,7 +128,7 @@ def test_button_short_and_long_presses_debounced() -> None:
         pin_factory=factory,
     )
     factory.pin(5).drive_low()
-    time.sleep(0.06)
+    time.sleep(HOLD_S)
     factory.pin(5).drive_high()
     until(lambda: actions[-1] == "do_not_record", 2, "configured action")
     other.close()
@@ -213,7 +216,7 @@ def test_the_hub_drives_the_indicator_and_notes_ready_fades(tmp_path) -> None:
     hub.connection(True)
     hub.notified(NotesReady(session_id="ses_1"))
     until(lambda: shown.states[-1] == "idle", 3, "notes_ready to fade")
-    hub.problem("spool_full")
+    hub.state_changed(RecorderSnapshot(state="closed", last_error="spool_full"))
     hub.stop()
     assert shown.states == [
         "offline", "recording", "paused", "offline", "idle", "notes_ready", "idle",
