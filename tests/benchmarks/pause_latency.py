@@ -70,9 +70,9 @@ def measure(deployment, probe, session_id: str, tries: int) -> tuple[list[float]
 def main() -> None:
     from tests.gateway.conftest import ROOM_GATEWAY, SIMULATOR_FLAGS, SimulatorProcess
     from tests.gateway.deployment import Deployment
+    from tests.integration.test_lost_commands import watch
     from tests.integration.test_room_to_blueprint import ROOM, STATE, start_agent
     from tests.support.alsa import FifoFeeder
-    from tests.support.mqtt_probe import Probe
     from tests.support.processes import Service, free_port, wait_for_http
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -97,7 +97,7 @@ def main() -> None:
                 deployment.with_people(sim, "bench")
                 with (
                     FifoFeeder(root / "mic.fifo", period_frames=480, speed=1) as feeder,
-                    Probe(deployment.broker, password=deployment.gateway_password) as probe,
+                    watch(deployment) as probe,
                 ):
                     agent = start_agent(root, deployment, feeder.path)
                     probe.wait_for(probe.on(STATE, online=True), timeout=20)

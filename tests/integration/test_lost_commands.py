@@ -106,6 +106,14 @@ def record_and_finish(
     return done
 
 
+def watch(deployment: Deployment) -> Probe:
+    """A probe on rooms/# as the gateway's side sees it: as the deployment's observer user
+    where it has one (a broker that makes the client id the user name would have a probe
+    logged in as the gateway's own user knock the relay off), else as the gateway."""
+    user = getattr(deployment, "observer", None) or "gateway"
+    return Probe(deployment.broker, user, deployment.gateway_password)
+
+
 def agent_online(probe: Probe, after: int = 0) -> None:
     probe.wait_for(probe.on(STATE, online=True), timeout=20, after=after)
 
@@ -115,12 +123,12 @@ def probe() -> Iterator[Callable[[Deployment], Probe]]:
     """Every message on rooms/# of a deployment, as the gateway user sees them."""
     opened: list[Probe] = []
 
-    def watch(deployment: Deployment) -> Probe:
-        probe = Probe(deployment.broker, password=deployment.gateway_password).__enter__()
+    def opened_on(deployment: Deployment) -> Probe:
+        probe = watch(deployment).__enter__()
         opened.append(probe)
         return probe
 
-    yield watch
+    yield opened_on
     for probe in opened:
         probe.close()
 

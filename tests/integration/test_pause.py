@@ -19,6 +19,7 @@ import soundfile
 
 from tests.gateway.conftest import SimulatorProcess, steps
 from tests.gateway.deployment import Deployment
+from tests.integration.test_lost_commands import watch
 from tests.integration.test_room_to_blueprint import (
     ROOM,
     STATE,
@@ -30,7 +31,6 @@ from tests.integration.test_room_to_blueprint import (
     wait,
 )
 from tests.support.alsa import FifoFeeder
-from tests.support.mqtt_probe import Probe
 from tests.support.tone import mixed, tone, tone_level
 
 pytestmark = [pytest.mark.timeout(180), pytest.mark.slow]
@@ -76,7 +76,7 @@ def test_a_tone_played_only_while_paused_never_reaches_blueprint(
         ROOM_AGENT_FEEDBACK__SYSFS_LEDS='["led0"]',
     )  # fmt: skip
     try:
-        with Probe(deployment.broker, password=deployment.gateway_password) as probe:
+        with watch(deployment) as probe:
             probe.wait_for(probe.on(STATE, online=True), timeout=20)
         session_id = gateway.start_session(ROOM, *deployment.people)
         gateway.wait_for_state(session_id, "recording", timeout=20)
