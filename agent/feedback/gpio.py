@@ -22,7 +22,7 @@ Action = Callable[[ButtonAction], None]
 
 class GpioLeds:
     def __init__(self, pins: list[int], pin_factory: object | None = None) -> None:
-        from gpiozero import LED
+        from gpiozero import LED  # type: ignore[import-untyped]
 
         self.name = "gpio-leds"
         self.leds = [LED(pin, pin_factory=pin_factory) for pin in pins]

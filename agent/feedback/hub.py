@@ -12,7 +12,9 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import replace
+from functools import partial
 
 from agent.feedback.cues import Cue, CuePlayer
 from agent.feedback.hooks import Hooks
@@ -176,12 +178,14 @@ def build_indicators(settings: AgentSettings, pin_factory: object | None = None)
 
     feedback = settings.feedback
     drivers: list[Indicator] = []
-    makers = [lambda name=name: SysfsLed(feedback.sysfs_root, name) for name in feedback.sysfs_leds]
+    makers: list[Callable[[], Indicator]] = [
+        partial(SysfsLed, feedback.sysfs_root, name) for name in feedback.sysfs_leds
+    ]
     if feedback.gpio.led_pins:
-        makers.append(lambda: GpioLeds(feedback.gpio.led_pins, pin_factory))
+        makers.append(partial(GpioLeds, feedback.gpio.led_pins, pin_factory))
     if feedback.apa102.device:
         apa = feedback.apa102
-        makers.append(lambda: Apa102Ring(apa.device, apa.leds, apa.brightness))
+        makers.append(partial(Apa102Ring, apa.device, apa.leds, apa.brightness))
     for make in makers:
         try:
             drivers.append(make())

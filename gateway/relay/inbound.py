@@ -106,7 +106,11 @@ class DeviceMessages:
         """The device closed (or opened) the microphone to a session, at its time: on the
         timeline; and when the room did it by itself, the session follows."""
         pause = isinstance(message, SessionPaused)
-        detail = f"{message.source}, at {message.offset_s:.2f} s" if pause else message.source
+        detail = (
+            f"{message.source}, at {message.offset_s:.2f} s"
+            if isinstance(message, SessionPaused)
+            else message.source
+        )
         step = "microphone_closed" if pause else "microphone_opened"
         at = message.at.timestamp()
         session = sessions.get(conn, message.session_id)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from gpiozero.pins.mock import MockFactory
+from gpiozero.pins.mock import MockFactory  # type: ignore[import-untyped]
 
 from agent.feedback.apa102 import Apa102Ring, frame
 from agent.feedback.cues import CUES, load_cue, make_cue
@@ -87,8 +87,13 @@ def test_gpio_leds_follow_the_state() -> None:
     leds.show("recording")
     assert all(pin.state for pin in pins)
     leds.show("paused")  # blinking: both levels are seen
-    seen = set()
-    until(lambda: seen.add(pins[0].state) or seen == {0, 1}, 3, "blinking")
+    seen: set[int] = set()
+
+    def both_levels() -> bool:
+        seen.add(pins[0].state)
+        return seen == {0, 1}
+
+    until(both_levels, 3, "blinking")
     leds.show("idle")
     assert not any(pin.state for pin in pins)
     leds.close()
