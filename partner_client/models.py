@@ -60,11 +60,20 @@ class PendingJob(_Answer):
     last_error: str | None
 
 
+class PausedInterval(_Answer):
+    """A stretch the room's microphone was closed to the session (times only)."""
+
+    offset_s: float
+    started_at: datetime
+    ended_at: datetime
+
+
 class ReceivedAudio(_Answer):
     chunks_received: int
     speech_s: float
     manifest_chunks: int | None
     state: str
+    paused: list[PausedInterval] = []
 
 
 class Session(_Answer):

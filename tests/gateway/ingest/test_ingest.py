@@ -209,7 +209,7 @@ def test_a_session_is_assembled_uploaded_once_and_its_audio_deleted(
     assert sim.state()["audio_uploads"] == 1
     assert done["audio"] == {
         "chunks_received": 6, "speech_s": round(expected_s, 3), "manifest_chunks": 6,
-        "state": "assembled",
+        "state": "assembled", "paused": [],
     }  # fmt: skip
     timeline = steps(done)
     for step in ("first_chunk_received", "audio_closed", "audio_ready", "audio_uploaded"):
