@@ -109,10 +109,11 @@ def test_a_tone_played_only_while_paused_never_reaches_blueprint(
 
     # What Blueprint got is the file the gateway uploaded: no tone in it, speech around it.
     [row] = Gateway(deployment).query("SELECT audio_path FROM sessions WHERE id = ?", session_id)
-    uploaded, rate = soundfile.read(row["audio_path"], dtype="int16")
+    exported = uploaded_audio(deployment, row["audio_path"], tmp_path / "uploaded", session_id)
+    uploaded, rate = soundfile.read(exported, dtype="int16")
     assert rate == 16_000
     at_blueprint = sim_session(sim, session_id)
-    assert at_blueprint["audio_bytes"] == Path(row["audio_path"]).stat().st_size
+    assert at_blueprint["audio_bytes"] == exported.stat().st_size
     assert at_blueprint["audio_duration_s"] == pytest.approx(len(uploaded) / rate, abs=1e-3)
     assert len(uploaded) / rate > 10, "the speech before and after the pause is there"
     assert tone_level(uploaded) < HEARD, "the tone played while paused reached Blueprint"
@@ -136,6 +137,23 @@ def test_a_tone_played_only_while_paused_never_reaches_blueprint(
     assert "Traceback" not in gateway.log() + agent.log()
     print(f"\nnotes_ready at the gateway -> the room's LED changed: {notes_to_led_ms:.0f} ms")
     assert notes_to_led_ms < 2000
+
+
+def uploaded_audio(deployment: Deployment, ref: str, directory: Path, name: str) -> Path:
+    """The session's audio as the gateway keeps it (encrypted in its store's vault, or a
+    file), decrypted to a file: what it uploaded to Blueprint."""
+    from gateway.sessions.audio_vault import export_audio, is_vault_ref, open_vault
+    from gateway.settings import GatewaySettings
+    from gateway.store import Database
+
+    if not is_vault_ref(ref):
+        return Path(ref)
+    settings = GatewaySettings(state_dir=deployment.gateway.state_dir)
+    db = Database.open(settings.store_location)
+    try:
+        return export_audio(open_vault(db, settings.audio_key_path), ref, directory, name)
+    finally:
+        db.close()
 
 
 def led(directory: Path) -> str:
