@@ -42,6 +42,7 @@ from protocol.enrollment import (
 )
 from protocol.enrollment import DeviceFiles as Files
 from runtime.cli import Fatal
+from runtime.files import write_atomically
 
 TIMEOUT_S = 15.0
 CONFIG_FILE = "agent.toml"
@@ -164,28 +165,14 @@ def _write(files: Files, config: Path, credentials_dir: Path) -> None:
         for name, text in files.files.items():
             if name == CONFIG_FILE:
                 text = text.replace(files.install_dir, str(credentials_dir))
-                _replace(config, text.encode(), 0o644, None)
+                write_atomically(config, text.encode(), 0o644)
             else:
-                _replace(credentials_dir / name, text.encode(), 0o640 if group else 0o600, group)
+                write_atomically(
+                    credentials_dir / name, text.encode(), 0o640 if group else 0o600, group=group
+                )
     except OSError as exc:
         where = exc.filename or credentials_dir
         raise Fatal(f"enroll: {where}: {(exc.strerror or '').lower()} (run it with sudo)") from None
-
-
-def _replace(path: Path, data: bytes, mode: int, group: int | None) -> None:
-    """Write next to it, set owner and mode, then rename over it: never half a file, and
-    never a moment with a secret readable by others."""
-    tmp = path.with_name(f".{path.name}.enroll")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        os.write(fd, data)
-        if group is not None:
-            os.fchown(fd, -1, group)
-        os.fchmod(fd, mode)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
 
 
 def _service_group() -> int | None:

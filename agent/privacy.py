@@ -17,7 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from agent.pipeline.recorder import Recorder, RecorderError
-from agent.spool.files import write_atomically
+from runtime.files import write_atomically
 
 log = logging.getLogger(__name__)
 

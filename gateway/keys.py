@@ -6,7 +6,6 @@ never overwritten by accident, since every chunk sealed to it would become unrea
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
@@ -18,6 +17,7 @@ from protocol.envelope import (
     private_key_to_pem,
     public_key_to_text,
 )
+from runtime.files import write_atomically, write_new
 
 
 class KeyFileError(Exception):
@@ -29,23 +29,14 @@ def create_key(path: Path, replace: bool = False) -> X25519PrivateKey:
     key = generate_private_key()
     pem = private_key_to_pem(key)
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    partial = path.with_name(f".{path.name}.new")
     try:
-        fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "wb") as file:
-            file.write(pem)
-            file.flush()
-            os.fsync(file.fileno())
         if replace:
-            partial.replace(path)
+            write_atomically(path, pem)
         else:
-            os.link(partial, path)  # fails if the key exists, even if created meanwhile
-            partial.unlink()
+            write_new(path, pem)  # fails if the key exists, even if created meanwhile
     except FileExistsError:
-        partial.unlink(missing_ok=True)
         raise KeyFileError(f"{path}: a sealing key exists already (--force replaces it)") from None
     except OSError as exc:
-        partial.unlink(missing_ok=True)
         raise KeyFileError(f"{path}: cannot write the key ({exc.strerror})") from None
     return key
 

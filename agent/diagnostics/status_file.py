@@ -15,7 +15,6 @@ needs to read it (no numpy, no PortAudio: status starts fast).
 
 from __future__ import annotations
 
-import os
 from datetime import datetime
 from pathlib import Path
 from typing import Literal
@@ -29,6 +28,7 @@ from protocol.messages import (
     RecorderState,
     SealingKeyState,
 )
+from runtime.files import write_atomically
 
 STATUS_FILE = "status.json"
 CHECK_S = 2.0  # how often the writer looks for a change
@@ -98,10 +98,8 @@ class StatusSnapshot(BaseModel):
 
 
 def write_snapshot(path: Path, snapshot: StatusSnapshot) -> None:
-    """Replace ``path`` atomically; raises OSError."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(snapshot.model_dump_json() + "\n")
-    os.replace(tmp, path)
+    """Replace ``path`` atomically (mode 0600); raises OSError."""
+    write_atomically(path, (snapshot.model_dump_json() + "\n").encode())
 
 
 def read_snapshot(path: Path) -> StatusSnapshot | None:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from agent.spool.files import write_atomically
+from runtime.files import write_atomically
 
 log = logging.getLogger(__name__)
 

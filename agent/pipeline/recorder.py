@@ -42,7 +42,6 @@ from agent.pipeline.seal import ChunkSealer, gateway_key
 from agent.pipeline.vad import Segmenter, SpeechChunk
 from agent.settings import AgentSettings
 from agent.spool import Spool, SpoolError, SpoolFull
-from agent.spool.files import write_atomically
 from protocol.ids import ID_DESCRIPTION, ID_PATTERN, SessionId
 from protocol.manifest import CloseReason, SessionManifest
 from protocol.messages import (
@@ -55,6 +54,7 @@ from protocol.messages import (
     SessionStarted,
     now,
 )
+from runtime.files import write_atomically
 
 log = logging.getLogger(__name__)
 

@@ -16,10 +16,10 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
-from agent.spool.files import append_line
 from agent.spool.models import SessionInfo
 from protocol.ids import DeviceId, SessionId, Sha256Hex
 from protocol.manifest import CloseReason, ManifestChunk, PausedInterval, SessionManifest
+from runtime.files import append_line
 
 JOURNAL = "journal.jsonl"
 

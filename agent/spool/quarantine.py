@@ -15,8 +15,8 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from agent.spool.files import append_line, fsync_dir, read_lines
 from agent.spool.models import QuarantineEntry
+from runtime.files import append_line, fsync_dir, read_lines
 
 QUARANTINE = "quarantine"
 INDEX = "index.jsonl"

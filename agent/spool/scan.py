@@ -28,7 +28,6 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from agent.spool.files import fsync_dir, read_lines, truncate, write_atomically
 from agent.spool.journal import (
     JOURNAL,
     ChunkRecord,
@@ -53,6 +52,7 @@ from agent.spool.layout import (
 from agent.spool.models import FindingAction, ScanFinding
 from agent.spool.quarantine import QUARANTINE, Quarantine
 from protocol.envelope import EnvelopeError, read_header
+from runtime.files import fsync_dir, read_lines, truncate, write_atomically
 
 log = logging.getLogger(__name__)
 

@@ -21,7 +21,6 @@ from typing import Literal
 from pydantic import ValidationError
 
 from agent.settings import SpoolSettings
-from agent.spool.files import append_line, disk_full, fsync_dir, write_atomically
 from agent.spool.journal import (
     JOURNAL,
     AckRecord,
@@ -54,6 +53,7 @@ from agent.spool.quarantine import QUARANTINE, Quarantine
 from agent.spool.scan import MISSING, SHA_MISMATCH, Scanner
 from protocol.envelope import EnvelopeError, read_header
 from protocol.manifest import CloseReason, SessionManifest
+from runtime.files import append_line, disk_full, fsync_dir, write_atomically
 
 log = logging.getLogger(__name__)
 

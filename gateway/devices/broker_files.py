@@ -22,10 +22,10 @@ from pathlib import Path
 
 from gateway.devices import registry
 from gateway.devices.reserved import is_reserved
-from gateway.sessions.audio_files import write_small_file
 from gateway.settings import BrokerSettings
 from gateway.store import Connection
 from protocol import topics
+from runtime.files import write_atomically
 
 CONFIG_NAME = "mosquitto.conf"
 PASSWD_NAME = "passwd"
@@ -156,7 +156,11 @@ def render_acl(files: BrokerFiles, devices: list[registry.Device]) -> str:
 
 def write_config(files: BrokerFiles, settings: BrokerSettings, client_ca: Path | None) -> None:
     files.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-    written = [write_small_file(files.config, render_config(files, settings, client_ca).encode())]
+    written = [
+        write_atomically(
+            files.config, render_config(files, settings, client_ca).encode(), parents=True
+        )
+    ]
     if settings.persistence:
         (files.directory / "data").mkdir(exist_ok=True, mode=0o700)
         written.append(files.directory / "data")
@@ -167,8 +171,8 @@ def write_credentials(files: BrokerFiles, devices: list[registry.Device]) -> Non
     """Rewrite passwd and acl for the active ``devices``; each file is replaced whole."""
     files.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
     written = [
-        write_small_file(files.passwd, render_passwd(files, devices).encode()),
-        write_small_file(files.acl, render_acl(files, devices).encode()),
+        write_atomically(files.passwd, render_passwd(files, devices).encode(), parents=True),
+        write_atomically(files.acl, render_acl(files, devices).encode(), parents=True),
     ]
     _match_directory_owner(files.directory, written)
 

@@ -17,7 +17,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from gateway.sessions.audio_files import write_small_file
+from runtime.files import write_atomically
 
 CA_DAYS = 3650
 CLIENT_DAYS = 825
@@ -61,8 +61,10 @@ class DeviceCa:
             .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), False)
             .sign(key, hashes.SHA256())
         )
-        write_small_file(key_path, _key_pem(key), 0o600)
-        write_small_file(cert_path, cert.public_bytes(serialization.Encoding.PEM), 0o644)
+        write_atomically(key_path, _key_pem(key), 0o600, parents=True)
+        write_atomically(
+            cert_path, cert.public_bytes(serialization.Encoding.PEM), 0o644, parents=True
+        )
         return cls(cert, key)
 
     @classmethod

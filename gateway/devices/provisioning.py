@@ -24,10 +24,10 @@ from gateway.devices.reload import ReloadError, reload_broker
 from gateway.devices.reserved import is_reserved
 from gateway.devices.snippet import DeviceBundle, bundle_files
 from gateway.keys import KeyFileError, load_key, public_text
-from gateway.sessions.audio_files import write_small_file
 from gateway.settings import GatewaySettings
 from gateway.store.database import Database
 from protocol.enrollment import DeviceFiles
+from runtime.files import write_atomically
 
 logger = logging.getLogger(__name__)
 GATEWAY_CERT = "mqtt-client.crt"
@@ -221,13 +221,15 @@ class Provisioning:
             return existing, None
         path = self.settings.mqtt_password_path
         password = SecretStr(credentials.new_password())
-        write_small_file(path, (password.get_secret_value() + "\n").encode(), 0o600)
+        write_atomically(path, (password.get_secret_value() + "\n").encode(), 0o600, parents=True)
         return password, path
 
     def _gateway_certificate(self, ca: DeviceCa) -> Path:
         cert = self.settings.state_dir / GATEWAY_CERT
         if not cert.exists():
             issued = ca.issue_client(self.settings.mqtt.username)
-            write_small_file(self.settings.state_dir / GATEWAY_KEY, issued.key_pem, 0o600)
-            write_small_file(cert, issued.cert_pem, 0o644)
+            write_atomically(
+                self.settings.state_dir / GATEWAY_KEY, issued.key_pem, 0o600, parents=True
+            )
+            write_atomically(cert, issued.cert_pem, 0o644, parents=True)
         return cert

@@ -14,7 +14,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from gateway.sessions.audio_files import write_small_file
+from runtime.files import write_atomically
 
 TOKEN_FILE = "ingest-token"
 PASSWORD_FILE = "mqtt-password"
@@ -95,7 +95,7 @@ def write_bundle(bundle: DeviceBundle, out: Path, install_dir: Path) -> str:
         if data is None:
             target.unlink(missing_ok=True)  # left from an earlier kind of credentials
         else:
-            write_small_file(target, data, 0o600)
+            write_atomically(target, data, 0o600, parents=True)
     return (files[CONFIG_FILE] or b"").decode()
 
 

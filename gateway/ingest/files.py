@@ -9,10 +9,10 @@ the chunk's digest, so two different uploads under one seq can never overwrite e
 
 from __future__ import annotations
 
-import os
-import secrets
 import shutil
 from pathlib import Path
+
+from runtime.files import fsync_dir, write_atomically
 
 
 class ChunkFiles:
@@ -34,22 +34,9 @@ class ChunkFiles:
         directory = self.session_dir(session_id)
         if not directory.is_dir():
             directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-            _fsync_dir(directory.parent)
+            fsync_dir(directory.parent)
         name = self.name(seq, sha256)
-        partial = directory / f".{name}.{secrets.token_hex(4)}.part"
-        fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        try:
-            view = memoryview(blob)
-            while view:
-                view = view[os.write(fd, view) :]
-            os.fsync(fd)
-        except BaseException:
-            os.close(fd)
-            partial.unlink(missing_ok=True)
-            raise
-        os.close(fd)
-        partial.replace(directory / name)
-        _fsync_dir(directory)
+        write_atomically(directory / name, blob)
         return name
 
     def read(self, session_id: str, name: str) -> bytes:
@@ -61,11 +48,3 @@ class ChunkFiles:
 
     def delete_session(self, session_id: str) -> None:
         shutil.rmtree(self.session_dir(session_id), ignore_errors=True)
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -34,13 +34,9 @@ from typing import BinaryIO
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from gateway.sessions.audio_files import (
-    AudioRejected,
-    AudioTooLarge,
-    DurableFile,
-    write_small_file,
-)
+from gateway.sessions.audio_files import AudioRejected, AudioTooLarge
 from gateway.store import Connection, Database
+from runtime.files import DurableFile, write_atomically
 
 PART_BYTES = 1024 * 1024
 REF_PREFIX = "vault:"
@@ -65,7 +61,9 @@ def load_or_create_key(path: Path) -> bytes:
     """The audio key at ``path``, made (mode 0600) if there is none yet."""
     try:
         if not path.exists():
-            write_small_file(path, base64.b64encode(secrets.token_bytes(KEY_BYTES)) + b"\n")
+            write_atomically(
+                path, base64.b64encode(secrets.token_bytes(KEY_BYTES)) + b"\n", parents=True
+            )
         key = base64.b64decode(path.read_bytes().strip(), validate=True)
     except (OSError, ValueError) as exc:
         raise AudioKeyError(f"{path}: cannot read or make the audio key ({exc})") from None
@@ -187,7 +185,7 @@ def export_audio(vault: AudioVault, ref: str, directory: Path, name: str) -> Pat
 
     directory.mkdir(parents=True, exist_ok=True, mode=0o700)
     target = directory / f"{name}.part-unknown"
-    with DurableFile(target, 2**63) as file:
+    with DurableFile(target) as file:
         asyncio.run(collect(file))
     with target.open("rb") as written:
         suffix = ".ogg" if written.read(4) == b"OggS" else ".flac"
