@@ -55,9 +55,9 @@ def partial_name(target: Path) -> Path:
 
 
 def write_durably(path: Path, data: bytes, mode: int = PRIVATE, group: int | None = None) -> None:
-    """Write ``path`` (created or truncated) with exactly ``mode`` and fsync it; not yet
-    visible atomically: write_atomically renames such a file into place."""
-    with open_fd(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, PRIVATE) as fd:
+    """Write ``path`` (created or truncated, never through a symlink) with exactly ``mode``
+    and fsync it; not yet visible atomically: write_atomically renames it into place."""
+    with open_fd(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, PRIVATE) as fd:
         write_all(fd, data)
         if group is not None:
             os.fchown(fd, -1, group)
