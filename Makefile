@@ -31,6 +31,7 @@ bench: setup
 	$(BIN)/python tests/benchmarks/vad_quality.py
 	$(BIN)/python tests/benchmarks/uplink_drain.py
 	$(BIN)/python tests/benchmarks/gateway_ingest.py
+	nice -n 5 $(BIN)/python tests/benchmarks/ingest_limit.py
 	$(BIN)/python tests/benchmarks/notify_latency.py
 
 docs: setup

@@ -1,0 +1,237 @@
+"""Our ingest as a share of its stack's limit, measured in the same run, on both stores.
+
+The limit is ``bare_endpoint.py``: the same uvicorn/FastAPI, the same PUT path and sealed
+bodies, one fsync per body before the 200, nothing else. Ours is `room-gateway serve`
+(simulator, mosquitto from broker-config's files; on PostgreSQL a real server with fsync on):
+every chunk authenticated, checked, opened, its audio decoded, committed before its 200.
+For each store and each ``--concurrency`` (devices PUTting at once, one keep-alive
+connection each, distinct seqs of one session per run), bare -> ours -> bare: the ratio is
+ours over the mean of the two bare runs, so a neighbour's load hits both. Also the CPU-ms
+per chunk each process used (gateway, bare server, database, the benchmark's client) and,
+from the gateway's own stage counters (gateway_ingest_stage_*), where a chunk's time goes.
+Goal: ours >= 50% of bare with 4 and 16 devices on SQLite and PostgreSQL.
+
+    nice -n 5 .venv/bin/python tests/benchmarks/ingest_limit.py [--chunks 600]
+        [--concurrency 4 16] [--engines sqlite postgresql]
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import os
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a script: make `tests.support` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+GOAL_SHARE = 0.5
+REPO = Path(__file__).resolve().parents[2]
+
+
+class BareServer:
+    """bare_endpoint.py in its own process, on a free port."""
+
+    def __init__(self, root: Path) -> None:
+        from tests.support.processes import Service, free_port
+
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        (root / "bodies").mkdir(parents=True, mode=0o700)
+        argv = [sys.executable, str(REPO / "tests/benchmarks/bare_endpoint.py"), str(self.port)]
+        self.service = Service(argv, root / "bare.log", env={"BARE_DIR": str(root / "bodies")})
+
+    def start(self) -> BareServer:
+        from tests.support.processes import wait_for_http
+
+        self.service.start()
+        wait_for_http(f"{self.url}/healthz", timeout=20)
+        return self
+
+    def stop(self) -> None:
+        self.service.stop()
+
+
+def put_all(
+    port: int, headers: dict[str, str], requests: list[tuple[str, bytes]], devices: int
+) -> float:
+    """Seconds for ``devices`` keep-alive connections to PUT ``requests`` (path, body), each
+    device its share in turn, every answer a 200 (http.client: a light client, so the
+    benchmark's own CPU does not set the pace)."""
+    failures: list[str] = []
+
+    def device(number: int) -> None:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+        try:
+            for path, body in requests[number::devices]:
+                conn.request("PUT", path, body=body, headers=headers)
+                answer = conn.getresponse()
+                text = answer.read()
+                if answer.status != 200:
+                    failures.append(f"{path}: HTTP {answer.status} {text[:200]!r}")
+                    return
+        finally:
+            conn.close()
+
+    threads = [threading.Thread(target=device, args=(n,)) for n in range(devices)]
+    started = time.perf_counter()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    elapsed = time.perf_counter() - started
+    if failures:
+        raise SystemExit(failures[0])
+    return elapsed
+
+
+def sealed_requests(deployment, room: str, chunks: list, count: int) -> list[tuple[str, bytes]]:
+    """``count`` chunks of a new session in ``room``, sealed as the agent seals them."""
+    from agent.pipeline.seal import ChunkSealer
+    from protocol.ingest import chunk_path
+
+    session_id = deployment.gateway.start_session(room, *deployment.people)
+    sealer = ChunkSealer(room, deployment.key.public_key())
+    return [
+        (
+            chunk_path(room, session_id, seq),
+            sealer.seal(session_id, seq, seq * 10.0, chunks[seq % len(chunks)].pcm),
+        )
+        for seq in range(count)
+    ]
+
+
+def stage_totals(url: str) -> dict[str, tuple[float, float, float]]:
+    """The gateway's ingest stage counters: {stage: (count, cpu_s, wall_s)}."""
+    import httpx
+
+    from tests.benchmarks.stages import parse_stages
+
+    return parse_stages(httpx.get(f"{url}/metrics", timeout=30).text, "gateway_ingest_stage")
+
+
+def compare(
+    label: str,
+    deployment,
+    bare: BareServer,
+    room: str,
+    chunks: list,
+    count: int,
+    devices: int,
+    pids: dict[str, int | None],
+) -> float:
+    """Bare, ours, bare again; prints the figures; returns ours / mean(bare)."""
+    from protocol.ingest import SEALED_CHUNK_CONTENT_TYPE
+    from tests.benchmarks.cpu import CpuMeter
+    from tests.benchmarks.stages import stage_report
+
+    requests = sealed_requests(deployment, room, chunks, count)
+    headers = {
+        "Authorization": f"Bearer {deployment.devices[room].token}",
+        "Content-Type": SEALED_CHUNK_CONTENT_TYPE,
+    }
+    meter = CpuMeter({"bare": bare.service.pid}).start()
+    first = count / put_all(bare.port, headers, requests, devices)
+    bare_cpu = meter.stop()
+    before = stage_totals(deployment.gateway.url)
+    meter = CpuMeter(pids).start()
+    ours = count / put_all(deployment.gateway.port, headers, requests, devices)
+    ours_cpu = meter.stop()
+    after = stage_totals(deployment.gateway.url)
+    second = count / put_all(bare.port, headers, requests, devices)
+    limit = (first + second) / 2
+    share = ours / limit
+    verdict = "" if share >= GOAL_SHARE else f"  (under the {GOAL_SHARE:.0%} goal)"
+    print(f"{label}, {devices} devices: ours {ours:.0f} chunks/s, bare {first:.0f}/{second:.0f}"
+          f" chunks/s: ours is {share:.0%} of the limit{verdict}")  # fmt: skip
+    print(f"  CPU-ms per chunk: ours: {_per_chunk(ours_cpu, count)};"
+          f" bare: {_per_chunk(bare_cpu, count)}")  # fmt: skip
+    stages = {
+        name: tuple(a - b for a, b in zip(totals, before.get(name, (0.0, 0.0, 0.0)), strict=True))
+        for name, totals in after.items()
+    }
+    if stages:
+        print(stage_report(stages, "  "))
+    return share
+
+
+def _per_chunk(used: dict[str, float], count: int) -> str:
+    return ", ".join(f"{name} {seconds * 1000 / count:.1f}" for name, seconds in used.items())
+
+
+def main() -> None:
+    from tests.benchmarks.gateway_ingest import speech_chunks
+    from tests.gateway.conftest import ROOM_GATEWAY, SIMULATOR_FLAGS, SimulatorProcess
+    from tests.support.processes import Service, free_port, wait_for_http
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--chunks", type=int, default=600)
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[4, 16])
+    parser.add_argument("--engines", nargs="+", default=["sqlite", "postgresql"],
+                        choices=["sqlite", "postgresql"])  # fmt: skip
+    args = parser.parse_args()
+    print(f"machine: {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f} at start,"
+          f" nice {os.nice(0)}")  # fmt: skip
+    chunks = speech_chunks()
+    mean_kb = sum(len(c.pcm) for c in chunks) * 2 / len(chunks) / 1024
+    print(f"bodies: real VAD chunks of a synthetic session, {mean_kb:.0f} KiB PCM each on"
+          " average, FLAC, sealed")  # fmt: skip
+    shares: list[float] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        port = free_port()
+        argv = [ROOM_GATEWAY, "simulator", "--port", str(port), *SIMULATOR_FLAGS]
+        with Service(argv, root / "simulator.log", env={"PYTHONUNBUFFERED": "1"}) as service:
+            sim = SimulatorProcess(service, f"http://127.0.0.1:{port}")
+            wait_for_http(f"{sim.url}/_sim/state")
+            bare = BareServer(root / "bare").start()
+            try:
+                for engine in args.engines:
+                    shares += _engine(root / engine, sim, bare, engine, chunks, args)
+            finally:
+                bare.stop()
+    print(f"load average at the end {os.getloadavg()[0]:.1f}")
+    if min(shares) < GOAL_SHARE:
+        print(f"lowest share {min(shares):.0%}: under the {GOAL_SHARE:.0%} goal")
+
+
+def _engine(root: Path, sim, bare: BareServer, engine: str, chunks: list, args) -> list[float]:
+    from tests.gateway.deployment import Deployment
+    from tests.support.postgres import PostgresServer
+
+    env = {"ROOM_GATEWAY_LOG_LEVEL": "warning"}
+    server = None
+    if engine == "postgresql":
+        server = PostgresServer(durable=True).start()
+        (root / "gateway").mkdir(parents=True)
+        env |= {
+            "ROOM_GATEWAY_STORE__URL": server.url(server.database()),
+            "ROOM_GATEWAY_STORE__PASSWORD_FILE": str(server.password_file(root / "gateway")),
+        }
+    rooms = tuple(f"room-c{n}" for n in args.concurrency)
+    try:
+        deployment = Deployment(root, sim.url, rooms, **env).start()
+        try:
+            sim.set_callback(deployment.gateway.webhook_url)
+            deployment.gateway.put_people(*deployment.people)
+            assert deployment.gateway.service is not None
+            pids = {"gateway": deployment.gateway.service.pid}
+            if server is not None:
+                pids["postgres"] = int((server.data / "postmaster.pid").read_text().split()[0])
+            return [
+                compare(engine, deployment, bare, room, chunks, args.chunks, devices, pids)
+                for room, devices in zip(rooms, args.concurrency, strict=True)
+            ]
+        finally:
+            deployment.stop()
+    finally:
+        if server is not None:
+            server.destroy()
+
+
+if __name__ == "__main__":
+    main()
