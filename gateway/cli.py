@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -607,6 +608,11 @@ def demo(no_tty: bool, keep: bool) -> int:
 
 
 def main() -> None:
+    # Everything this program creates (state, keys, the store, device bundles, exported
+    # audio and the directories above them) is its user's alone, whatever umask the shell
+    # or service manager gave it: systemd's UMask=0077 is not there when an operator runs
+    # `room-gateway serve` or `device add --out` by hand.
+    os.umask(0o077)
     run_program(
         cli,
         "room-gateway",
