@@ -27,6 +27,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway.errors import Conflict, GatewayError, InvalidReference, NotFound
@@ -182,6 +183,7 @@ def install(app: FastAPI) -> None:
     app.add_exception_handler(IngestError, _ingest_error)
     app.add_exception_handler(StarletteHTTPException, _http_exception)
     app.add_exception_handler(DatabaseUnavailable, _store_busy)
+    app.add_exception_handler(ClientDisconnect, _client_gone)
     app.add_exception_handler(Exception, _internal_error)
     app.add_middleware(_BodyLimitAsProblem)
     build_spec = app.openapi
@@ -266,6 +268,8 @@ HTTP_CODES = {
 async def _http_exception(request: Request, exc: Exception) -> JSONResponse:
     """Starlette's own answers (no route, wrong method, body over the limit)."""
     assert isinstance(exc, StarletteHTTPException)
+    if isinstance(exc.__cause__, ClientDisconnect):  # FastAPI's "error parsing the body"
+        return await _client_gone(request, exc.__cause__)
     code = HTTP_CODES.get(exc.status_code, "invalid_request")
     detail = exc.detail if isinstance(exc.detail, str) else CATALOGUE[code].meaning
     return problem_response(request, exc.status_code, code, detail, headers=exc.headers)
@@ -290,6 +294,16 @@ async def _internal_error(request: Request, exc: Exception) -> JSONResponse:
         "%s %s failed: %s", request.method, request.url.path, type(exc).__name__, exc_info=exc
     )
     return problem_response(request, 500, "internal_error", "the gateway failed; see its log")
+
+
+async def _client_gone(request: Request, exc: Exception) -> JSONResponse:
+    """The client closed its connection before sending all of its body: an everyday event
+    (a device losing its network, a timeout on its side), one line, not a traceback. The
+    answer goes nowhere (uvicorn drops it); nothing was stored."""
+    logger.info(
+        "%s %s: client disconnected before its body was read", request.method, request.url.path
+    )
+    return problem_response(request, 400, "malformed_request", "the client disconnected")
 
 
 class _BodyLimitAsProblem:
