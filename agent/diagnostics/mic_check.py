@@ -158,10 +158,16 @@ def run_check(
             block = source.read(timeout=READ_TIMEOUT_S)
             if block is None:
                 break
-            meter.push(block[: target - meter.samples])
-            if show is not None and meter.samples >= next_show:
-                show(meter.reading())
-                next_show = (meter.samples // step + 1) * step
+            block = block[: target - meter.samples]
+            # In pieces that end where a reading is due: a capture block (120 ms) does not
+            # divide the meter's step, and a line says how much audio it measured.
+            while len(block):
+                cut = len(block) if show is None else min(len(block), next_show - meter.samples)
+                meter.push(block[:cut])
+                block = block[cut:]
+                if show is not None and meter.samples >= next_show:
+                    show(meter.reading())
+                    next_show += step
         stats = source.stats
     levels = meter.finish()
     verdict, reason = judge(levels, seconds)

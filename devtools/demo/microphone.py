@@ -36,6 +36,11 @@ import numpy as np
 
 PCM_NAME = "testmic"
 SAMPLE_BYTES = 2
+# The agent's capture block (agent.audio.block_ms, 120 ms by default) at 16 kHz. A feeder's
+# period must be a whole number of the reader's: a read of one ALSA period from a FIFO that
+# holds less comes back short, and the plugin fills the rest with stale samples. 3840 B fit
+# in one atomic write (PIPE_BUF).
+PERIOD_FRAMES = 1_920
 
 
 def write_asound_conf(
@@ -105,7 +110,7 @@ class FifoFeeder:
         self,
         path: Path,
         *,
-        period_frames: int,
+        period_frames: int = PERIOD_FRAMES,
         rate: int = 16_000,
         channels: int = 1,
         speed: float = 1.0,

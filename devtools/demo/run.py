@@ -35,7 +35,7 @@ from typing import Any, TextIO
 
 from devtools.demo import privacy, report
 from devtools.demo.conversation import Conversation, build_conversation
-from devtools.demo.microphone import FifoFeeder
+from devtools.demo.microphone import PERIOD_FRAMES, FifoFeeder
 from devtools.demo.partner import CLIENT_ID, CLINICIAN_ID, NAMES, Partner, PartnerError
 from devtools.demo.privacy import MqttProbe
 from devtools.demo.processes import ChildExited, http_up, port_open, wait_until
@@ -44,7 +44,6 @@ from devtools.demo.signals import Interrupted, Signals
 from devtools.demo.speech import SAMPLE_RATE, SpeechError
 from devtools.demo.stack import Layout, Ports, Stack, StackError
 
-PERIOD_FRAMES = 480  # 30 ms, the agent's capture block: whole periods, 960 B < PIPE_BUF
 STOP_TIMEOUTS_S = {"agent": 15.0, "gateway": 10.0, "simulator": 5.0, "mosquitto": 5.0}
 STARTUP_S = 30.0
 STEP_S = 30.0

@@ -20,7 +20,7 @@ from agent.pipeline.seal import ChunkSealer
 from agent.spool import Spool
 from protocol.codec import decode
 from protocol.envelope import generate_private_key, open_chunk, public_key_to_text
-from tests.support.alsa import FifoFeeder, write_asound_conf
+from tests.support.alsa import PERIOD_FRAMES, FifoFeeder, write_asound_conf
 from tests.support.processes import Service
 from tests.support.speech import make_session
 
@@ -267,7 +267,7 @@ def test_record_from_the_microphone(tmp_path, env, speech):
     fifo = tmp_path / "mic.fifo"
     # Paced like a sound card (4x real time): an unpaced file would outrun the consumer
     # and the capture queue would drop blocks (counted, but the audio would then differ).
-    with FifoFeeder(fifo, period_frames=480, speed=4) as feeder:
+    with FifoFeeder(fifo, period_frames=PERIOD_FRAMES, speed=4) as feeder:
         env.update(write_asound_conf(tmp_path / "asound.conf", fifo))
         env["ROOM_AGENT_AUDIO__DEVICE"] = "testmic"
         feeder.play(pcm)

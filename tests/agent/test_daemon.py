@@ -24,7 +24,7 @@ from protocol.codec import decode
 from protocol.envelope import generate_private_key, public_key_to_text
 from protocol.messages import DeviceState, StartCommand, StopCommand
 from protocol.topics import topic
-from tests.support.alsa import FifoFeeder, write_asound_conf
+from tests.support.alsa import PERIOD_FRAMES, FifoFeeder, write_asound_conf
 from tests.support.ingest_server import IngestServer
 from tests.support.mosquitto import Broker
 from tests.support.mqtt_probe import Probe
@@ -38,7 +38,7 @@ TOKEN = "room-9-ingest-token"
 STATE, EVENTS, CMD = (topic(DEVICE, kind) for kind in ("state", "events", "cmd"))
 ROOM_AGENT = str(Path(sys.executable).parent / "room-agent")
 SPEED = 8  # the FIFO is fed at 8x real time: a 40 s session plays in 5 s
-FIFO_PERIOD = 480  # the feeder's period: its idle silence comes in whole periods
+FIFO_PERIOD = PERIOD_FRAMES  # the feeder's period: its idle silence comes in whole periods
 
 
 SPEECH_S = 12.69  # the true speech in the synthetic session below
@@ -185,7 +185,7 @@ def found_in(audio: np.ndarray, played: list[np.ndarray]) -> bool:
 
 def cut(seconds: float) -> int:
     """A split point on a FIFO period boundary (a partial period would be padded)."""
-    return int(seconds * 16_000) // 480 * 480
+    return int(seconds * 16_000) // FIFO_PERIOD * FIFO_PERIOD
 
 
 def assert_delivered(ingest: IngestServer, session_id: str, played: list[np.ndarray]) -> list:

@@ -35,7 +35,7 @@ from tests.agent.device_setup import (
     wait_for_snapshot,
 )
 from tests.agent.diagnostics.test_status import block, problems, record
-from tests.support.alsa import FifoFeeder
+from tests.support.alsa import PERIOD_FRAMES, FifoFeeder
 from tests.support.mqtt_probe import Probe
 from tests.support.speech import make_session_pcm
 
@@ -138,7 +138,7 @@ def test_a_microphone_plugged_in_later_is_found(tmp_path, broker, ingest):
         agent = start_agent(tmp_path, env)
         try:
             probe.wait_for(probe.on(STATE, online=True, microphone="missing"), timeout=15)
-            with FifoFeeder(tmp_path / "mic.fifo", period_frames=480):
+            with FifoFeeder(tmp_path / "mic.fifo", period_frames=PERIOD_FRAMES):
                 probe.wait_for(probe.on(STATE, microphone="ok"), timeout=15)
                 snapshot = wait_for_snapshot(tmp_path, lambda s: s.microphone == "ok")
                 assert snapshot.last_error is None
@@ -208,8 +208,12 @@ def test_the_gateway_can_ask_for_a_level_check_and_the_logs(tmp_path, broker, in
     """What `room-gateway room check|logs` sends: numbers and the agent's own log lines."""
     env = device_env(tmp_path, broker.url, ingest.url, tmp_path / "mic.fifo")
     pcm, _ = make_session_pcm(8, 20, seed=3)
+    # No idle silence: it would wait in the FIFO (64 KiB, 2 s of audio) ahead of the speech,
+    # and a 2 s check would measure only that.
     with (
-        FifoFeeder(tmp_path / "mic.fifo", period_frames=480, speed=2) as mic,
+        FifoFeeder(
+            tmp_path / "mic.fifo", period_frames=PERIOD_FRAMES, speed=2, idle_silence=False
+        ) as mic,
         Probe(broker) as probe,
     ):
         agent = start_agent(tmp_path, env)

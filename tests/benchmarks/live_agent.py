@@ -1,12 +1,18 @@
 """The whole room agent's cost while it records live: CPU %, peak RSS, instructions per
-audio second, idle and recording, next to a bare PortAudio capture as the baseline.
+audio second, idle and recording, before and after a change, next to a bare PortAudio
+capture as the baseline, all in the same run.
 
 A real `room-agent run` (real mosquitto, the stand-in ingest server over HTTP, product
 defaults but for the addresses) captures through real PortAudio from the ALSA file plugin,
-fed from a FIFO in real time (30 ms periods) with a recorded two-talker session
-(tests/support/room_sessions.py). Figures come from /proc/<pid>: CPU = (utime + stime) over
-wall time, peak RSS = VmHWM. The baseline is a bare pyaudio capture of the same stream in
-its own process (callback into a queue, read and dropped): what any Python agent pays.
+fed from a FIFO in real time, in periods of the agent's default capture block, with a
+recorded two-talker session (tests/support/room_sessions.py). Figures come from
+/proc/<pid>: CPU = (utime + stime) over wall time, peak RSS = VmHWM. The baseline is a bare
+pyaudio capture of the same stream in its own process (callback into a queue, read and
+dropped): what any Python agent pays, at each capture block the agents use.
+
+"Before" is another source tree of the project (``--before DIR``, e.g. main's:
+``git archive main | tar -x -C DIR``), run by the same interpreter with DIR first on
+PYTHONPATH; "after" is the agent installed (``--agent``).
 
 Instructions (perf cannot count them on these machines): the same agent under
 `valgrind --tool=callgrind --instr-atstart=no`, instrumented only during the measured
@@ -15,6 +21,7 @@ valgrind the agent runs ~50x slower, so that phase is short (``--callgrind-s``).
 
     .venv/bin/python tests/benchmarks/live_agent.py [--seconds 60] [--idle-s 20]
         [--callgrind-s 10] [--no-callgrind] [--no-baseline] [--agent PATH] [--env K=V]
+        [--before DIR]
 """
 
 from __future__ import annotations
@@ -27,7 +34,7 @@ import sys
 import tempfile
 import textwrap
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 if __package__ in (None, ""):  # run as a script: make `tests.support` importable
@@ -45,7 +52,6 @@ from tests.support.mqtt_probe import Probe
 from tests.support.processes import Service
 from tests.support.room_sessions import make_room_session
 
-PERIOD = 480  # 30 ms at 16 kHz: a typical USB microphone's period
 TICK = os.sysconf("SC_CLK_TCK")
 ROOM_AGENT = str(Path(sys.executable).parent / "room-agent")
 BARE_CAPTURE = textwrap.dedent(
@@ -66,6 +72,46 @@ BARE_CAPTURE = textwrap.dedent(
         q.get()
     """
 )
+
+
+@dataclass
+class Agent:
+    """One agent under test: how to start it, and the capture block it reads (frames)."""
+
+    name: str
+    argv: list[str]
+    period: int
+    env: dict[str, str] = field(default_factory=dict)
+    cwd: Path | None = None
+
+
+def installed_agent(room_agent: str, extra_env: dict[str, str]) -> Agent:
+    python = str(Path(room_agent).parent / "python")
+    return Agent("after", [room_agent, "run"], agent_period(python, {}, None), dict(extra_env))
+
+
+def source_agent(tree: Path, room_agent: str, extra_env: dict[str, str]) -> Agent:
+    """The project in ``tree`` (another revision), run by the installed agent's interpreter."""
+    python = str(Path(room_agent).parent / "python")
+    env = {**extra_env, "PYTHONPATH": str(tree)}
+    argv = [python, "-c", "import sys; from agent.cli import main; sys.exit(main())", "run"]
+    period = agent_period(python, env, tree)
+    return Agent("before", argv, period, env, tree)
+
+
+def agent_period(python: str, env: dict[str, str], cwd: Path | None) -> int:
+    """The capture block, in frames at 16 kHz, that this agent reads (its default)."""
+    code = (
+        "import agent.settings as s, sys; "
+        "print(s.__file__, file=sys.stderr); print(s.AudioSettings().block_ms * 16)"
+    )
+    done = subprocess.run(
+        [python, "-c", code], env={**os.environ, **env}, cwd=cwd, capture_output=True,
+        text=True, check=True,
+    )  # fmt: skip
+    if cwd is not None and not done.stderr.strip().startswith(str(cwd)):
+        raise SystemExit(f"--before: the agent came from {done.stderr.strip()}, not {cwd}")
+    return int(done.stdout)
 
 
 @dataclass
@@ -112,8 +158,7 @@ def run_agent(
     idle_s: float,
     record_s: float,
     valgrind: Path | None,
-    extra_env: dict[str, str],
-    room_agent: str = ROOM_AGENT,
+    under_test: Agent,
 ) -> list[Phase | int]:
     """Idle, then recording: the two phases (or, under callgrind, the instruction counts)."""
     users = {DEVICE: PASSWORD, "gateway": "gateway-secret"}
@@ -121,15 +166,15 @@ def run_agent(
     with (
         Broker(work / "broker", users=users) as broker,
         IngestServer(KEY, {DEVICE: TOKEN}) as ingest,
-        FifoFeeder(fifo, period_frames=PERIOD) as mic,
+        FifoFeeder(fifo, period_frames=under_test.period) as mic,
     ):
         env = device_env(work, broker.url, ingest.url, fifo)
         for key in ("HEARTBEAT_S", "RECONNECT_MIN_S", "RECONNECT_MAX_S"):
             env.pop(f"ROOM_AGENT_MQTT__{key}")  # product defaults, not the tests' fast ones
         for key in ("BACKOFF_BASE_S", "BACKOFF_MAX_S"):
             env.pop(f"ROOM_AGENT_LINK__{key}")
-        env.update(extra_env)
-        argv = [room_agent, "run"]
+        env.update(under_test.env)
+        argv = list(under_test.argv)
         if valgrind is not None:
             argv = [
                 "valgrind",
@@ -138,19 +183,20 @@ def run_agent(
                 f"--callgrind-out-file={valgrind}.%p",
                 *argv,
             ]
-        agent = Service(argv, work / "agent.log", env=env).start()
+        agent = Service(argv, work / "agent.log", env=env, cwd=under_test.cwd).start()
         try:
             startup = 600 if valgrind else 30
             wait_for_snapshot(work, lambda s: s.mqtt_connected, timeout=startup)
             time.sleep(2.0 if valgrind is None else 10.0)  # let start-up settle
             results: list[Phase | int] = []
-            results.append(phase(agent.pid, "idle", idle_s, valgrind))
+            results.append(phase(agent.pid, f"{under_test.name}: idle", idle_s, valgrind))
             state, cmd = topic(DEVICE, "state"), topic(DEVICE, "cmd")
             with Probe(broker) as probe:
                 probe.publish(cmd, StartCommand(command_id="go", session_id="bench-1"))
                 probe.wait_for(probe.on(state, recorder="recording"), timeout=startup)
                 mic.play(audio)
-                results.append(phase(agent.pid, "recording", record_s, valgrind))
+                name = f"{under_test.name}: recording"
+                results.append(phase(agent.pid, name, record_s, valgrind))
                 probe.publish(cmd, StopCommand(command_id="end", session_id="bench-1"))
                 ingest.wait_until(lambda: ingest.manifest("bench-1") is not None, timeout=startup)
             chunks = len(ingest.chunks("bench-1"))
@@ -172,7 +218,7 @@ def phase(pid: int, name: str, seconds: float, valgrind: Path | None) -> Phase |
     call("-i", "on")
     call("-z")
     time.sleep(seconds)
-    call("-d", name)
+    call("-d", name.replace(" ", "").replace(":", "-"))
     call("-i", "off")
     dumps = sorted(valgrind.parent.glob(f"{valgrind.name}.{pid}.*"), key=os.path.getmtime)
     match = re.search(r"^totals:\s*(\d+)", dumps[-1].read_text(), re.M) if dumps else None
@@ -181,12 +227,12 @@ def phase(pid: int, name: str, seconds: float, valgrind: Path | None) -> Phase |
     return int(match.group(1))
 
 
-def run_baseline(work: Path, audio: np.ndarray, seconds: float) -> Phase:
+def run_baseline(work: Path, audio: np.ndarray, seconds: float, period: int) -> Phase:
     fifo = work / "bare.fifo"
-    with FifoFeeder(fifo, period_frames=PERIOD) as mic:
+    with FifoFeeder(fifo, period_frames=period) as mic:
         env = device_env(work, mic=fifo)
         bare = Service(
-            [sys.executable, "-c", BARE_CAPTURE, str(PERIOD)], work / "bare.log", env=env
+            [sys.executable, "-c", BARE_CAPTURE, str(period)], work / "bare.log", env=env
         ).start()
         try:
             deadline = time.monotonic() + 30
@@ -196,7 +242,7 @@ def run_baseline(work: Path, audio: np.ndarray, seconds: float) -> Phase:
                 time.sleep(0.1)
             time.sleep(2.0)
             mic.play(audio)
-            return measure("bare capture", bare.pid, seconds)
+            return measure(f"bare capture {period // 16} ms", bare.pid, seconds)
         finally:
             bare.stop()
 
@@ -215,52 +261,61 @@ def main() -> None:
         " device: no test or dev packages that httpx would import)",
     )
     parser.add_argument(
+        "--before", type=Path, help="a source tree of the project to compare with (e.g. main)"
+    )
+    parser.add_argument(
         "--env", action="append", default=[], help="KEY=VALUE for the agent (a setting to try)"
     )
     args = parser.parse_args()
     audio = session_audio(args.seconds + 30)
+    extra = dict(item.split("=", 1) for item in args.env)
+    agents = [installed_agent(args.agent, extra)]
+    if args.before is not None:
+        agents.insert(0, source_agent(args.before.resolve(), args.agent, extra))
+    phases: list[Phase] = []
+    instructions: dict[str, tuple[int, int]] = {}
     with tempfile.TemporaryDirectory(prefix="live-agent-") as tmp:
         work = Path(tmp)
-        (work / "agent").mkdir()
-        extra = dict(item.split("=", 1) for item in args.env)
-        phases = run_agent(
-            work / "agent", audio, args.idle_s, args.seconds, None, extra, args.agent
-        )
-        baseline = None
+        for agent in agents:
+            (work / agent.name).mkdir()
+            measured = run_agent(work / agent.name, audio, args.idle_s, args.seconds, None, agent)
+            phases += [item for item in measured if isinstance(item, Phase)]
         if not args.no_baseline:
-            (work / "bare").mkdir()
-            baseline = run_baseline(work / "bare", audio, args.seconds)
-        instructions: list[Phase | int] = []
+            for period in sorted({agent.period for agent in agents}):
+                (work / f"bare-{period}").mkdir()
+                phases.append(run_baseline(work / f"bare-{period}", audio, args.seconds, period))
         if not args.no_callgrind:
-            (work / "cg").mkdir()
-            instructions = run_agent(
-                work / "cg",
-                audio,
-                args.callgrind_s,
-                args.callgrind_s,
-                work / "cg" / "out",
-                extra,
-                args.agent,
-            )
+            for agent in agents:
+                cg = work / f"cg-{agent.name}"
+                cg.mkdir()
+                counts = run_agent(cg, audio, args.callgrind_s, args.callgrind_s, cg / "out", agent)
+                idle_ir, rec_ir = (int(count) for count in counts if isinstance(count, int))
+                instructions[agent.name] = (idle_ir, rec_ir)
     print(
         f"live agent, 16 kHz mono via PortAudio (ALSA file plugin, FIFO at real time); "
         f"load average {os.getloadavg()[0]:.2f}"
     )
+    for agent in agents:
+        print(f"  {agent.name}: capture block {agent.period // 16} ms: {' '.join(agent.argv)}")
     print(f"{'process':<22} {'wall s':>7} {'CPU %':>7} {'peak RSS MB':>12} {'RSS MB':>7}")
-    for item in [*phases, *([baseline] if baseline else [])]:
-        assert isinstance(item, Phase)
+    for item in phases:
         print(
             f"{item.name:<22} {item.wall_s:>7.1f} {item.cpu_percent:>7.3f} "
             f"{item.peak_rss_mb:>12.1f} {item.rss_mb:>7.1f}"
         )
-    if baseline is not None:
-        recording = phases[1]
-        assert isinstance(recording, Phase)
-        print(f"recording / bare capture CPU: {recording.cpu_s / max(baseline.cpu_s, 1e-9):.1f}x")
-    if instructions:
-        idle_ir, rec_ir = (int(count) for count in instructions if isinstance(count, int))
+    recording = {p.name.split(":")[0]: p for p in phases if p.name.endswith(": recording")}
+    bare = {p.name: p for p in phases if p.name.startswith("bare capture")}
+    for agent in agents:
+        base = bare.get(f"bare capture {agent.period // 16} ms")
+        if base is not None:
+            ratio = recording[agent.name].cpu_s / max(base.cpu_s, 1e-9)
+            print(f"{agent.name}: recording / bare capture at its block CPU: {ratio:.1f}x")
+    if "before" in recording:
+        ratio = recording["after"].cpu_s / max(recording["before"].cpu_s, 1e-9)
+        print(f"after / before, recording CPU: {ratio:.2f}x")
+    for name, (idle_ir, rec_ir) in instructions.items():
         print(
-            f"instructions (callgrind, {args.callgrind_s:g} s each): idle "
+            f"{name}: instructions (callgrind, {args.callgrind_s:g} s each): idle "
             f"{idle_ir / args.callgrind_s / 1e6:.1f} M per second, recording "
             f"{rec_ir / args.callgrind_s / 1e6:.1f} M per audio second"
         )

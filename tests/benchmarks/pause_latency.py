@@ -72,7 +72,7 @@ def main() -> None:
     from tests.gateway.deployment import Deployment
     from tests.integration.test_lost_commands import watch
     from tests.integration.test_room_to_blueprint import ROOM, STATE, start_agent
-    from tests.support.alsa import FifoFeeder
+    from tests.support.alsa import PERIOD_FRAMES, FifoFeeder
     from tests.support.processes import Service, free_port, wait_for_http
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -96,7 +96,7 @@ def main() -> None:
             try:
                 deployment.with_people(sim, "bench")
                 with (
-                    FifoFeeder(root / "mic.fifo", period_frames=480, speed=1) as feeder,
+                    FifoFeeder(root / "mic.fifo", period_frames=PERIOD_FRAMES, speed=1) as feeder,
                     watch(deployment) as probe,
                 ):
                     agent = start_agent(root, deployment, feeder.path)

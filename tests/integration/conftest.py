@@ -11,10 +11,9 @@ import pytest
 import soundfile
 
 from tests.gateway.conftest import blueprint_sim, sim  # noqa: F401  (shared fixtures)
-from tests.support.alsa import FifoFeeder
+from tests.support.alsa import PERIOD_FRAMES, FifoFeeder
 from tests.support.speech import make_session
 
-PERIOD_FRAMES = 480
 SPEED = 8  # the FIFO is fed at 8x real time: a 40 s session plays in 5 s
 
 

@@ -31,7 +31,7 @@ import pytest
 from tests.gateway.conftest import PARTNER_TOKEN, GatewayProcess, SimulatorProcess, steps
 from tests.gateway.deployment import Deployment
 from tests.integration.test_room_to_blueprint import cut, start_agent
-from tests.support.alsa import FifoFeeder
+from tests.support.alsa import PERIOD_FRAMES, FifoFeeder
 from tests.support.haproxy import HaProxy
 from tests.support.postgres import PostgresServer
 from tests.support.processes import Service, free_port
@@ -158,7 +158,9 @@ def test_replicas_lose_hosts_and_the_database_restarts_yet_every_session_complet
         for room in ROOMS:
             directory = tmp_path / room
             directory.mkdir()
-            feeder = FifoFeeder(directory / "mic.fifo", period_frames=480, speed=8).__enter__()
+            feeder = FifoFeeder(
+                directory / "mic.fifo", period_frames=PERIOD_FRAMES, speed=8
+            ).__enter__()
             feeders.append(feeder)
             agents.append(start_agent(directory, site.deployment, feeder.path, room))
         for room in ROOMS:

@@ -27,7 +27,7 @@ import pytest
 
 from tests.gateway.conftest import PHI_STRINGS, SECRETS, SimulatorProcess, steps
 from tests.gateway.deployment import Deployment
-from tests.support.alsa import FifoFeeder, write_asound_conf
+from tests.support.alsa import PERIOD_FRAMES, FifoFeeder, write_asound_conf
 from tests.support.mqtt_probe import Probe, Received
 from tests.support.processes import Service
 
@@ -36,7 +36,7 @@ pytestmark = [pytest.mark.timeout(180), pytest.mark.slow]
 ROOM = "room-1"
 ROOM_AGENT = str(Path(sys.executable).parent / "room-agent")
 STATE, EVENTS, NOTIFY = (f"rooms/{ROOM}/{kind}" for kind in ("state", "events", "notify"))
-PERIOD = 480
+PERIOD = PERIOD_FRAMES
 
 
 def cut(seconds: float) -> int:

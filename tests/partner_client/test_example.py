@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from devtools.demo.conversation import build_conversation
-from devtools.demo.microphone import FifoFeeder
+from devtools.demo.microphone import PERIOD_FRAMES, FifoFeeder
 from devtools.demo.processes import http_up, wait_until
 from devtools.demo.stack import Layout, Ports, Stack
 from partner_client import PartnerClient
@@ -35,7 +35,7 @@ def stack(tmp_path: Path) -> Iterator[tuple[Stack, str, FifoFeeder]]:
         stack.start_services()
         wait_until(lambda: http_up(f"{stack.simulator_url}/_sim/state"), 30, "simulator")
         wait_until(lambda: http_up(f"{stack.gateway_url}/readyz"), 30, "gateway")
-        feeder = FifoFeeder(layout.fifo, period_frames=480, speed=SPEED)
+        feeder = FifoFeeder(layout.fifo, period_frames=PERIOD_FRAMES, speed=SPEED)
         stack.start_agent()
         yield stack, token, feeder
     finally:

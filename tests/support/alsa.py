@@ -8,6 +8,7 @@ from pathlib import Path
 
 from devtools.demo.microphone import (
     PCM_NAME,
+    PERIOD_FRAMES,
     SAMPLE_BYTES,
     FifoFeeder,
     pcm_bytes,
@@ -17,6 +18,7 @@ from devtools.demo.microphone import (
 
 __all__ = [
     "PCM_NAME",
+    "PERIOD_FRAMES",
     "SAMPLE_BYTES",
     "FifoFeeder",
     "add_speaker",

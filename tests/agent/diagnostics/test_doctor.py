@@ -23,7 +23,7 @@ from tests.agent.device_setup import (
     start_agent,
     wait_for_snapshot,
 )
-from tests.support.alsa import FifoFeeder, write_raw
+from tests.support.alsa import PERIOD_FRAMES, FifoFeeder, write_raw
 from tests.support.ingest_server import IngestServer
 from tests.support.mosquitto import Broker
 from tests.support.mqtt_probe import Probe
@@ -85,7 +85,9 @@ def test_a_healthy_room_is_all_ok(tmp_path):
     with (
         Broker(tmp_path / "broker", users=users) as broker,
         IngestServer(KEY, {DEVICE: TOKEN}) as ingest,
-        FifoFeeder(tmp_path / "mic.fifo", period_frames=480, speed=4, idle_silence=False) as mic,
+        FifoFeeder(
+            tmp_path / "mic.fifo", period_frames=PERIOD_FRAMES, speed=4, idle_silence=False
+        ) as mic,
     ):
         env = device_env(tmp_path, broker.url, ingest.url, tmp_path / "mic.fifo")
         agent = start_agent(tmp_path, env)

@@ -16,12 +16,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.support.alsa import FifoFeeder, write_asound_conf
+from tests.support.alsa import PERIOD_FRAMES, FifoFeeder, write_asound_conf
 from tests.support.speech import SAMPLE_RATE, room_noise, synthesize
 
 ROOM_AGENT = str(Path(sys.executable).parent / "room-agent")
 SECONDS = 2
-BLOCK = 480  # 30 ms, the default audio.block_ms
+BLOCK = PERIOD_FRAMES  # 120 ms, the default audio.block_ms
 FULL_SCALE = 32_767
 UTTERANCES = (
     ("Please close the door when you leave the room.", "en-us", 155),

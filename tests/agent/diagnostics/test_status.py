@@ -26,7 +26,7 @@ from tests.agent.device_setup import (
     wait_for_snapshot,
 )
 from tests.gateway.conftest import GatewayProcess
-from tests.support.alsa import FifoFeeder
+from tests.support.alsa import PERIOD_FRAMES, FifoFeeder
 from tests.support.certs import Pki
 from tests.support.mosquitto import Broker
 from tests.support.mqtt_probe import Probe
@@ -305,7 +305,7 @@ def test_a_status_file_that_cannot_be_written_never_disturbs_recording(tmp_path,
     env["ROOM_AGENT_AUDIO__MAX_CHUNK_S"] = "2"
     pcm, _ = make_session_pcm(12, 20, seed=5)
     with (
-        FifoFeeder(tmp_path / "mic.fifo", period_frames=480, speed=8) as mic,
+        FifoFeeder(tmp_path / "mic.fifo", period_frames=PERIOD_FRAMES, speed=8) as mic,
         Probe(broker) as probe,
     ):
         agent = start_agent(tmp_path, env)

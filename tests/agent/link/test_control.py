@@ -40,7 +40,7 @@ from protocol.messages import (
     device_events,
 )
 from protocol.topics import topic
-from tests.support.alsa import FifoFeeder, write_asound_conf
+from tests.support.alsa import PERIOD_FRAMES, FifoFeeder, write_asound_conf
 from tests.support.certs import Pki
 from tests.support.mosquitto import Broker
 from tests.support.mqtt_probe import Probe, Received
@@ -502,7 +502,7 @@ def agent_env(tmp_path, broker: Broker, fifo: Path) -> dict[str, str]:
 
 def test_last_will_and_commands_sent_while_the_agent_was_down(tmp_path, broker, probe):
     fifo = tmp_path / "mic.fifo"
-    with FifoFeeder(fifo, period_frames=480):
+    with FifoFeeder(fifo, period_frames=PERIOD_FRAMES):
         env = agent_env(tmp_path, broker, fifo)
         agent = Service([ROOM_AGENT, "run"], tmp_path / "agent.log", env=env).start()
         try:

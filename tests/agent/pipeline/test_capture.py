@@ -25,9 +25,9 @@ from agent.pipeline.capture import (
     list_input_devices,
 )
 from agent.settings import AudioSettings
-from tests.support.alsa import FifoFeeder, write_asound_conf, write_raw
+from tests.support.alsa import PERIOD_FRAMES, FifoFeeder, write_asound_conf, write_raw
 
-BLOCK = 480  # 30 ms at 16 kHz, the default audio.block_ms
+BLOCK = PERIOD_FRAMES  # 120 ms at 16 kHz, the default audio.block_ms
 
 
 @pytest.fixture
@@ -188,6 +188,12 @@ def test_rate_is_configured_else_16k_else_the_devices_own():
 # -- capture --------------------------------------------------------------------------------
 
 
+def test_the_test_feeders_period_is_the_default_capture_block():
+    """A feeder period shorter than the agent's ALSA period gives short reads, which the
+    file plugin pads with stale samples: every FIFO-fed test would see corrupted audio."""
+    assert AudioSettings().block_ms * 16_000 // 1000 == BLOCK
+
+
 def test_captured_audio_is_bit_exact(testmic):
     signal = noise(16_000 * 2, seed=7)
     with (
@@ -268,8 +274,9 @@ def test_a_vanished_device_is_reopened_and_the_source_goes_on(testmic, caplog):
 
 def test_a_consumer_that_falls_behind_loses_the_newest_blocks_counted_and_logged(testmic, caplog):
     caplog.set_level(logging.WARNING, logger="agent.pipeline.capture")
-    signal = noise(16_000 * 2, seed=10)  # 67 blocks of 30 ms
-    settings = AudioSettings(device="testmic", queue_max_s=0.3)  # room for 10 blocks
+    signal = noise(67 * BLOCK, seed=10)  # 67 blocks
+    block_s = BLOCK / 16_000
+    settings = AudioSettings(device="testmic", queue_max_s=10 * block_s)  # room for 10 blocks
     patient = ReopenPolicy(stall_s=30)  # the FIFO runs dry after the signal: not a lost device
     with FifoFeeder(testmic, period_frames=BLOCK, speed=10, idle_silence=False) as feeder:
         feeder.play(signal)  # waits in the FIFO until the device is opened
@@ -281,7 +288,7 @@ def test_a_consumer_that_falls_behind_loses_the_newest_blocks_counted_and_logged
             time.sleep(0.1)
             stats = source.stats
             assert stats.dropped_blocks == 67 - 10
-            assert stats.dropped_s == pytest.approx(57 * 0.03)
+            assert stats.dropped_s == pytest.approx(57 * block_s)
             kept = read_samples(source, 10 * BLOCK)
             assert source.read(timeout=0.2).size == 0
             feeder.idle_silence = True  # a microphone that runs again, so it can be closed
