@@ -200,8 +200,12 @@ def run_agent(
                 probe.publish(cmd, StopCommand(command_id="end", session_id="bench-1"))
                 ingest.wait_until(lambda: ingest.manifest("bench-1") is not None, timeout=startup)
             chunks = len(ingest.chunks("bench-1"))
-            if not chunks:
-                raise SystemExit("the session reached the gateway without chunks")
+            if not chunks and valgrind is None:
+                raise SystemExit(
+                    f"{under_test.name}: the session reached the gateway without chunks"
+                )
+            if not chunks:  # ~50x slower under valgrind: a phase may hold no whole utterance
+                print(f"{under_test.name} (callgrind): no chunk in {record_s:g} s", file=sys.stderr)
             return results
         finally:
             agent.stop(timeout=60)

@@ -195,7 +195,13 @@ def cpu_per_hour(snr: float, seed: int) -> None:
     pcm, truth = make_session_pcm(3600.0, snr, seed)
     hours = len(pcm) / SAMPLE_RATE / 3600
     settings = AudioSettings()
-    for label, block in (("30 ms blocks (live capture)", 480), ("1 s blocks (file)", 16_000)):
+    live = settings.block_ms * SAMPLE_RATE // 1000
+    blocks = (
+        (f"{settings.block_ms} ms blocks (live capture)", live),
+        ("30 ms blocks", 480),
+        ("1 s blocks (file)", 16_000),
+    )
+    for label, block in blocks:
         started = time.process_time()
         chunks = segment(pcm, settings, block)
         cpu = (time.process_time() - started) / hours
