@@ -7,6 +7,7 @@ and exit status 2; a traceback means a bug.
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -473,6 +474,10 @@ def config_validate(state: CliState, file: Path | None, check_devices: bool) -> 
 
 
 def main() -> None:
+    # Everything the agent creates (state, spool, status) is private to its user, also
+    # outside systemd (whose unit sets UMask=0077) under a shell's 0022; files meant for
+    # others (enroll's config) get their mode explicitly.
+    os.umask(0o077)
     run_program(
         cli,
         "room-agent",

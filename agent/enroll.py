@@ -161,7 +161,9 @@ def _write(files: Files, config: Path, credentials_dir: Path) -> None:
         if group is not None:  # the service's user may read its own, nobody else
             os.chown(credentials_dir, -1, group)
             credentials_dir.chmod(0o750)
-        config.parent.mkdir(parents=True, exist_ok=True, mode=0o755)
+        if not config.parent.is_dir():  # readable by the service: not the umask's 0700
+            config.parent.mkdir(parents=True, exist_ok=True)
+            config.parent.chmod(0o755)
         for name, text in files.files.items():
             if name == CONFIG_FILE:
                 text = text.replace(files.install_dir, str(credentials_dir))
