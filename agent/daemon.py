@@ -109,10 +109,12 @@ class Health:
         self.control = control
 
     def problem(self) -> str | None:
-        """None when healthy, else a code for the log."""
+        """None when healthy, else a code for the log. A spool deleted under the agent is
+        recreated here too (agent/spool/restore.py), so an idle agent recovers by itself."""
         try:
+            self.spool.recover()
             os.statvfs(self.spool.directory)
-        except OSError:
+        except (OSError, SpoolError):
             return "spool_unusable"
         if not os.access(self.spool.directory, os.W_OK):
             return "spool_read_only"

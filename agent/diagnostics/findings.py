@@ -349,7 +349,7 @@ def judge_spool(spool: SpoolView, agent: AgentView) -> Finding:
 
 def judge_quarantine(spool: SpoolView) -> Finding:
     entries = spool.quarantined
-    if not entries and not spool.to_quarantine:
+    if not entries and not spool.to_quarantine and not spool.skipped:
         return Finding(item="quarantine", verdict="ok", summary="none")
     reasons = sorted({entry.reason for entry in entries})
     summary = f"{len(entries)} file(s) quarantined"
@@ -357,6 +357,11 @@ def judge_quarantine(spool: SpoolView) -> Finding:
         summary += f" ({'; '.join(reasons)[:120]})"
     if spool.to_quarantine:
         summary += f"; {spool.to_quarantine} more found corrupt (moved at the agent's next start)"
+    if spool.skipped:
+        summary += (
+            f"; {len(spool.skipped)} entr(ies) it can neither read nor move, left in place"
+            f" ({'; '.join(spool.skipped)[:120]})"
+        )
     return Finding(
         item="quarantine",
         verdict="problem",
@@ -431,6 +436,17 @@ def error_fix(code: str, settings: AgentSettings, refused: ChunkRefusal | None =
         )
     if code == "broker_not_authorized":
         return _reprovision(settings.device_id, "the broker")
+    if code == "spool_entry_skipped":
+        return (
+            "the spool holds an entry the agent can neither read nor move aside (left in"
+            " place and ignored): `room-agent spool verify` names it; move it away by hand"
+        )
+    if code == "spool_lost":
+        return (
+            "the spool (or part of it) disappeared while the agent ran or before it"
+            " started: audio not yet delivered then is lost (the journal says which);"
+            " recording goes on. Check the disk (dmesg, df -h) and who deletes files there"
+        )
     if code == "spool_full":
         return "recording stopped: the spool is full; the gateway must take the backlog first"
     if code == "device_lost":

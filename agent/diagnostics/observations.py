@@ -8,7 +8,9 @@ The findings (agent/diagnostics/findings.py) judge these views; the status repor
 from __future__ import annotations
 
 import os
+import stat
 import time
+from contextlib import suppress
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -17,6 +19,7 @@ from pydantic import BaseModel
 from agent.diagnostics.status_file import StatusSnapshot, read_snapshot
 from agent.settings import AgentSettings
 from agent.spool import QuarantineEntry, Spool
+from agent.spool.entries import read_regular
 from agent.spool.layout import CHUNK_NAME, SESSIONS
 
 
@@ -50,6 +53,8 @@ class SpoolView(BaseModel):
     quarantined: list[QuarantineEntry] = []
     # Files this read-only look found torn or corrupt: quarantined at the agent's next start.
     to_quarantine: int = 0
+    # Odd entries that cannot even be moved aside: "path: reason", left where they are.
+    skipped: list[str] = []
 
 
 def agent_view(path: Path, spool_lock: Path) -> AgentView:
@@ -85,7 +90,7 @@ def is_agent_process(pid: int) -> bool:
 
 def _lock_holder(lock: Path) -> int | None:
     try:
-        text = lock.read_text().strip()
+        text = read_regular(lock).decode(errors="replace").strip()  # a FIFO must not hang it
     except OSError:
         return None
     return int(text) if text.isdigit() else None
@@ -122,6 +127,7 @@ def spool_view(settings: AgentSettings) -> SpoolView:
     ]
     view.quarantined = report.quarantine
     view.to_quarantine = sum(f.action == "quarantined" and not f.applied for f in report.findings)
+    view.skipped = [f"{f.path}: {f.reason}" for f in report.findings if f.action == "skipped"]
     return view
 
 
@@ -133,11 +139,12 @@ def _free_bytes(directory: Path) -> int:
 def _oldest_chunk_age(directory: Path) -> float | None:
     """Chunk files stay until the gateway acknowledges them: the oldest one's age is how
     long the gateway has not taken this device's audio."""
-    times = [
-        path.stat().st_mtime
-        for path in (directory / SESSIONS).glob("*/*.chunk")
-        if CHUNK_NAME.match(path.name)
-    ]
+    times = []
+    for path in (directory / SESSIONS).glob("*/*.chunk"):
+        with suppress(OSError):  # acknowledged meanwhile
+            info = path.lstat()
+            if CHUNK_NAME.match(path.name) and stat.S_ISREG(info.st_mode):
+                times.append(info.st_mtime)
     return round(time.time() - min(times), 1) if times else None
 
 

@@ -114,7 +114,8 @@ class DeviceStatus:
 
     def reason(self) -> str | None:
         """The recorder's problem (spool_full, device_lost, ...) first, then a sealing key
-        that is not the gateway's, a missing microphone, the broker refusing the device,
+        that is not the gateway's, a missing microphone, the spool's own (spool_lost,
+        spool_entry_skipped), the broker refusing the device,
         else the uplink's (unauthorized, gateway_unreachable, chunk_conflict, ...)."""
         reason = self.recorder.state.last_error
         if reason is None and self.sealing_key() == "mismatch":
@@ -122,6 +123,8 @@ class DeviceStatus:
         microphone = self.microphone()
         if reason is None and microphone not in (None, "ok"):
             reason = f"microphone_{microphone}"
+        if reason is None:
+            reason = self.spool.problem()
         if reason is None:
             reason = self.control_problem()
         if reason is None and self.uplink is not None:

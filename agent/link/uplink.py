@@ -221,6 +221,9 @@ class Uplink:
                 self._retrying()(self._attempt, job)
             except _Retry:
                 pass  # stopping: the chunk stays in the spool
+            except (SpoolError, OSError) as exc:  # the spool's trouble, not a bug: one line
+                log.warning("uplink: the spool refused (%s); the chunk stays in the spool", exc)
+                self._stopping.wait(self.settings.backoff_base_s)
             except Exception:
                 log.exception("uplink: unexpected error; the chunk stays in the spool")
                 self._stopping.wait(self.settings.backoff_max_s)

@@ -16,6 +16,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
+from agent.spool.entries import read_regular
 from agent.spool.models import SessionInfo
 from protocol.ids import DeviceId, SessionId, Sha256Hex
 from protocol.manifest import CloseReason, ManifestChunk, PausedInterval, SessionManifest
@@ -129,7 +130,11 @@ class SessionIndex:
         return sorted(s for s in self.chunks if self.is_pending(s))
 
     def manifest_chunks(self) -> list[ChunkRecord]:
-        return [self.chunks[s] for s in sorted(self.chunks) if s not in self.lost]
+        """Every chunk but the lost ones; a chunk the gateway acknowledged is there even if
+        it was also recorded lost (its file vanished while it was being sent)."""
+        return [
+            self.chunks[s] for s in sorted(self.chunks) if s not in self.lost or s in self.acked
+        ]
 
     def manifest(self) -> SessionManifest | None:
         """None while the session is open or when its device id was lost."""
@@ -162,7 +167,7 @@ class SessionIndex:
             pending=len(pending),
             pending_bytes=self.pending_bytes,
             acked=len(self.acked),
-            lost=len(self.lost),
+            lost=len(self.lost.keys() - self.acked),
             next_seq=self.highest_seq + 1,
             end_s=round(end_s, 3),
             speech_s=round(sum(c.duration_s for c in kept), 3),
@@ -183,9 +188,10 @@ class JournalRead:
 
 def read_journal(path: Path) -> JournalRead:
     """Parse a journal: invalid lines after the last valid one are a torn tail (a crash
-    mid-append), invalid lines before it are corruption (line numbers from 1)."""
+    mid-append), invalid lines before it are corruption (line numbers from 1). Raises
+    OddEntry when the journal is not a regular file, OSError when it cannot be read."""
     try:
-        data = path.read_bytes()
+        data = read_regular(path)
     except FileNotFoundError:
         return JournalRead(records=[], good_length=0)
     records: list[_Record] = []

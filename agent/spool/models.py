@@ -56,7 +56,9 @@ class QuarantineEntry(BaseModel):
     reason: str
 
 
-FindingAction = Literal["quarantined", "repaired", "recovered", "deleted", "lost"]
+# skipped: an odd or unreadable entry that could not even be moved aside; left where it is
+# (never deleted), ignored by the agent, reported until a person removes it.
+FindingAction = Literal["quarantined", "repaired", "recovered", "deleted", "lost", "skipped"]
 
 
 class ScanFinding(BaseModel):

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import shutil
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -28,6 +29,14 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
+from agent.spool.entries import (
+    describe,
+    is_directory,
+    odd_directory,
+    odd_file,
+    read_regular,
+    unreadable,
+)
 from agent.spool.journal import (
     JOURNAL,
     ChunkRecord,
@@ -52,7 +61,7 @@ from agent.spool.layout import (
 from agent.spool.models import FindingAction, ScanFinding
 from agent.spool.quarantine import QUARANTINE, Quarantine
 from protocol.envelope import EnvelopeError, read_header
-from runtime.files import fsync_dir, read_lines, truncate, write_atomically
+from runtime.files import fsync_dir, truncate, write_atomically
 
 log = logging.getLogger(__name__)
 
@@ -76,11 +85,11 @@ class Scanner:
         self.result = ScanResult()
 
     def run(self) -> ScanResult:
-        self.result.forgotten = _forgotten(self.spool_dir / FORGOTTEN)
-        if self.spool_dir.is_dir():
+        self.result.forgotten = self._forgotten()
+        if is_directory(self.spool_dir):
             self._scan_root()
         sessions = self.spool_dir / SESSIONS
-        if sessions.is_dir():
+        if is_directory(sessions):
             for entry in sorted(sessions.iterdir()):
                 try:
                     self._scan_sessions_entry(entry)
@@ -88,11 +97,13 @@ class Scanner:
                     if not self.live:
                         raise
                     # The owner acked and deleted a chunk, or forgot a session, meanwhile.
+                except OSError as exc:  # a session directory it cannot read: left alone
+                    self._found(entry, None, None, "skipped", unreadable(exc), applied=True)
         if self.live:
-            kept = [f for f in self.result.findings if f.action in ("quarantined", "lost")]
-            self.result.findings = kept
+            shown = ("quarantined", "lost", "skipped")
+            self.result.findings = [f for f in self.result.findings if f.action in shown]
         for finding in self.result.findings:
-            if finding.action in ("quarantined", "lost"):
+            if finding.action in ("quarantined", "lost", "skipped"):
                 log.warning(
                     "spool: %s: %s (session %s, seq %s)",
                     finding.action,
@@ -103,30 +114,39 @@ class Scanner:
         return self.result
 
     def _scan_root(self) -> None:
-        known = {SESSIONS, QUARANTINE, LOCK, FORGOTTEN}
+        # What each known name must be; the owner's Spool has already set aside an odd
+        # lock, quarantine or sessions entry (forgotten.jsonl: see _forgotten).
+        known = {SESSIONS: odd_directory, QUARANTINE: odd_directory, LOCK: odd_file}
         for entry in sorted(self.spool_dir.iterdir()):
             if entry.name == TRASH:
+                if (odd := odd_directory(entry)) is not None:
+                    self._quarantine(entry, None, None, odd)
+                    continue
                 self._found(entry, None, None, "deleted", "forgotten session leftovers")
                 if not self.live:
                     shutil.rmtree(entry, ignore_errors=True)
-            elif entry.name not in known:
-                self._quarantine(entry, None, None, "unexpected entry")
+            elif entry.name in known:
+                if self.live and (odd := known[entry.name](entry)) is not None:
+                    self._quarantine(entry, None, None, odd)
+            elif entry.name != FORGOTTEN:
+                self._quarantine(entry, None, None, _unexpected(entry))
 
     def _scan_sessions_entry(self, entry: Path) -> None:
-        staging = entry.name.startswith(NEW_PREFIX) and entry.is_dir()
+        real_dir = is_directory(entry)  # a link to a directory is not a session
+        staging = entry.name.startswith(NEW_PREFIX) and real_dir
         if staging and {p.name for p in entry.iterdir()} <= {JOURNAL}:
             self._found(entry, None, None, "deleted", "unfinished session creation")
             if not self.live:
                 shutil.rmtree(entry, ignore_errors=True)
             return
-        if not entry.is_dir() or not SESSION_NAME.match(entry.name):
-            self._quarantine(entry, None, None, "unexpected entry")
+        if not real_dir or not SESSION_NAME.match(entry.name):
+            self._quarantine(entry, None, None, _unexpected(entry))
         elif entry.name in self.result.forgotten:
             self._finish_forgetting(entry)
         elif not any(entry.iterdir()):
             self._quarantine(entry, None, None, "empty session directory")
-        else:
-            self.result.sessions[entry.name] = self._scan_session(entry)
+        elif (session := self._scan_session(entry)) is not None:
+            self.result.sessions[entry.name] = session
 
     def _finish_forgetting(self, directory: Path) -> None:
         """A crash between recording a forget and removing the directory: finish it, unless
@@ -138,10 +158,17 @@ class Scanner:
         if not self.live:
             shutil.rmtree(directory, ignore_errors=True)
 
-    def _scan_session(self, directory: Path) -> SessionIndex:
+    def _scan_session(self, directory: Path) -> SessionIndex | None:
+        """The session's index; None if its journal is odd and cannot even be moved aside
+        (the session is then left alone, untouched, and reported)."""
         session = SessionIndex(directory.name, directory)
         files = sorted(directory.iterdir())
-        journal = read_journal(session.journal)
+        try:
+            journal = read_journal(session.journal)
+        except OSError as exc:  # a directory, a FIFO... or unreadable: rebuilt from chunks
+            if not self._quarantine(session.journal, session.session_id, None, unreadable(exc)):
+                return None
+            journal = JournalRead(records=[], good_length=0)
         self._repair_journal(session, journal)
         for record in journal.records:
             session.apply(record)
@@ -156,9 +183,10 @@ class Scanner:
                     present.add(int(chunk.group(1)))
             elif tmp := TMP_NAME.match(path.name):
                 if not self.live:  # in a live spool it is a write in progress
-                    self._quarantine(path, session.session_id, int(tmp.group(1)), TORN_WRITE)
+                    reason = odd_file(path) or TORN_WRITE
+                    self._quarantine(path, session.session_id, int(tmp.group(1)), reason)
             else:
-                self._quarantine(path, session.session_id, None, "unexpected file")
+                self._quarantine(path, session.session_id, None, _unexpected(path, "file"))
         if not self.live:
             for seq in session.pending_seqs():
                 if seq not in present:
@@ -171,18 +199,25 @@ class Scanner:
     def _scan_chunk(self, session: SessionIndex, path: Path, seq: int) -> bool:
         """True if the file stays as a pending chunk."""
         sid = session.session_id
-        if seq in session.acked:
+        odd = odd_file(path)
+        if seq in session.acked and odd is None:
             self._found(path, sid, seq, "deleted", "acknowledged before a crash")
             if not self.live:
                 path.unlink(missing_ok=True)
                 fsync_dir(session.directory)
             return False
         try:
-            blob = path.read_bytes()
+            blob = read_regular(path)  # never a FIFO (it would block), never through a link
         except FileNotFoundError:
             if self.live:  # acked and deleted by the owner since the listing
                 return False
             raise
+        except OSError as exc:
+            reason = unreadable(exc)
+            self._quarantine(path, sid, seq, reason)
+            if not self.live and session.is_pending(seq):
+                session.record(LostRecord(seq=seq, reason=reason))
+            return False
         digest = hashlib.sha256(blob).hexdigest()
         record = session.chunks.get(seq)
         problem: str | None
@@ -246,13 +281,48 @@ class Scanner:
         else:
             session.record(record)
 
-    def _quarantine(self, path: Path, sid: str | None, seq: int | None, reason: str) -> None:
-        self._found(path, sid, seq, "quarantined", reason)
+    def _quarantine(self, path: Path, sid: str | None, seq: int | None, reason: str) -> bool:
+        """Move ``path`` aside (a live scan only says it would); False if it cannot be
+        moved: then it stays where it is, reported as skipped, and is ignored."""
         if not self.live:
-            self.quarantine.move(path, sid, reason)
+            try:
+                self.quarantine.move(path, sid, reason)
+            except OSError as exc:
+                why = f"{reason}; cannot be moved aside ({os.strerror(exc.errno or 0).lower()})"
+                self._found(path, sid, seq, "skipped", why)
+                return False
+        self._found(path, sid, seq, "quarantined", reason)
+        return True
+
+    def _forgotten(self) -> set[str]:
+        """Sessions delivered and removed; an odd list is set aside (its ids are then
+        no longer known: harmless, a leftover of one is only sent again)."""
+        path = self.spool_dir / FORGOTTEN
+        try:
+            data = read_regular(path)
+        except FileNotFoundError:
+            return set()
+        except OSError as exc:
+            self._quarantine(path, None, None, unreadable(exc))
+            return set()
+        forgotten = set()
+        for line in data.split(b"\n"):
+            if not line.strip():
+                continue
+            try:
+                forgotten.add(ForgottenRecord.model_validate_json(line).session_id)
+            except ValidationError:
+                log.warning("spool: an unreadable line in %s was skipped", path.name)
+        return forgotten
 
     def _found(
-        self, path: Path, sid: str | None, seq: int | None, action: FindingAction, reason: str
+        self,
+        path: Path,
+        sid: str | None,
+        seq: int | None,
+        action: FindingAction,
+        reason: str,
+        applied: bool | None = None,
     ) -> None:
         self.result.findings.append(
             ScanFinding(
@@ -261,16 +331,12 @@ class Scanner:
                 seq=seq,
                 action=action,
                 reason=reason,
-                applied=not self.live,
+                applied=not self.live if applied is None else applied,
             )
         )
 
 
-def _forgotten(path: Path) -> set[str]:
-    forgotten = set()
-    for line in read_lines(path):
-        try:
-            forgotten.add(ForgottenRecord.model_validate_json(line).session_id)
-        except ValidationError:
-            log.warning("spool: an unreadable line in %s was skipped", path.name)
-    return forgotten
+def _unexpected(path: Path, what: str = "entry") -> str:
+    kind = describe(path)
+    plain = kind in ("a regular file", "a directory")
+    return f"unexpected {what}" + ("" if plain else f" ({kind})")

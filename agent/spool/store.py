@@ -13,6 +13,7 @@ import hashlib
 import logging
 import os
 import shutil
+import stat
 import threading
 from datetime import UTC, datetime
 from pathlib import Path
@@ -21,6 +22,7 @@ from typing import Literal
 from pydantic import ValidationError
 
 from agent.settings import SpoolSettings
+from agent.spool.entries import is_directory, odd_directory, odd_file, read_regular, unreadable
 from agent.spool.journal import (
     JOURNAL,
     AckRecord,
@@ -30,6 +32,7 @@ from agent.spool.journal import (
     OpenRecord,
     PausedRecord,
     SessionIndex,
+    encode_records,
 )
 from agent.spool.layout import (
     FORGOTTEN,
@@ -49,7 +52,8 @@ from agent.spool.models import (
     SpoolReport,
     SpoolUsage,
 )
-from agent.spool.quarantine import QUARANTINE, Quarantine
+from agent.spool.quarantine import Quarantine, unique_name
+from agent.spool.restore import journal_records, rebuilt
 from agent.spool.scan import MISSING, SHA_MISMATCH, Scanner
 from protocol.envelope import EnvelopeError, read_header
 from protocol.manifest import CloseReason, SessionManifest
@@ -94,6 +98,11 @@ class Spool:
         self._sessions: dict[str, SessionIndex] = {}
         self._forgotten: set[str] = set()
         self._lock_fd: int | None = None
+        self._set_aside: list[ScanFinding] = []  # found while taking the lock
+        # A loss of the spool under us (restore.py): reported until the sessions it hit
+        # are delivered and a new session has been opened.
+        self._hit_by_loss: set[str] = set()
+        self._loss_unseen = False
         if not _live:
             self._take_lock()
         self.scan()
@@ -126,9 +135,18 @@ class Spool:
         self.close()
 
     def _take_lock(self) -> None:
-        for sub in ("", SESSIONS, QUARANTINE):
-            (self.directory / sub).mkdir(mode=0o700, parents=True, exist_ok=True)
-        fd = os.open(self.directory / LOCK, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        """Take the lock, then make the layout usable. What stands where the lock, the
+        quarantine or the sessions directory belong (a directory for the lock, a file for
+        sessions/, a FIFO...) is set aside and reported, never fatal: only the lock itself
+        has to be renamed before it is held (``lock.odd``), and nobody can hold a lock
+        that is not a regular file."""
+        self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        lock = self.directory / LOCK
+        odd_lock = odd_file(lock)
+        if odd_lock is not None:
+            aside = unique_name(self.directory / f"{LOCK}.odd")
+            os.rename(lock, aside)
+        fd = _open_lock(lock)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -140,6 +158,15 @@ class Spool:
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         self._lock_fd = fd
+        self._set_aside = [_aside(where, why) for where, why in self.quarantine.prepare()]
+        if odd_lock is not None:
+            self.quarantine.move(aside, None, odd_lock, original=lock)
+            self._set_aside.append(_aside(LOCK, odd_lock))
+        sessions = self.directory / SESSIONS
+        if (odd := odd_directory(sessions)) is not None:
+            self.quarantine.move(sessions, None, odd)
+            self._set_aside.append(_aside(SESSIONS, odd))
+        sessions.mkdir(mode=0o700, exist_ok=True)
 
     def scan(self) -> list[ScanFinding]:
         """Rebuild the index from disk, reconciling what a crash left and quarantining what
@@ -148,7 +175,8 @@ class Spool:
             result = Scanner(self.directory, self.quarantine, live=self._live).run()
             self._sessions = result.sessions
             self._forgotten = result.forgotten
-            self.last_scan = result.findings
+            self.last_scan = self._set_aside + result.findings
+            self._set_aside = []
             return result.findings
 
     # -- sessions
@@ -162,6 +190,7 @@ class Spool:
             raise SpoolError("invalid session id or device id") from None
         with self._mutex:
             self._check_writable()
+            self._loss_unseen = False  # reported until now; the sessions it hit still are
             if session_id in self._sessions or session_id in self._forgotten:
                 raise SpoolError(f"session {session_id} already exists in the spool")
             sessions = self.directory / SESSIONS
@@ -276,15 +305,13 @@ class Spool:
             if session.device_id is not None and header.device_id != session.device_id:
                 raise SpoolError(f"session {header.session_id} belongs to another device id")
             self.check_room(len(sealed))
-            directory = session.directory
             try:
-                write_atomically(
-                    directory / chunk_name(header.seq), sealed, tmp=directory / tmp_name(header.seq)
-                )
-            except OSError as exc:
-                if disk_full(exc):
-                    raise SpoolFull("disk", "spool full: the disk is full") from None
-                raise
+                self._write_chunk(header.session_id, header.seq, sealed)
+            except FileNotFoundError:  # the spool vanished just now: once more, recreated
+                if not self.recover():
+                    raise
+                self._write_chunk(header.session_id, header.seq, sealed)
+            session = self._session(header.session_id)
             record = ChunkRecord(
                 seq=header.seq,
                 sha256=hashlib.sha256(sealed).hexdigest(),
@@ -309,15 +336,23 @@ class Spool:
         """The sealed bytes, checked against the journal; a mismatch is quarantined and
         raises ChunkCorrupt, so corrupt audio is never sent."""
         with self._mutex:
+            if not self._live:
+                self.recover()
             session = self._session(session_id)
             if not session.is_pending(seq):
                 raise SpoolError(f"session {session_id}: no pending chunk {seq}")
             path = session.directory / chunk_name(seq)
             try:
-                blob = path.read_bytes()
+                blob = read_regular(path)
             except FileNotFoundError:
                 session.record(LostRecord(seq=seq, reason=MISSING))
                 raise ChunkCorrupt(f"session {session_id}: chunk {seq} is missing") from None
+            except OSError as exc:  # replaced by a FIFO, a directory...; or unreadable
+                reason = unreadable(exc)
+                self._move_aside(path, session_id, reason)
+                session.record(LostRecord(seq=seq, reason=reason))
+                log.warning("spool: session %s chunk %s %s; set aside", session_id, seq, reason)
+                raise ChunkCorrupt(f"session {session_id}: chunk {seq} {reason}") from None
             if hashlib.sha256(blob).hexdigest() != session.chunks[seq].sha256:
                 self.quarantine.move(path, session_id, SHA_MISMATCH)
                 session.record(LostRecord(seq=seq, reason=SHA_MISMATCH))
@@ -333,6 +368,12 @@ class Spool:
             session = self._session(session_id)
             if seq in session.acked:
                 return False
+            if seq in session.chunks and seq in session.lost:
+                # Recorded lost (its file vanished with the spool) while the gateway was
+                # taking it: it is there after all, so the manifest lists it again.
+                session.record(AckRecord(seq=seq))
+                log.info("spool: session %s chunk %s is at the gateway after all", session_id, seq)
+                return True
             if not session.is_pending(seq):
                 raise SpoolError(f"session {session_id}: no pending chunk {seq}")
             session.record(AckRecord(seq=seq))
@@ -350,7 +391,7 @@ class Spool:
             if not session.is_pending(seq):
                 raise SpoolError(f"session {session_id}: no pending chunk {seq}")
             path = session.directory / chunk_name(seq)
-            if path.exists():
+            if os.path.lexists(path):
                 self.quarantine.move(path, session_id, reason)
             session.record(LostRecord(seq=seq, reason=reason))
             log.warning("spool: session %s chunk %s quarantined (%s)", session_id, seq, reason)
@@ -375,6 +416,7 @@ class Spool:
             return sum(s.pending_bytes for s in self._sessions.values())
 
     def free_bytes(self) -> int:
+        self.recover()
         stat = os.statvfs(self.directory)
         return stat.f_bavail * stat.f_frsize
 
@@ -386,6 +428,16 @@ class Spool:
                 sessions=len(self._sessions),
                 quarantined=len(self.quarantined()),
             )
+
+    def problem(self) -> str | None:
+        """A code for the device state: spool_lost (see restore.py), an odd entry left in
+        place (it could not even be moved aside), else None."""
+        with self._mutex:
+            if self._loss_unseen or self._hit_by_loss & self._sessions.keys():
+                return "spool_lost"
+            if any(f.action == "skipped" for f in self.last_scan):
+                return "spool_entry_skipped"
+            return None
 
     def quarantined(self) -> list[QuarantineEntry]:
         return self.quarantine.entries()
@@ -402,6 +454,27 @@ class Spool:
             )
 
     # -- helpers
+
+    def _move_aside(self, path: Path, session_id: str, reason: str) -> None:
+        """Quarantine ``path``; if even that fails it stays where it is (never deleted)."""
+        try:
+            self.quarantine.move(path, session_id, reason)
+        except OSError as exc:
+            log.warning(
+                "spool: session %s: %s cannot be moved aside (%s); left in place",
+                session_id,
+                path.name,
+                os.strerror(exc.errno or 0),
+            )
+
+    def _write_chunk(self, session_id: str, seq: int, sealed: bytes) -> None:
+        directory = self._session(session_id).directory
+        try:
+            write_atomically(directory / chunk_name(seq), sealed, tmp=directory / tmp_name(seq))
+        except OSError as exc:
+            if disk_full(exc):
+                raise SpoolFull("disk", "spool full: the disk is full") from None
+            raise
 
     def _journal_stored_chunk(self, session: SessionIndex, record: ChunkRecord) -> None:
         """The chunk is already durable: if its journal line cannot be written (disk full,
@@ -438,6 +511,96 @@ class Spool:
     def _check_writable(self) -> None:
         if self._live:
             raise SpoolError("the spool is held by another process; this view is read-only")
+        self.recover()
+
+    # -- a spool that vanished under us
+
+    def recover(self) -> bool:
+        """Recreate what vanished of the spool while this process holds it (restore.py):
+        the directories, the lock, forgotten.jsonl and each session's journal, from
+        memory. True if anything had. Cheap when nothing did (a few lstat calls), so every
+        write and the watchdog's check call it."""
+        with self._mutex:
+            if self._live or self._lock_fd is None or self._intact():
+                return False
+            self._restore()
+            return True
+
+    def _intact(self) -> bool:
+        assert self._lock_fd is not None
+        try:
+            on_disk = os.lstat(self.directory / LOCK)
+            held = os.fstat(self._lock_fd)
+        except OSError:
+            return False
+        if (on_disk.st_dev, on_disk.st_ino) != (held.st_dev, held.st_ino):
+            return False
+        return is_directory(self.directory / SESSIONS) and all(
+            os.path.lexists(s.journal) for s in self._sessions.values()
+        )
+
+    def _restore(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)  # a lock on a deleted file protects nothing
+            self._lock_fd = None
+        self._take_lock()
+        self.last_scan += self._set_aside
+        self._set_aside = []
+        if self._forgotten and not os.path.lexists(self.directory / FORGOTTEN):
+            lines = "".join(
+                ForgottenRecord(session_id=sid, at=_now()).model_dump_json() + "\n"
+                for sid in sorted(self._forgotten)
+            )
+            write_atomically(self.directory / FORGOTTEN, lines.encode())
+        sessions, rebuilt_count, lost = self.directory / SESSIONS, 0, 0
+        for sid, session in list(self._sessions.items()):
+            if os.path.lexists(session.journal):
+                continue
+            if is_directory(session.directory):  # half deleted: what is left stays
+                present = {
+                    seq
+                    for seq in session.pending_seqs()
+                    if odd_file(session.directory / chunk_name(seq)) is None
+                    and os.path.lexists(session.directory / chunk_name(seq))
+                }
+                records = journal_records(session, present)
+                write_atomically(session.journal, encode_records(records))
+            else:
+                records = journal_records(session, present=set())
+                staging = sessions / f"{NEW_PREFIX}{sid}"
+                shutil.rmtree(staging, ignore_errors=True)
+                staging.mkdir(mode=0o700)
+                write_atomically(staging / JOURNAL, encode_records(records))
+                os.rename(staging, session.directory)
+                fsync_dir(sessions)
+            fresh = rebuilt(session, records)
+            lost += len(fresh.lost) - len(session.lost)
+            rebuilt_count += 1
+            self._sessions[sid] = fresh
+            self._hit_by_loss.add(sid)
+        self._loss_unseen = True
+        log.warning(
+            "spool: %s vanished while in use; recreated: %d session(s) rebuilt from memory,"
+            " %d chunk(s) not yet delivered are lost",
+            self.directory,
+            rebuilt_count,
+            lost,
+        )
+
+
+def _open_lock(path: Path) -> int:
+    """The lock file, never through a link and never blocking (a FIFO swapped in after the
+    lstat); SpoolError if it is not a regular file even so."""
+    flags = os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK
+    fd = os.open(path, flags, 0o600)
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise SpoolError(f"{path}: not a regular file; move it away, then start again")
+    return fd
+
+
+def _aside(where: str, why: str) -> ScanFinding:
+    return ScanFinding(path=where, action="quarantined", reason=why)
 
 
 def _pending(session_id: str, record: ChunkRecord) -> PendingChunk:
