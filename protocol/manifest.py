@@ -58,9 +58,22 @@ class SessionManifest(BaseModel):
     reason: CloseReason = "stopped"
     chunks: list[ManifestChunk] = Field(default_factory=list, max_length=MAX_CHUNKS)
     paused: list[PausedInterval] = Field(default_factory=list, max_length=MAX_PAUSES)
+    records_lost_below: int | None = Field(
+        default=None,
+        ge=1,
+        le=MAX_SEQ,
+        description="the device lost its records of this session's seqs below this (its"
+        " spool was lost before a restart; the session went on above it): the gateway"
+        " completes the manifest with the chunks it holds there, as they are",
+    )
 
     @model_validator(mode="after")
     def _ordered(self) -> Self:
+        below = self.records_lost_below
+        if below is not None and self.chunks and self.chunks[0].seq < below:
+            raise ValueError(
+                f"chunk seq {self.chunks[0].seq} is below records_lost_below ({below})"
+            )
         for before, after in zip(self.chunks, self.chunks[1:], strict=False):
             if after.seq <= before.seq:
                 raise ValueError(

@@ -343,7 +343,7 @@ class Uplink:
         response = self._request(
             "POST",
             close_path(self.device_id, session_id),
-            manifest.model_dump_json().encode(),
+            manifest.model_dump_json(exclude_none=True).encode(),
             {"Content-Type": "application/json"},
         )
         if not response.is_success:

@@ -35,13 +35,14 @@ from datetime import datetime
 from pathlib import Path
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from agent.pipeline.audio import SAMPLE_RATE, AudioInputError, AudioSource, CaptureStats
 from agent.pipeline.seal import ChunkSealer, gateway_key
 from agent.pipeline.vad import Segmenter, SpeechChunk
 from agent.settings import AgentSettings
 from agent.spool import Spool, SpoolError, SpoolFull
+from agent.spool.entries import read_regular, unreadable
 from protocol.ids import ID_DESCRIPTION, ID_PATTERN, SessionId
 from protocol.manifest import CloseReason, SessionManifest
 from protocol.messages import (
@@ -59,6 +60,10 @@ from runtime.files import write_atomically
 log = logging.getLogger(__name__)
 
 STATE_FILE = "recorder.json"
+# Seqs the state file reserves at a time (one write per SEQ_BLOCK chunks): if the spool is
+# lost but the state file survives, the resumed session continues past every seq it may
+# have used, so the gateway never gets a second chunk under one seq (409 for ever).
+SEQ_BLOCK = 64
 READ_TIMEOUT_S = 0.2
 SESSION_ID = re.compile(ID_PATTERN)
 
@@ -113,6 +118,8 @@ class _StateFile(BaseModel):
     session_id: SessionId | None
     at: datetime
     paused: bool = False  # resumed paused: a pause must survive a restart
+    seq_reserved: int = Field(default=0, ge=0)  # the session never used a seq from here on
+    spooled: bool = False  # the session was in the spool when this was written
 
 
 def new_session_id() -> str:
@@ -148,6 +155,8 @@ class Recorder:
         self._position_s = 0.0  # where in the session's audio capture has got to
         self.interrupted_paused = False
         self._interrupted_paused_at: datetime | None = None
+        self._reserved = 0  # see SEQ_BLOCK
+        self._records_lost_below: int | None = None  # the interrupted session's, if lost
         self.interrupted_session = self._find_interrupted()
 
     # -- public API
@@ -188,15 +197,20 @@ class Recorder:
             paused = resumed and self.interrupted_paused
         self.spool.check_room(self._largest_chunk_bytes())
         source = self.source_factory()
+        lost_below = self._records_lost_below if session_id == interrupted else None
         try:
             if interrupted is not None and session_id != interrupted:
                 self.close_interrupted()
-            _write_state(self.state_path, session_id, paused)
+            first = self.spool.session(session_id).next_seq if resumed else lost_below or 0
+            self._reserved = first + SEQ_BLOCK
+            _write_state(self.state_path, session_id, paused, self._reserved, spooled=resumed)
             if not resumed:
-                self.spool.create_session(session_id, self.settings.device_id)
+                self.spool.create_session(session_id, self.settings.device_id, lost_below)
+                _write_state(self.state_path, session_id, paused, self._reserved, spooled=True)
         except BaseException:
             source.close()
             raise
+        self._records_lost_below = None
         info = self.spool.session(session_id)
         self.interrupted_session = None
         self._source = source
@@ -255,7 +269,7 @@ class Recorder:
             self._snapshot.paused = True
             session_id = self._snapshot.session_id
             at = self._paused_at
-        _write_state(self.state_path, session_id, True)
+        _write_state(self.state_path, session_id, True, self._reserved, spooled=True)
         offset = round(self._position_s, 3)
         self._emit(
             "session_paused",
@@ -275,7 +289,7 @@ class Recorder:
                 return False
             session_id = self._snapshot.session_id
         self._journal_pause(session_id)
-        _write_state(self.state_path, session_id, False)
+        _write_state(self.state_path, session_id, False, self._reserved, spooled=True)
         with self._mutex:
             self._paused_at = None
             self._snapshot.paused = False
@@ -436,6 +450,10 @@ class Recorder:
     def _spool_chunk(self, session_id: str, seq: int, offset_s: float, chunk: SpeechChunk) -> int:
         if not len(chunk.pcm):
             return seq
+        if seq >= self._reserved:  # the state file must say so before the seq is used
+            self._reserved = seq + SEQ_BLOCK
+            paused = self._closed_to_session.is_set()
+            _write_state(self.state_path, session_id, paused, self._reserved, spooled=True)
         sealed = self.sealer.seal(session_id, seq, offset_s + chunk.start_s, chunk.pcm)
         try:
             pending = self.spool.append(sealed)
@@ -493,9 +511,21 @@ class Recorder:
     def _find_interrupted(self) -> str | None:
         """The session to resume, from the state file (also when the power went before
         its spool session existed); other open sessions are closed."""
-        recorded, self._interrupted_paused_at = _read_state(self.state_path)
+        state = _read_state(self.state_path)
+        recorded = state.session_id if state is not None else None
+        paused = state is not None and state.paused
+        self._interrupted_paused_at = state.at if state is not None and paused else None
         self.interrupted_paused = self._interrupted_paused_at is not None
         interrupted = recorded if recorded is not None and not self._in_spool(recorded) else None
+        if interrupted is not None and state is not None and state.spooled:
+            # It was in the spool, which has lost it: the gateway may hold its chunks up to
+            # seq_reserved. It goes on from there, and its manifest says so.
+            self._records_lost_below = max(state.seq_reserved, 1)
+            log.warning(
+                "recorder: session %s is gone from the spool (lost); it resumes at seq %d",
+                interrupted,
+                self._records_lost_below,
+            )
         for info in self.spool.sessions():
             if info.closed:
                 continue
@@ -539,20 +569,29 @@ class Recorder:
                 log.exception("recorder: a %s listener failed", method)
 
 
-def _read_state(path: Path) -> tuple[str | None, datetime | None]:
-    """The session to resume and, if it was paused, since when."""
+def _read_state(path: Path) -> _StateFile | None:
+    """The session to resume, whether it was paused (since ``at``), its seq reservation."""
     try:
-        state = _StateFile.model_validate_json(path.read_bytes())
+        return _StateFile.model_validate_json(read_regular(path))
     except FileNotFoundError:
-        return None, None
-    except ValidationError:
-        log.warning("recorder: %s is unreadable; no session to resume", path.name)
-        return None, None
-    return state.session_id, state.at if state.paused else None
+        return None
+    except (ValidationError, OSError) as exc:
+        why = "unreadable" if isinstance(exc, ValidationError) else unreadable(exc)
+        log.warning("recorder: %s is %s; no session to resume", path.name, why)
+        return None
 
 
-def _write_state(path: Path, session_id: str | None, paused: bool = False) -> None:
+def _write_state(
+    path: Path,
+    session_id: str | None,
+    paused: bool = False,
+    seq_reserved: int = 0,
+    spooled: bool = False,
+) -> None:
     """Atomically: a torn state file would lose which session to resume."""
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    data = _StateFile(session_id=session_id, at=now(), paused=paused).model_dump_json().encode()
+    state = _StateFile(
+        session_id=session_id, at=now(), paused=paused, seq_reserved=seq_reserved, spooled=spooled
+    )
+    data = state.model_dump_json().encode()
     write_atomically(path, data)

@@ -71,8 +71,23 @@ class PausedRecord(_Record):
     ended_at: datetime
 
 
+class RecordsLostRecord(_Record):
+    """The session's earlier records went with a lost spool (recorder.py resumed it from
+    its state file): seqs below ``below`` may be at the gateway, none is used again, and
+    the manifest tells the gateway to keep what it holds there."""
+
+    type: Literal["records_lost"] = "records_lost"
+    below: int = Field(ge=1)
+
+
 JournalRecord = Annotated[
-    OpenRecord | ChunkRecord | AckRecord | LostRecord | CloseRecord | PausedRecord,
+    OpenRecord
+    | ChunkRecord
+    | AckRecord
+    | LostRecord
+    | CloseRecord
+    | PausedRecord
+    | RecordsLostRecord,
     Field(discriminator="type"),
 ]
 _journal_record: TypeAdapter[JournalRecord] = TypeAdapter(JournalRecord)
@@ -93,6 +108,7 @@ class SessionIndex:
     paused: list[PausedRecord] = field(default_factory=list)
     highest_seq: int = -1
     pending_bytes: int = 0
+    records_lost_below: int | None = None
 
     @property
     def journal(self) -> Path:
@@ -118,6 +134,9 @@ class SessionIndex:
             self.closed = record
         elif isinstance(record, PausedRecord):
             self.paused.append(record)
+        elif isinstance(record, RecordsLostRecord):
+            self.records_lost_below = max(self.records_lost_below or 0, record.below)
+            self.highest_seq = max(self.highest_seq, record.below - 1)
         if seq is not None:
             self.highest_seq = max(self.highest_seq, seq)
             change = int(self.is_pending(seq)) - int(was_pending)
@@ -151,6 +170,7 @@ class SessionIndex:
             paused=[
                 PausedInterval.model_validate(p.model_dump(exclude={"type"})) for p in self.paused
             ],
+            records_lost_below=self.records_lost_below,
         )
 
     def info(self) -> SessionInfo:

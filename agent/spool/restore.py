@@ -17,6 +17,7 @@ from agent.spool.journal import (
     AckRecord,
     LostRecord,
     OpenRecord,
+    RecordsLostRecord,
     SessionIndex,
     _Record,
 )
@@ -36,6 +37,8 @@ def journal_records(session: SessionIndex, present: set[int]) -> list[_Record]:
                 at=session.opened_at,
             )
         )
+    if session.records_lost_below is not None:
+        records.append(RecordsLostRecord(below=session.records_lost_below))
     records.extend(session.chunks[seq] for seq in sorted(session.chunks))
     records.extend(AckRecord(seq=seq) for seq in sorted(session.acked))
     records.extend(LostRecord(seq=seq, reason=why) for seq, why in sorted(session.lost.items()))

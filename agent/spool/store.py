@@ -31,6 +31,7 @@ from agent.spool.journal import (
     LostRecord,
     OpenRecord,
     PausedRecord,
+    RecordsLostRecord,
     SessionIndex,
     encode_records,
 )
@@ -181,13 +182,20 @@ class Spool:
 
     # -- sessions
 
-    def create_session(self, session_id: str, device_id: str) -> SessionInfo:
+    def create_session(
+        self, session_id: str, device_id: str, records_lost_below: int | None = None
+    ) -> SessionInfo:
         """A new, empty session, created atomically: its journal is written in a staging
-        directory that is then renamed into place."""
+        directory that is then renamed into place. ``records_lost_below``: the session
+        existed before and its records went with a lost spool (journal.RecordsLostRecord):
+        it starts at that seq."""
         try:
             record = OpenRecord(device_id=device_id, session_id=session_id, at=_now())
         except ValidationError:
             raise SpoolError("invalid session id or device id") from None
+        records: list[OpenRecord | RecordsLostRecord] = [record]
+        if records_lost_below is not None:
+            records.append(RecordsLostRecord(below=records_lost_below))
         with self._mutex:
             self._check_writable()
             self._loss_unseen = False  # reported until now; the sessions it hit still are
@@ -199,7 +207,8 @@ class Spool:
             try:
                 shutil.rmtree(staging, ignore_errors=True)
                 staging.mkdir(mode=0o700)
-                append_line(staging / JOURNAL, record.model_dump_json())
+                for line in records:
+                    append_line(staging / JOURNAL, line.model_dump_json())
                 fsync_dir(staging)
                 os.rename(staging, session.directory)
                 fsync_dir(sessions)
@@ -208,8 +217,11 @@ class Spool:
                 if disk_full(exc):
                     raise SpoolFull("disk", "spool full: the disk is full") from None
                 raise
-            session.apply(record)
+            for line in records:
+                session.apply(line)
             self._sessions[session_id] = session
+            if records_lost_below is not None:
+                self._hit_by_loss.add(session_id)
             log.info("spool: session %s opened", session_id)
             return session.info()
 

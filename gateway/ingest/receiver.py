@@ -237,6 +237,18 @@ class ChunkReceiver:
             if held is not None and (problem := _listed_unlike(listed, held)) is not None:
                 raise Rejected(problem, code="manifest_mismatch")
         first_close = session.manifest is None
+        below = manifest.records_lost_below
+        if below is not None:
+            manifest = _with_chunks_held_below(manifest, stored)
+            if session.claimed and first_close:
+                kept = sum(1 for seq in stored if seq < below)
+                sessions.add_event(
+                    conn,
+                    session_id,
+                    "device_records_lost",
+                    f"the device lost its records of seqs below {below} (its spool);"
+                    f" the {kept} chunk(s) held here below it are kept",
+                )
         records.set_manifest(conn, manifest)
         if session.claimed and first_close:
             sessions.add_event(
@@ -325,6 +337,29 @@ def audio_problem(audio: bytes, duration_s: float) -> tuple[str, str] | None:
             f"audio lasts {decoded.duration_s:.3f} s, the header says {duration_s:.3f} s",
         )
     return None
+
+
+def _with_chunks_held_below(
+    manifest: SessionManifest, stored: dict[int, StoredChunk]
+) -> SessionManifest:
+    """A device that lost its spool (protocol/manifest.py's records_lost_below) lists only
+    the chunks after the loss; those it sent before are here, and are its audio too."""
+    below = manifest.records_lost_below or 0
+    held = [
+        ManifestChunk(
+            seq=seq,
+            sha256=chunk.sha256,
+            bytes=chunk.bytes,
+            start_s=chunk.start_s,
+            duration_s=chunk.duration_s,
+        )
+        for seq, chunk in sorted(stored.items())
+        if seq < below
+    ]
+    # Complete now: kept as an ordinary manifest (its chunks are below the mark too).
+    return manifest.model_copy(
+        update={"chunks": held + list(manifest.chunks), "records_lost_below": None}
+    )
 
 
 def _listed(manifest: SessionManifest | None, seq: int) -> ManifestChunk | None:

@@ -127,3 +127,49 @@ def test_sigterm_right_after_the_spool_vanished_is_a_clean_stop(
     log = agent.log()
     assert "Traceback" not in log, log
     assert log.rstrip().endswith("room-agent: stopped"), log
+
+
+def test_a_spool_lost_across_a_restart_resumes_past_every_used_seq(tmp_path, broker, ingest):
+    """The recorder's state file survives, the spool does not (a power cut, then a card
+    that comes back empty): before, the session began again at seq 0 and got 409 for ever."""
+    env = device_env(tmp_path, broker.url, ingest.url, tmp_path / "mic.fifo")
+    env["ROOM_AGENT_AUDIO__MAX_CHUNK_S"] = "2"
+    spool = tmp_path / "state" / "spool"
+    pcm, _ = make_session_pcm(12, 20, seed=5)
+    half = len(pcm) // 2 // 480 * 480
+    with (
+        FifoFeeder(tmp_path / "mic.fifo", period_frames=480, speed=SPEED) as mic,
+        Probe(broker) as probe,
+    ):
+        agent = start_agent(tmp_path, env)
+        try:
+            probe.wait_for(probe.on(STATE, online=True), timeout=15)
+            assert command(probe, StartCommand(command_id="go", session_id="gone-1"))["ok"]
+            mic.play(pcm[:half])
+            ingest.wait_until(lambda: len(ingest.chunks("gone-1")) >= 2, timeout=20)
+            agent.kill()  # a power cut
+            before = {seq for _, seq in ingest.chunks("gone-1")}
+            shutil.rmtree(spool)  # and the spool is gone when it comes back
+
+            after = probe.count()
+            agent = start_agent(tmp_path, env)
+            state = probe.wait_for(probe.on(STATE, recorder="recording"), 20, after).json()
+            assert state["session_id"] == "gone-1"
+            mic.play(pcm[half:])
+            assert mic.wait_played(30)
+            probe.wait_for(probe.on(STATE, reason="spool_lost"), 20, after)
+            assert command(probe, StopCommand(command_id="end", session_id="gone-1"))["ok"]
+            ingest.wait_until(lambda: ingest.manifest("gone-1") is not None, timeout=15)
+            assert agent.stop() == 0
+        finally:
+            agent.kill()
+    manifest = ingest.manifest("gone-1")
+    assert manifest is not None and manifest.records_lost_below is not None
+    assert max(before) < manifest.records_lost_below, "no seq it may have used is reused"
+    seqs = assert_consistent(ingest, "gone-1")
+    assert seqs and min(seqs) >= manifest.records_lost_below, "recorded after the restart"
+    held = {seq for _, seq in ingest.chunks("gone-1")}
+    assert before | set(seqs) == held, "what came before is at the gateway, the rest listed"
+    log = agent.log()
+    assert "Traceback" not in log, log
+    assert "gone from the spool (lost)" in log
