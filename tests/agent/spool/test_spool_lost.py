@@ -25,13 +25,13 @@ from tests.support.alsa import FifoFeeder
 from tests.support.mqtt_probe import Probe
 from tests.support.speech import make_session_pcm
 
-pytestmark = [pytest.mark.timeout(120), pytest.mark.slow]
+pytestmark = [pytest.mark.timeout(240), pytest.mark.slow]
 
 STATE, EVENTS, CMD = (topic(DEVICE, kind) for kind in ("state", "events", "cmd"))
 SPEED = 8
 
 
-def command(probe: Probe, message, timeout: float = 15.0) -> dict:
+def command(probe: Probe, message, timeout: float = 30.0) -> dict:
     after = probe.count()
     probe.publish(CMD, message)
     reply = probe.on(EVENTS, type="command_result", command_id=message.command_id)
@@ -63,12 +63,12 @@ def test_a_spool_deleted_while_recording_is_recreated_and_recording_goes_on(
     ):
         agent = start_agent(tmp_path, env)
         try:
-            probe.wait_for(probe.on(STATE, online=True), timeout=15)
+            probe.wait_for(probe.on(STATE, online=True), timeout=40)
             assert command(probe, StartCommand(command_id="go", session_id="lost-1"))["ok"]
             mic.play(pcm[:half])
-            ingest.wait_until(lambda: len(ingest.chunks("lost-1")) >= 2, timeout=20)
+            ingest.wait_until(lambda: len(ingest.chunks("lost-1")) >= 2, timeout=40)
             ingest.answer_all(503)  # what is spooled from now on is still on the device
-            assert mic.wait_played(30)
+            assert mic.wait_played(60)
             delivered = set(ingest.chunks("lost-1"))
             gone = tmp_path / "gone"
             spool.rename(gone)  # all at once: journals, chunks, lock, quarantine
@@ -76,17 +76,17 @@ def test_a_spool_deleted_while_recording_is_recreated_and_recording_goes_on(
             ingest.answer_all(None)
             after = probe.count()
             mic.play(pcm[half:])
-            assert mic.wait_played(30)
-            lost = probe.wait_for(probe.on(STATE, reason="spool_lost"), 20, after).json()
+            assert mic.wait_played(60)
+            lost = probe.wait_for(probe.on(STATE, reason="spool_lost"), 40, after).json()
             assert (lost["recorder"], lost["session_id"]) == ("recording", "lost-1")
             assert command(probe, StopCommand(command_id="end", session_id="lost-1"))["ok"]
-            ingest.wait_until(lambda: ingest.manifest("lost-1") is not None, timeout=15)
+            ingest.wait_until(lambda: ingest.manifest("lost-1") is not None, timeout=40)
 
             assert command(probe, StartCommand(command_id="go2", session_id="lost-2"))["ok"]
             mic.play(pcm[:half])
-            assert mic.wait_played(30)
+            assert mic.wait_played(60)
             assert command(probe, StopCommand(command_id="end2", session_id="lost-2"))["ok"]
-            ingest.wait_until(lambda: ingest.manifest("lost-2") is not None, timeout=15)
+            ingest.wait_until(lambda: ingest.manifest("lost-2") is not None, timeout=40)
             assert agent.stop() == 0
         finally:
             agent.kill()
@@ -113,11 +113,11 @@ def test_sigterm_right_after_the_spool_vanished_is_a_clean_stop(
     ):
         agent = start_agent(tmp_path, env)
         try:
-            probe.wait_for(probe.on(STATE, online=True), timeout=15)
+            probe.wait_for(probe.on(STATE, online=True), timeout=40)
             if recording:
                 assert command(probe, StartCommand(command_id="go", session_id="lost-3"))["ok"]
                 mic.play(pcm)
-                ingest.wait_until(lambda: len(ingest.chunks("lost-3")) >= 1, timeout=20)
+                ingest.wait_until(lambda: len(ingest.chunks("lost-3")) >= 1, timeout=40)
             gone = tmp_path / "gone"
             spool.rename(gone)
             shutil.rmtree(gone)
@@ -143,23 +143,23 @@ def test_a_spool_lost_across_a_restart_resumes_past_every_used_seq(tmp_path, bro
     ):
         agent = start_agent(tmp_path, env)
         try:
-            probe.wait_for(probe.on(STATE, online=True), timeout=15)
+            probe.wait_for(probe.on(STATE, online=True), timeout=40)
             assert command(probe, StartCommand(command_id="go", session_id="gone-1"))["ok"]
             mic.play(pcm[:half])
-            ingest.wait_until(lambda: len(ingest.chunks("gone-1")) >= 2, timeout=20)
+            ingest.wait_until(lambda: len(ingest.chunks("gone-1")) >= 2, timeout=40)
             agent.kill()  # a power cut
             before = {seq for _, seq in ingest.chunks("gone-1")}
             shutil.rmtree(spool)  # and the spool is gone when it comes back
 
             after = probe.count()
             agent = start_agent(tmp_path, env)
-            state = probe.wait_for(probe.on(STATE, recorder="recording"), 20, after).json()
+            state = probe.wait_for(probe.on(STATE, recorder="recording"), 40, after).json()
             assert state["session_id"] == "gone-1"
             mic.play(pcm[half:])
-            assert mic.wait_played(30)
-            probe.wait_for(probe.on(STATE, reason="spool_lost"), 20, after)
+            assert mic.wait_played(60)
+            probe.wait_for(probe.on(STATE, reason="spool_lost"), 40, after)
             assert command(probe, StopCommand(command_id="end", session_id="gone-1"))["ok"]
-            ingest.wait_until(lambda: ingest.manifest("gone-1") is not None, timeout=15)
+            ingest.wait_until(lambda: ingest.manifest("gone-1") is not None, timeout=40)
             assert agent.stop() == 0
         finally:
             agent.kill()

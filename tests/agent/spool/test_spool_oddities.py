@@ -22,7 +22,7 @@ import pytest
 from tests.agent.device_setup import device_env, room_agent, start_agent, wait_for_snapshot
 from tests.support.speech import make_session
 
-pytestmark = [pytest.mark.timeout(120), pytest.mark.slow]
+pytestmark = [pytest.mark.timeout(240), pytest.mark.slow]
 
 
 def session_dir(spool: Path) -> Path:
@@ -123,6 +123,7 @@ def record(env: dict[str, str], wav: Path, session_id: str):
     return room_agent(
         {**env, "ROOM_AGENT_AUDIO__MAX_CHUNK_S": "2"},
         *("record", "--input", str(wav), "--until-eof", "--session", session_id),
+        timeout=60,
     )
 
 
@@ -152,7 +153,7 @@ def test_an_odd_spool_entry_is_set_aside_and_new_sessions_record(tmp_path, recor
     assert len(good) >= 2
     plant(spool)
 
-    verify = room_agent(env, "spool", "verify", timeout=20)  # a FIFO once hung it for ever
+    verify = room_agent(env, "spool", "verify", timeout=60)  # a FIFO once hung it for ever
     assert verify.returncode == 1, verify.stderr  # quarantined: a person decides
     assert f"{where}: quarantined: " in verify.stdout, verify.stdout
     assert "Traceback" not in verify.stdout + verify.stderr
@@ -173,8 +174,8 @@ def test_the_agent_runs_with_every_oddity_at_once_and_reports_them(tmp_path, rec
         ODDITIES[name][1](spool)
     agent = start_agent(tmp_path, env)
     try:
-        wait_for_snapshot(tmp_path, lambda s: s.pid == agent.pid, timeout=20)
-        status = room_agent(env, "status", timeout=20)
+        wait_for_snapshot(tmp_path, lambda s: s.pid == agent.pid, timeout=60)
+        status = room_agent(env, "status", timeout=60)
         assert "Traceback" not in status.stdout + status.stderr
         assert re.search(r"quarantine +\d+ file\(s\) quarantined", status.stdout), status.stdout
         assert agent.stop() == 0
@@ -182,7 +183,7 @@ def test_the_agent_runs_with_every_oddity_at_once_and_reports_them(tmp_path, rec
         agent.kill()
     assert "Traceback" not in agent.log()
     assert good <= digests(spool)
-    verify = room_agent(env, "spool", "verify", timeout=20)
+    verify = room_agent(env, "spool", "verify", timeout=60)
     for where, _ in ODDITIES.values():
         assert "quarantine/" in verify.stdout and f"(was {where}" in verify.stdout, where
     done = record(env, wav, "good-2")
@@ -194,7 +195,7 @@ def test_a_file_where_the_sessions_directory_should_be(tmp_path):
     spool = tmp_path / "state" / "spool"
     spool.mkdir(parents=True)
     (spool / "sessions").write_text("not a directory")
-    verify = room_agent(env, "spool", "verify", timeout=20)
+    verify = room_agent(env, "spool", "verify", timeout=60)
     assert verify.returncode == 1, verify.stderr
     assert "sessions: quarantined: " in verify.stdout, verify.stdout
     assert "Traceback" not in verify.stdout + verify.stderr
@@ -210,12 +211,12 @@ def test_a_running_agent_is_not_hung_by_a_fifo_in_status_or_verify(tmp_path, rec
     env, spool, _ = device(tmp_path, recorded)
     agent = start_agent(tmp_path, env)
     try:
-        wait_for_snapshot(tmp_path, lambda s: s.pid == agent.pid, timeout=20)
+        wait_for_snapshot(tmp_path, lambda s: s.pid == agent.pid, timeout=60)
         os.mkfifo(session_dir(spool) / "00000050.chunk")
-        verify = room_agent(env, "spool", "verify", timeout=20)
+        verify = room_agent(env, "spool", "verify", timeout=60)
         assert "in use by the agent" in verify.stdout
         assert "sessions/good-1/00000050.chunk: would be quarantined: " in verify.stdout
-        status = room_agent(env, "status", timeout=20)
+        status = room_agent(env, "status", timeout=60)
         assert "Traceback" not in status.stdout + status.stderr + verify.stderr
         assert agent.stop() == 0
     finally:
