@@ -21,7 +21,7 @@ import pytest
 from protocol.messages import StartCommand, StopCommand
 from protocol.topics import topic
 from tests.agent.device_setup import DEVICE, device_env, start_agent
-from tests.support.alsa import FifoFeeder
+from tests.support.alsa import PERIOD_FRAMES, FifoFeeder
 from tests.support.mqtt_probe import Probe
 from tests.support.speech import make_session_pcm
 
@@ -56,9 +56,9 @@ def test_a_spool_deleted_while_recording_is_recreated_and_recording_goes_on(
     env["ROOM_AGENT_AUDIO__MAX_CHUNK_S"] = "2"
     spool = tmp_path / "state" / "spool"
     pcm, _ = make_session_pcm(12, 20, seed=5)
-    half = len(pcm) // 2 // 480 * 480
+    half = len(pcm) // 2 // PERIOD_FRAMES * PERIOD_FRAMES
     with (
-        FifoFeeder(tmp_path / "mic.fifo", period_frames=480, speed=SPEED) as mic,
+        FifoFeeder(tmp_path / "mic.fifo", period_frames=PERIOD_FRAMES, speed=SPEED) as mic,
         Probe(broker) as probe,
     ):
         agent = start_agent(tmp_path, env)
@@ -108,7 +108,7 @@ def test_sigterm_right_after_the_spool_vanished_is_a_clean_stop(
     spool = tmp_path / "state" / "spool"
     pcm, _ = make_session_pcm(6, 20, seed=7)
     with (
-        FifoFeeder(tmp_path / "mic.fifo", period_frames=480, speed=SPEED) as mic,
+        FifoFeeder(tmp_path / "mic.fifo", period_frames=PERIOD_FRAMES, speed=SPEED) as mic,
         Probe(broker) as probe,
     ):
         agent = start_agent(tmp_path, env)
@@ -136,9 +136,9 @@ def test_a_spool_lost_across_a_restart_resumes_past_every_used_seq(tmp_path, bro
     env["ROOM_AGENT_AUDIO__MAX_CHUNK_S"] = "2"
     spool = tmp_path / "state" / "spool"
     pcm, _ = make_session_pcm(12, 20, seed=5)
-    half = len(pcm) // 2 // 480 * 480
+    half = len(pcm) // 2 // PERIOD_FRAMES * PERIOD_FRAMES
     with (
-        FifoFeeder(tmp_path / "mic.fifo", period_frames=480, speed=SPEED) as mic,
+        FifoFeeder(tmp_path / "mic.fifo", period_frames=PERIOD_FRAMES, speed=SPEED) as mic,
         Probe(broker) as probe,
     ):
         agent = start_agent(tmp_path, env)
