@@ -51,7 +51,7 @@ def test_status_file_state_and_spool_are_private_under_umask_0022(tmp_path, open
         assert (state / "status.json").exists()
         assert list((state / "spool" / "sessions").glob("*/*.chunk")), "chunks are spooled"
         assert public_entries(state) == []
-        assert agent.stop() == 0
+        assert agent.stop(30) == 0
     finally:
         agent.kill()
     assert public_entries(tmp_path / "state") == []

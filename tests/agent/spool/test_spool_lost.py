@@ -87,7 +87,7 @@ def test_a_spool_deleted_while_recording_is_recreated_and_recording_goes_on(
             assert mic.wait_played(60)
             assert command(probe, StopCommand(command_id="end2", session_id="lost-2"))["ok"]
             ingest.wait_until(lambda: ingest.manifest("lost-2") is not None, timeout=40)
-            assert agent.stop() == 0
+            assert agent.stop(30) == 0
         finally:
             agent.kill()
     seqs = assert_consistent(ingest, "lost-1")
@@ -121,7 +121,7 @@ def test_sigterm_right_after_the_spool_vanished_is_a_clean_stop(
             gone = tmp_path / "gone"
             spool.rename(gone)
             shutil.rmtree(gone)
-            assert agent.stop() == 0
+            assert agent.stop(30) == 0
         finally:
             agent.kill()
     log = agent.log()
@@ -160,7 +160,7 @@ def test_a_spool_lost_across_a_restart_resumes_past_every_used_seq(tmp_path, bro
             probe.wait_for(probe.on(STATE, reason="spool_lost"), 40, after)
             assert command(probe, StopCommand(command_id="end", session_id="gone-1"))["ok"]
             ingest.wait_until(lambda: ingest.manifest("gone-1") is not None, timeout=40)
-            assert agent.stop() == 0
+            assert agent.stop(30) == 0
         finally:
             agent.kill()
     manifest = ingest.manifest("gone-1")

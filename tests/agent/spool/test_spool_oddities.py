@@ -178,7 +178,10 @@ def test_the_agent_runs_with_every_oddity_at_once_and_reports_them(tmp_path, rec
         status = room_agent(env, "status", timeout=60)
         assert "Traceback" not in status.stdout + status.stderr
         assert re.search(r"quarantine +\d+ file\(s\) quarantined", status.stdout), status.stdout
-        assert agent.stop() == 0
+        doctor = room_agent(env, "doctor", "--no-check", timeout=60)
+        assert "Traceback" not in doctor.stdout + doctor.stderr
+        assert re.search(r"quarantine.*\d+ file\(s\) quarantined", doctor.stdout), doctor.stdout
+        assert agent.stop(30) == 0
     finally:
         agent.kill()
     assert "Traceback" not in agent.log()
@@ -218,6 +221,6 @@ def test_a_running_agent_is_not_hung_by_a_fifo_in_status_or_verify(tmp_path, rec
         assert "sessions/good-1/00000050.chunk: would be quarantined: " in verify.stdout
         status = room_agent(env, "status", timeout=60)
         assert "Traceback" not in status.stdout + status.stderr + verify.stderr
-        assert agent.stop() == 0
+        assert agent.stop(30) == 0
     finally:
         agent.kill()
