@@ -24,7 +24,7 @@ from gateway.keys import KeyFileError, create_key, load_key, public_text
 from gateway.partner import tokens
 from gateway.sessions.audio_files import CONTENT_TYPES, AudioRejected
 from gateway.settings import CONFIG_ENV, GatewaySettings, load_gateway_settings
-from gateway.store import Database, StoreError
+from gateway.store import Connection, Database, StoreError
 from protocol.ids import ID_DESCRIPTION, ID_PATTERN
 from runtime.cli import Fatal, SettingsContext, config_option, run_program
 
@@ -454,14 +454,34 @@ def device_revoke(state: CliState, room_id: str) -> None:
     default=None,
     help="Also write each assembled one's audio, decrypted, to DIR/<session>.flac (or .ogg).",
 )
+@click.option(
+    "--delete",
+    "delete_ids",
+    metavar="SESSION_ID",
+    multiple=True,
+    help="Delete these unclaimed sessions of ROOM_ID (audio, chunks, record) instead of"
+    " listing: frees the device's ingest.max_unclaimed_sessions places. Repeatable.",
+)
 @click.pass_obj
-def device_unclaimed(state: CliState, room_id: str | None, export_dir: Path | None) -> None:
+def device_unclaimed(
+    state: CliState, room_id: str | None, export_dir: Path | None, delete_ids: tuple[str, ...]
+) -> None:
     """Sessions a device sent that no partner session claims (e.g. recorded with
     `room-agent record`): kept at the gateway (encrypted in the store), never uploaded.
-    Newest first."""
+    Newest first. A device may keep ingest.max_unclaimed_sessions of them here; export
+    what is wanted, then --delete."""
     from gateway.ingest import records as ingest_records
     from gateway.sessions.audio_vault import AudioKeyError, export_audio, is_vault_ref, open_vault
 
+    if delete_ids:
+        if room_id is None:
+            raise Fatal(
+                "device unclaimed --delete: name the room: device unclaimed ROOM_ID --delete ID"
+            )
+        with state.database() as db:
+            for session_id in delete_ids:
+                click.echo(db.call(_delete_unclaimed, room_id, session_id))
+        return
     with state.database() as db:
         with db.transaction(write=False) as conn:
             found = ingest_records.unclaimed(conn, room_id)
@@ -478,6 +498,23 @@ def device_unclaimed(state: CliState, room_id: str | None, export_dir: Path | No
                 f"{entry.session_id}  {entry.device_id}  {entry.state:18}"
                 f" {_when(entry.created_at)}  {where}"
             )
+
+
+def _delete_unclaimed(conn: Connection, room_id: str, session_id: str) -> str:
+    from gateway.ingest import records as ingest_records
+
+    session = ingest_records.get_session(conn, session_id)
+    if session is None or session.claimed or session.device_id != room_id:
+        raise Fatal(
+            f"device unclaimed --delete: {session_id} is not an unclaimed session of {room_id}"
+            f" (room-gateway device unclaimed {room_id} lists them)"
+        )
+    if session.state == "assembling":
+        raise Fatal(
+            f"device unclaimed --delete: {session_id} is being assembled; try again in a moment"
+        )
+    ingest_records.delete_unclaimed(conn, session_id)
+    return f"{session_id}: deleted"
 
 
 @cli.command("broker-config")

@@ -77,7 +77,9 @@ class GatewayService:
         wake = _Wake()
         key = _sealing_key(settings)
         files = ChunkFiles(settings.chunk_dir)
-        ingest = ChunkReceiver(db, key, lifecycle, wake)
+        ingest = ChunkReceiver(
+            db, key, lifecycle, wake, max_unclaimed=settings.ingest.max_unclaimed_sessions
+        )
         assembler = Assembler(
             db, files, key, lifecycle, settings.ingest, vault, settings.http.audio_max_bytes
         )

@@ -208,6 +208,8 @@ class IngestSettings(BaseModel):
     codec: Literal["flac", "opus"] = "flac"
     opus_bitrate_kbps: int = Field(default=24, ge=6, le=256)
     retention_s: float = Field(default=86_400.0, ge=0, le=365 * 86_400)
+    # Sessions no partner started (kept, never uploaded) one device may have here at once.
+    max_unclaimed_sessions: int = Field(default=20, ge=1, le=100_000)
 
 
 class DeviceSettings(BaseModel):

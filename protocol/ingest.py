@@ -11,6 +11,9 @@ identity). What each answer means to the device's uplink:
   (:data:`DEVICE_AUTH_CODES`); a 401/403 without one is not the gateway's (a proxy, a
   firewall, another server at that address) and must not be read as a revocation.
 - 413: over the gateway's size limit: keep it and report.
+- 429 ``unclaimed_quota``: the device has as many sessions no partner started at the
+  gateway as it may; keep everything, report it, retry with backoff (the operator frees
+  places with ``room-gateway device unclaimed ROOM --delete ID``).
 - 5xx or no answer: retry with backoff.
 
 The manifest is POSTed once every chunk of a closed session has been acknowledged; the

@@ -169,6 +169,7 @@ async def sealing_key(device: AuthenticatedDevice, service: Service) -> SealingK
         "wrong_sample_rate",
         "duration_mismatch",
         "manifest_mismatch",
+        "unclaimed_quota",
         "ingest_unavailable",
         "no_sealing_key",
     ),
@@ -207,7 +208,9 @@ async def put_chunk(
 @router.post(
     CLOSE_PATH,
     response_model=CloseReceipt,
-    responses=problems(*DEVICE_CODES, "chunk_conflict", "path_mismatch", "manifest_mismatch"),
+    responses=problems(
+        *DEVICE_CODES, "chunk_conflict", "path_mismatch", "manifest_mismatch", "unclaimed_quota"
+    ),
 )
 async def close_device_session(
     device: AuthenticatedDevice,

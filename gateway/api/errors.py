@@ -129,6 +129,10 @@ CATALOGUE: dict[str, ErrorCode] = _codes(
      "the chunk's audio is not as long as its header says"),
     ("manifest_mismatch", 422, "Manifest mismatch",
      "the manifest's size or times of a chunk differ from the chunk held"),
+    ("unclaimed_quota", 429, "Unclaimed quota",
+     "the device has as many sessions no partner started here as it may"
+     " (ingest.max_unclaimed_sessions); it keeps this one until the operator frees some"
+     " with `room-gateway device unclaimed ROOM --delete ID`"),
     ("ingest_refused", 400, "Ingest refused", "the device's request is refused"),
     ("ingest_unavailable", 503, "Ingest unavailable", "the gateway cannot take audio now; retry"),
     ("no_sealing_key", 503, "No sealing key", "the gateway has no sealing key yet"),

@@ -45,6 +45,13 @@ class Rejected(IngestError):
     code = "chunk_rejected"
 
 
+class OverQuota(IngestError):
+    """The device has as many unclaimed sessions here as it may; the operator frees them."""
+
+    status = 429
+    code = "unclaimed_quota"
+
+
 class Unavailable(IngestError):
     """The gateway cannot take audio now (no sealing key); the device retries."""
 

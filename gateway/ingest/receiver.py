@@ -31,6 +31,7 @@ from gateway.ingest import records
 from gateway.ingest.errors import (
     Conflict,
     Forbidden,
+    OverQuota,
     Rejected,
     Unauthenticated,
     Unavailable,
@@ -76,8 +77,10 @@ class ChunkReceiver:
         key: X25519PrivateKey | None,
         lifecycle: SessionLifecycle,
         wake: Wake,
+        max_unclaimed: int = 20,
     ) -> None:
         self._db = db
+        self._max_unclaimed = max_unclaimed
         self._key = key
         self._lifecycle = lifecycle
         self._wake = wake
@@ -161,9 +164,7 @@ class ChunkReceiver:
         serialize_on(conn, f"ingest:{session_id}")
         session = _owned_session(conn, device_id, session_id)
         if session is None:
-            session = records.create_session(
-                conn, session_id, device_id, claimed=_claims(conn, device_id, session_id)
-            )
+            session = self._new_session(conn, device_id, session_id)
             if session.claimed:
                 sessions.add_event(conn, session_id, "first_chunk_received")
                 # Its audio is the surest sign the room records it, whatever became of
@@ -223,9 +224,7 @@ class ChunkReceiver:
             # the gateway needs nothing more, so it may clear its spool of the session.
             return CloseReceipt(session_id=session_id, complete=True, state="assembled"), False
         if session is None:
-            session = records.create_session(
-                conn, session_id, device_id, claimed=_claims(conn, device_id, session_id)
-            )
+            session = self._new_session(conn, device_id, session_id)
         if session.state in ("assembling", "assembled", "failed"):
             state = "assembled" if session.state != "assembling" else "assembling"
             return CloseReceipt(session_id=session_id, complete=True, state=state), False
@@ -269,6 +268,24 @@ class ChunkReceiver:
         return CloseReceipt(session_id=session_id, complete=True, state="assembling"), True
 
     # --- helpers ------------------------------------------------------------------------------
+
+    def _new_session(self, conn: Connection, device_id: str, session_id: str) -> IngestSession:
+        """The ingest record of a session's first chunk (or manifest). Unclaimed ones are
+        kept for ever (never uploaded, so retention never deletes them): one device may
+        hold only ``max_unclaimed`` of them, or it could fill the gateway's store."""
+        claimed = _claims(conn, device_id, session_id)
+        if not claimed:
+            serialize_on(conn, f"unclaimed:{device_id}")  # replicas count one at a time
+            held = records.unclaimed_count(conn, device_id)
+            if held >= self._max_unclaimed:
+                raise OverQuota(
+                    f"device {device_id} already has {held} unclaimed sessions here (sessions"
+                    f" no partner started; ingest.max_unclaimed_sessions); session {session_id}"
+                    f" waits on the device until the operator frees some (--export DIR"
+                    f" first to keep their audio): room-gateway device unclaimed {device_id}"
+                    " --delete SESSION_ID"
+                )
+        return records.create_session(conn, session_id, device_id, claimed=claimed)
 
     def _complete_if_ready(
         self, conn: Connection, session: IngestSession, manifest: SessionManifest

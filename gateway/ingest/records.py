@@ -182,6 +182,22 @@ def received(conn: Connection, session_id: str) -> Received | None:
     )
 
 
+def unclaimed_count(conn: Connection, device_id: str) -> int:
+    row = conn.execute(
+        "SELECT COUNT(*) AS n FROM ingest_sessions WHERE claimed = 0 AND device_id = ?",
+        (device_id,),
+    ).fetchone()
+    return int(row["n"])
+
+
+def delete_unclaimed(conn: Connection, session_id: str) -> None:
+    """Forget an unclaimed session entirely (the operator's ``device unclaimed --delete``):
+    its stored audio, its chunks and its record; a device sending it again starts anew."""
+    conn.execute("DELETE FROM audio_parts WHERE session_id = ?", (session_id,))
+    conn.execute("DELETE FROM chunks WHERE session_id = ?", (session_id,))
+    conn.execute("DELETE FROM ingest_sessions WHERE session_id = ? AND claimed = 0", (session_id,))
+
+
 def unclaimed(conn: Connection, device_id: str | None = None) -> list[IngestSession]:
     """Sessions a device sent that no partner session claims, newest first."""
     rows = conn.execute(

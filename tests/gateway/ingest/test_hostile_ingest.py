@@ -221,3 +221,56 @@ def test_only_the_canonical_decimal_seq_is_a_chunk_path(linked: Deployment, seq:
     stored = linked.gateway.query("SELECT COUNT(*) FROM chunks WHERE session_id = ?", session_id)
     assert stored[0][0] == 0
     assert linked.gateway.http.post(f"/v1/sessions/{session_id}/cancel").status_code == 200
+
+
+@pytest.mark.slow
+def test_a_device_keeps_only_so_many_unclaimed_sessions_here(linked: Deployment) -> None:
+    """Sessions no partner started (``room-agent record``) are kept, never uploaded: one
+    device could fill the gateway with them. Past ``ingest.max_unclaimed_sessions`` (20) a
+    new one is refused, 429 ``unclaimed_quota`` naming the way out (the device keeps the
+    audio and retries); what is already here, and partner sessions, still go through; the
+    operator's ``device unclaimed ROOM --delete ID`` frees a place."""
+    room = "room-2"
+    chunks = {
+        f"quota-{n}": linked.seal(room, f"quota-{n}", 0, tone(0.2, seed=n)) for n in range(21)
+    }
+    for session_id, chunk in list(chunks.items())[:20]:
+        assert linked.put_chunk(room, session_id, chunk).status_code == 200, session_id
+    over = linked.put_chunk(room, "quota-20", chunks["quota-20"])
+    problem = assert_problem(over, 429, "unclaimed_quota")
+    assert "20 unclaimed sessions" in problem["detail"], problem
+    assert f"room-gateway device unclaimed {room} --delete" in problem["detail"], problem
+    assert_problem(linked.close(room, "quota-20", [chunks["quota-20"]]), 429, "unclaimed_quota")
+    # Nothing of the refused session was kept.
+    assert (
+        linked.gateway.query("SELECT session_id FROM ingest_sessions WHERE session_id = 'quota-20'")
+        == []
+    )
+    # The sessions already here go on: a repeat, a next chunk, their manifests.
+    assert linked.put_chunk(room, "quota-0", chunks["quota-0"]).json()["duplicate"] is True
+    second = linked.seal(room, "quota-1", 1, tone(0.2), 0.2)
+    assert linked.put_chunk(room, "quota-1", second).status_code == 200
+    assert linked.close(room, "quota-1", [chunks["quota-1"], second]).status_code == 200
+    # A partner's session in the room is never counted.
+    claimed = linked.gateway.start_session(room, *linked.people)
+    assert (
+        linked.put_chunk(room, claimed, linked.seal(room, claimed, 0, tone(0.2))).status_code == 200
+    )
+    # Another room has its own places.
+    other = linked.seal(ROOM, "quota-other", 0, tone(0.2))
+    assert linked.put_chunk(ROOM, "quota-other", other).status_code == 200
+
+    listed = linked.gateway.cli("device", "unclaimed", room).stdout
+    assert len(listed.splitlines()) == 20, listed
+    freed = linked.gateway.cli("device", "unclaimed", room, "--delete", "quota-0")
+    assert "quota-0: deleted" in freed.stdout, freed
+    assert "quota-0" not in linked.gateway.cli("device", "unclaimed", room).stdout
+    assert linked.put_chunk(room, "quota-20", chunks["quota-20"]).status_code == 200
+    # A claimed session, or another room's, is not the operator's to delete this way.
+    refused = linked.gateway.cli("device", "unclaimed", room, "--delete", claimed, check=False)
+    assert refused.returncode == 2 and "not an unclaimed session of room-2" in refused.stderr
+    refused = linked.gateway.cli(
+        "device", "unclaimed", room, "--delete", "quota-other", check=False
+    )
+    assert refused.returncode == 2, refused
+    assert "unclaimed_quota" in linked.gateway.log()
