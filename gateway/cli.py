@@ -527,8 +527,8 @@ def _delete_unclaimed(conn: Connection, room_id: str, session_id: str) -> str:
 @click.pass_obj
 def broker_config(state: CliState, out: Path | None) -> None:
     """Write mosquitto's config, password file and ACL for the registered devices (each
-    only rooms/<its id>/#, the gateway all rooms/#). Later device changes keep them
-    current. Run mosquitto with: mosquitto -c OUT/mosquitto.conf"""
+    only its own four topics under rooms/<its id>/, the gateway all rooms/#). Later device
+    changes keep them current. Run mosquitto with: mosquitto -c OUT/mosquitto.conf"""
     settings = state.settings
     out = out or settings.state_dir / "broker"
     with state.database() as db:

@@ -1,5 +1,5 @@
-"""MQTT topic names. The device id is the MQTT user name, so the broker's ACL pattern
-``rooms/%u/#`` confines each device to its own topics."""
+"""MQTT topic names. The device id is the MQTT user name, so the broker's ACL
+(gateway/devices/broker_files.py) confines each device to its own four topics."""
 
 from __future__ import annotations
 

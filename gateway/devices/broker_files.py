@@ -3,7 +3,9 @@
 ``room-gateway broker-config --out DIR`` writes all three and records DIR; from then on
 ``device add`` and ``device revoke`` rewrite the password file and the ACL there (each
 atomically: a broker never reads half a file) and reload the broker. The ACL names each
-device: it may use only ``rooms/<its id>/#``; the gateway user may use all of ``rooms/#``.
+device: it may write only ``rooms/<its id>/state`` and ``.../events`` and read only ``.../cmd``
+and ``.../notify`` (nothing else under its prefix: no retained junk); the gateway user may
+use all of ``rooms/#``.
 A revoked device is simply absent from both files.
 
 Every client's MQTT client id is its user name (``use_username_as_clientid``): a device's
@@ -145,12 +147,30 @@ def render_passwd(files: BrokerFiles, devices: list[registry.Device]) -> str:
     return "".join(f"{entry}\n" for entry in entries)
 
 
+# What a device may do on each of its topics (protocol/topics.py): nothing else, and
+# nothing under its prefix but these, or it could fill the broker with retained junk.
+DEVICE_ACCESS: dict[topics.TopicKind, str] = {
+    "state": "write",
+    "events": "write",
+    "cmd": "read",
+    "notify": "read",
+}
+
+
 def render_acl(files: BrokerFiles, devices: list[registry.Device]) -> str:
-    lines = ["# Each device only rooms/<its id>/#; the gateway (and its replicas) all of rooms/#."]
+    lines = [
+        "# Each device exactly its own four topics (it writes state and events, reads cmd and",
+        "# notify), so it can keep at most two retained messages here; the gateway (and its",
+        "# replicas) all of rooms/#.",
+    ]
     for user in files.gateway_users:
         lines += [f"user {user}", f"topic readwrite {topics.ROOT}/#", ""]
     for device in _devices_apart_from_gateway(files, devices):
-        lines += [f"user {device.id}", f"topic readwrite {topics.ROOT}/{device.id}/#", ""]
+        lines += [f"user {device.id}"]
+        lines += [
+            f"topic {DEVICE_ACCESS[kind]} {topics.topic(device.id, kind)}" for kind in topics.KINDS
+        ]
+        lines += [""]
     return "\n".join(lines).rstrip("\n") + "\n"
 
 

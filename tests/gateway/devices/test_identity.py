@@ -22,6 +22,7 @@ from gateway.devices.broker_files import BrokerFiles, render_acl, render_passwd
 from gateway.devices.registry import Device
 from tests.gateway.conftest import SimulatorProcess
 from tests.gateway.deployment import Deployment
+from tests.support.mqtt_probe import Probe
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -152,3 +153,30 @@ def test_a_device_row_named_like_the_gateway_never_reaches_the_brokers_files() -
     assert render_passwd(files, rows) == "gateway:$7$gateway-hash\nroom-1:$7$room-hash\n"
     acl = render_acl(files, rows)
     assert acl.count("user gateway") == 1 and "user room-1" in acl
+
+
+def test_a_device_cannot_keep_more_than_its_own_retained_topics(deployed: Deployment) -> None:
+    """Issue 10 (quotas): a device's ACL names exactly its four topics, writing state and
+    events, reading cmd and notify; a retained message anywhere else under its prefix, or
+    on the topics the gateway writes, is refused (PUBACK 0x87) and never kept, so a device
+    holds at most two retained messages on the broker, however many it sends."""
+    room = "room-1"
+    device = Probe(deployed.broker, room, deployed.devices[room].password, (f"rooms/{room}/cmd",))
+    try:
+        junk = [f"rooms/{room}/junk/{n}" for n in range(200)]
+        for topic in [*junk, f"rooms/{room}/cmd", f"rooms/{room}/notify", f"rooms/{room}"]:
+            code = device.publish(topic, b"x" * 1000, retain=True)
+            assert code is not None and code.value == 0x87, (topic, code)
+        for kind in ("state", "events"):
+            code = device.publish(f"rooms/{room}/{kind}", b'{"junk": 1}', retain=True)
+            assert code is not None and not code.is_failure, (kind, code)
+    finally:
+        device.close()
+
+    # What the broker keeps: a new subscriber to rooms/# gets every retained message at
+    # once; its own publish after them is the sentinel that all have arrived.
+    with Probe(deployed.broker, deployed.observer, deployed.gateway_password) as watcher:
+        assert not watcher.publish("rooms/zz-sentinel/events", b"sentinel").is_failure
+        watcher.wait_for(lambda m: m.topic == "rooms/zz-sentinel/events")
+        kept = sorted({m.topic for m in watcher.messages if m.retain and f"/{room}/" in m.topic})
+    assert kept == [f"rooms/{room}/events", f"rooms/{room}/state"], kept
