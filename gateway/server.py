@@ -10,12 +10,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import socket
+from typing import Any, cast
 
 import uvicorn
 
 from gateway.app import create_app
+from gateway.listener.descriptors import take_descriptors
+from gateway.listener.protocol import ConnectionGuard, Deadlines, GuardedH11Protocol
+from gateway.listener.quiet_log import RepeatLimited, install_loop_handler
 from gateway.sessions.audio_vault import AudioKeyError, open_vault
 from gateway.settings import GatewaySettings
 from gateway.store import Database, SqliteLocation, StoreError
@@ -24,6 +29,12 @@ from runtime.systemd import notify
 
 logger = logging.getLogger(__name__)
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+# asyncio accepts up to its ``backlog`` connections per wake-up, and a connection evicted
+# to make room frees its descriptor only on the next one: a small burst keeps the
+# descriptors in flight well inside descriptors.RESERVED (and /healthz gets its turn),
+# while the kernel's own queue of connections not yet accepted stays long.
+ACCEPT_BURST = 32
+KERNEL_BACKLOG = 4096
 
 
 class ServeError(Exception):
@@ -77,8 +88,30 @@ def bind(host: str, port: int) -> socket.socket:
 
 
 async def _serve(settings: GatewaySettings, listener: socket.socket) -> None:
+    limited = RepeatLimited(logging.getLogger("gateway.http"))
+    install_loop_handler(asyncio.get_running_loop(), limited)
+    http = settings.http
+    descriptors = take_descriptors(http.max_connections)
+    guard = ConnectionGuard(
+        descriptors.max_connections,
+        Deadlines(http.header_timeout_s, http.body_idle_timeout_s, http.body_timeout_s),
+        limited,
+    )
+    logger.info(
+        "http: connection cap %d (file descriptors: %d%s), header timeout %.0f s,"
+        " body idle timeout %.0f s",
+        descriptors.max_connections,
+        descriptors.limit,
+        f", raised from {descriptors.raised_from}" if descriptors.raised_from else "",
+        http.header_timeout_s,
+        http.body_idle_timeout_s,
+    )
+    # h11 under the deadlines and cap above (uvicorn takes a protocol factory here).
+    protocol = cast(Any, functools.partial(GuardedH11Protocol, guard=guard))
     config = uvicorn.Config(
         create_app(settings),
+        http=protocol,
+        backlog=ACCEPT_BURST,
         log_config=None,
         log_level=settings.log_level,
         access_log=settings.http.access_log,
@@ -91,6 +124,7 @@ async def _serve(settings: GatewaySettings, listener: socket.socket) -> None:
     while not server.started and not serving.done():
         await asyncio.sleep(0.02)
     if server.started:
+        listener.listen(KERNEL_BACKLOG)  # after asyncio's listen(ACCEPT_BURST)
         notify("READY=1")
     with contextlib.suppress(SystemExit):  # uvicorn's way of giving up during startup
         await serving

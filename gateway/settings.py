@@ -70,6 +70,11 @@ class HttpSettings(BaseModel):
     # Longer than a load balancer keeps an idle connection to reuse it (HAProxy: 5 s), so the
     # gateway never closes one just as the balancer sends a request on it (a 502).
     keep_alive_s: float = Field(default=75.0, gt=0, le=3600)
+    # Slow and idle clients (gateway/listener/): config.example.toml says what each does.
+    header_timeout_s: float = Field(default=10.0, gt=0, le=600)
+    body_idle_timeout_s: float = Field(default=30.0, gt=0, le=3600)
+    body_timeout_s: float = Field(default=600.0, gt=0, le=86_400)
+    max_connections: int = Field(default=4096, ge=16, le=1_000_000)
     access_log: bool = False
 
 
