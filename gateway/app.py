@@ -54,6 +54,9 @@ def create_app(settings: GatewaySettings) -> FastAPI:
         docs_url=None,
         redoc_url=None,
         lifespan=lifespan,
+        # One spelling per path: /chunks/0/ is not chunk 0 (a 307 would have a device
+        # re-send its body elsewhere); it is a 404 like any other unknown path.
+        redirect_slashes=False,
     )
     errors.install(app)
     # Body limits per router (not app-wide: Starlette's app-wide limit answers outside the

@@ -101,6 +101,7 @@ async def logout() -> Response:
 
 
 @router.get("")
+@router.get("/", include_in_schema=False)  # what a person types as often
 async def page() -> FileResponse:
     return _static("console.html", "text/html; charset=utf-8")
 
