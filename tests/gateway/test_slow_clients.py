@@ -45,7 +45,7 @@ def limited_gateway(tmp_path: Path, soft: int, hard: int, **env: str) -> Gateway
         env=gateway._clean_env(),
     )
     gateway.service.start()
-    wait_for_http(f"{gateway.url}/healthz", timeout=20)
+    wait_for_http(f"{gateway.url}/healthz", timeout=60)  # a loaded machine starts slowly
     return gateway
 
 
