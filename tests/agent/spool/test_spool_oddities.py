@@ -224,3 +224,27 @@ def test_a_running_agent_is_not_hung_by_a_fifo_in_status_or_verify(tmp_path, rec
         assert agent.stop(30) == 0
     finally:
         agent.kill()
+
+
+def test_an_entry_that_cannot_even_be_moved_aside_is_skipped_and_reported(tmp_path, recorded):
+    """quarantine/good-1 is a file, so nothing of good-1 can be moved there: the FIFO
+    stays where it is, ignored (never opened), and is reported; recording goes on."""
+    env, spool, wav = device(tmp_path, recorded)
+    good = digests(spool)
+    (spool / "quarantine" / "good-1").write_text("in the way")
+    os.mkfifo(session_dir(spool) / "00000050.chunk")
+    verify = room_agent(env, "spool", "verify", timeout=60)
+    assert "sessions/good-1/00000050.chunk: skipped: not a regular file (a FIFO)" in verify.stdout
+    agent = start_agent(tmp_path, env)
+    try:
+        snapshot = wait_for_snapshot(tmp_path, lambda s: s.pid == agent.pid, timeout=60)
+        assert snapshot.last_error == "spool_entry_skipped"
+        status = room_agent(env, "status", timeout=60)
+        assert "can neither read nor move aside" in status.stdout, status.stdout
+        assert agent.stop(30) == 0
+    finally:
+        agent.kill()
+    assert "Traceback" not in agent.log() + verify.stderr + status.stderr
+    assert (session_dir(spool) / "00000050.chunk").is_fifo(), "left where it was"
+    assert record(env, wav, "good-2").returncode == 0
+    assert good <= digests(spool)
