@@ -23,6 +23,7 @@ from gateway.blueprint import models as bp
 from gateway.jobs.queue import JOB_STATES
 from gateway.relay.room_status import RoomStatus
 from gateway.sessions.states import SESSION_STATES
+from gateway.stages import Stages
 
 KNOWN_EVENT_TYPES = frozenset(
     {
@@ -42,6 +43,7 @@ CONTENT_TYPE = CONTENT_TYPE_LATEST
 class GatewayMetrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
+        self.stages = Stages(self.registry)
         self.jobs = Gauge(
             "gateway_jobs",
             "Jobs in the store by kind and state",

@@ -78,7 +78,12 @@ class GatewayService:
         key = _sealing_key(settings)
         files = ChunkFiles(settings.chunk_dir)
         ingest = ChunkReceiver(
-            db, key, lifecycle, wake, max_unclaimed=settings.ingest.max_unclaimed_sessions
+            db,
+            key,
+            lifecycle,
+            wake,
+            max_unclaimed=settings.ingest.max_unclaimed_sessions,
+            stages=metrics.stages,
         )
         assembler = Assembler(
             db, files, key, lifecycle, settings.ingest, vault, settings.http.audio_max_bytes

@@ -195,9 +195,11 @@ async def put_chunk(
         raise ApiError(
             "unsupported_media_type", f"Content-Type must be {SEALED_CHUNK_CONTENT_TYPE}"
         )
-    blob = await request.body()
+    with service.metrics.stages.waited("chunk.body"):
+        blob = await request.body()
     try:
-        receipt = await service.ingest.receive_chunk(device.id, session_id, int(seq), blob)
+        with service.metrics.stages.waited("chunk.handler"):
+            receipt = await service.ingest.receive_chunk(device.id, session_id, int(seq), blob)
     except IngestError as exc:
         service.metrics.ingested("chunk", exc.status)
         raise _refused(exc, f"device {device.id} session {session_id} chunk {seq}") from None

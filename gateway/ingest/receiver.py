@@ -39,6 +39,7 @@ from gateway.ingest.errors import (
 from gateway.ingest.records import IngestSession, StoredChunk
 from gateway.sessions import states as sessions
 from gateway.sessions.lifecycle import JobKind, SessionLifecycle
+from gateway.stages import UNTIMED, Stages
 from gateway.store import Connection, Database, serialize_on
 from protocol.codec import SAMPLE_RATE, CodecError, decode
 from protocol.envelope import (
@@ -78,12 +79,14 @@ class ChunkReceiver:
         lifecycle: SessionLifecycle,
         wake: Wake,
         max_unclaimed: int = 20,
+        stages: Stages = UNTIMED,
     ) -> None:
         self._db = db
         self._max_unclaimed = max_unclaimed
         self._key = key
         self._lifecycle = lifecycle
         self._wake = wake
+        self._stages = stages
         self._listeners: list[ChunkStored] = []
 
     @property
@@ -117,7 +120,8 @@ class ChunkReceiver:
             raise Unauthenticated(
                 "missing bearer token (Authorization: Bearer ...)", code="missing_token"
             )
-        device = await self._db.run(registry.by_token, credentials.token_digest(token), write=False)
+        by_token = self._stages.timed("chunk.auth", registry.by_token)
+        device = await self._db.run(by_token, credentials.token_digest(token), write=False)
         if device is None:
             raise Unauthenticated("unknown ingest token")
         if device.revoked_at is not None:
@@ -132,12 +136,15 @@ class ChunkReceiver:
         self, device_id: str, session_id: str, seq: int, blob: bytes
     ) -> ChunkReceipt:
         key = self._require_key()
-        header = _header_matching(blob, device_id, session_id, seq)
-        sha256 = hashlib.sha256(blob).hexdigest()
-        early = await self._db.run(_precheck, device_id, header, sha256, write=False)
+        stages = self._stages
+        with stages.stage("chunk.header"):
+            header = _header_matching(blob, device_id, session_id, seq)
+            sha256 = hashlib.sha256(blob).hexdigest()
+        precheck = stages.timed("chunk.precheck", _precheck)
+        early = await self._db.run(precheck, device_id, header, sha256, write=False)
         if early is not None:
             return early
-        await asyncio.to_thread(_open, blob, key, header)
+        await asyncio.to_thread(_open, blob, key, header, stages)
         chunk = StoredChunk(
             seq=seq,
             sha256=sha256,
@@ -150,14 +157,29 @@ class ChunkReceiver:
         recorded = await self._db.run(
             self._record, device_id, session_id, chunk, blob, isolation="read_committed"
         )
-        if recorded.assemble:
-            self._wake()
-        if not recorded.receipt.duplicate:
-            for listener in self._listeners:
-                listener(device_id, session_id, seq)
+        with stages.stage("chunk.answer"):
+            if recorded.assemble:
+                self._wake()
+            if not recorded.receipt.duplicate:
+                for listener in self._listeners:
+                    listener(device_id, session_id, seq)
         return recorded.receipt
 
     def _record(
+        self, conn: Connection, device_id: str, session_id: str, chunk: StoredChunk, blob: bytes
+    ) -> _Recorded:
+        """``_record_rows`` timed: its statements, then its commit (up to after_commit)."""
+        with self._stages.stage("chunk.record"):
+            recorded = self._record_rows(conn, device_id, session_id, chunk, blob)
+        wall, cpu = time.perf_counter(), time.thread_time()
+        conn.after_commit(
+            lambda: self._stages.record(
+                "chunk.commit", time.thread_time() - cpu, time.perf_counter() - wall
+            )
+        )
+        return recorded
+
+    def _record_rows(
         self, conn: Connection, device_id: str, session_id: str, chunk: StoredChunk, blob: bytes
     ) -> _Recorded:
         # A session's chunks and its manifest take turns (any replica may take any chunk).
@@ -326,15 +348,17 @@ def _header_matching(blob: bytes, device_id: str, session_id: str, seq: int) -> 
     return header
 
 
-def _open(blob: bytes, key: X25519PrivateKey, header: ChunkHeader) -> None:
+def _open(blob: bytes, key: X25519PrivateKey, header: ChunkHeader, stages: Stages) -> None:
     """Open the seal and check the audio is what assembly can use (blocking)."""
     try:
-        opened = open_chunk(blob, key)
+        with stages.stage("chunk.aead_open"):
+            opened = open_chunk(blob, key)
     except WrongKey as exc:  # the device's gateway_public_key is not this gateway's
         raise Rejected(str(exc), code="wrong_key") from None
     except EnvelopeError as exc:
         raise Rejected(str(exc)) from None
-    problem = audio_problem(opened.audio, header.duration_s)
+    with stages.stage("chunk.audio_check"):
+        problem = audio_problem(opened.audio, header.duration_s)
     if problem is not None:
         code, reason = problem
         raise Rejected(f"chunk {header.seq}: {reason}", code=code)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-_SAMPLE = re.compile(r'^(\w+)_(count|cpu_seconds|seconds)_total\{stage="([^"]+)"\} (\S+)$')
+_SAMPLE = re.compile(r'^(\w+?)_(count|cpu_seconds|seconds)_total\{stage="([^"]+)"\} (\S+)$')
 
 
 def parse_stages(text: str, prefix: str) -> dict[str, tuple[float, float, float]]:

@@ -143,6 +143,9 @@ def test_every_answer_of_the_chunk_contract(linked: Deployment) -> None:
     assert 'gateway_ingest_requests_total{kind="chunk",status="409"}' in metrics
     assert 'gateway_ingest_requests_total{kind="auth",status="403"}' in metrics
     assert "gateway_mqtt_connected 1.0" in metrics
+    # Where a chunk's time went, by stage (tests/benchmarks/ingest_limit.py prints it).
+    assert 'gateway_stage_cpu_seconds_total{stage="chunk.audio_check"}' in metrics
+    assert 'gateway_stage_seconds_total{stage="chunk.commit"}' in metrics
     log = linked.gateway.log()
     assert "Traceback" not in log and " 500 " not in log
     assert not [text for text in (*PHI_STRINGS, *SECRETS) if text in log]

@@ -1,0 +1,85 @@
+"""Where a chunk's and a session's time goes: CPU and wall seconds by stage, as counters.
+
+A stage is a stretch of code that runs on one thread without awaiting (a store function
+inside its transaction, the seal's opening on a worker thread, the header check on the
+event loop), so ``time.thread_time`` over it is that stage's CPU and nobody else's; a
+stage that awaits (a Blueprint call, the body arriving) is recorded with wall time only.
+Wall much larger than CPU means the stage waited: for the disk (fsync), the database, the
+network, or the GIL. Three counters, labelled by the stage's name only (a fixed set: no
+ids, nothing of a person), so ``rate()`` gives CPU-ms per call; the benchmarks read them.
+Cost: two clock reads and three counter increments per stage (a few microseconds).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import ParamSpec, TypeVar
+
+from prometheus_client import CollectorRegistry, Counter
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+
+class Stages:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self._count = Counter(
+            "gateway_stage_count", "Times a stage ran, by stage", ["stage"], registry=registry
+        )
+        self._cpu = Counter(
+            "gateway_stage_cpu_seconds",
+            "CPU seconds of the thread running a stage (0 for stages that await), by stage",
+            ["stage"],
+            registry=registry,
+        )
+        self._wall = Counter(
+            "gateway_stage_seconds", "Wall seconds spent in a stage, by stage", ["stage"],
+            registry=registry,
+        )  # fmt: skip
+        self._children: dict[str, tuple[Counter, Counter, Counter]] = {}
+
+    def record(self, stage: str, cpu_s: float, wall_s: float) -> None:
+        children = self._children.get(stage)
+        if children is None:
+            children = (self._count.labels(stage), self._cpu.labels(stage),
+                        self._wall.labels(stage))  # fmt: skip
+            self._children[stage] = children
+        count, cpu, wall = children
+        count.inc()
+        if cpu_s > 0:
+            cpu.inc(cpu_s)
+        wall.inc(max(0.0, wall_s))
+
+    @contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        """Time a block that does not await (its CPU is this thread's)."""
+        wall, cpu = time.perf_counter(), time.thread_time()
+        try:
+            yield
+        finally:
+            self.record(name, time.thread_time() - cpu, time.perf_counter() - wall)
+
+    @contextmanager
+    def waited(self, name: str) -> Iterator[None]:
+        """Time a block that awaits: wall only (the loop thread runs others meanwhile)."""
+        wall = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.record(name, 0.0, time.perf_counter() - wall)
+
+    def timed(self, name: str, fn: Callable[P, T]) -> Callable[P, T]:
+        """``fn`` recording itself as stage ``name`` wherever it runs (a worker thread)."""
+
+        def run(*args: P.args, **kwargs: P.kwargs) -> T:
+            with self.stage(name):
+                return fn(*args, **kwargs)
+
+        return run
+
+
+UNTIMED = Stages(CollectorRegistry())
+"""For parts built without metrics (admin commands, tests): counts into a registry nobody
+reads."""
