@@ -1,12 +1,15 @@
 """Sealed chunks and manifests from room devices, as protocol/ingest.py describes them.
 
-A chunk is checked in the order that costs least to refuse: the device's token (store),
-the header against the URL (no key needed), ownership of the session (store), then the
-seal is opened (authenticating header and audio) and the audio decoded (16 kHz, as long
-as the header says: a chunk that would sink its session at assembly is refused now, 422
-with a code the device's state shows), and the chunk, still sealed, committed to the
-store with its row (where every replica can read it). Only then does the device get its
-200, and may delete its copy.
+A chunk is checked in this order: the device's token (store), the header against the URL
+(no key needed), then the seal is opened (authenticating header and audio) and the audio
+decoded (16 kHz, as long as the header says: a chunk that would sink its session at
+assembly is refused now, 422 with a code the device's state shows), both on worker
+threads, off the event loop and in parallel with other chunks; then one transaction checks
+ownership of the session, answers a repeat or a cancelled session's chunk, and commits the
+chunk, still sealed, with its row (where every replica can read it). Only then does the
+device get its 200, and may delete its copy. Two store round trips per chunk, not three:
+a chunk the store would refuse anyway (another room's, a repeat) costs its opening, and
+when the seal or audio is refused the store's answer still comes first, as before.
 
 Which sessions a device may send: its own (a session started in its room) and ones the
 gateway does not know (recorded without a partner session, e.g. ``room-agent record``):
@@ -140,11 +143,16 @@ class ChunkReceiver:
         with stages.stage("chunk.header"):
             header = _header_matching(blob, device_id, session_id, seq)
             sha256 = hashlib.sha256(blob).hexdigest()
-        precheck = stages.timed("chunk.precheck", _precheck)
-        early = await self._db.run(precheck, device_id, header, sha256, write=False)
-        if early is not None:
-            return early
-        await asyncio.to_thread(_open, blob, key, header, stages)
+        try:
+            await asyncio.to_thread(_open, blob, key, header, stages)
+        except Rejected:
+            # The store's answer first (another room's session, a repeat, a cancelled
+            # session), as if it had been asked before the seal was opened.
+            precheck = stages.timed("chunk.precheck", _precheck)
+            early = await self._db.run(precheck, device_id, header, sha256, write=False)
+            if early is not None:
+                return early
+            raise
         chunk = StoredChunk(
             seq=seq,
             sha256=sha256,
@@ -184,7 +192,11 @@ class ChunkReceiver:
     ) -> _Recorded:
         # A session's chunks and its manifest take turns (any replica may take any chunk).
         serialize_on(conn, f"ingest:{session_id}")
-        session = _owned_session(conn, device_id, session_id)
+        started = sessions.get(conn, session_id)
+        session = _owned_session(conn, device_id, session_id, started)
+        if started is not None and started.state == "cancelled":
+            # Taken without being kept: the device may delete its copy.
+            return _Recorded(_taken(session_id, chunk.seq, chunk.sha256), False)
         if session is None:
             session = self._new_session(conn, device_id, session_id)
             if session.claimed:
@@ -239,8 +251,8 @@ class ChunkReceiver:
     ) -> tuple[CloseReceipt, bool]:
         session_id = manifest.session_id
         serialize_on(conn, f"ingest:{session_id}")
-        session = _owned_session(conn, device_id, session_id)
         started = sessions.get(conn, session_id)
+        session = _owned_session(conn, device_id, session_id, started)
         if started is not None and started.state == "cancelled":
             # Nothing to assemble: its audio is discarded. "assembled" tells the device
             # the gateway needs nothing more, so it may clear its spool of the session.
@@ -425,12 +437,10 @@ def _precheck(
 ) -> ChunkReceipt | None:
     """Refuse another room's session before any work; answer a repeat without any; take a
     cancelled session's chunk without keeping it (the device may delete its copy)."""
-    _owned_session(conn, device_id, header.session_id)
     started = sessions.get(conn, header.session_id)
+    _owned_session(conn, device_id, header.session_id, started)
     if started is not None and started.state == "cancelled":
-        return ChunkReceipt(
-            session_id=header.session_id, seq=header.seq, sha256=sha256, duplicate=False
-        )
+        return _taken(header.session_id, header.seq, sha256)
     existing = records.get_chunk(conn, header.session_id, header.seq)
     if existing is None:
         return None
@@ -443,10 +453,17 @@ def _repeat(session_id: str, seq: int, existing: StoredChunk, sha256: str) -> Ch
     return ChunkReceipt(session_id=session_id, seq=seq, sha256=sha256, duplicate=True)
 
 
-def _owned_session(conn: Connection, device_id: str, session_id: str) -> IngestSession | None:
+def _taken(session_id: str, seq: int, sha256: str) -> ChunkReceipt:
+    """A cancelled session's chunk: answered as stored, not kept."""
+    return ChunkReceipt(session_id=session_id, seq=seq, sha256=sha256, duplicate=False)
+
+
+def _owned_session(
+    conn: Connection, device_id: str, session_id: str, started: sessions.Session | None
+) -> IngestSession | None:
     """This device's ingest record of the session (None: first chunk); 403 if the session
-    is another room's, by the partner's session or by the device that sent it first."""
-    started = sessions.get(conn, session_id)
+    is another room's, by the partner's session (``started``, as the caller read it) or by
+    the device that sent it first."""
     if started is not None and started.room_id != device_id:
         raise Forbidden(
             f"session {session_id} was not started in room {device_id}", code="foreign_session"
