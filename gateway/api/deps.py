@@ -16,7 +16,9 @@ _bearer = HTTPBearer(
 )
 
 
-def get_service(request: Request) -> GatewayService:
+async def get_service(request: Request) -> GatewayService:
+    """async on purpose: FastAPI runs a plain ``def`` dependency on its thread pool, a
+    thread hop (and a GIL hand-over) on every request of every route for one attribute."""
     return request.app.state.service
 
 
