@@ -212,6 +212,28 @@ def test_concurrency_is_bounded(db: Database) -> None:
     assert peak == FAST.concurrency
 
 
+def test_by_default_a_quick_job_is_not_held_behind_a_few_slow_ones(db: Database) -> None:
+    """Jobs mostly await Blueprint or the broker: with a handful of slow uploads in flight
+    (8, as under 5 sessions/s), a device's notify still runs at once (it waited up to
+    half a second at concurrency 4)."""
+    release = asyncio.Event()
+    notified = False
+
+    async def slow(_: Job) -> None:
+        await release.wait()
+
+    async def notify(_: Job) -> None:
+        nonlocal notified
+        notified = True
+        release.set()
+
+    for _ in range(8):
+        enqueue(db, "upload")
+    enqueue(db, "notify")
+    defaults = JobSettings(poll_interval_s=30)  # only wake-ups: no poll to the rescue
+    run_until(db, {"upload": slow, "notify": notify}, lambda: notified, defaults, timeout=3)
+
+
 def test_waiting_for_a_job(db: Database) -> None:
     async def main() -> float:
         worker = Worker(db, {"step": handler(lambda j: None)}, JobSettings(poll_interval_s=30))
