@@ -115,6 +115,7 @@ class GatewayService:
             on_outcome=metrics.job_attempt,
             replica=settings.replica_name,
             sole=isinstance(settings.store_location, SqliteLocation),
+            stages=metrics.stages,
         )
         wake.worker = worker
         return cls(

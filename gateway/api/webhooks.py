@@ -91,4 +91,6 @@ async def receive_blueprint_webhook(
 
 
 def _count(service: Service, event_type: str | None, outcome: str, started: float) -> None:
-    service.metrics.webhook(event_type, outcome, time.perf_counter() - started)
+    seconds = time.perf_counter() - started
+    service.metrics.webhook(event_type, outcome, seconds)
+    service.metrics.stages.record("session.webhook", 0.0, seconds)

@@ -30,6 +30,7 @@ from tenacity.wait import wait_exponential_jitter
 from gateway.jobs import queue as jobs
 from gateway.jobs.queue import Job
 from gateway.settings import JobSettings
+from gateway.stages import UNTIMED, Stages
 from gateway.store import Connection, Database, StoreError
 
 logger = logging.getLogger(__name__)
@@ -89,6 +90,7 @@ class Worker:
         on_outcome: OnOutcome | None = None,
         replica: str = "local",
         sole: bool = False,
+        stages: Stages = UNTIMED,
     ) -> None:
         """``sole``: no other process runs this queue's jobs (SQLite, under the serve lock),
         so every job left running at start is a dead process's."""
@@ -101,6 +103,7 @@ class Worker:
         self._settings = settings
         self._on_failed = on_failed
         self._on_outcome = on_outcome
+        self._stages = stages
         self._backoff = wait_exponential_jitter(
             multiplier=settings.backoff_base_s,
             max=settings.backoff_max_s,
@@ -175,13 +178,14 @@ class Worker:
             free = self._settings.concurrency - len(self._running)
             if free > 0:
                 try:
-                    claimed = await self._db.run(
-                        jobs.claim_due,
-                        free,
-                        self.owner,
-                        self._settings.lease_s,
-                        isolation="read_committed",
-                    )
+                    with self._stages.waited("job.claim"):
+                        claimed = await self._db.run(
+                            jobs.claim_due,
+                            free,
+                            self.owner,
+                            self._settings.lease_s,
+                            isolation="read_committed",
+                        )
                 except StoreError as exc:
                     logger.error("cannot claim jobs: %s", type(exc).__name__)
                     claimed = []
@@ -234,6 +238,8 @@ class Worker:
                     task.cancel()
 
     async def _execute(self, job: Job) -> None:
+        # How long it waited to be claimed once due (wake-ups, polls, a busy store).
+        self._stages.record(f"job.{job.kind}.queued", 0.0, time.time() - job.next_run_at)
         try:
             await self._attempt(job)
         except asyncio.CancelledError:
@@ -254,7 +260,8 @@ class Worker:
         try:
             if handler is None:
                 raise Permanent(f"no handler for job kind {job.kind}")
-            await handler(job)
+            with self._stages.waited(f"job.{job.kind}"):
+                await handler(job)
         except asyncio.CancelledError:
             raise
         except Permanent as exc:
@@ -273,7 +280,9 @@ class Worker:
                 )
             await self._retry_or_fail(job, describe_error(exc), retry_after)
         else:
-            if not await self._db.run(jobs.complete, job.id, job):
+            with self._stages.waited("job.complete"):
+                completed = await self._db.run(jobs.complete, job.id, job)
+            if not completed:
                 self._lost(job)
                 return
             logger.info("job %d %s done (attempt %d)", job.id, job.kind, job.attempts)

@@ -117,6 +117,11 @@ class Broker:
     def alive(self) -> bool:
         return self._service is not None and self._service.alive()
 
+    @property
+    def pid(self) -> int | None:
+        """The running broker's process id (benchmarks read its CPU time)."""
+        return self._service.pid if self.alive() and self._service is not None else None
+
     def log(self) -> str:
         return self._service.log() if self._service is not None else ""
 
