@@ -188,8 +188,12 @@ def main() -> None:
         nargs="+",
         help="sessions started per second, over all rooms; 0: flat out (a stress test)",
     )
+    parser.add_argument("--job-concurrency", type=int, help="jobs.concurrency (default: its)")
     args = parser.parse_args()
     rooms = [f"room-{n}" for n in range(1, args.rooms + 1)]
+    extra = {}
+    if args.job_concurrency:
+        extra["ROOM_GATEWAY_JOBS__CONCURRENCY"] = str(args.job_concurrency)
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         port = free_port()
@@ -203,6 +207,7 @@ def main() -> None:
                 tuple(rooms),
                 ROOM_GATEWAY_LOG_LEVEL="warning",
                 ROOM_GATEWAY_MQTT__COMMAND_EXPIRY_S="3600",
+                **extra,
             ).start()
             try:
                 sim.set_callback(deployment.gateway.webhook_url)
