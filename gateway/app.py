@@ -17,6 +17,7 @@ from gateway.api import (
     errors,
     health,
     people,
+    room_diagnosis,
     rooms,
     sessions,
     spec,
@@ -65,6 +66,7 @@ def create_app(settings: GatewaySettings) -> FastAPI:
     app.include_router(people.router, max_body_size=body_limit)
     app.include_router(sessions.router, max_body_size=body_limit)
     app.include_router(rooms.router, max_body_size=body_limit)
+    app.include_router(room_diagnosis.router, max_body_size=body_limit)
     app.include_router(devices.router, max_body_size=settings.ingest.max_chunk_bytes)
     if settings.testing.audio_endpoint:
         app.include_router(testing.router, max_body_size=settings.http.audio_max_bytes)

@@ -311,7 +311,8 @@ def openapi_command(check_file: Path | None, output: Path | None) -> None:
 
 @cli.group()
 def room() -> None:
-    """Rooms sessions can be started in (devices will be added by `device add`)."""
+    """Rooms sessions can be started in, and their devices asked how they are (through
+    the running gateway: ping, check, logs)."""
 
 
 @room.command("add")
@@ -335,6 +336,119 @@ def room_list(state: CliState) -> None:
         found = rooms.list_rooms(conn)
     for entry in found:
         click.echo(f"{entry.id}  {entry.active_session_id or '-'}")
+
+
+DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhd]?)$")
+DURATION_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86_400}
+
+
+def _seconds(text: str) -> float:
+    """``90``, ``90s``, ``10m``, ``2h``, ``1d`` -> seconds."""
+    found = DURATION.match(text.strip())
+    if found is None:
+        raise click.BadParameter(f"{text!r}: give a duration such as 90s, 10m, 2h or 1d")
+    return float(found.group(1)) * DURATION_UNITS[found.group(2)]
+
+
+def _ask_room(
+    state: CliState, what: str, method: str, path: str, wait_s: float, **kwargs: Any
+) -> Any:
+    """One request to the running gateway's room diagnosis (gateway/local_api.py)."""
+    from gateway.local_api import LocalGatewayError, call, operator_client
+
+    with state.database() as db:
+        try:
+            with operator_client(state.settings, db, wait_s + 5) as client:
+                return call(client, method, path, **kwargs)
+        except LocalGatewayError as exc:
+            raise Fatal(f"room {what}: {exc}") from None
+
+
+def _room_path(room_id: str, what: str) -> str:
+    if not re.fullmatch(ID_PATTERN, room_id):
+        raise Fatal(f"room {what}: {room_id!r}: must be {ID_DESCRIPTION}")
+    return f"/v1/rooms/{room_id}/{what}"
+
+
+@room.command("ping")
+@click.argument("room_id")
+@click.option("--timeout", "timeout_s", type=click.FloatRange(0.1, 60), default=5.0,
+              show_default=True, help="Seconds to wait for the answer.")  # fmt: skip
+@click.pass_obj
+def room_ping(state: CliState, room_id: str, timeout_s: float) -> None:
+    """A round trip to ROOM_ID's device over MQTT, through the running gateway."""
+    answer = _ask_room(
+        state, "ping", "POST", _room_path(room_id, "ping"), timeout_s,
+        params={"timeout_s": timeout_s},
+    )  # fmt: skip
+    click.echo(f"{room_id}: answered in {answer['round_trip_ms']:.1f} ms")
+
+
+@room.command("check")
+@click.argument("room_id")
+@click.option("--seconds", type=click.FloatRange(1, 30), default=5.0, show_default=True,
+              help="How long the device listens.")  # fmt: skip
+@click.pass_obj
+def room_check(state: CliState, room_id: str, seconds: float) -> None:
+    """ROOM_ID's device listens and reports level, speech share, noise floor and a
+    verdict (numbers only: no audio leaves the room). Refused while it records.
+    Exit status 1 when the verdict is not good."""
+    from gateway.api.room_diagnosis import CHECK_MARGIN_S
+
+    answer = _ask_room(
+        state, "check", "POST", _room_path(room_id, "check"), seconds + CHECK_MARGIN_S,
+        json={"seconds": seconds},
+    )  # fmt: skip
+    check = answer.get("check")
+    if not answer["ok"] or check is None:
+        raise Fatal(f"room check: {room_id} did not measure: {answer.get('refused')}")
+    for line in _check_lines(check):
+        click.echo(line)
+    if check["verdict"] != "good":
+        raise SystemExit(1)
+
+
+def _check_lines(check: dict[str, Any]) -> list[str]:
+    def db(value: float | None, unit: str = "dBFS") -> str:
+        return "-" if value is None else f"{value:.1f} {unit}"
+
+    return [
+        f"listened     {check['seconds']:.1f} s",
+        f"level        {db(check['rms_dbfs'])} RMS, peak {db(check['peak_dbfs'])}",
+        f"speech share {check['speech_share'] * 100:.0f} %",
+        f"speech level {db(check['speech_dbfs'])}",
+        f"noise floor  {db(check['noise_floor_dbfs'])} (SNR {db(check['snr_db'], 'dB')})",
+        f"clipped      {check['clipped_share'] * 100:.2f} %",
+        f"verdict      {check['verdict']}",
+    ]
+
+
+@room.command("logs")
+@click.argument("room_id")
+@click.option("--since", "since", default="10m", show_default=True,
+              help="How far back: 90s, 10m, 2h, 1d.")  # fmt: skip
+@click.option("--lines", "max_lines", type=click.IntRange(1, 500), default=200,
+              show_default=True, help="At most this many (the newest).")  # fmt: skip
+@click.pass_obj
+def room_logs(state: CliState, room_id: str, since: str, max_lines: int) -> None:
+    """ROOM_ID's agent's own recent log lines (ids and codes only), oldest first."""
+    try:
+        since_s = _seconds(since)
+    except click.BadParameter as exc:
+        raise Fatal(f"room logs: --since {exc.message}") from None
+    if not 0 < since_s <= 7 * 86_400:
+        raise Fatal("room logs: --since: between 1s and 7d")
+    from gateway.api.room_diagnosis import LOGS_WAIT_S
+
+    answer = _ask_room(
+        state, "logs", "GET", _room_path(room_id, "logs"), LOGS_WAIT_S,
+        params={"since_s": since_s, "max_lines": max_lines},
+    )  # fmt: skip
+    for line in answer["lines"]:
+        at = datetime.fromisoformat(line["at"]).strftime("%Y-%m-%dT%H:%M:%SZ")
+        click.echo(f"{at} {line['level']:7} {line['logger']}: {line['message']}")
+    if not answer["lines"]:
+        click.echo(f"{room_id}: no log lines in the last {since}", err=True)
 
 
 @cli.group()

@@ -6,7 +6,9 @@ one line each with its fix:
 - the store: reachable (a PostgreSQL server that is down, refuses the password, or has no
   such database), and its schema version against this code's (newer: another replica was
   upgraded first, upgrade this one; older: ``serve`` migrates it on start);
-- the broker, when a relay is configured: it accepts the relay's CONNECT, and, when the
+- the broker, when a relay is configured: asked of the gateway running on this host when
+  one answers (its /readyz: connected, subscriptions granted), never by logging in beside
+  it (that would knock its relay off); else probed: it accepts the relay's CONNECT, and, when the
   replicas share subscriptions (``$share/gateway/...``, the default on PostgreSQL), it
   offers them: an MQTT 5 broker may say it does not (CONNACK SharedSubscriptionAvailable
   = 0, or SUBACK 0x9E), and replicas would then each take every room's messages.
@@ -17,8 +19,9 @@ Nothing is created or changed: a SQLite file that does not exist yet is only rep
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
+from gateway.local_api import running_readiness
 from gateway.settings import GatewaySettings
 from gateway.store import Database, SqliteLocation, StoreError, latest_version
 from protocol import topics
@@ -94,9 +97,11 @@ def broker_findings(settings: GatewaySettings) -> list[Finding]:
         password = settings.mqtt_password
     except ValueError as exc:
         return [Finding("problem", "broker", str(exc))]
-    # Our own client id beside the replica's: the probe must not knock the service off (a
-    # broker that makes client ids the user name would anyway: run doctor before serve, or
-    # expect the relay to reconnect once).
+    # A gateway running here is asked instead: the broker makes the client id the user
+    # name, so a probe logged in as the relay's user would knock the running relay off.
+    running = running_readiness(settings)
+    if running is not None:
+        return [_running_broker(mqtt.broker_url, running)]
     client_id = f"{settings.mqtt_client_id}-doctor"[:64]
     try:
         answer = connect_once(
@@ -136,3 +141,25 @@ def broker_findings(settings: GatewaySettings) -> list[Finding]:
         ]
     how = "shared subscriptions available" if shared else "connected (not shared)"
     return [Finding("ok", "broker", f"{mqtt.broker_url}: {how}")]
+
+
+def _running_broker(url: str, readiness: dict[str, Any]) -> Finding:
+    check = readiness["checks"].get("broker")
+    status = check.get("status") if isinstance(check, dict) else None
+    detail = check.get("detail", "") if isinstance(check, dict) else ""
+    if status == "ok":
+        return Finding("ok", "broker", f"{url}: the running gateway's relay is {detail}")
+    if status == "not_configured":
+        return Finding(
+            "problem",
+            "broker",
+            f"{url}: the running gateway has no relay ({detail}): restart it with these"
+            " settings (systemctl restart room-gateway)",
+        )
+    return Finding(
+        "problem",
+        "broker",
+        f"{url}: the running gateway's relay: {detail or 'no broker check'}: check"
+        " gateway.mqtt.broker_url, that the broker runs, and the relay's user and password"
+        " (room-gateway broker-config)",
+    )

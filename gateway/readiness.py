@@ -160,6 +160,11 @@ async def _broker(service: GatewayService) -> DependencyCheck:
         return DependencyCheck(status="not_configured", detail="mqtt.broker_url is empty")
     if not service.relay.connected:
         return failing(f"not connected to {url} (commands and notifications wait)")
+    refused = service.relay.link.refused_subscriptions
+    if refused:
+        return failing(
+            f"connected to {url}, but it refused the relay's subscriptions ({', '.join(refused)})"
+        )
     return ok(f"connected to {url}")
 
 

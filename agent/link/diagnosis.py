@@ -26,6 +26,9 @@ from protocol.messages import CheckCommand, LogLine, LogsCommand, RoomCheck
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
 RING_LINES = 2000
 MESSAGE_MAX = 500
+# The answer must fit the broker's packet limit (broker-config: 64 KiB): the newest lines
+# up to this many bytes of JSON.
+ANSWER_MAX_BYTES = 48 * 1024
 
 
 class LogRing(logging.Handler):
@@ -46,19 +49,22 @@ class LogRing(logging.Handler):
             self._lines.append((record.created, level, record.name[:64], message[:MESSAGE_MAX]))
 
     def since(self, since_s: float, max_lines: int) -> list[LogLine]:
-        """The newest ``max_lines`` of the last ``since_s`` seconds, oldest first."""
+        """The newest ``max_lines`` of the last ``since_s`` seconds (at most
+        ``ANSWER_MAX_BYTES`` of them), oldest first."""
         cutoff = time.time() - since_s
         with self._guard:
             recent = [line for line in self._lines if line[0] >= cutoff]
-        return [
-            LogLine(
-                at=datetime.fromtimestamp(created, UTC),
-                level=level,
-                logger=name,
-                message=message,
+        lines: list[LogLine] = []
+        size = 0
+        for created, level, name, message in reversed(recent[-max_lines:]):
+            line = LogLine(
+                at=datetime.fromtimestamp(created, UTC), level=level, logger=name, message=message
             )
-            for created, level, name, message in recent[-max_lines:]
-        ]
+            size += len(line.model_dump_json()) + 1
+            if size > ANSWER_MAX_BYTES:
+                break
+            lines.append(line)
+        return lines[::-1]
 
 
 _LEVELS: dict[str, LogLevel] = {

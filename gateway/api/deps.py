@@ -8,6 +8,7 @@ from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from gateway.api.errors import ApiError
+from gateway.partner import tokens
 from gateway.partner.tokens import digest
 from gateway.service import GatewayService
 
@@ -49,3 +50,19 @@ async def require_partner(
 
 
 Principal = Annotated[str, Depends(require_partner)]
+
+
+async def require_operator(
+    service: Service,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> str:
+    """A partner token, or an admin token (clinic IT; `room-gateway room ...` makes a
+    short-lived one on the gateway's host): who may ask a room's device how it is."""
+    if credentials is not None and await service.db.run(
+        tokens.is_stored, credentials.credentials, "admin", write=False
+    ):
+        return digest(credentials.credentials)
+    return await require_partner(service, credentials)
+
+
+Operator = Annotated[str, Depends(require_operator)]

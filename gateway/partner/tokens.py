@@ -92,3 +92,18 @@ class TokenCheck:
     @staticmethod
     def is_stored(conn: Connection, token: str) -> bool:
         return is_stored(conn, token, "partner")
+
+
+def delete(conn: Connection, token_id: str, kind: TokenKind = "partner") -> None:
+    """Remove a token's record (a short-lived one the CLI made for itself)."""
+    table, _ = _KINDS[kind]
+    conn.execute(f"DELETE FROM {table} WHERE id = ?", (token_id,))
+
+
+def delete_labelled(conn: Connection, label: str, before: float, kind: TokenKind) -> int:
+    """Remove tokens with this label created before ``before`` (a killed CLI's leftovers)."""
+    table, _ = _KINDS[kind]
+    cursor = conn.execute(
+        f"DELETE FROM {table} WHERE label = ? AND created_at < ?", (label, before)
+    )
+    return cursor.rowcount

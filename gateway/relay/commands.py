@@ -27,6 +27,7 @@ from gateway.ingest import records as ingest_records
 from gateway.jobs.queue import Job
 from gateway.jobs.worker import Retryable
 from gateway.relay import room_status
+from gateway.relay.diagnosis import DIAGNOSTIC_KINDS, DiagnosticKind, record_answer
 from gateway.relay.link import MqttLink, PublishRefused
 from gateway.sessions import desired
 from gateway.sessions import states as sessions
@@ -68,7 +69,7 @@ class DeviceCommand:
     id: str
     room_id: str
     session_id: str | None
-    kind: CommandKind
+    kind: CommandKind | DiagnosticKind
     state: CommandState
     reason: str | None
     created_at: float
@@ -252,6 +253,9 @@ class Commands:
         command = get(conn, answer.command_id)
         if command is None or command.room_id != room_id:
             return  # not ours (e.g. a test or a technician pinging the device)
+        if command.kind in DIAGNOSTIC_KINDS:
+            record_answer(conn, command.id, answer)  # for the replica that asked
+            return
         if command.state in ("ok", "refused"):
             return  # QoS 1 may deliver the answer twice; a re-sent command is answered again
         if command.session_id is not None and command.state == "queued":

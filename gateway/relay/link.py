@@ -82,6 +82,9 @@ class MqttLink:
         self._pending: dict[int, asyncio.Future[None]] = {}
         self._connected = threading.Event()
         self._stopping = False
+        # What the broker refused of our subscriptions at the last connection (e.g. 0x9E:
+        # no shared subscriptions): /readyz and `room-gateway doctor` report it.
+        self.refused_subscriptions: list[str] = []
         self.client = new_client(settings, client_id, username or settings.username, password)
         self.client.reconnect_delay_set(settings.reconnect_min_s, settings.reconnect_max_s)
         self.client.on_connect = self._on_connect
@@ -166,6 +169,7 @@ class MqttLink:
             logger.warning("relay: the broker refused the connection (%s)", reason_code)
             return
         options = SubscribeOptions(qos=1)
+        self.refused_subscriptions = []
         client.subscribe(
             [(topic, options) for topic in self._subscriptions],
             properties=_subscription_id(MAIN_SUBSCRIPTION),
@@ -204,6 +208,7 @@ class MqttLink:
     ) -> None:
         refused = [str(code) for code in reason_codes if code.is_failure]
         if refused:
+            self.refused_subscriptions = refused
             logger.error("relay: subscription refused by the broker (%s)", ", ".join(refused))
 
     def _on_message(self, client: mqtt.Client, userdata: object, message: mqtt.MQTTMessage) -> None:

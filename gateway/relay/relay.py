@@ -17,6 +17,7 @@ from pydantic import SecretStr
 
 from gateway.jobs.worker import Handler
 from gateway.relay.commands import Commands
+from gateway.relay.diagnosis import RoomDiagnosis
 from gateway.relay.inbound import DeviceMessages
 from gateway.relay.link import MqttLink
 from gateway.relay.notify import DeviceNotifier
@@ -62,6 +63,7 @@ class Relay:
         self.commands = Commands(db, self.link, lifecycle, settings.command_expiry_s)
         self.notifier = DeviceNotifier(db, self.link, lifecycle, wake)
         self.messages = DeviceMessages(db, self.commands, settings.command_expiry_s, wake)
+        self.diagnosis = RoomDiagnosis(db, self.link)
 
     def handlers(self) -> dict[str, Handler]:
         return {
