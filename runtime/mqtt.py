@@ -24,6 +24,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 
 from runtime.secrets import resolve_secret
+from runtime.tls import trusting
 
 BROKER_URL_PATTERN = r"^(mqtts?://[^\s/?#:@]+(:\d{1,5})?/?)?$"
 
@@ -82,8 +83,7 @@ def broker_address(url: str) -> tuple[str, int, bool]:
 
 def tls_context(settings: BrokerSettings) -> ssl.SSLContext:
     """The broker's CA (else the system's) and, for mutual TLS, our certificate."""
-    cafile = str(settings.ca_file) if settings.ca_file else None
-    context = ssl.create_default_context(cafile=cafile)
+    context = trusting(settings.ca_file)
     if settings.client_cert_file is not None:
         key = str(settings.client_key_file) if settings.client_key_file else None
         context.load_cert_chain(str(settings.client_cert_file), key)

@@ -38,6 +38,7 @@ from agent.link.key_check import KeyCheck, check_key
 from agent.settings import LinkSettings, MqttSettings
 from protocol.ingest import DEVICE_AUTH_CODES, chunk_path, problem_code
 from runtime.mqtt import broker_address, new_client, tls_context
+from runtime.tls import trusting
 
 TIMEOUT_S = 3.0
 PROBE_SESSION = "status-probe"
@@ -179,7 +180,7 @@ def token_verdict(status: int, code: str | None) -> TokenVerdict:
 def _client(settings: LinkSettings, timeout: float) -> httpx.Client:
     verify: ssl.SSLContext | bool = True
     if settings.ca_file is not None:
-        verify = ssl.create_default_context(cafile=str(settings.ca_file))
+        verify = trusting(settings.ca_file)
     return httpx.Client(
         base_url=settings.gateway_url,
         timeout=timeout,

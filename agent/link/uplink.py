@@ -56,6 +56,7 @@ from protocol.ingest import (
 )
 from protocol.manifest import SessionManifest
 from protocol.messages import ChunkRefusal
+from runtime.tls import trusting
 
 log = logging.getLogger(__name__)
 
@@ -132,7 +133,7 @@ def make_client(settings: LinkSettings, token: SecretStr) -> httpx.Client:
     per worker, the gateway's CA if given, the bearer token on every request."""
     verify: ssl.SSLContext | bool = True
     if settings.ca_file is not None:
-        verify = ssl.create_default_context(cafile=str(settings.ca_file))
+        verify = trusting(settings.ca_file)
     size = settings.upload_concurrency
     return httpx.Client(
         base_url=settings.gateway_url,

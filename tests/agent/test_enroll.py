@@ -14,6 +14,7 @@ import re
 import ssl
 import stat
 import subprocess
+import tomllib
 
 import httpx
 import pytest
@@ -31,10 +32,12 @@ from protocol.envelope import generate_private_key
 from tests.agent.device_setup import ROOM_AGENT
 from tests.gateway.conftest import GatewayProcess
 from tests.support.certs import Pki
+from tests.support.haproxy import HaProxy
 from tests.support.ingest_server import IngestServer
 
 pytestmark = pytest.mark.timeout(120)
 ROOM = "room-4"
+PIN = re.compile(r" --pin (sha256:[0-9a-f]{64})$", re.M)
 CODE = re.compile(r"^enrollment code: ([0-9A-Z]{4}(?:-[0-9A-Z]{4}){3}) \(once, until .*\)$", re.M)
 
 
@@ -165,3 +168,52 @@ def test_a_certificate_that_is_not_the_pinned_one_stops_enrollment(tmp_path):
         # The right pin gets through to the server (which is no gateway: 404).
         done = enroll(tmp_path, server.url, code, "--pin", right)
         assert done.returncode == 2 and "HTTP 404" in done.stderr
+
+
+@pytest.mark.parametrize("issuer", ["self-signed", "private CA"])
+def test_the_pinned_certificate_is_what_the_device_trusts_afterwards(tmp_path, issuer):
+    """Behind a TLS proxy whose certificate no system CA vouches for, the pin gets the
+    device enrolled, and then its own connections to the gateway verify that certificate
+    (saved as link.ca_file): doctor's gateway check passes, during enroll and after."""
+    if issuer == "self-signed":
+        cert, key = tmp_path / "proxy.crt", tmp_path / "proxy.key"
+        subprocess.run(
+            ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
+             "-nodes", "-keyout", str(key), "-out", str(cert), "-days", "2", "-subj",
+             "/CN=gateway.test", "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"],
+            check=True, capture_output=True,
+        )  # fmt: skip
+    else:
+        pki = Pki.create(tmp_path / "pki")  # a leaf of a CA the device never sees
+        cert, key = pki.server_cert, pki.server_key
+    pem = tmp_path / "proxy.pem"
+    pem.write_text(cert.read_text() + key.read_text())
+    gateway = GatewayProcess(tmp_path / "gateway", "http://127.0.0.1:9", {})
+    proxy = HaProxy(tmp_path / "haproxy", {"gateway": gateway.port}, tls_pem=pem, checks=False)
+    gateway.env["ROOM_GATEWAY_DEVICES__GATEWAY_URL"] = proxy.url
+    gateway.cli("keygen")
+    gateway.start()
+    proxy.start()
+    try:
+        added = gateway.cli("device", "add", ROOM)
+        code, pin = CODE.search(added.stderr), PIN.search(added.stderr)
+        assert code is not None and pin is not None, added.stderr
+        done = enroll(tmp_path, proxy.url, code[1], "--pin", pin[1])
+        doctor = subprocess.run(
+            [ROOM_AGENT, "--config", str(tmp_path / "device" / "agent.toml"), "doctor",
+             "--no-check"],
+            env={**os.environ, "ROOM_AGENT_STATE_DIR": str(tmp_path / "device-state"),
+                 "CREDENTIALS_DIRECTORY": str(tmp_path / "device" / "credentials")},
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+    finally:
+        proxy.stop()
+        gateway.stop()
+    assert "Traceback" not in done.stdout + done.stderr + doctor.stdout + doctor.stderr
+    assert f"device {ROOM} enrolled" in done.stderr, done.stderr
+    for output in (done.stdout, doctor.stdout):
+        assert re.search(r"^ok +gateway +.*token accepted", output, re.M), output
+    saved = tmp_path / "device" / "credentials" / "gateway-cert.pem"
+    assert ssl.PEM_cert_to_DER_cert(saved.read_text()) == ssl.PEM_cert_to_DER_cert(cert.read_text())
+    config = (tmp_path / "device" / "agent.toml").read_text()
+    assert tomllib.loads(config)["agent"]["link"]["ca_file"] == str(saved)
