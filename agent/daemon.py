@@ -287,7 +287,7 @@ def _feedback(
     )
     recorder.add_listener(hub)
     privacy.on_change.append(hub.privacy_changed)
-    status.on_heartbeat.append(lambda: hub.problem(status.reason()))
+    hub.watch(status.reason)
     if control is not None:
         control.on_connection.append(hub.connection)
         control.on_notification.append(hub.notified)

@@ -58,3 +58,22 @@ def room_state(facts: Facts) -> RoomState:
     if not facts.connected:
         return "offline"
     return "idle"
+
+
+# The device's reasons (DeviceStatus.reason) that mean this room cannot record as it
+# should: shown as ``problem``. Others (the gateway not reachable, a conflict the uplink
+# sorts out) are not: the spool holds the audio, and ``offline`` says what people need.
+PROBLEM_REASONS = frozenset(
+    {
+        "spool_full", "spool_error", "device_lost", "sealing_key_mismatch", "unauthorized",
+        "device_revoked", "broker_not_authorized", "microphone_missing",
+        "microphone_unavailable",
+    }
+)  # fmt: skip
+
+
+def problem_of(reason: str | None) -> str | None:
+    """The device's reason, if it is one the room should see as a problem."""
+    if reason is None:
+        return None
+    return reason if reason in PROBLEM_REASONS or reason.startswith("microphone_") else None

@@ -6,11 +6,14 @@ stand-in ingest server, real PortAudio through the ALSA file plugin.
 - a missing microphone is in the state, the heartbeat, `status` and its exit code, and a
   start is refused naming it;
 - after a rotation the running agent picks up the new password and token (on refusal and
-  on SIGHUP) and reports the refusal while it lasts.
+  on SIGHUP) and reports the refusal while it lasts;
+- either fault shows in the room as the indicator's ``problem``, with or without a broker.
 """
 
 import re
 import signal
+import time
+from pathlib import Path
 
 import pytest
 
@@ -37,6 +40,7 @@ from tests.agent.device_setup import (
 from tests.agent.diagnostics.test_status import block, problems, record
 from tests.support.alsa import PERIOD_FRAMES, FifoFeeder
 from tests.support.mqtt_probe import Probe
+from tests.support.processes import free_port
 from tests.support.speech import make_session_pcm
 
 pytestmark = pytest.mark.timeout(90)
@@ -234,3 +238,49 @@ def test_the_gateway_can_ask_for_a_level_check_and_the_logs(tmp_path, broker, in
             assert agent.stop() == 0
         finally:
             agent.kill()
+
+
+def leds(tmp_path) -> Path:
+    """A directory standing in for /sys/class/leds with one LED, as the kernel has it."""
+    led = tmp_path / "leds" / "led0"
+    led.mkdir(parents=True)
+    for attribute, value in (("max_brightness", "1"), ("brightness", "0"), ("trigger", "none"),
+                             ("delay_on", "0"), ("delay_off", "0")):  # fmt: skip
+        (led / attribute).write_text(value + "\n")
+    return led
+
+
+def blinking(led: Path) -> str:
+    if (led / "trigger").read_text().strip() != "timer":
+        return "off" if (led / "brightness").read_text().strip() == "0" else "on"
+    return f"{(led / 'delay_on').read_text().strip()}/{(led / 'delay_off').read_text().strip()}"
+
+
+@pytest.mark.parametrize("fault", ["microphone", "sealing key"])
+def test_the_rooms_indicator_shows_a_problem_while_the_broker_is_away(tmp_path, ingest, fault):
+    """No microphone, or a key that is not the gateway's: the room cannot record, and its
+    LED says so (the fast blink of ``problem``), not ``offline``, also with no broker to
+    send heartbeats to."""
+    env = device_env(tmp_path, f"mqtt://127.0.0.1:{free_port()}", ingest.url)  # nobody there
+    if fault == "microphone":
+        env["ROOM_AGENT_AUDIO__DEVICE"] = "respeaker"
+    else:
+        stranger = generate_private_key().public_key()
+        env["ROOM_AGENT_GATEWAY_PUBLIC_KEY"] = public_key_to_text(stranger)
+    led = leds(tmp_path)
+    env.update(
+        ROOM_AGENT_FEEDBACK__SYSFS_ROOT=str(led.parent), ROOM_AGENT_FEEDBACK__SYSFS_LEDS='["led0"]'
+    )
+    agent = start_agent(tmp_path, env)
+    try:
+        wait_for_snapshot(
+            tmp_path, lambda s: s.microphone == "missing" or s.sealing_key == "mismatch"
+        )
+        deadline = time.monotonic() + 10
+        while blinking(led) != "100/100" and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert blinking(led) == "100/100", (blinking(led), agent.log()[-1500:])
+        assert agent.stop() == 0
+    finally:
+        agent.kill()
+    assert "feedback: problem" in agent.log() and "Traceback" not in agent.log()
