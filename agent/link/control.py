@@ -476,9 +476,12 @@ class ControlLink(RecorderListener):
     def _start(self, session_id: str, paused: bool = False) -> tuple[bool, str | None]:
         snapshot = self.recorder.state
         if snapshot.session_id == session_id and snapshot.state == "recording":
-            if paused:  # a start that begins paused, for a session already recording
-                self.recorder.pause("command")
-            return True, None  # delivered twice
+            # A new start of the session being recorded (a repeat of the same id was
+            # answered before this): the partner paused or resumed it while the gateway
+            # still waited for the room; this start says which, so follow it.
+            if paused != snapshot.paused:
+                return self._pause(session_id, pause=paused)
+            return True, None
         if snapshot.session_id == session_id and snapshot.state in ("closing", "closed"):
             return False, "session_closed"
         if snapshot.state in ("recording", "closing"):

@@ -530,3 +530,25 @@ def test_last_will_and_commands_sent_while_the_agent_was_down(tmp_path, broker, 
     for message in probe.messages:
         assert PASSWORD.encode() not in message.payload
         json.loads(message.payload)
+
+
+def test_a_later_start_of_the_same_session_pauses_or_resumes_it(tmp_path, broker, probe):
+    """The partner paused, then resumed, a session still starting at the gateway: each
+    becomes a new start (paused, then not) that overtakes the last. A room that had taken
+    the first start follows each one: the unpaused start resumes it (session_resumed),
+    rather than answering ok and staying paused."""
+    settings = agent_settings(tmp_path, broker)
+    with running_agent(settings):
+        probe.wait_for(probe.on(STATE, online=True))
+        probe.publish(CMD, StartCommand(command_id="s-1", session_id="session-1"))
+        assert result(probe, "s-1")["ok"] is True
+        probe.publish(CMD, StartCommand(command_id="s-2", session_id="session-1", paused=True))
+        assert result(probe, "s-2")["ok"] is True
+        probe.wait_for(probe.on(EVENTS, type="session_paused", session_id="session-1"))
+        probe.publish(CMD, StartCommand(command_id="s-3", session_id="session-1"))
+        assert result(probe, "s-3")["ok"] is True
+        probe.wait_for(probe.on(EVENTS, type="session_resumed", session_id="session-1"))
+        probe.wait_for(probe.on(STATE, paused=False, last_command_id="s-3"))
+        probe.publish(CMD, StopCommand(command_id="x-1", session_id="session-1"))
+        assert result(probe, "x-1")["ok"] is True
+    assert_protocol_payloads(probe)
