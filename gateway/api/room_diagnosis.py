@@ -15,7 +15,7 @@ from typing import Annotated
 from fastapi import APIRouter, Body, Depends, Query
 from pydantic import BaseModel, ConfigDict, Field
 
-from gateway.api.deps import PARTNER_CODES, Service, require_operator
+from gateway.api.deps import BODY_CODES, PARTNER_CODES, Service, require_operator
 from gateway.api.errors import ApiError, problems
 from gateway.api.params import RoomIdPath
 from gateway.api.room_views import one_room
@@ -118,7 +118,11 @@ async def ping_room(
     return RoomPingOut(room=room_id, round_trip_ms=round(answer.round_trip_s * 1000, 1))
 
 
-@router.post("/rooms/{room_id}/check", response_model=RoomCheckOut, responses=problems(*CODES))
+@router.post(
+    "/rooms/{room_id}/check",
+    response_model=RoomCheckOut,
+    responses=problems(*CODES, *BODY_CODES),
+)
 async def check_room(
     room_id: RoomIdPath, service: Service, body: Annotated[RoomCheckIn, Body()] = DEFAULT_CHECK
 ) -> RoomCheckOut:
