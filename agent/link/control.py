@@ -73,6 +73,7 @@ from protocol.messages import (
     notifications,
 )
 from runtime.mqtt import BrokerUnavailable, broker_address, new_client, persistent_session
+from runtime.retry import log_retry, thread_retrying, wait_backoff
 
 log = logging.getLogger(__name__)
 
@@ -267,16 +268,11 @@ class ControlLink(RecorderListener):
 
     def _retrying(self) -> tenacity.Retrying:
         settings = self.settings
-        return tenacity.Retrying(
-            retry=tenacity.retry_if_exception_type(BrokerUnavailable),
-            wait=tenacity.wait_exponential(
-                multiplier=settings.reconnect_min_s, max=settings.reconnect_max_s
-            )
-            + tenacity.wait_random(0, settings.reconnect_min_s),
-            stop=lambda _state: self._stopping.is_set(),
-            sleep=self._stopping.wait,
-            before_sleep=_log_retry,
-            reraise=True,
+        return thread_retrying(
+            self._stopping,
+            BrokerUnavailable,
+            wait_backoff(settings.reconnect_min_s, settings.reconnect_max_s),
+            before_sleep=log_retry(log, "control: broker not reachable", every=10),
         )
 
     def _connect(self) -> None:
@@ -574,11 +570,3 @@ def _command_id(payload: bytes) -> str | None:
     except (ValueError, AttributeError):
         return None
     return value if isinstance(value, str) and 0 < len(value) <= 64 else None
-
-
-def _log_retry(state: tenacity.RetryCallState) -> None:
-    """The first failure and then every tenth: a broker can be away for hours."""
-    attempt = state.attempt_number
-    if attempt == 1 or attempt % 10 == 0:
-        error = state.outcome.exception() if state.outcome is not None else None
-        log.warning("control: broker not reachable (attempt %d): %s", attempt, error)

@@ -56,6 +56,7 @@ from protocol.ingest import (
 )
 from protocol.manifest import SessionManifest
 from protocol.messages import ChunkRefusal
+from runtime.retry import backoff_s, thread_retrying
 from runtime.tls import trusting
 
 log = logging.getLogger(__name__)
@@ -155,9 +156,6 @@ class Uplink:
         self.device_id = device_id
         self.spool = spool
         self.client = client
-        self._backoff = tenacity.wait_exponential(
-            multiplier=settings.backoff_base_s, max=settings.backoff_max_s
-        ) + tenacity.wait_random(0, settings.backoff_base_s)
         self._cond = threading.Condition()
         self._stopping = threading.Event()
         self._queue: deque[PendingChunk] = deque()
@@ -266,13 +264,7 @@ class Uplink:
         return None
 
     def _retrying(self) -> tenacity.Retrying:
-        return tenacity.Retrying(
-            retry=tenacity.retry_if_exception_type(_Retry),
-            wait=self._wait,
-            stop=lambda _state: self._stopping.is_set(),
-            sleep=self._sleep,
-            reraise=True,
-        )
+        return thread_retrying(self._stopping, _Retry, self._wait, sleep=self._sleep)
 
     def _sleep(self, seconds: float) -> None:
         """Until the next retry, a stop, or a new token."""
@@ -288,7 +280,9 @@ class Uplink:
         error = state.outcome.exception() if state.outcome is not None else None
         if isinstance(error, _Unauthorized):
             return self.settings.backoff_max_s
-        return self._backoff(state)
+        return backoff_s(
+            state.attempt_number, self.settings.backoff_base_s, self.settings.backoff_max_s
+        )
 
     # -- one attempt
 

@@ -24,13 +24,12 @@ from types import TracebackType
 
 import numpy as np
 import pyaudio
-import tenacity
 from pydantic import BaseModel, ConfigDict
 
 from agent.pipeline.audio import SAMPLE_RATE, AudioInputError, CaptureStats
 from agent.pipeline.resample import Resampler
 from agent.settings import AudioSettings
-from runtime.retry import sleeper
+from runtime.retry import log_retry, thread_retrying, wait_backoff
 
 log = logging.getLogger(__name__)
 
@@ -301,14 +300,11 @@ class MicrophoneSource:
 
     def _reopen(self) -> _DeviceStream | None:
         policy = self._policy
-        retrying = tenacity.Retrying(
-            retry=tenacity.retry_if_exception_type(AudioInputError),
-            wait=tenacity.wait_exponential(multiplier=policy.first_wait_s, max=policy.max_wait_s)
-            + tenacity.wait_random(0, policy.first_wait_s),
-            stop=lambda _state: self._closing.is_set(),
-            sleep=sleeper(self._closing),
-            before_sleep=_log_retry,
-            reraise=True,
+        retrying = thread_retrying(
+            self._closing,
+            AudioInputError,
+            wait_backoff(policy.first_wait_s, policy.max_wait_s),
+            before_sleep=log_retry(log, "capture: device not back yet", every=12),
         )
         try:
             stream = retrying(self._open)
@@ -421,14 +417,6 @@ class _LossLog:
                 stats.dropped_blocks,
                 stats.dropped_s,
             )
-
-
-def _log_retry(state: tenacity.RetryCallState) -> None:
-    """First failure and then about once a minute: an unplugged device can stay away for hours."""
-    attempt = state.attempt_number
-    if attempt == 1 or attempt % 12 == 0:
-        error = state.outcome.exception() if state.outcome is not None else None
-        log.warning("capture: device not back yet (attempt %d): %s", attempt, error)
 
 
 def _input_devices(pa: pyaudio.PyAudio) -> list[InputDevice]:

@@ -27,7 +27,7 @@ import httpx
 from pydantic import BaseModel, SecretStr, ValidationError
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, stop_after_attempt
 from tenacity.stop import stop_base
-from tenacity.wait import wait_base, wait_exponential_jitter
+from tenacity.wait import wait_base
 
 from gateway.blueprint import paths
 from gateway.blueprint.environment import environment_id
@@ -44,6 +44,7 @@ from gateway.blueprint.models import (
     SessionCreate,
     SessionSetting,
 )
+from runtime.retry import log_retry, wait_backoff
 
 logger = logging.getLogger(__name__)
 
@@ -140,10 +141,7 @@ class BlueprintClient:
         self._tokens = _TokenCache(self._authenticate)
         self._max_attempts = max_attempts
         self._backoff_max_s = backoff_max_s
-        backoff = wait_exponential_jitter(
-            multiplier=backoff_base_s, max=backoff_max_s, jitter=backoff_base_s
-        )
-        self._wait = _RetryAfterOrBackoff(backoff)
+        self._wait = _RetryAfterOrBackoff(wait_backoff(backoff_base_s, backoff_max_s))
         self._on_call: list[OnCall] = [on_call] if on_call is not None else []
         self._artifact_origins = {_origin(httpx.URL(base_url))}
         self._artifact_origins.update(_origin(httpx.URL(url)) for url in artifact_origins)
@@ -345,7 +343,7 @@ class BlueprintClient:
             stop=stop_after_attempt(self._max_attempts) | _RetryAfterBeyond(self._backoff_max_s),
             wait=self._wait,
             retry=retry_if_exception_type(_Transient),
-            before_sleep=_log_retry,
+            before_sleep=log_retry(logger, "blueprint"),
             reraise=True,
         )
         attempt = self._attempt if authenticated else self._send
@@ -487,7 +485,7 @@ def reuse_window_s(expires_in: float) -> float:
 class _RetryAfterOrBackoff(wait_base):
     """Wait what Blueprint's Retry-After asks for; otherwise exponential backoff + jitter."""
 
-    def __init__(self, backoff: wait_base) -> None:
+    def __init__(self, backoff: Callable[[RetryCallState], float]) -> None:
         self.backoff = backoff
 
     def __call__(self, retry_state: RetryCallState) -> float:
@@ -508,17 +506,6 @@ class _RetryAfterBeyond(stop_base):
         failure = retry_state.outcome.exception() if retry_state.outcome else None
         retry_after = failure.retry_after_s if isinstance(failure, _Transient) else None
         return retry_after is not None and retry_after > self.max_wait_s
-
-
-def _log_retry(retry_state: RetryCallState) -> None:
-    failure = retry_state.outcome.exception() if retry_state.outcome else None
-    sleep = retry_state.next_action.sleep if retry_state.next_action else 0.0
-    logger.warning(
-        "blueprint %s; attempt %d failed, retrying in %.3f s",
-        failure,
-        retry_state.attempt_number,
-        sleep,
-    )
 
 
 def _checked(operation: str, response: httpx.Response) -> httpx.Response:

@@ -24,14 +24,13 @@ import time
 from collections.abc import Awaitable, Callable
 
 from pydantic import ValidationError
-from tenacity import RetryCallState
-from tenacity.wait import wait_exponential_jitter
 
 from gateway.jobs import queue as jobs
 from gateway.jobs.queue import Job
 from gateway.settings import JobSettings
 from gateway.stages import UNTIMED, Stages
 from gateway.store import Connection, Database, StoreError
+from runtime.retry import backoff_s
 
 logger = logging.getLogger(__name__)
 
@@ -104,11 +103,6 @@ class Worker:
         self._on_failed = on_failed
         self._on_outcome = on_outcome
         self._stages = stages
-        self._backoff = wait_exponential_jitter(
-            multiplier=settings.backoff_base_s,
-            max=settings.backoff_max_s,
-            jitter=settings.backoff_base_s,
-        )
         self._wake = asyncio.Event()
         self._running: dict[int, asyncio.Task[None]] = {}
         self._waiters: dict[int, list[asyncio.Future[None]]] = {}
@@ -326,9 +320,7 @@ class Worker:
         return True
 
     def _delay_s(self, attempts: int) -> float:
-        state = RetryCallState(retry_object=None, fn=None, args=(), kwargs={})  # type: ignore[arg-type]
-        state.attempt_number = attempts
-        return float(self._backoff(state))
+        return backoff_s(attempts, self._settings.backoff_base_s, self._settings.backoff_max_s)
 
     def _report(self, kind: str, outcome: str) -> None:
         if self._on_outcome is not None:
