@@ -1,5 +1,3 @@
 """The room agent: captures a therapy room's speech and gets it, sealed, to the gateway."""
 
-__version__ = "0.1.0"
-
 CONFIG_ENV = "ROOM_AGENT_CONFIG"  # the settings file, when --config is not given

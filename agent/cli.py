@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from agent import CONFIG_ENV, __version__
+from agent import CONFIG_ENV
 from runtime.cli import Fatal, SettingsContext, config_option, run_program
 
 if TYPE_CHECKING:
@@ -42,7 +42,7 @@ class CliState(SettingsContext["AgentSettings"]):
 @click.option(
     "-v", "--verbose", is_flag=True, help="Log what happens (debug level, sound system's too)."
 )
-@click.version_option(__version__, prog_name="room-agent")
+@click.version_option(package_name="room-audio", prog_name="room-agent")
 @click.pass_context
 def cli(ctx: click.Context, config_path: Path | None, verbose: bool) -> None:
     """The room device: captures speech, seals it and spools it for the gateway."""

@@ -45,7 +45,6 @@ from datetime import UTC, datetime
 
 import httpx
 
-from agent import __version__
 from agent.diagnostics.status_file import STATUS_FILE
 from agent.diagnostics.status_writer import StatusWriter, build_snapshot
 from agent.feedback.cues import CuePlayer
@@ -72,6 +71,7 @@ from protocol.messages import ChunkSpooled, SessionClosed
 from runtime import systemd
 from runtime.cli import Fatal
 from runtime.mqtt import tls_context
+from runtime.version import VERSION
 
 log = logging.getLogger("agent")
 
@@ -245,7 +245,7 @@ def _serve(
             control.start()
         log.info(
             "room-agent %s running: device %s, uplink %s, control %s",
-            __version__,
+            VERSION,
             settings.device_id,
             "on" if uplink else "off (record only)",
             "on" if control else "off",

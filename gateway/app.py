@@ -10,7 +10,6 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from gateway import __version__
 from gateway.api import (
     devices,
     docs,
@@ -29,6 +28,7 @@ from gateway.service import GatewayService
 from gateway.settings import GatewaySettings
 from gateway.store import StoreError, probe_write
 from runtime.systemd import notify, watchdog_interval_s
+from runtime.version import VERSION
 
 
 def create_app(settings: GatewaySettings) -> FastAPI:
@@ -48,7 +48,7 @@ def create_app(settings: GatewaySettings) -> FastAPI:
 
     app = FastAPI(
         title="Room audio gateway",
-        version=__version__,
+        version=VERSION,
         description=spec.DESCRIPTION,
         openapi_tags=spec.TAGS,
         generate_unique_id_function=spec.operation_id,

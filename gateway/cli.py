@@ -14,7 +14,7 @@ from typing import Any
 
 import click
 
-from gateway import __version__, rooms
+from gateway import rooms
 from gateway.devices.enrollment import Enrollment
 from gateway.devices.provisioning import Provisioning, ProvisioningError
 from gateway.devices.snippet import write_bundle
@@ -50,7 +50,7 @@ class CliState(SettingsContext[GatewaySettings]):
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @config_option(CONFIG_ENV)
-@click.version_option(__version__, prog_name="room-gateway")
+@click.version_option(package_name="room-audio", prog_name="room-gateway")
 @click.pass_context
 def cli(ctx: click.Context, config_path: Path | None) -> None:
     """The gateway: holds the Blueprint secrets, ingests room audio, relays notes."""

@@ -33,12 +33,12 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 from pydantic import BaseModel
 
-from agent import __version__
 from agent.link.key_check import KeyCheck, check_key
 from agent.settings import LinkSettings, MqttSettings
 from protocol.ingest import DEVICE_AUTH_CODES, chunk_path, problem_code
 from runtime.mqtt import broker_address, new_client, tls_context
 from runtime.tls import trusting
+from runtime.version import VERSION
 
 TIMEOUT_S = 3.0
 PROBE_SESSION = "status-probe"
@@ -185,7 +185,7 @@ def _client(settings: LinkSettings, timeout: float) -> httpx.Client:
         base_url=settings.gateway_url,
         timeout=timeout,
         verify=verify,
-        headers={"User-Agent": f"room-agent/{__version__} (status)"},
+        headers={"User-Agent": f"room-agent/{VERSION} (status)"},
     )
 
 

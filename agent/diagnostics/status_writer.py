@@ -12,7 +12,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Protocol
 
-from agent import __version__
 from agent.diagnostics.status_file import (
     CHECK_S,
     REFRESH_S,
@@ -27,6 +26,7 @@ from agent.link.uplink import UplinkStatus
 from agent.pipeline.recorder import RecorderListener, RecorderSnapshot
 from protocol.manifest import SessionManifest
 from protocol.messages import Notification, SessionClosed, SessionStarted
+from runtime.version import VERSION
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +52,7 @@ def build_snapshot(
     key = status.key.last if status.key is not None else None
     return StatusSnapshot(
         pid=os.getpid(),
-        version=__version__,
+        version=VERSION,
         device_id=status.device_id,
         started_at=started_at,
         written_at=datetime.now(UTC),

@@ -12,7 +12,6 @@ import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 
-from agent import __version__
 from agent.link.applied import AppliedCommands
 from agent.link.key_check import MISMATCH, SealingKeyWatch
 from agent.link.uplink import Uplink
@@ -21,6 +20,7 @@ from agent.pipeline.recorder import Recorder
 from agent.privacy import PrivacySwitch
 from agent.spool import Spool
 from protocol.messages import DeviceState, Heartbeat, MicrophoneState, SealingKeyState
+from runtime.version import VERSION
 
 REASON_MAX = 64
 
@@ -67,7 +67,7 @@ class DeviceStatus:
             backlog_bytes=usage.bytes,
             spool_free_bytes=self.spool.free_bytes(),
             quarantined=usage.quarantined,
-            version=__version__,
+            version=VERSION,
             refused=uplink.refused if uplink is not None else None,
             microphone=self.microphone(),
             microphone_device=self._microphone_device(),
@@ -90,7 +90,7 @@ class DeviceStatus:
             overruns=capture.overruns,
             dropped_s=round(capture.dropped_s, 3),
             uptime_s=round(time.monotonic() - self.started, 1),
-            version=__version__,
+            version=VERSION,
             microphone=self.microphone(),
         )
 

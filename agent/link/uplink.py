@@ -42,7 +42,6 @@ import httpx
 import tenacity
 from pydantic import BaseModel, ConfigDict, SecretStr, ValidationError
 
-from agent import __version__
 from agent.settings import LinkSettings
 from agent.spool import ChunkCorrupt, PendingChunk, Spool, SpoolError
 from protocol.ingest import (
@@ -58,6 +57,7 @@ from protocol.manifest import SessionManifest
 from protocol.messages import ChunkRefusal
 from runtime.retry import backoff_s, thread_retrying
 from runtime.tls import trusting
+from runtime.version import VERSION
 
 log = logging.getLogger(__name__)
 
@@ -140,7 +140,7 @@ def make_client(settings: LinkSettings, token: SecretStr) -> httpx.Client:
         base_url=settings.gateway_url,
         headers={
             "Authorization": f"Bearer {token.get_secret_value()}",
-            "User-Agent": f"room-agent/{__version__}",
+            "User-Agent": f"room-agent/{VERSION}",
         },
         timeout=settings.timeout_s,
         limits=httpx.Limits(max_connections=size, max_keepalive_connections=size),
