@@ -67,7 +67,7 @@ from agent.privacy import PrivacySwitch
 from agent.settings import AgentSettings, LinkSettings, MqttSettings
 from agent.spool import Spool, SpoolError
 from protocol.manifest import SessionManifest
-from protocol.messages import ChunkSpooled, SessionClosed
+from protocol.messages import ChunkSpooled, DeviceReason, SessionClosed
 from runtime import systemd
 from runtime.cli import Fatal
 from runtime.mqtt import tls_context
@@ -108,22 +108,22 @@ class Health:
         self.uplink = uplink
         self.control = control
 
-    def problem(self) -> str | None:
+    def problem(self) -> DeviceReason | None:
         """None when healthy, else a code for the log. A spool deleted under the agent is
         recreated here too (agent/spool/restore.py), so an idle agent recovers by itself."""
         try:
             self.spool.recover()
             os.statvfs(self.spool.directory)
         except (OSError, SpoolError):
-            return "spool_unusable"
+            return DeviceReason.SPOOL_UNUSABLE
         if not os.access(self.spool.directory, os.W_OK):
-            return "spool_read_only"
+            return DeviceReason.SPOOL_READ_ONLY
         if self.recorder.state.state == "recording" and self.recorder.wait(0):
-            return "recorder_thread_gone"
+            return DeviceReason.RECORDER_THREAD_GONE
         if self.uplink is not None and not self.uplink.alive():
-            return "uplink_thread_gone"
+            return DeviceReason.UPLINK_THREAD_GONE
         if self.control is not None and not self.control.alive():
-            return "control_thread_gone"
+            return DeviceReason.CONTROL_THREAD_GONE
         return None
 
 

@@ -7,6 +7,7 @@ nothing else can be slipped in. Each topic carries one discriminated union on ``
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from enum import StrEnum
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
@@ -26,6 +27,49 @@ CommandId = Annotated[str, Field(max_length=64)]
 # Who paused or resumed a session: the gateway's command (the partner), a button in the
 # room, or the room's "do not record" switch.
 PauseSource = Literal["command", "button", "do_not_record"]
+
+
+class DeviceReason(StrEnum):
+    """Every problem code a device reports: the state's ``reason`` (the recorder's first,
+    then the sealing key, the microphone, the broker, the uplink) and the watchdog's
+    health codes. One list, so the device that produces a code and the diagnostics that
+    explain it (agent/diagnostics/findings.py has a fix for each) cannot drift apart; on
+    the wire ``reason`` stays a plain code, so a gateway reads older devices' codes too."""
+
+    # the recorder: why the session stopped recording
+    SPOOL_FULL = "spool_full"
+    DEVICE_LOST = "device_lost"  # the microphone went away mid-session
+    RECORDER_FAILED = "recorder_failed"  # a bug or an unexpected error: see the log
+    CLOSE_FAILED = "close_failed"  # the session could not be closed in the spool
+    # the spool: an entry it cannot read nor move aside; audio lost with a deleted spool
+    SPOOL_ENTRY_SKIPPED = "spool_entry_skipped"
+    SPOOL_LOST = "spool_lost"
+    # what refuses a start
+    SEALING_KEY_MISMATCH = "sealing_key_mismatch"
+    MICROPHONE_MISSING = "microphone_missing"
+    MICROPHONE_UNAVAILABLE = "microphone_unavailable"
+    # the MQTT link
+    BROKER_NOT_AUTHORIZED = "broker_not_authorized"
+    # the uplink: the gateway not taking audio
+    UNAUTHORIZED = "unauthorized"  # the gateway does not know the device's token
+    DEVICE_REVOKED = "device_revoked"
+    NOT_THE_GATEWAY = "not_the_gateway"  # a 401/403 without the gateway's problem code
+    GATEWAY_UNREACHABLE = "gateway_unreachable"
+    GATEWAY_ERROR = "gateway_error"  # 5xx
+    GATEWAY_REFUSED = "gateway_refused"  # another 4xx (or 3xx) the uplink does not expect
+    BAD_RECEIPT = "bad_receipt"  # a 2xx whose receipt is not for what was sent
+    CHUNK_CONFLICT = "chunk_conflict"
+    CHUNK_TOO_LARGE = "chunk_too_large"
+    CHUNK_FOREIGN = "chunk_foreign"  # the gateway says the session is another device's
+    CHUNK_REJECTED = "chunk_rejected"  # set aside: the gateway cannot use it
+    CHUNK_CORRUPT = "chunk_corrupt"  # set aside: the spool's copy is damaged
+    MANIFEST_REFUSED = "manifest_refused"
+    # the watchdog (the status file's ``health``)
+    SPOOL_UNUSABLE = "spool_unusable"
+    SPOOL_READ_ONLY = "spool_read_only"
+    RECORDER_THREAD_GONE = "recorder_thread_gone"
+    UPLINK_THREAD_GONE = "uplink_thread_gone"
+    CONTROL_THREAD_GONE = "control_thread_gone"
 
 
 def now() -> datetime:

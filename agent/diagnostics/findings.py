@@ -7,7 +7,7 @@ findings are `room-agent doctor`'s checklist. Codes, ids and numbers only.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, assert_never
 
 from pydantic import BaseModel
 
@@ -15,7 +15,7 @@ from agent.diagnostics.observations import AgentView, SpoolView
 from agent.diagnostics.probes import BrokerProbe, GatewayProbe, public_url
 from agent.diagnostics.status_file import REFRESH_S
 from agent.settings import AgentSettings
-from protocol.messages import ChunkRefusal
+from protocol.messages import ChunkRefusal, DeviceReason
 
 # The snapshot is rewritten at least every REFRESH_S: three missed rewrites mean a hung agent.
 STALE_SNAPSHOT_S = 3 * REFRESH_S
@@ -48,7 +48,7 @@ def judge(
 ) -> list[Finding]:
     """One finding per item, in the order a technician works through them."""
     return [
-        judge_agent(agent),
+        judge_agent(settings, agent),
         judge_microphone(settings, agent),
         judge_broker(settings, broker, agent),
         judge_gateway(settings, gateway),
@@ -59,7 +59,7 @@ def judge(
     ]
 
 
-def judge_agent(agent: AgentView) -> Finding:
+def judge_agent(settings: AgentSettings, agent: AgentView) -> Finding:
     snap = agent.snapshot
     start = "start it: sudo systemctl enable --now room-agent (its log: journalctl -u room-agent)"
     if agent.error is not None:
@@ -96,18 +96,18 @@ def judge_agent(agent: AgentView) -> Finding:
             item="agent",
             verdict="problem",
             summary=f"{summary}; unhealthy: {snap.health}",
-            fix=_health_fix(snap.health),
+            fix=_health_fix(snap.health, settings),
         )
     return Finding(item="agent", verdict="ok", summary=summary)
 
 
-def _health_fix(code: str) -> str:
-    if code.startswith("spool"):
+def _health_fix(code: str, settings: AgentSettings) -> str:
+    try:
+        return reason_fix(DeviceReason(code), settings)
+    except ValueError:  # a code from another version of the agent
         return (
-            "the spool directory is not usable: check the disk (df -h, dmesg) and that the"
-            f" room-agent user owns state_dir; then {RESTART}"
+            f"a part of the agent stopped ({code}); systemd's watchdog restarts it, or: {RESTART}"
         )
-    return f"a part of the agent stopped ({code}); systemd's watchdog restarts it, or: {RESTART}"
 
 
 def judge_microphone(settings: AgentSettings, agent: AgentView) -> Finding:
@@ -408,7 +408,6 @@ NOT_THE_GATEWAY = (
 def error_fix(code: str, settings: AgentSettings, refused: ChunkRefusal | None = None) -> str:
     """What to do about an agent's error code (recorder's first, else the uplink's), with
     the gateway's reason for its latest refusal when there is one."""
-    url = public_url(settings.link.gateway_url)
     if refused is not None and refused.code == "wrong_key":
         return (
             "the gateway cannot open this device's audio: it is sealed to another key than"
@@ -416,53 +415,120 @@ def error_fix(code: str, settings: AgentSettings, refused: ChunkRefusal | None =
             " prints on the gateway (or enroll again), then restart the agent; chunks sealed"
             " to the old key stay in quarantine"
         )
-    if code in ("http_401", "http_403"):
-        return NOT_THE_GATEWAY.format(status=code[5:], url=url)
-    if code == "device_revoked":
-        return (
-            f"the gateway revoked device {settings.device_id}; if that was a mistake:"
-            f" {_reprovision(settings.device_id, 'the gateway')}"
-        )
-    if code == "sealing_key_mismatch":
-        return (
-            "this device seals to another key than the gateway's, so it refuses to record:"
-            " set agent.gateway_public_key to the key `room-gateway keygen` prints on the"
-            f" gateway (see the sealing key item), then: {RESTART}"
-        )
-    if code.startswith("microphone_"):
-        return (
-            f"the microphone audio.device {settings.audio.device!r} names is {code[11:]}:"
-            " plug it in or correct audio.device (room-agent devices lists the names)"
-        )
-    if code == "broker_not_authorized":
-        return _reprovision(settings.device_id, "the broker")
-    if code == "spool_entry_skipped":
-        return (
-            "the spool holds an entry the agent can neither read nor move aside (left in"
-            " place and ignored): `room-agent spool verify` names it; move it away by hand"
-        )
-    if code == "spool_lost":
-        return (
-            "the spool (or part of it) disappeared while the agent ran or before it"
-            " started: audio not yet delivered then is lost (the journal says which);"
-            " recording goes on. Check the disk (dmesg, df -h) and who deletes files there"
-        )
-    if code == "spool_full":
-        return "recording stopped: the spool is full; the gateway must take the backlog first"
-    if code == "device_lost":
-        return "the microphone went away mid-session: check its USB cable (room-agent devices)"
-    if code == "unauthorized":
-        return _reprovision(settings.device_id, "the gateway")
-    if code == "gateway_unreachable":
-        return f"check network/firewall to {url}"
-    if code == "gateway_error" or code.startswith("http_5"):
-        return GATEWAY_FAILS
-    if code.startswith(("chunk_", "manifest_", "bad_receipt")):
-        return (
-            "the gateway would not take a chunk: `room-agent spool verify` names the session;"
-            " give its id to the gateway's operator"
-        )
-    return f"see the agent's log: journalctl -u room-agent -n 100 (then: {RESTART})"
+    try:
+        reason = DeviceReason(code)
+    except ValueError:  # a code from another version of the agent
+        return UNKNOWN_FIX
+    return reason_fix(reason, settings, refused)
+
+
+UNKNOWN_FIX = f"see the agent's log: journalctl -u room-agent -n 100 (then: {RESTART})"
+
+
+def reason_fix(
+    reason: DeviceReason, settings: AgentSettings, refused: ChunkRefusal | None = None
+) -> str:
+    """The fix for each device reason code: every code has its own (a test holds it)."""
+    url = public_url(settings.link.gateway_url)
+    device = settings.device_id
+    spool_broken = (
+        "the spool directory is not usable: check the disk (df -h, dmesg) and that the"
+        f" room-agent user owns state_dir; then {RESTART}"
+    )
+    thread_gone = "a part of the agent stopped ({}); systemd's watchdog restarts it, or: {}"
+    chunk_refused = (
+        "the gateway would not take {}: `room-agent spool verify` names the session;"
+        " give its id to the gateway's operator"
+    )
+    match reason:
+        case DeviceReason.SPOOL_ENTRY_SKIPPED:
+            return (
+                "the spool holds an entry the agent can neither read nor move aside (left in"
+                " place and ignored): `room-agent spool verify` names it; move it away by hand"
+            )
+        case DeviceReason.SPOOL_LOST:
+            return (
+                "the spool (or part of it) disappeared while the agent ran or before it"
+                " started: audio not yet delivered then is lost (the journal says which);"
+                " recording goes on. Check the disk (dmesg, df -h) and who deletes files there"
+            )
+        case DeviceReason.SPOOL_FULL:
+            return "recording stopped: the spool is full; the gateway must take the backlog first"
+        case DeviceReason.DEVICE_LOST:
+            return "the microphone went away mid-session: check its USB cable (room-agent devices)"
+        case DeviceReason.RECORDER_FAILED:
+            return (
+                "the recorder failed unexpectedly (a bug): the agent's log has the error"
+                f" (journalctl -u room-agent -n 100); report it, then: {RESTART}"
+            )
+        case DeviceReason.CLOSE_FAILED:
+            return (
+                "a session could not be closed in the spool (the disk?): check df -h and"
+                f" dmesg, then {RESTART}; the next start closes it"
+            )
+        case DeviceReason.SEALING_KEY_MISMATCH:
+            return (
+                "this device seals to another key than the gateway's, so it refuses to record:"
+                " set agent.gateway_public_key to the key `room-gateway keygen` prints on the"
+                f" gateway (see the sealing key item), then: {RESTART}"
+            )
+        case DeviceReason.MICROPHONE_MISSING | DeviceReason.MICROPHONE_UNAVAILABLE:
+            state = reason.value.removeprefix("microphone_")
+            return (
+                f"the microphone audio.device {settings.audio.device!r} names is {state}:"
+                " plug it in or correct audio.device (room-agent devices lists the names)"
+            )
+        case DeviceReason.BROKER_NOT_AUTHORIZED:
+            return _reprovision(device, "the broker")
+        case DeviceReason.UNAUTHORIZED:
+            return _reprovision(device, "the gateway")
+        case DeviceReason.DEVICE_REVOKED:
+            return (
+                f"the gateway revoked device {device}; if that was a mistake:"
+                f" {_reprovision(device, 'the gateway')}"
+            )
+        case DeviceReason.NOT_THE_GATEWAY:
+            status = str(refused.status) if refused is not None else "401/403"
+            return NOT_THE_GATEWAY.format(status=status, url=url)
+        case DeviceReason.GATEWAY_UNREACHABLE:
+            return f"check network/firewall to {url}"
+        case DeviceReason.GATEWAY_ERROR:
+            return GATEWAY_FAILS
+        case DeviceReason.GATEWAY_REFUSED:
+            return (
+                f"the gateway at {url} answers with an HTTP status the device does not"
+                " expect: check that link.gateway_url names the room-gateway, and that both"
+                " run the same version"
+            )
+        case DeviceReason.BAD_RECEIPT:
+            return (
+                "the gateway's receipts are not for what the device sent (a proxy rewriting"
+                f" answers, or another server at {url}): check link.gateway_url"
+            )
+        case DeviceReason.CHUNK_CONFLICT:
+            return chunk_refused.format("a chunk: it has another with the same number")
+        case DeviceReason.CHUNK_TOO_LARGE:
+            return chunk_refused.format("a chunk: too large for its limits")
+        case DeviceReason.CHUNK_FOREIGN:
+            return chunk_refused.format("a chunk: its session belongs to another device")
+        case DeviceReason.CHUNK_REJECTED:
+            return chunk_refused.format("a chunk: it cannot use it (set aside)")
+        case DeviceReason.CHUNK_CORRUPT:
+            return (
+                "a chunk in the spool is damaged and was set aside (quarantine): check the"
+                " disk (dmesg); `room-agent spool verify` lists it"
+            )
+        case DeviceReason.MANIFEST_REFUSED:
+            return chunk_refused.format("a session's manifest")
+        case DeviceReason.SPOOL_UNUSABLE | DeviceReason.SPOOL_READ_ONLY:
+            return spool_broken
+        case (
+            DeviceReason.RECORDER_THREAD_GONE
+            | DeviceReason.UPLINK_THREAD_GONE
+            | DeviceReason.CONTROL_THREAD_GONE
+        ):
+            return thread_gone.format(reason.value, RESTART)
+    assert_never(reason)
 
 
 def ago(seconds: float | None) -> str:

@@ -58,6 +58,7 @@ from protocol.messages import (
     CheckCommand,
     ChunkSpooled,
     CommandResult,
+    DeviceReason,
     LogsCommand,
     Notification,
     PauseCommand,
@@ -186,9 +187,9 @@ class ControlLink(RecorderListener):
         with self._lock:
             return self._online
 
-    def problem(self) -> str | None:
+    def problem(self) -> DeviceReason | None:
         """broker_not_authorized while the broker refuses this device's credentials."""
-        return "broker_not_authorized" if self._not_authorized else None
+        return DeviceReason.BROKER_NOT_AUTHORIZED if self._not_authorized else None
 
     def use_password(self, password: SecretStr) -> None:
         """The next connection attempt logs in with ``password`` (a rotation)."""

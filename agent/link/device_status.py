@@ -19,10 +19,21 @@ from agent.pipeline.presence import MicrophonePresence
 from agent.pipeline.recorder import Recorder
 from agent.privacy import PrivacySwitch
 from agent.spool import Spool
-from protocol.messages import DeviceState, Heartbeat, MicrophoneState, SealingKeyState
+from protocol.messages import (
+    DeviceReason,
+    DeviceState,
+    Heartbeat,
+    MicrophoneState,
+    SealingKeyState,
+)
 from runtime.version import VERSION
 
-REASON_MAX = 64
+# What a microphone that is not there (or not opening) makes the device's reason.
+MICROPHONE_REASONS: dict[MicrophoneState, DeviceReason | None] = {
+    "ok": None,
+    "missing": DeviceReason.MICROPHONE_MISSING,
+    "unavailable": DeviceReason.MICROPHONE_UNAVAILABLE,
+}
 
 
 class DeviceStatus:
@@ -43,7 +54,7 @@ class DeviceStatus:
         self.microphone_presence = microphone
         # An authentication problem of the control link (the broker refuses the
         # password), for the state's reason: set by the control link.
-        self.control_problem: Callable[[], str | None] = lambda: None
+        self.control_problem: Callable[[], DeviceReason | None] = lambda: None
         self.started = time.monotonic()
         # When the last heartbeat was built (the control link sends it at once, while
         # connected), and who wants to know (the status file): for `room-agent status`.
@@ -106,13 +117,13 @@ class DeviceStatus:
     def sealing_key(self) -> SealingKeyState | None:
         return self.key.state if self.key is not None else None
 
-    def start_refusal(self) -> str | None:
+    def start_refusal(self) -> DeviceReason | None:
         """Why a start must be refused before the microphone is even opened."""
         if self.sealing_key() == "mismatch":
             return MISMATCH
         return None
 
-    def reason(self) -> str | None:
+    def reason(self) -> DeviceReason | None:
         """The recorder's problem (spool_full, device_lost, ...) first, then a sealing key
         that is not the gateway's, a missing microphone, the spool's own (spool_lost,
         spool_entry_skipped), the broker refusing the device,
@@ -121,15 +132,15 @@ class DeviceStatus:
         if reason is None and self.sealing_key() == "mismatch":
             reason = MISMATCH
         microphone = self.microphone()
-        if reason is None and microphone not in (None, "ok"):
-            reason = f"microphone_{microphone}"
+        if reason is None and microphone is not None:
+            reason = MICROPHONE_REASONS[microphone]
         if reason is None:
             reason = self.spool.problem()
         if reason is None:
             reason = self.control_problem()
         if reason is None and self.uplink is not None:
             reason = self.uplink.status().reason
-        return reason[:REASON_MAX] if reason else None
+        return reason
 
     def _microphone_device(self) -> str | None:
         presence = self.microphone_presence

@@ -27,13 +27,13 @@ from pydantic import BaseModel, ValidationError
 from agent.periodic import PeriodicCheck
 from protocol.envelope import key_fingerprint
 from protocol.ingest import SealingKeyInfo, problem_code, sealing_key_path
-from protocol.messages import SealingKeyState
+from protocol.messages import DeviceReason, SealingKeyState
 
 log = logging.getLogger(__name__)
 
 RECHECK_S = 600.0
 START_TIMEOUT_S = 5.0
-MISMATCH = "sealing_key_mismatch"  # the device state's reason while it lasts
+MISMATCH = DeviceReason.SEALING_KEY_MISMATCH  # the device state's reason while it lasts
 
 
 class KeyCheck(BaseModel):

@@ -54,7 +54,7 @@ from protocol.ingest import (
     problem_code,
 )
 from protocol.manifest import SessionManifest
-from protocol.messages import ChunkRefusal
+from protocol.messages import ChunkRefusal, DeviceReason
 from runtime.retry import backoff_s, thread_retrying
 from runtime.tls import trusting
 from runtime.version import VERSION
@@ -86,7 +86,7 @@ class UplinkProblem(BaseModel):
 class UplinkStatus(BaseModel):
     """What the device state and heartbeat report about the audio path: codes and counts."""
 
-    reason: str | None = None
+    reason: DeviceReason | None = None
     failures: int = 0
     chunks_sent: int = 0
     bytes_sent: int = 0
@@ -99,7 +99,7 @@ class UplinkStatus(BaseModel):
 class _Retry(Exception):
     """Try again later; ``code`` is what the device state shows meanwhile."""
 
-    def __init__(self, code: str) -> None:
+    def __init__(self, code: DeviceReason) -> None:
         super().__init__(code)
         self.code = code
 
@@ -322,7 +322,7 @@ class Uplink:
                 chunk.session_id,
                 chunk.seq,
             )
-            raise _Retry("bad_receipt")
+            raise _Retry(DeviceReason.BAD_RECEIPT)
         self.spool.ack(chunk.session_id, chunk.seq)
         with self._cond:
             self._status.chunks_sent += 1
@@ -347,7 +347,7 @@ class Uplink:
         receipt = _receipt(response, CloseReceipt)
         if receipt is None or receipt.session_id != session_id:
             log.warning("uplink: session %s: close receipt does not match; kept", session_id)
-            raise _Retry("bad_receipt")
+            raise _Retry(DeviceReason.BAD_RECEIPT)
         self._delivered(manifest, receipt)
 
     def _delivered(self, manifest: SessionManifest, receipt: CloseReceipt) -> None:
@@ -379,7 +379,7 @@ class Uplink:
         try:
             return self.client.request(method, path, content=body, headers=headers)
         except httpx.TransportError:
-            raise _Retry("gateway_unreachable") from None
+            raise _Retry(DeviceReason.GATEWAY_UNREACHABLE) from None
 
     def _refused(self, response: httpx.Response, session_id: str, seq: int | None) -> None:
         """Everything but 2xx, as protocol/ingest.py says; raises _Retry to try again."""
@@ -392,10 +392,14 @@ class Uplink:
             if code != "device_revoked":
                 for hook in self.on_unauthorized:
                     hook()
-            raise _Unauthorized("device_revoked" if code == "device_revoked" else "unauthorized")
+            raise _Unauthorized(
+                DeviceReason.DEVICE_REVOKED
+                if code == "device_revoked"
+                else DeviceReason.UNAUTHORIZED
+            )
         if status in (401, 403) and code != "foreign_session":
             # Not the gateway's answer: a proxy or firewall in between, or another server.
-            raise _Unauthorized(f"http_{status}")
+            raise _Unauthorized(DeviceReason.NOT_THE_GATEWAY)
         if status == 422 and seq is not None:
             if code == "wrong_key":
                 for hook in self.on_wrong_key:
@@ -413,7 +417,7 @@ class Uplink:
                 self._held.add((session_id, seq))
             self._problem(UplinkProblem(session_id=session_id, seq=seq, kind=kind, status=status))
             return
-        raise _Retry("gateway_error" if status >= 500 else f"http_{status}")
+        raise _Retry(DeviceReason.GATEWAY_ERROR if status >= 500 else DeviceReason.GATEWAY_REFUSED)
 
     # -- bookkeeping
 
@@ -470,7 +474,7 @@ class Uplink:
                 self._status.held.append(problem)
             self._status.reason = _held_reason(self._status)
 
-    def _failed(self, code: str) -> None:
+    def _failed(self, code: DeviceReason) -> None:
         with self._cond:
             self._status.failures += 1
             first = self._status.failures == 1
@@ -487,13 +491,22 @@ class Uplink:
             log.info("uplink: gateway taking audio again after %d failed attempt(s)", failures)
 
 
-def _held_reason(status: UplinkStatus) -> str | None:
+HELD_REASONS: dict[ProblemKind, DeviceReason] = {
+    "conflict": DeviceReason.CHUNK_CONFLICT,
+    "too_large": DeviceReason.CHUNK_TOO_LARGE,
+    "rejected": DeviceReason.CHUNK_REJECTED,
+    "corrupt": DeviceReason.CHUNK_CORRUPT,
+    "manifest_refused": DeviceReason.MANIFEST_REFUSED,
+    "foreign": DeviceReason.CHUNK_FOREIGN,
+}
+
+
+def _held_reason(status: UplinkStatus) -> DeviceReason | None:
     """The latest problem as a state code: chunk_conflict, chunk_rejected, manifest_refused..."""
     problems = status.held or status.set_aside
     if not problems:
         return None
-    last = problems[-1]
-    return last.kind if last.seq is None else f"chunk_{last.kind}"
+    return HELD_REASONS[problems[-1].kind]
 
 
 def _receipt(response: httpx.Response, model: type[Receipt]) -> Receipt | None:

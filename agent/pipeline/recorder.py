@@ -47,6 +47,7 @@ from protocol.ids import ID_DESCRIPTION, ID_PATTERN, SessionId
 from protocol.manifest import CloseReason, SessionManifest
 from protocol.messages import (
     ChunkSpooled,
+    DeviceReason,
     PauseSource,
     RecorderState,
     SessionClosed,
@@ -81,7 +82,7 @@ class RecorderSnapshot(BaseModel):
     session_id: str | None = None
     resumed: bool = False
     reason: CloseReason | None = None
-    last_error: str | None = None
+    last_error: DeviceReason | None = None
     detail: str | None = None
     chunks: int = 0
     speech_s: float = 0.0
@@ -370,7 +371,7 @@ class Recorder:
         limit: int | None,
     ) -> None:
         reason: CloseReason = "stopped"
-        error: str | None = None
+        error: DeviceReason | None = None
         detail: str | None = None
         segmenter = Segmenter(self.settings.audio)
         taken = 0
@@ -421,14 +422,14 @@ class Recorder:
                 next_seq = self._spool_chunk(session_id, next_seq, base_s, chunk)
         except SpoolFull as exc:
             # Not a warning in the log: the state and the closed event carry the alarm.
-            reason, error, detail = "spool_full", "spool_full", str(exc)
+            reason, error, detail = "spool_full", DeviceReason.SPOOL_FULL, str(exc)
             log.info("recorder: session %s: %s; recording stopped", session_id, exc)
             self._count_unspooled(segmenter)
         except AudioInputError as exc:
-            reason, error, detail = "device_lost", "device_lost", str(exc)
+            reason, error, detail = "device_lost", DeviceReason.DEVICE_LOST, str(exc)
             log.info("recorder: session %s: audio input lost", session_id)
         except Exception as exc:
-            reason, error = "error", f"error:{type(exc).__name__}"
+            reason, error, detail = "error", DeviceReason.RECORDER_FAILED, type(exc).__name__
             log.exception("recorder: session %s failed", session_id)
         finally:
             source.close()
@@ -477,7 +478,11 @@ class Recorder:
             self._snapshot.unspooled_s = round(self._snapshot.unspooled_s + lost, 3)
 
     def _close(
-        self, session_id: str, reason: CloseReason, error: str | None, detail: str | None
+        self,
+        session_id: str,
+        reason: CloseReason,
+        error: DeviceReason | None,
+        detail: str | None,
     ) -> None:
         self._update(state="closing", reason=reason, last_error=error, detail=detail)
         if self._closed_to_session.is_set():
@@ -490,7 +495,7 @@ class Recorder:
             # The state file still names the session: the next start resumes and closes it.
             log.error("recorder: session %s could not be closed: %s", session_id, exc)
             self._source = None
-            self._update(state="closed", last_error="close_failed")
+            self._update(state="closed", last_error=DeviceReason.CLOSE_FAILED)
             return
         capture = dataclasses.replace(self._source.stats) if self._source else CaptureStats()
         self._source = None

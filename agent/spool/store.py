@@ -58,6 +58,7 @@ from agent.spool.restore import journal_records, rebuilt
 from agent.spool.scan import MISSING, SHA_MISMATCH, Scanner
 from protocol.envelope import EnvelopeError, read_header
 from protocol.manifest import CloseReason, SessionManifest
+from protocol.messages import DeviceReason
 from runtime.files import append_line, disk_full, fsync_dir, write_atomically
 
 log = logging.getLogger(__name__)
@@ -441,14 +442,14 @@ class Spool:
                 quarantined=len(self.quarantined()),
             )
 
-    def problem(self) -> str | None:
+    def problem(self) -> DeviceReason | None:
         """A code for the device state: spool_lost (see restore.py), an odd entry left in
         place (it could not even be moved aside), else None."""
         with self._mutex:
             if self._loss_unseen or self._hit_by_loss & self._sessions.keys():
-                return "spool_lost"
+                return DeviceReason.SPOOL_LOST
             if any(f.action == "skipped" for f in self.last_scan):
-                return "spool_entry_skipped"
+                return DeviceReason.SPOOL_ENTRY_SKIPPED
             return None
 
     def quarantined(self) -> list[QuarantineEntry]:

@@ -185,7 +185,7 @@ def test_wrong_token_is_refused_by_the_server(server, spool):
 
 @pytest.mark.parametrize(
     ("proxy", "reason", "code"),
-    [(False, "device_revoked", "device_revoked"), (True, "http_403", "http_403")],
+    [(False, "device_revoked", "device_revoked"), (True, "not_the_gateway", "http_403")],
     ids=["the-gateway-revoked-it", "a-proxy-refuses"],
 )
 def test_a_403_is_a_revocation_only_when_the_gateway_says_so(server, spool, proxy, reason, code):
