@@ -352,7 +352,7 @@ def verify(state: CliState, as_json: bool) -> None:
     in quarantine, 1 when quarantined files exist (they may hold sealed audio: a person
     decides what happens to them), 2 on errors.
     """
-    from agent.spool.report import format_report, spool_report
+    from agent.spool import format_report, spool_report
 
     settings = state.settings
     try:

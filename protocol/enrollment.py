@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import os
 import re
 import secrets
 
@@ -155,7 +154,7 @@ def _derive(material: str, info: bytes) -> bytes:
 
 
 def _seal(key: bytes, data: bytes, aad: bytes) -> str:
-    nonce = os.urandom(_NONCE)
+    nonce = secrets.token_bytes(_NONCE)
     return base64.b64encode(nonce + ChaCha20Poly1305(key).encrypt(nonce, data, aad)).decode()
 
 

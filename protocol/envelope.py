@@ -25,7 +25,7 @@ import base64
 import binascii
 import hashlib
 import json
-import os
+import secrets
 import struct
 from dataclasses import dataclass
 from typing import Literal
@@ -103,7 +103,7 @@ def seal_chunk(header: ChunkHeader, audio: bytes, recipient: X25519PublicKey) ->
     header_bytes = _canonical(header)
     ephemeral = X25519PrivateKey.generate()
     epk = _raw_public(ephemeral.public_key())
-    nonce = os.urandom(_NONCE_LEN)
+    nonce = secrets.token_bytes(_NONCE_LEN)
     prefix = _PREFIX.pack(
         MAGIC, VERSION, key_id(recipient), len(header_bytes), len(audio) + _TAG_LEN
     )

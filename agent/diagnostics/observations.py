@@ -8,9 +8,6 @@ The findings (agent/diagnostics/findings.py) judge these views; the status repor
 from __future__ import annotations
 
 import os
-import stat
-import time
-from contextlib import suppress
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -18,9 +15,7 @@ from pydantic import BaseModel
 
 from agent.diagnostics.status_file import StatusSnapshot, read_snapshot
 from agent.settings import AgentSettings
-from agent.spool import QuarantineEntry, Spool
-from agent.spool.entries import read_regular
-from agent.spool.layout import CHUNK_NAME, SESSIONS
+from agent.spool import QuarantineEntry, Spool, oldest_chunk_age_s, read_regular
 
 
 class AgentView(BaseModel):
@@ -108,7 +103,7 @@ def spool_view(settings: AgentSettings) -> SpoolView:
     try:
         report = Spool.inspect(directory)
         view.free_bytes = _free_bytes(directory)
-        view.oldest_pending_age_s = _oldest_chunk_age(directory)
+        view.oldest_pending_age_s = oldest_chunk_age_s(directory)
     except OSError as exc:
         view.error = (exc.strerror or type(exc).__name__).lower()
         return view
@@ -134,18 +129,6 @@ def spool_view(settings: AgentSettings) -> SpoolView:
 def _free_bytes(directory: Path) -> int:
     stat = os.statvfs(directory)
     return stat.f_bavail * stat.f_frsize
-
-
-def _oldest_chunk_age(directory: Path) -> float | None:
-    """Chunk files stay until the gateway acknowledges them: the oldest one's age is how
-    long the gateway has not taken this device's audio."""
-    times = []
-    for path in (directory / SESSIONS).glob("*/*.chunk"):
-        with suppress(OSError):  # acknowledged meanwhile
-            info = path.lstat()
-            if CHUNK_NAME.match(path.name) and stat.S_ISREG(info.st_mode):
-                times.append(info.st_mtime)
-    return round(time.time() - min(times), 1) if times else None
 
 
 def age_s(now: datetime, then: datetime) -> float:

@@ -28,7 +28,7 @@ from agent.diagnostics.observations import AgentView, SpoolView, age_s, agent_vi
 from agent.diagnostics.probes import BrokerProbe, GatewayProbe, probe_broker, probe_gateway
 from agent.diagnostics.status_file import STATUS_FILE, StatusSnapshot, UplinkSnapshot
 from agent.settings import AgentSettings
-from agent.spool.layout import LOCK
+from agent.spool import lock_file
 from protocol.envelope import EnvelopeError, public_key_from_text
 
 
@@ -48,7 +48,7 @@ class StatusReport(BaseModel):
 
 def gather(settings: AgentSettings, config: Path | None) -> StatusReport:
     """Read the snapshot and the spool, probe the broker and gateway, judge it all."""
-    agent = agent_view(settings.state_dir / STATUS_FILE, settings.spool_dir / LOCK)
+    agent = agent_view(settings.state_dir / STATUS_FILE, lock_file(settings.spool_dir))
     broker = None
     if settings.mqtt.broker_url:
         broker = probe_broker(settings.mqtt, settings.device_id)

@@ -1,6 +1,6 @@
 """Encode a speech chunk for the spool: 16 kHz mono int16 samples to FLAC or Ogg Opus bytes.
 
-The codec itself lives in protocol.codec because the gateway decodes what the agent
+The codec itself lives in runtime.codec because the gateway decodes what the agent
 encodes; it goes through a memfd, not BytesIO, so it also works under the unit's
 MemoryDenyWriteExecute=yes. This module is the agent's one entry point to it and rejects
 input the pipeline must never produce (wrong dtype, stereo, empty) before it reaches disk.
@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from protocol.codec import encode
 from protocol.envelope import Codec
+from runtime.codec import encode
 
 
 def encode_chunk(pcm: np.ndarray, codec: Codec, opus_bitrate_kbps: int = 24) -> bytes:

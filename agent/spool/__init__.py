@@ -7,6 +7,7 @@ what cannot be trusted is quarantined rather than crashing the agent. Only ids, 
 reasons are logged. The on-disk layout is in layout.py.
 """
 
+from agent.spool.entries import read_regular
 from agent.spool.models import (
     PendingChunk,
     QuarantineEntry,
@@ -15,6 +16,7 @@ from agent.spool.models import (
     SpoolReport,
     SpoolUsage,
 )
+from agent.spool.report import format_report, lock_file, oldest_chunk_age_s, spool_report
 from agent.spool.store import (
     METADATA_RESERVE,
     ChunkCorrupt,
@@ -37,4 +39,9 @@ __all__ = [
     "SpoolFull",
     "SpoolReport",
     "SpoolUsage",
+    "format_report",
+    "lock_file",
+    "oldest_chunk_age_s",
+    "read_regular",
+    "spool_report",
 ]

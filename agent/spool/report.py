@@ -7,8 +7,12 @@ scan instead, because moving a file the agent is writing would lose audio.
 
 from __future__ import annotations
 
+import stat
+import time
+from contextlib import suppress
 from pathlib import Path
 
+from agent.spool.layout import CHUNK_NAME, LOCK, SESSIONS
 from agent.spool.models import SpoolReport
 from agent.spool.store import Spool, SpoolBusy
 
@@ -21,6 +25,24 @@ def spool_report(directory: Path, max_bytes: int, min_free_bytes: int) -> SpoolR
             return spool.report()
     except SpoolBusy:
         return Spool.inspect(directory)
+
+
+def lock_file(directory: Path) -> Path:
+    """The file the agent holding the spool keeps locked (its pid inside)."""
+    return directory / LOCK
+
+
+def oldest_chunk_age_s(directory: Path) -> float | None:
+    """Chunk files stay until the gateway acknowledges them: the oldest one's age is how
+    long the gateway has not taken this device's audio. Read-only, no lock needed; only
+    regular files count (never a FIFO or a link an odd entry put there)."""
+    times = []
+    for path in (directory / SESSIONS).glob("*/*.chunk"):
+        with suppress(OSError):  # acknowledged meanwhile
+            info = path.lstat()
+            if CHUNK_NAME.match(path.name) and stat.S_ISREG(info.st_mode):
+                times.append(info.st_mtime)
+    return round(time.time() - min(times), 1) if times else None
 
 
 def format_report(report: SpoolReport) -> str:

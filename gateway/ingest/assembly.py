@@ -39,8 +39,8 @@ from gateway.sessions.audio_vault import AudioVault, memory_file
 from gateway.sessions.lifecycle import UPLOADABLE_FROM, SessionLifecycle
 from gateway.settings import IngestSettings
 from gateway.store import Connection, Database
-from protocol.codec import CONTENT_TYPES, SAMPLE_RATE, CodecError, decode, encode_into
 from protocol.envelope import EnvelopeError, open_chunk
+from runtime.codec import CONTENT_TYPES, SAMPLE_RATE, CodecError, decode, encode_into
 
 logger = logging.getLogger(__name__)
 DECODERS = 2

@@ -44,7 +44,6 @@ from gateway.sessions import states as sessions
 from gateway.sessions.lifecycle import JobKind, SessionLifecycle
 from gateway.stages import UNTIMED, Stages
 from gateway.store import Connection, Database, serialize_on
-from protocol.codec import SAMPLE_RATE, CodecError, decode
 from protocol.envelope import (
     ChunkHeader,
     EnvelopeError,
@@ -56,6 +55,7 @@ from protocol.envelope import (
 )
 from protocol.ingest import ChunkReceipt, CloseReceipt, SealingKeyInfo
 from protocol.manifest import ManifestChunk, SessionManifest
+from runtime.codec import SAMPLE_RATE, CodecError, decode
 
 logger = logging.getLogger(__name__)
 # How far a chunk's decoded length may be from its header's duration (codec padding).

@@ -18,8 +18,8 @@ import soundfile
 
 from agent.pipeline.seal import ChunkSealer
 from agent.spool import Spool
-from protocol.codec import decode
 from protocol.envelope import generate_private_key, open_chunk, public_key_to_text
+from runtime.codec import decode
 from tests.support.alsa import PERIOD_FRAMES, FifoFeeder, write_asound_conf
 from tests.support.processes import Service
 from tests.support.speech import make_session

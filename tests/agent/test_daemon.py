@@ -20,10 +20,10 @@ import numpy as np
 import pytest
 import soundfile
 
-from protocol.codec import decode
 from protocol.envelope import generate_private_key, public_key_to_text
 from protocol.messages import DeviceState, StartCommand, StopCommand
 from protocol.topics import topic
+from runtime.codec import decode
 from tests.support.alsa import PERIOD_FRAMES, FifoFeeder, write_asound_conf
 from tests.support.ingest_server import IngestServer
 from tests.support.mosquitto import Broker

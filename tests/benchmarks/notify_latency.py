@@ -171,7 +171,7 @@ def report(latencies: list[float], achieved: float) -> str:
 
 
 def main() -> None:
-    from protocol.codec import encode
+    from runtime.codec import encode
     from tests.benchmarks.cpu import CpuMeter
     from tests.benchmarks.stages import stage_report
     from tests.gateway.conftest import ROOM_GATEWAY, SIMULATOR_FLAGS, SimulatorProcess

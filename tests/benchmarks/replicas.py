@@ -126,7 +126,7 @@ def job_takeover_after_kill(deployment, gateways, sim, audio: Path, room: str) -
 
 
 def main() -> None:
-    from protocol.codec import encode
+    from runtime.codec import encode
     from tests.benchmarks.gateway_ingest import speech_chunks, throughput
     from tests.benchmarks.notify_latency import measure, report
     from tests.gateway.conftest import ROOM_GATEWAY, SIMULATOR_FLAGS, SimulatorProcess

@@ -21,10 +21,10 @@ import numpy as np
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
 
 from gateway.keys import load_key
-from protocol.codec import encode
 from protocol.envelope import ChunkHeader, seal_chunk
 from protocol.ingest import SEALED_CHUNK_CONTENT_TYPE, chunk_path, close_path
 from protocol.manifest import ManifestChunk, SessionManifest
+from runtime.codec import encode
 from tests.gateway.conftest import GatewayProcess, SimulatorProcess
 from tests.support.certs import ClientCert, Pki
 from tests.support.mosquitto import Broker

@@ -1,4 +1,4 @@
-"""encode_chunk: decoded with soundfile (independently of protocol.codec.decode)."""
+"""encode_chunk: decoded with soundfile (independently of runtime.codec.decode)."""
 
 import io
 

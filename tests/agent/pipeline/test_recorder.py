@@ -11,8 +11,8 @@ from agent.pipeline.recorder import Recorder, RecorderError, RecorderListener
 from agent.pipeline.seal import SealingKeyError
 from agent.settings import AgentSettings, AudioSettings
 from agent.spool import Spool
-from protocol.codec import decode
 from protocol.envelope import generate_private_key, open_chunk, public_key_to_text
+from runtime.codec import decode
 from tests.support.speech import make_session
 
 KEY = generate_private_key()

@@ -18,8 +18,8 @@ from agent.pipeline.audio import CaptureStats
 from agent.pipeline.recorder import Recorder, RecorderError, RecorderListener
 from agent.settings import AgentSettings
 from agent.spool import Spool
-from protocol.codec import decode
 from protocol.envelope import generate_private_key, open_chunk, public_key_to_text
+from runtime.codec import decode
 from tests.support.speech import make_session_pcm
 from tests.support.tone import mixed, tone, tone_level
 

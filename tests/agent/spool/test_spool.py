@@ -15,8 +15,8 @@ from agent.spool import (
     SpoolError,
     SpoolFull,
 )
-from protocol.codec import decode
 from protocol.envelope import generate_private_key, open_chunk
+from runtime.codec import decode
 
 GIB = 1024**3
 KEY = generate_private_key()

@@ -15,8 +15,8 @@ from agent.pipeline.recorder import Recorder, RecorderListener
 from agent.pipeline.seal import ChunkSealer
 from agent.settings import AgentSettings
 from agent.spool import METADATA_RESERVE, Spool, SpoolFull
-from protocol.codec import decode
 from protocol.envelope import generate_private_key, open_chunk, public_key_to_text
+from runtime.codec import decode
 from tests.support.speech import make_session
 
 KEY = generate_private_key()

@@ -17,9 +17,9 @@ import numpy as np
 import pytest
 import soundfile
 
-from protocol.codec import encode
 from protocol.envelope import ChunkHeader, seal_chunk
 from protocol.ingest import SEALED_CHUNK_CONTENT_TYPE, close_path
+from runtime.codec import encode
 from tests.gateway.conftest import SimulatorProcess, steps
 from tests.gateway.deployment import RATE, Deployment, SealedChunk, tone
 from tests.gateway.problems import assert_problem

@@ -23,10 +23,10 @@ from gateway.sessions.audio_vault import open_vault
 from gateway.sessions.lifecycle import SessionLifecycle
 from gateway.settings import IngestSettings, JobSettings
 from gateway.store import Connection, Database, SqliteLocation
-from protocol.codec import decode
 from protocol.envelope import generate_private_key, key_fingerprint, public_key_to_text
 from protocol.ingest import SealingKeyInfo, sealing_key_path
 from protocol.manifest import SessionManifest
+from runtime.codec import decode
 from tests.gateway.conftest import PHI_STRINGS, SECRETS, SimulatorProcess, StoreEnv, steps
 from tests.gateway.deployment import Deployment, SealedChunk, tone
 from tests.gateway.problems import assert_problem

@@ -26,10 +26,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from gateway.keys import load_key
-from protocol.codec import encode
 from protocol.envelope import ChunkHeader, seal_chunk
 from protocol.ingest import SEALED_CHUNK_CONTENT_TYPE, chunk_path, close_path
 from protocol.manifest import ManifestChunk, SessionManifest
+from runtime.codec import encode
 from tests.gateway.conftest import GatewayProcess
 from tests.gateway.deployment import tone
 from tests.gateway.problems import assert_problem

@@ -18,8 +18,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from protocol.codec import encode
 from protocol.messages import DeviceState, Heartbeat
+from runtime.codec import encode
 from tests.benchmarks.notify_latency import measure, report
 from tests.gateway.conftest import PHI_STRINGS, SimulatorProcess, StoreEnv, steps
 from tests.gateway.deployment import Deployment, tone

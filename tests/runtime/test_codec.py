@@ -5,7 +5,7 @@ import sys
 import numpy as np
 import pytest
 
-from protocol.codec import CodecError, decode, encode
+from runtime.codec import CodecError, decode, encode
 
 SPEECHLIKE = (np.random.default_rng(1).standard_normal(16_000 * 4) * 3000).astype(np.int16)
 
@@ -37,7 +37,7 @@ def test_works_under_memory_deny_write_execute():
     code = (
         "import ctypes, numpy as np\n"
         "assert ctypes.CDLL(None).prctl(65, 1, 0, 0, 0) == 0, 'PR_SET_MDWE unsupported'\n"
-        "from protocol.codec import encode, decode\n"
+        "from runtime.codec import encode, decode\n"
         "x = np.arange(16000, dtype=np.int16)\n"
         "assert (decode(encode(x, 'flac')).pcm == x).all()\n"
         "decode(encode(x, 'opus'))\n"

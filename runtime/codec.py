@@ -1,6 +1,8 @@
 """How chunk audio is encoded and decoded: 16 kHz mono int16 as FLAC or Ogg Opus.
 
-Both sides agree on this format, so it lives here. Encoding and decoding go through a
+Both programs use it (the agent encodes, the gateway decodes and re-encodes); the format
+itself (the envelope's ``codec``) is in protocol/, the file descriptor work and numpy and
+soundfile are here, outside the pure protocol package. Encoding and decoding go through a
 memfd rather than soundfile's BytesIO support: BytesIO needs cffi callbacks, which need
 writable+executable memory, which the hardened units forbid (MemoryDenyWriteExecute=yes).
 A memfd is an ordinary file descriptor backed by memory; libsndfile reads it directly.
