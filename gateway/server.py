@@ -121,7 +121,8 @@ async def _serve(settings: GatewaySettings, listener: socket.socket) -> None:
     )
     server = uvicorn.Server(config)
     serving = asyncio.create_task(server.serve(sockets=[listener]))
-    while not server.started and not serving.done():
+    # uvicorn sets a plain attribute when it listens, no event to wait on: poll it.
+    while not server.started and not serving.done():  # noqa: ASYNC110
         await asyncio.sleep(0.02)
     if server.started:
         listener.listen(KERNEL_BACKLOG)  # after asyncio's listen(ACCEPT_BURST)

@@ -9,6 +9,7 @@ repeating an upload still gets the right answer.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from pathlib import Path
 
@@ -58,13 +59,18 @@ class Retention:
         if session is None or session.state == "failed":
             return  # keep a failed session's audio for its retry
         await self._db.run(self._purged, session_id)
-        # Files from before the vault, if any.
+        # A session's chunk directory can hold hundreds of files: off the event loop.
+        await asyncio.to_thread(self._delete_files, session_id, session.audio_path)
+        logger.info("session %s: audio deleted (Blueprint has it)", session_id)
+
+    def _delete_files(self, session_id: str, audio_path: str | None) -> None:
+        """Blocking: the session's sealed chunk files, and its audio file from before the
+        vault, if any."""
         self._files.delete_session(session_id)
-        if session.audio_path is not None and not is_vault_ref(session.audio_path):
-            audio = Path(session.audio_path)
+        if audio_path is not None and not is_vault_ref(audio_path):
+            audio = Path(audio_path)
             if audio.is_relative_to(self._audio_dir):
                 audio.unlink(missing_ok=True)
-        logger.info("session %s: audio deleted (Blueprint has it)", session_id)
 
     @staticmethod
     def _purged(conn: Connection, session_id: str) -> None:

@@ -10,6 +10,7 @@ step is retried once; the session's timeline shows it (``blueprint_ids_repaired`
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Iterator
@@ -125,7 +126,7 @@ class Workflow:
         """The session's audio: in the store's vault, or a file from before it."""
         if not is_vault_ref(audio_path):
             audio = Path(audio_path)
-            if not audio.is_file():
+            if not await asyncio.to_thread(audio.is_file):
                 raise Permanent(f"session {session_id}: audio file is missing")
             return audio
         vault = self._vault

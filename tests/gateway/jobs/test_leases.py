@@ -53,11 +53,11 @@ def job(db: Database, job_id: int) -> Job:
 
 
 async def run_workers(
-    workers: list[Worker], done: Callable[[], bool], timeout: float = 20.0
+    workers: list[Worker], done: Callable[[], bool], within_s: float = 20.0
 ) -> None:
     for worker in workers:
         worker.start()
-    deadline = time.monotonic() + timeout
+    deadline = time.monotonic() + within_s
     try:
         while not done():
             assert time.monotonic() < deadline, "the workers did not get there"
@@ -129,7 +129,7 @@ def test_the_sole_gateway_on_a_file_resumes_every_running_job_at_start(replicas)
 
     async def main() -> None:
         worker = Worker(second, {"step": step}, LEASE, replica="new-host", sole=True)
-        await run_workers([worker], lambda: job(second, job_id).state == "done", timeout=5)
+        await run_workers([worker], lambda: job(second, job_id).state == "done", within_s=5)
 
     asyncio.run(main())  # well before the hour's lease
     assert ran == [job_id]
