@@ -229,7 +229,7 @@ class Deployment:
         manifest = SessionManifest(
             device_id=device,
             session_id=session_id,
-            reason=reason,  # type: ignore[arg-type]
+            reason=reason,
             chunks=[chunk.listed() for chunk in chunks],
         )
         return httpx.post(
