@@ -15,6 +15,7 @@ import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
+from typing import cast
 
 from gateway.blueprint.client import BlueprintRejected, BlueprintUnavailable, UploadBody
 from gateway.errors import NotFound
@@ -143,7 +144,7 @@ class Workflow:
         session = await self._session(payload["session_id"])
         with blueprint_errors():
             body = await self._blueprint.get_artifact(payload["url"])
-        expected: artifacts.Expected = payload.get("expected") or {}
+        expected = cast(artifacts.Expected, payload.get("expected") or {})  # a job payload
         if not expected and session.blueprint_session_id is not None:  # queued before checks
             expected = artifacts.Expected(sessionId=session.blueprint_session_id)
         problem = artifacts.mismatch(payload["kind"], expected, body)
