@@ -135,6 +135,7 @@ class Recorder:
         self.settings = settings
         self.spool = spool
         self.source_factory = source_factory
+        self._starting = threading.Lock()  # held for the whole of a start()
         self.sealer = ChunkSealer(
             settings.device_id,
             gateway_key(settings.gateway_public_key),
@@ -185,6 +186,16 @@ class Recorder:
         begin with the microphone closed to it (None: as the interrupted session was).
 
         Raises RecorderError (busy), SpoolFull, AudioInputError (source), SpoolError."""
+        # Checking the state and publishing "recording" are far apart (the microphone
+        # opens in between): one start at a time, and a second one is refused, not queued.
+        if not self._starting.acquire(blocking=False):
+            raise RecorderError("another start is in progress")
+        try:
+            return self._start(session_id, max_audio_s, paused)
+        finally:
+            self._starting.release()
+
+    def _start(self, session_id: str | None, max_audio_s: float | None, paused: bool | None) -> str:
         with self._mutex:
             if self._snapshot.state in ("recording", "closing"):
                 raise RecorderError(f"already recording session {self._snapshot.session_id}")

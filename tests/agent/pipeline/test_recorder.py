@@ -279,3 +279,35 @@ def test_unreadable_state_file_means_nothing_to_resume(tmp_path, speech):
         session = recorder.start()
         recorder.wait(30)
         assert spool.session(session).reason == "stopped"
+
+
+def test_two_overlapping_starts_record_one_session(tmp_path, speech):
+    """A start checks and claims the recorder in one step: a second start while the first
+    is still opening the microphone is refused, never a second session beside it."""
+    settings = settings_for(tmp_path)
+    opening = threading.Event()
+    release = threading.Event()
+    calls = 0
+
+    def slow_microphone():
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            opening.set()
+            release.wait(10)
+        return FileSource(speech.path)
+
+    with Spool(settings.spool_dir, GIB, 0) as spool:
+        recorder = Recorder(settings, spool, slow_microphone)
+        first: list[str] = []
+        starter = threading.Thread(target=lambda: first.append(recorder.start()))
+        starter.start()
+        assert opening.wait(10)
+        try:
+            with pytest.raises(RecorderError, match="start"):
+                recorder.start()
+        finally:
+            release.set()
+            starter.join(10)
+        assert recorder.wait(30)
+        assert [s.session_id for s in spool.sessions()] == first
