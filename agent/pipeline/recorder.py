@@ -41,8 +41,7 @@ from agent.pipeline.audio import SAMPLE_RATE, AudioInputError, AudioSource, Capt
 from agent.pipeline.seal import ChunkSealer, gateway_key
 from agent.pipeline.vad import Segmenter, SpeechChunk
 from agent.settings import AgentSettings
-from agent.spool import Spool, SpoolError, SpoolFull
-from agent.spool.entries import read_regular, unreadable
+from agent.spool import Spool, SpoolError, SpoolFull, read_regular, unreadable
 from protocol.ids import ID_DESCRIPTION, ID_PATTERN, SessionId
 from protocol.manifest import CloseReason, SessionManifest
 from protocol.messages import (

@@ -7,7 +7,7 @@ what cannot be trusted is quarantined rather than crashing the agent. Only ids, 
 reasons are logged. The on-disk layout is in layout.py.
 """
 
-from agent.spool.entries import read_regular
+from agent.spool.entries import read_regular, unreadable
 from agent.spool.models import (
     PendingChunk,
     QuarantineEntry,
@@ -44,4 +44,5 @@ __all__ = [
     "oldest_chunk_age_s",
     "read_regular",
     "spool_report",
+    "unreadable",
 ]
