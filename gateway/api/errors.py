@@ -77,6 +77,8 @@ CATALOGUE: dict[str, ErrorCode] = _codes(
     ("unknown_client", 422, "Unknown client", "the body names a client not PUT yet; PUT it first"),
     ("room_not_provisioned", 422, "Room not provisioned",
      "the body names a room with no device (room-gateway device add)"),
+    ("room_revoked", 422, "Room revoked",
+     "the room's device is revoked (room-gateway device add ROOM --rotate admits it again)"),
     ("room_busy", 409, "Room busy", "the room is recording another session"),
     ("device_busy", 409, "Device busy",
      "the room's device reports it is recording a session it started itself"),

@@ -62,6 +62,7 @@ router = APIRouter(prefix="/v1", dependencies=[Depends(require_partner)], tags=[
             *BODY_CODES,
             *IDEMPOTENCY_CODES,
             "room_not_provisioned",
+            "room_revoked",
             "unknown_clinician",
             "unknown_client",
             "room_busy",

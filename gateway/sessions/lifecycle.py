@@ -16,6 +16,7 @@ from enum import StrEnum
 from typing import Any
 
 from gateway import rooms
+from gateway.devices import registry
 from gateway.errors import Conflict, InvalidReference, NotFound
 from gateway.jobs import queue as jobs
 from gateway.sessions import artifacts, desired, records
@@ -138,6 +139,13 @@ class SessionLifecycle:
         if not rooms.exists(conn, room_id):
             raise InvalidReference(
                 f"room {room_id} is not provisioned", code="room_not_provisioned"
+            )
+        device = registry.get(conn, room_id)
+        if device is not None and device.revoked_at is not None:
+            raise InvalidReference(
+                f"room {room_id}'s device is revoked: nothing can record there until"
+                f" `room-gateway device add {room_id} --rotate` admits it again",
+                code="room_revoked",
             )
         if records.get_clinician(conn, clinician_external_id) is None:
             raise InvalidReference(
@@ -372,10 +380,18 @@ class SessionLifecycle:
         else:
             self.failed(conn, session_id, reason)
 
-    def failed(self, conn: Connection, session_id: str, reason: str) -> None:
+    def failed(self, conn: Connection, session_id: str, reason: str) -> bool:
+        """Fail the session and tell its notifiers; False (the timeline records the reason
+        as ``failure_ignored``) when it has ended already: a finished session's note is
+        never taken back by a late failure, and nobody is told "failed" for it."""
         session = sessions.mark_failed(conn, session_id, reason)
         if session is not None:
             self._notify(conn, session, SessionEvent.FAILED)
+            return True
+        current = sessions.get(conn, session_id)
+        if current is not None and current.state == "notes_ready":
+            sessions.add_event(conn, session_id, "failure_ignored", reason)
+        return False
 
     def resumed(self, conn: Connection, session_id: str) -> None:
         """A failed job of this session was retried: take the session back where it was."""

@@ -60,6 +60,11 @@ ACTIVE_STATES: tuple[SessionState, ...] = ("starting", "recording", "paused", "s
 ACTIVE_SQL = "(" + ", ".join(f"'{state}'" for state in ACTIVE_STATES) + ")"
 # Cancel is possible until the audio starts leaving for Blueprint.
 CANCELLABLE_STATES: tuple[SessionState, ...] = (*ACTIVE_STATES, "audio_ready")
+# Nothing moves a session out of these but a person (``jobs retry`` resumes a failed one):
+# a late or out-of-order event (a transcript error after the note, a job that gave up after
+# the note came) is recorded on the timeline, never obeyed.
+TERMINAL_STATES: tuple[SessionState, ...] = ("notes_ready", "failed", "cancelled")
+TERMINAL_SQL = "(" + ", ".join(f"'{state}'" for state in TERMINAL_STATES) + ")"
 
 
 class RoomBusy(Exception):
@@ -260,11 +265,12 @@ def transition(
 
 
 def mark_failed(conn: Connection, session_id: str, reason: str) -> Session | None:
-    """Fail the session, remembering its state so a retried job can resume it."""
+    """Fail the session, remembering its state so a retried job can resume it; None when
+    it is in a terminal state already (notes_ready, failed, cancelled stay as they are)."""
     now = time.time()
     cursor = conn.execute(
         "UPDATE sessions SET resume_state = state, state = 'failed', error = ?, updated_at = ?"
-        " WHERE id = ? AND state NOT IN ('failed', 'cancelled')",
+        f" WHERE id = ? AND state NOT IN {TERMINAL_SQL}",
         (reason, now, session_id),
     )
     if cursor.rowcount == 0:

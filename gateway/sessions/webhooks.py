@@ -3,7 +3,10 @@
 Blueprint sends no event id, so a delivery is identified by the SHA-256 of its raw body:
 a redelivery has the same bytes and is absorbed. Fetching the artifact is queued, never
 done while Blueprint waits for our answer. Event types we do not know are recorded and
-acknowledged (Blueprint may add some), as are events for sessions we do not know.
+acknowledged (Blueprint may add some), as are events for sessions we do not know. A
+``session_transcript_error`` is obeyed only while the session waits for Blueprint (after
+its audio went there, before its note came): late or out of order, it is recorded on the
+timeline (``webhook_ignored``) and answered ``ignored``.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from gateway.blueprint import models as bp
 from gateway.errors import GatewayError
 from gateway.sessions import states as sessions
 from gateway.sessions.artifacts import ArtifactKind, Expected
-from gateway.sessions.lifecycle import JobKind, SessionLifecycle
+from gateway.sessions.lifecycle import AFTER_UPLOAD, JobKind, SessionLifecycle
 from gateway.sessions.states import Session
 from gateway.store import Connection
 
@@ -113,6 +116,12 @@ def _act(conn: Connection, lifecycle: SessionLifecycle, event: bp.WebhookEvent) 
         if session is None:
             return Recorded("unknown_session")
         reason = f"Blueprint could not transcribe the session: {error.error}"
+        if session.state not in AFTER_UPLOAD:
+            # Late (the note is here: a terminal state) or out of order (no audio went to
+            # Blueprint yet): recorded, never obeyed, and nobody is told "failed".
+            detail = f"{kind} while {session.state}: {error.error}"
+            sessions.add_event(conn, session.id, "webhook_ignored", detail[:MAX_REASON_CHARS])
+            return Recorded("ignored", session.id)
         lifecycle.failed(conn, session.id, reason[:MAX_REASON_CHARS])
         return Recorded("session_failed", session.id)
     return Recorded("ignored")
