@@ -20,7 +20,7 @@ from gateway.devices.provisioning import Provisioning, ProvisioningError
 from gateway.devices.snippet import write_bundle
 from gateway.jobs import queue as jobs
 from gateway.jobs.queue import JOB_STATES
-from gateway.keys import KeyFileError, create_key, load_key, public_text
+from gateway.keys import KeyFileError, create_key, load_key, public_text, rotate_key
 from gateway.partner import tokens
 from gateway.sessions.audio_files import CONTENT_TYPES, AudioRejected
 from gateway.settings import CONFIG_ENV, GatewaySettings, load_gateway_settings
@@ -126,20 +126,32 @@ def doctor(state: CliState) -> None:
 
 
 @cli.command()
-@click.option("--force", is_flag=True, help="Replace an existing key (devices must be updated).")
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Rotate: a new key for sealing, the old one kept (retired-keys/) for opening.",
+)
 @click.pass_obj
 def keygen(state: CliState, force: bool) -> None:
     """Create the sealing key pair; print the public key for the room devices' config.
 
-    With a key already in place, prints its public key and changes nothing.
+    With a key already in place, prints its public key and changes nothing. --force
+    rotates: the old key is kept in retired-keys/ beside it, so chunks still sealed to
+    it (in devices' spools) open; devices seal to the new one once they have it (a running
+    gateway serves it at once). The audio key is not touched.
     """
     path = state.settings.sealing_key_path
     try:
         if path.exists() and not force:
             key = load_key(path)
             click.echo(f"{path}: key exists; its public key:", err=True)
+        elif force:
+            key, kept = rotate_key(path)
+            if kept is not None:
+                click.echo(f"{kept}: the old key, kept for opening its chunks", err=True)
+            click.echo(f"{path}: new sealing key written (mode 0600); public key:", err=True)
         else:
-            key = create_key(path, replace=force)
+            key = create_key(path)
             click.echo(f"{path}: new sealing key written (mode 0600); public key:", err=True)
     except KeyFileError as exc:
         raise Fatal(str(exc)) from None

@@ -12,8 +12,6 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 
-from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
-
 from gateway.blueprint.client import BlueprintClient
 from gateway.devices.enrollment import GuessLimiter
 from gateway.ingest.assembly import Assembler
@@ -21,7 +19,7 @@ from gateway.ingest.files import ChunkFiles
 from gateway.ingest.receiver import ChunkReceiver
 from gateway.ingest.retention import Retention
 from gateway.jobs.worker import Handler, Worker
-from gateway.keys import KeyFileError, load_key
+from gateway.keys import SealingKeys
 from gateway.metrics import GatewayMetrics
 from gateway.partner.callbacks import PartnerCallbacks
 from gateway.partner.tokens import TokenCheck
@@ -75,7 +73,7 @@ class GatewayService:
             lifecycle.add_notifier(callbacks.notifier)
             handlers[JobKind.NOTIFY_PARTNER] = callbacks.handle
         wake = _Wake()
-        key = _sealing_key(settings)
+        key = _sealing_keys(settings)
         files = ChunkFiles(settings.chunk_dir)
         ingest = ChunkReceiver(
             db,
@@ -196,16 +194,15 @@ class _Wake:
             self.worker.wake()
 
 
-def _sealing_key(settings: GatewaySettings) -> X25519PrivateKey | None:
-    """Loaded once; without it the gateway runs, but ingest answers 503 until keygen."""
-    if not settings.sealing_key_path.exists():
+def _sealing_keys(settings: GatewaySettings) -> SealingKeys:
+    """The sealing key and the retired ones, read again whenever the files change (a
+    rotation needs no restart); without a key the gateway runs, but ingest answers 503."""
+    keys = SealingKeys(settings.sealing_key_path)
+    if keys.current() is None and keys.error is None:
         logger.warning(
             "no sealing key at %s: room devices' audio is refused until `room-gateway keygen`",
             settings.sealing_key_path,
         )
-        return None
-    try:
-        return load_key(settings.sealing_key_path)
-    except KeyFileError as exc:
-        logger.error("sealing key not usable: %s", exc)
-        return None
+    if keys.error is not None:
+        logger.error("sealing key not usable: %s", keys.error)
+    return keys

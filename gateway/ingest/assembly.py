@@ -27,19 +27,19 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 import numpy as np
-from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from gateway.ingest import records
 from gateway.ingest.files import ChunkFiles
 from gateway.jobs.queue import Job
 from gateway.jobs.worker import Permanent
+from gateway.keys import SealingKeys
 from gateway.sessions import states as sessions
 from gateway.sessions.audio_files import AudioTooLarge
 from gateway.sessions.audio_vault import AudioVault, memory_file
 from gateway.sessions.lifecycle import UPLOADABLE_FROM, SessionLifecycle
 from gateway.settings import IngestSettings
 from gateway.store import Connection, Database
-from protocol.envelope import EnvelopeError, open_chunk
+from protocol.envelope import EnvelopeError
 from runtime.codec import CONTENT_TYPES, SAMPLE_RATE, CodecError, decode, encode_into
 
 logger = logging.getLogger(__name__)
@@ -68,7 +68,7 @@ class Assembler:
         self,
         db: Database,
         files: ChunkFiles,
-        key: X25519PrivateKey | None,
+        keys: SealingKeys,
         lifecycle: SessionLifecycle,
         settings: IngestSettings,
         vault: AudioVault,
@@ -76,7 +76,7 @@ class Assembler:
     ) -> None:
         self._db = db
         self._files = files  # chunks stored as files before the vault (read only)
-        self._key = key
+        self._keys = keys
         self._lifecycle = lifecycle
         self._settings = settings
         self._vault = vault
@@ -91,7 +91,7 @@ class Assembler:
         if not plan.files:
             await self._db.run(self._no_speech, plan.session)
             return
-        if self._key is None:
+        if self._keys.current() is None:
             raise Permanent("the gateway has no sealing key")
         assembled = await asyncio.to_thread(self.build, plan)
         for seq, why in assembled.left_out:
@@ -148,7 +148,6 @@ class Assembler:
         )
 
     def _decoded(self, session_id: str, seq: int, name: str) -> np.ndarray:
-        assert self._key is not None
         blob = self._db.call(records.sealed_chunk, session_id, seq, write=False)
         if blob is None and name:  # stored as a file before the vault
             try:
@@ -158,9 +157,9 @@ class Assembler:
         if blob is None:
             raise _Unusable("is not in the store")
         try:
-            opened = open_chunk(blob, self._key)
+            opened = self._keys.open(blob)  # the current key or a retired one
         except EnvelopeError:
-            raise _Unusable("cannot be opened with the sealing key") from None
+            raise _Unusable("cannot be opened with the sealing key (nor a retired one)") from None
         try:
             audio = decode(opened.audio)
         except CodecError:

@@ -27,8 +27,6 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
-
 from gateway.devices import credentials, registry
 from gateway.ingest import records
 from gateway.ingest.errors import (
@@ -40,6 +38,7 @@ from gateway.ingest.errors import (
     Unavailable,
 )
 from gateway.ingest.records import IngestSession, StoredChunk
+from gateway.keys import SealingKeys
 from gateway.sessions import states as sessions
 from gateway.sessions.lifecycle import JobKind, SessionLifecycle
 from gateway.stages import UNTIMED, Stages
@@ -49,7 +48,6 @@ from protocol.envelope import (
     EnvelopeError,
     WrongKey,
     key_fingerprint,
-    open_chunk,
     public_key_to_text,
     read_header,
 )
@@ -78,7 +76,7 @@ class ChunkReceiver:
     def __init__(
         self,
         db: Database,
-        key: X25519PrivateKey | None,
+        keys: SealingKeys,
         lifecycle: SessionLifecycle,
         wake: Wake,
         max_unclaimed: int = 20,
@@ -86,7 +84,7 @@ class ChunkReceiver:
     ) -> None:
         self._db = db
         self._max_unclaimed = max_unclaimed
-        self._key = key
+        self._keys = keys
         self._lifecycle = lifecycle
         self._wake = wake
         self._stages = stages
@@ -94,19 +92,22 @@ class ChunkReceiver:
 
     @property
     def has_key(self) -> bool:
-        return self._key is not None
+        return self._keys.current() is not None
 
     @property
     def key_fingerprint(self) -> str | None:
         """The sealing key's fingerprint (what devices must seal to), if there is a key."""
-        return key_fingerprint(self._key.public_key()) if self._key is not None else None
+        key = self._keys.current()
+        return key_fingerprint(key.public_key()) if key is not None else None
 
     @property
     def sealing_key_info(self) -> SealingKeyInfo | None:
-        """What GET .../sealing-key answers (protocol/ingest.py), if there is a key."""
-        if self._key is None:
+        """What GET .../sealing-key answers (protocol/ingest.py), if there is a key: the
+        current one (a rotated key's chunks still open, but devices must seal to this)."""
+        key = self._keys.current()
+        if key is None:
             return None
-        public = self._key.public_key()
+        public = key.public_key()
         return SealingKeyInfo(
             fingerprint=key_fingerprint(public), public_key=public_key_to_text(public)
         )
@@ -138,13 +139,13 @@ class ChunkReceiver:
     async def receive_chunk(
         self, device_id: str, session_id: str, seq: int, blob: bytes
     ) -> ChunkReceipt:
-        key = self._require_key()
+        self._require_key()
         stages = self._stages
         with stages.stage("chunk.header"):
             header = _header_matching(blob, device_id, session_id, seq)
             sha256 = hashlib.sha256(blob).hexdigest()
         try:
-            await asyncio.to_thread(_open, blob, key, header, stages)
+            await asyncio.to_thread(_open, blob, self._keys, header, stages)
         except Rejected:
             # The store's answer first (another room's session, a repeat, a cancelled
             # session), as if it had been asked before the seal was opened.
@@ -340,12 +341,11 @@ class ChunkReceiver:
             key=f"{JobKind.ASSEMBLE_AUDIO}:{session.session_id}",
         )
 
-    def _require_key(self) -> X25519PrivateKey:
-        if self._key is None:
+    def _require_key(self) -> None:
+        if self._keys.current() is None:
             raise Unavailable(
                 "the gateway has no sealing key yet (room-gateway keygen)", code="no_sealing_key"
             )
-        return self._key
 
 
 def _header_matching(blob: bytes, device_id: str, session_id: str, seq: int) -> ChunkHeader:
@@ -360,11 +360,12 @@ def _header_matching(blob: bytes, device_id: str, session_id: str, seq: int) -> 
     return header
 
 
-def _open(blob: bytes, key: X25519PrivateKey, header: ChunkHeader, stages: Stages) -> None:
-    """Open the seal and check the audio is what assembly can use (blocking)."""
+def _open(blob: bytes, keys: SealingKeys, header: ChunkHeader, stages: Stages) -> None:
+    """Open the seal (the current key or a retired one: chunks spooled before a rotation)
+    and check the audio is what assembly can use (blocking)."""
     try:
         with stages.stage("chunk.aead_open"):
-            opened = open_chunk(blob, key)
+            opened = keys.open(blob)
     except WrongKey as exc:  # the device's gateway_public_key is not this gateway's
         raise Rejected(str(exc), code="wrong_key") from None
     except EnvelopeError as exc:

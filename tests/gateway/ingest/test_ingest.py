@@ -19,6 +19,7 @@ import pytest
 from gateway.ingest import records
 from gateway.ingest.assembly import Assembler, _Plan
 from gateway.ingest.files import ChunkFiles
+from gateway.keys import SealingKeys
 from gateway.sessions.audio_vault import open_vault
 from gateway.sessions.lifecycle import SessionLifecycle
 from gateway.settings import IngestSettings, JobSettings
@@ -330,7 +331,7 @@ def test_assembly_concatenates_the_chunks_in_order(
     assembler = Assembler(
         db,
         ChunkFiles(tmp_path / "chunks"),
-        deployed.key,
+        SealingKeys(deployed.gateway.state_dir / "sealing-key.pem"),
         SessionLifecycle(JobSettings(), "bpenv_test"),
         IngestSettings(codec=codec),  # type: ignore[arg-type]
         vault,
