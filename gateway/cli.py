@@ -37,7 +37,13 @@ class CliState(SettingsContext[GatewaySettings]):
 
     @contextmanager
     def database(self) -> Iterator[Database]:
-        """The gateway's store, for admin commands (safe while the service runs)."""
+        """The gateway's store, for admin commands (safe while the service runs); never
+        made afresh beside a used state directory (gateway/state_check.py)."""
+        from gateway.state_check import missing_store_problem
+
+        missing = missing_store_problem(self.settings)
+        if missing is not None:
+            raise Fatal(missing)
         try:
             db = Database.open(self.settings.store_location)
         except StoreError as exc:

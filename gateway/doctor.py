@@ -4,7 +4,8 @@
 one line each with its fix:
 
 - the store: reachable (a PostgreSQL server that is down, refuses the password, or has no
-  such database), and its schema version against this code's (newer: another replica was
+  such database), not missing or empty beside a used state directory, a SQLite file that
+  passes ``quick_check``, and its schema version against this code's (newer: another replica was
   upgraded first, upgrade this one; older: ``serve`` migrates it on start);
 - the broker, when a relay is configured: asked of the gateway running on this host when
   one answers (its /readyz: connected, subscriptions granted), never by logging in beside
@@ -23,6 +24,7 @@ from typing import Any, Literal
 
 from gateway.local_api import running_readiness
 from gateway.settings import GatewaySettings
+from gateway.state_check import missing_store_problem
 from gateway.store import Database, SqliteLocation, StoreError, latest_version
 from protocol import topics
 from runtime.mqtt import BrokerUnavailable, connect_once
@@ -47,6 +49,9 @@ def diagnose(settings: GatewaySettings) -> list[Finding]:
 def store_finding(settings: GatewaySettings) -> Finding:
     location = settings.store_location
     where = location.display
+    missing = missing_store_problem(settings)
+    if missing is not None:
+        return Finding("problem", "store", missing)
     if isinstance(location, SqliteLocation) and not location.path.exists():
         return Finding("ok", "store", f"{where} does not exist yet (serve creates it)")
     try:
@@ -54,11 +59,16 @@ def store_finding(settings: GatewaySettings) -> Finding:
     except StoreError as exc:
         return Finding("problem", "store", f"{exc}: {_store_fix(settings)}")
     try:
-        version = db.schema_version()
+        damage = db.integrity_problem()
+        version = db.schema_version() if damage is None else 0
     except StoreError as exc:
         return Finding("problem", "store", f"{where}: cannot read the schema version ({exc})")
     finally:
         db.close()
+    if damage is not None:
+        return Finding(
+            "problem", "store", f"{damage}: the file is damaged; restore it from a backup"
+        )
     latest = latest_version()
     if version > latest:
         return Finding(

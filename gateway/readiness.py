@@ -2,7 +2,8 @@
 
 A load balancer reads the HTTP status; a person or a monitor reads the entries:
 
-- ``critical`` dependencies (the database, the job worker, the disk under state_dir):
+- ``critical`` dependencies (the database and its integrity, the job worker, the disk
+  under state_dir):
   without them this replica cannot take a request safely, so any of them failing makes
   the answer 503 ``unavailable`` and the balancer sends traffic elsewhere;
 - the others (the MQTT broker, Blueprint, the sealing key) failing make it ``degraded``
@@ -129,6 +130,18 @@ async def _database(service: GatewayService) -> DependencyCheck:
             f" (v{latest_version()}): upgrade this gateway"
         )
     return ok(f"{service.db.display} takes writes (schema v{version})")
+
+
+@register("database_integrity", critical=True)
+async def _database_integrity(service: GatewayService) -> DependencyCheck:
+    """Damage found at start (SQLite's quick_check) or by a statement since: every API
+    call may fail, so this replica is out of rotation until the database is restored."""
+    damage = service.db.damage
+    if damage is not None:
+        return failing(f"{damage}: restore the database from a backup (room-gateway doctor)")
+    if service.db.engine == "sqlite":
+        return ok("quick_check passed at start")
+    return ok("no damage reported by the server")
 
 
 @register("job_worker", critical=True)

@@ -1,7 +1,8 @@
 """``room-gateway serve``: logging, the store checked up front, uvicorn, systemd READY.
 
-Startup problems a person can fix (a bad database file, a port in use, another ``serve``
-on the same SQLite file) end as one line on stderr: the lock is taken, the store opened
+Startup problems a person can fix (a bad database file, a database missing or empty beside
+a used state directory (gateway/state_check.py), a port in use, another ``serve`` on the
+same SQLite file) end as one line on stderr: the lock is taken, the store opened
 (and migrated) and the port bound before uvicorn starts, so they are reported as such
 rather than as an ASGI lifespan traceback.
 """
@@ -23,6 +24,7 @@ from gateway.listener.protocol import ConnectionGuard, Deadlines, GuardedH11Prot
 from gateway.listener.quiet_log import RepeatLimited, install_loop_handler
 from gateway.sessions.audio_vault import AudioKeyError, open_vault
 from gateway.settings import GatewaySettings
+from gateway.state_check import missing_store_problem
 from gateway.store import Database, SqliteLocation, StoreError
 from gateway.store.serve_lock import ServeLock
 from runtime.systemd import notify
@@ -50,6 +52,9 @@ def configure_logging(level: str) -> None:
 def serve(settings: GatewaySettings) -> None:
     configure_logging(settings.log_level)
     location = settings.store_location
+    missing = missing_store_problem(settings)  # before anything could create it afresh
+    if missing is not None:
+        raise ServeError(missing)
     lock = ServeLock(location.path) if isinstance(location, SqliteLocation) else None
     try:
         if lock is not None:

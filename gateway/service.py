@@ -57,6 +57,9 @@ class GatewayService:
         """Open the store (migrating it) and build every part; nothing runs yet."""
         settings.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         db = Database.open(settings.store_location)
+        damage = db.integrity_problem()  # /readyz's database_integrity reports it
+        if damage is not None:
+            logger.error("database damaged: %s: restore it from a backup", damage)
         metrics = GatewayMetrics()
         blueprint = blueprint_client(settings, metrics)
         blueprint_health = BlueprintHealth(blueprint.probe)

@@ -52,12 +52,19 @@ from gateway.store.database import (
     probe_write,
     serialize_on,
 )
-from gateway.store.errors import DatabaseUnavailable, IntegrityError, SchemaTooNew, StoreError
+from gateway.store.errors import (
+    DatabaseDamaged,
+    DatabaseUnavailable,
+    IntegrityError,
+    SchemaTooNew,
+    StoreError,
+)
 from gateway.store.location import Location, PostgresLocation, SqliteLocation, parse_url
 
 __all__ = [
     "Connection",
     "Database",
+    "DatabaseDamaged",
     "DatabaseUnavailable",
     "IntegrityError",
     "Isolation",

@@ -50,6 +50,8 @@ class Database:
     engine: Engine
     location: Location
     _executor: ThreadPoolExecutor
+    # Set when the engine found its storage damaged (at start, or a statement since).
+    damage: str | None = None
 
     @classmethod
     def open(cls, location: Location | Path, *, migrate: bool = True) -> Database:
@@ -111,6 +113,12 @@ class Database:
 
     def close(self) -> None:
         raise NotImplementedError
+
+    def integrity_problem(self) -> str | None:
+        """What is damaged in the database's storage, if the engine can tell cheaply at
+        start (SQLite: quick_check); None when sound or not checked (PostgreSQL checks
+        its own pages)."""
+        return None
 
     # --- schema -----------------------------------------------------------------------------
 

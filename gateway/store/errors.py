@@ -30,3 +30,8 @@ class IntegrityError(StoreError):
     def violates(self, name: str) -> bool:
         """True when ``name`` (an index or constraint) is the one that refused."""
         return self.constraint == name or name in str(self)
+
+
+class DatabaseDamaged(StoreError):
+    """The database's file is damaged (SQLite: SQLITE_CORRUPT or SQLITE_NOTADB): retrying
+    cannot help; it is restored from a backup. /readyz reports it (database_integrity)."""

@@ -33,7 +33,7 @@ from psycopg.adapt import Loader
 from gateway.store.connection import AfterCommit, Cursor, Params
 from gateway.store.database import Database, Isolation
 from gateway.store.dialect import POSTGRESQL, Dialect, Engine, postgres_ddl, postgres_query
-from gateway.store.errors import DatabaseUnavailable, IntegrityError, StoreError
+from gateway.store.errors import DatabaseDamaged, DatabaseUnavailable, IntegrityError, StoreError
 from gateway.store.location import PostgresLocation
 
 logger = logging.getLogger(__name__)
@@ -168,6 +168,9 @@ class PostgresDatabase(Database):
                     time.sleep(min(0.2, 0.02 * 2**attempt))
                     continue
                 raise DatabaseUnavailable(f"{self.display}: {retry}") from None
+            except DatabaseDamaged as exc:
+                self.damage = f"{self.display}: {exc}"
+                raise
 
     @contextmanager
     def transaction(self, write: bool = True) -> Iterator[PostgresConnection]:
@@ -274,6 +277,8 @@ def translate(exc: psycopg.Error, raw: psycopg.Connection[Any]) -> BaseException
         return _Retry(f"connection lost ({_reason(exc)})", lost_race=False)
     if isinstance(exc, psycopg.IntegrityError):
         return IntegrityError(_primary(exc), exc.diag.constraint_name)
+    if isinstance(exc, errors.DataCorrupted | errors.IndexCorrupted):
+        return DatabaseDamaged(f"the server reports damaged data ({_reason(exc)})")
     if isinstance(exc, psycopg.OperationalError):
         return DatabaseUnavailable(f"the database is unavailable ({_reason(exc)})")
     return StoreError(f"database error: {_primary(exc)}")

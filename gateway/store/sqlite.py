@@ -29,7 +29,7 @@ from typing import Any, TypeVar
 from gateway.store.connection import AfterCommit, Cursor, Params
 from gateway.store.database import Database, Isolation
 from gateway.store.dialect import SQLITE, Dialect, Engine
-from gateway.store.errors import DatabaseUnavailable, IntegrityError, StoreError
+from gateway.store.errors import DatabaseDamaged, DatabaseUnavailable, IntegrityError, StoreError
 from gateway.store.location import SqliteLocation
 
 T = TypeVar("T")
@@ -37,6 +37,9 @@ BUSY_TIMEOUT_MS = 5000
 # Result codes that say "try again later" rather than "this statement is wrong".
 _UNAVAILABLE = ("SQLITE_BUSY", "SQLITE_LOCKED", "SQLITE_FULL", "SQLITE_IOERR", "SQLITE_CANTOPEN",
                 "SQLITE_READONLY", "SQLITE_PROTOCOL", "SQLITE_NOMEM")  # fmt: skip
+_DAMAGED = ("SQLITE_CORRUPT", "SQLITE_NOTADB")
+# quick_check's first lines are enough to say what is wrong (it lists every bad page).
+INTEGRITY_LINES = 3
 _CONSTRAINT = re.compile(r"constraint failed: (?:index '([^']+)'|([\w.]+))")
 
 
@@ -88,7 +91,10 @@ class SqliteDatabase(Database):
                 self._conn.execute("BEGIN IMMEDIATE" if write else "BEGIN DEFERRED")
             except sqlite3.Error as exc:
                 self._reset(write)
-                raise translate(exc) from None
+                failure = translate(exc)
+                if isinstance(failure, DatabaseDamaged):
+                    self.damage = str(failure)
+                raise failure from None
             try:
                 yield conn
                 if conn.failure is not None:
@@ -98,7 +104,12 @@ class SqliteDatabase(Database):
                 self._rollback()
                 self._reset(write)
                 if isinstance(exc, sqlite3.Error):
-                    raise translate(exc) from None
+                    exc = translate(exc)
+                    if isinstance(exc, DatabaseDamaged):
+                        self.damage = str(exc)
+                    raise exc from None
+                if isinstance(exc, DatabaseDamaged):  # a statement's, raised by conn
+                    self.damage = str(exc)
                 raise
             self._reset(write)
         conn.run_callbacks()
@@ -112,6 +123,23 @@ class SqliteDatabase(Database):
     ) -> T:
         with self.transaction(write) as conn:
             return fn(conn, *args)
+
+    def integrity_problem(self) -> str | None:
+        """``PRAGMA quick_check`` (every page read, indexes not compared with tables; a
+        few seconds per GB): None if the file is sound, else its first findings. Also
+        remembered as ``damage`` for /readyz."""
+        try:
+            with self._lock:
+                rows = self._conn.execute("PRAGMA quick_check").fetchmany(INTEGRITY_LINES + 1)
+        except sqlite3.Error as exc:
+            found = str(translate(exc))
+        else:
+            lines = [str(row[0]) for row in rows]
+            if lines == ["ok"]:
+                return None
+            found = "; ".join(lines[:INTEGRITY_LINES]) + ("; ..." if len(lines) > 3 else "")
+        self.damage = f"{self.path}: quick_check: {found[:400]}"
+        return self.damage
 
     def close(self) -> None:
         self._executor.shutdown(wait=True)
@@ -137,6 +165,8 @@ def translate(exc: sqlite3.Error) -> StoreError:
         constraint = (match.group(1) or match.group(2)) if match else None
         return IntegrityError(message, constraint)
     name = getattr(exc, "sqlite_errorname", "") or ""
+    if name.startswith(_DAMAGED):
+        return DatabaseDamaged(f"the database file is damaged ({name})")
     if name.startswith(_UNAVAILABLE) or "database is locked" in message:
         return DatabaseUnavailable(f"the database is unavailable ({name or message})")
     return StoreError(f"database error: {message}")
