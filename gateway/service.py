@@ -69,7 +69,7 @@ class GatewayService:
             db, blueprint, lifecycle, record_updates=settings.blueprint.record_updates
         )
         vault = open_vault(db, settings.audio_key_path)
-        workflow = Workflow(db, blueprint_records, lifecycle, vault)
+        workflow = Workflow(db, blueprint_records, lifecycle, vault, settings.blueprint)
         handlers = workflow.handlers()
         callbacks = _partner_callbacks(settings, db, lifecycle)
         if callbacks is not None:

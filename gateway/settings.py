@@ -98,6 +98,12 @@ class BlueprintSettings(BaseModel):
     backoff_base_s: float = Field(default=0.5, ge=0, le=60)
     backoff_max_s: float = Field(default=30.0, ge=0, le=3600)
     artifact_origins: list[str] = Field(default_factory=list)
+    # When the note's webhook does not come (Blueprint gave up delivering it while we were
+    # down): ask for the note this long after the upload, then every poll_interval_s,
+    # poll_attempts times in all; then the session fails with the reason.
+    poll_after_s: float = Field(default=900.0, ge=0, le=7 * 86_400)
+    poll_interval_s: float = Field(default=300.0, gt=0, le=86_400)
+    poll_attempts: int = Field(default=24, ge=1, le=10_000)
     record_updates: bool = Field(
         default=True,
         description="send a PUT's changed names to Blueprint (PATCH of the record, an"

@@ -419,6 +419,13 @@ def _add_session_routes(
                 return session.progress_note
         raise HTTPException(404, "Progress note not found")
 
+    @app.get(paths.SESSION_PROGRESS_NOTE, response_model=ProgressNote, dependencies=authorized)
+    async def get_session_progress_note(session_id: str) -> ProgressNote:
+        session = state.sessions.get(session_id)
+        if session is None or session.progress_note is None:
+            raise HTTPException(404, "Progress note not found")
+        return session.progress_note
+
     @app.get(paths.TRANSCRIPT, response_model=Transcript, dependencies=authorized)
     async def get_transcript(session_id: str) -> Transcript:
         session = state.sessions.get(session_id)

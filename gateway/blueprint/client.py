@@ -290,6 +290,22 @@ class BlueprintClient:
             raise BlueprintRejected(response.status_code, "get_artifact: body is not an object")
         return body
 
+    async def find_progress_note(self, session_id: str) -> dict[str, Any] | None:
+        """The Blueprint session's progress note as JSON, None while it has none (404):
+        what the gateway asks when the note's webhook did not come."""
+        try:
+            response = await self._call(
+                "find_progress_note", "GET", paths.session_progress_note(session_id)
+            )
+        except BlueprintRejected as exc:
+            if exc.status == 404:
+                return None
+            raise
+        body = _json(response, "find_progress_note")
+        if not isinstance(body, dict):
+            raise BlueprintRejected(response.status_code, "find_progress_note: not an object")
+        return body
+
     # --- ensure ---------------------------------------------------------------------------
 
     async def _ensure(self, kind: str, path: str, external_id: str, body: BaseModel) -> str:

@@ -23,6 +23,9 @@ CLINICIAN = "/clinicians/{clinician_id}"
 CLIENT = "/clients/{client_id}"
 SESSIONS = "/sessions"
 SESSION_AUDIO = "/sessions/{session_id}/audio"
+# The session's current progress note, asked for when its webhook never came (assumed:
+# 200 with the note as its webhook's progressNoteUrl gives it, 404 until there is one).
+SESSION_PROGRESS_NOTE = "/sessions/{session_id}/progress-note"
 
 # Artifact URLs reach the gateway as absolute URLs inside webhooks; only the simulator
 # needs to know their shape, which is its own invention.
@@ -47,6 +50,10 @@ def client(client_id: str) -> str:
 
 def session_audio(session_id: str) -> str:
     return SESSION_AUDIO.format(session_id=_segment(session_id))
+
+
+def session_progress_note(session_id: str) -> str:
+    return SESSION_PROGRESS_NOTE.format(session_id=_segment(session_id))
 
 
 def progress_note(note_id: str) -> str:

@@ -201,6 +201,16 @@ def _fence(held: Job | None) -> tuple[str, tuple[object, ...]]:
     return _HELD, (held.lease_owner, held.attempts)
 
 
+def settle(conn: Connection, key: str) -> bool:
+    """The queued job with ``key`` is no longer needed (what it waited for happened):
+    done now. False if there is none queued (running, done, or never made)."""
+    cursor = conn.execute(
+        "UPDATE jobs SET state = 'done', updated_at = ? WHERE dedupe_key = ? AND state = 'queued'",
+        (time.time(), key),
+    )
+    return cursor.rowcount == 1
+
+
 def retry(conn: Connection, job_id: int) -> Job | None:
     """Queue a failed job again with fresh attempts; None if there is no such failed job."""
     now = time.time()

@@ -49,6 +49,14 @@ class Retryable(Exception):
         self.retry_after_s = retry_after_s
 
 
+class Later(Retryable):
+    """Not yet (a poll found nothing): try again after exactly ``retry_after_s``, with no
+    backoff; it still counts as an attempt, so ``max_attempts`` bounds the polls."""
+
+    def __init__(self, reason: str, retry_after_s: float) -> None:
+        super().__init__(reason, retry_after_s)
+
+
 class Permanent(Exception):
     """This job cannot succeed by repeating it; fail it now, visibly."""
 
@@ -272,7 +280,8 @@ class Worker:
                     type(exc).__name__,
                     raised_at(exc),
                 )
-            await self._retry_or_fail(job, describe_error(exc), retry_after)
+            exact = isinstance(exc, Later)
+            await self._retry_or_fail(job, describe_error(exc), retry_after, exact)
         else:
             with self._stages.waited("job.complete"):
                 completed = await self._db.run(jobs.complete, job.id, job)
@@ -286,11 +295,15 @@ class Worker:
         logger.warning("job %d %s: taken over by another replica; this outcome dropped",
                        job.id, job.kind)  # fmt: skip
 
-    async def _retry_or_fail(self, job: Job, reason: str, retry_after_s: float | None) -> None:
+    async def _retry_or_fail(
+        self, job: Job, reason: str, retry_after_s: float | None, exact: bool = False
+    ) -> None:
         if job.attempts >= job.max_attempts:
             await self._fail(job, f"{reason} (gave up after {job.attempts} attempts)")
             return
         delay = max(self._delay_s(job.attempts), retry_after_s or 0.0)
+        if exact and retry_after_s is not None:
+            delay = retry_after_s
         if not await self._db.run(jobs.reschedule, job.id, reason, delay, job):
             self._lost(job)
             return

@@ -40,6 +40,7 @@ class JobKind(StrEnum):
     DEVICE_COMMAND = "device_command"
     COMMAND_EXPIRY = "command_expiry"
     NOTIFY_DEVICE = "notify_device"
+    POLL_ARTIFACTS = "poll_artifacts"  # the note's webhook did not come: ask Blueprint
 
 
 class SessionEvent(StrEnum):
@@ -61,6 +62,11 @@ STOPPABLE_FROM: tuple[sessions.SessionState, ...] = ("starting", "recording", "p
 AFTER_UPLOAD: tuple[sessions.SessionState, ...] = ("audio_ready", "uploading", "processing")
 
 
+def poll_key(session_id: str) -> str:
+    """The one poll_artifacts job of a session."""
+    return f"{JobKind.POLL_ARTIFACTS}:{session_id}"
+
+
 class SessionLifecycle:
     def __init__(self, job_settings: JobSettings, environment: str) -> None:
         self._max_attempts = job_settings.max_attempts
@@ -79,12 +85,13 @@ class SessionLifecycle:
         session_id: str | None = None,
         key: str | None = None,
         delay_s: float = 0.0,
+        max_attempts: int | None = None,
     ) -> int:
         return jobs.enqueue(
             conn,
             kind,
             payload,
-            max_attempts=self._max_attempts,
+            max_attempts=max_attempts or self._max_attempts,
             session_id=session_id,
             key=key,
             delay_s=delay_s,
@@ -365,6 +372,7 @@ class SessionLifecycle:
             conn, session_id, "notes_ready", AFTER_UPLOAD, step="notes_ready"
         )
         if ready is not None:
+            jobs.settle(conn, poll_key(session_id))  # the note is here: no need to ask
             self._notify(conn, ready, SessionEvent.NOTES_READY)
             return
         session = sessions.get(conn, session_id)

@@ -6,6 +6,12 @@ clinician, an upload needs its session) ensure it themselves, so jobs can run in
 order after a crash. When Blueprint refuses a step in a way that can mean "unknown id"
 (404, 410, 422), the ids it named are checked against Blueprint and repaired, and the
 step is retried once; the session's timeline shows it (``blueprint_ids_repaired``).
+
+Blueprint's webhooks can stop coming (it gives up delivering while the gateway is down),
+so each upload also queues a ``poll_artifacts`` job (``blueprint.poll_after_s`` later): if
+the note is not here by then, the gateway asks Blueprint for it (paths.SESSION_PROGRESS_
+NOTE) every ``poll_interval_s``, ``poll_attempts`` times, and fails the session with the
+reason when none came. The note's arrival settles the job; any replica may run it.
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import cast
@@ -20,7 +27,7 @@ from typing import cast
 from gateway.blueprint.client import BlueprintRejected, BlueprintUnavailable, UploadBody
 from gateway.errors import NotFound
 from gateway.jobs.queue import Job
-from gateway.jobs.worker import Handler, Permanent, Retryable
+from gateway.jobs.worker import Handler, Later, Permanent, Retryable
 from gateway.sessions import artifacts, records
 from gateway.sessions import states as sessions
 from gateway.sessions.audio_vault import AudioUnreadable, AudioVault, is_vault_ref
@@ -30,8 +37,9 @@ from gateway.sessions.blueprint_records import (
     Verified,
     stale_id_answer,
 )
-from gateway.sessions.lifecycle import JobKind, SessionLifecycle
+from gateway.sessions.lifecycle import JobKind, SessionLifecycle, poll_key
 from gateway.sessions.states import Session
+from gateway.settings import BlueprintSettings
 from gateway.store import Connection, Database
 
 logger = logging.getLogger(__name__)
@@ -57,8 +65,11 @@ class Workflow:
         records: BlueprintRecords,
         lifecycle: SessionLifecycle,
         vault: AudioVault | None = None,
+        polling: BlueprintSettings | None = None,
     ):
+        """``polling``: poll_after_s, poll_interval_s, poll_attempts (None: no polls)."""
         self._db = db
+        self._polling = polling
         self._vault = vault
         self._records = records
         self._blueprint = records.blueprint
@@ -71,6 +82,7 @@ class Workflow:
             JobKind.CREATE_SESSION: self.create_session,
             JobKind.UPLOAD_AUDIO: self.upload_audio,
             JobKind.FETCH_ARTIFACT: self.fetch_artifact,
+            JobKind.POLL_ARTIFACTS: self.poll_artifacts,
         }
 
     def on_failed(self, conn: Connection, job: Job) -> None:
@@ -121,7 +133,61 @@ class Workflow:
 
         await self._with_repair(session, "upload_audio", upload)
         if uploaded:
-            await self._db.run(self._lifecycle.upload_finished, session.id)
+            await self._db.run(self._uploaded, session.id)
+
+    def _uploaded(self, conn: Connection, session_id: str) -> None:
+        """Blueprint has the audio: processing, and (in the same transaction) a poll in
+        case the note's webhook never comes."""
+        self._lifecycle.upload_finished(conn, session_id)
+        polling = self._polling
+        if polling is None:
+            return
+        self._lifecycle.enqueue(
+            conn,
+            JobKind.POLL_ARTIFACTS,
+            {"session_id": session_id},
+            session_id=session_id,
+            key=poll_key(session_id),
+            delay_s=polling.poll_after_s,
+            max_attempts=polling.poll_attempts,
+        )
+
+    async def poll_artifacts(self, job: Job) -> None:
+        """The note's webhook has not come: ask Blueprint for the session's note."""
+        session = await self._session(job.payload["session_id"])
+        if session.state not in ("uploading", "processing"):
+            return  # the note came (or the session ended otherwise): nothing to ask
+        polling = self._polling
+        assert polling is not None
+        blueprint_id = await self._session_id(session)
+        with blueprint_errors():
+            body = await self._blueprint.find_progress_note(blueprint_id)
+        waited = time.time() - job.created_at
+        if body is not None:
+            expected = artifacts.Expected(sessionId=blueprint_id)
+            problem = artifacts.mismatch("progress_note", expected, body)
+            if problem is None:
+                await self._db.run(
+                    self._lifecycle.artifact_fetched,
+                    session.id,
+                    "progress_note",
+                    "progress_note_polled",
+                    body,
+                )
+                logger.info("session %s: progress note found by polling Blueprint", session.id)
+                return
+            detail = f"progress_note_polled: not this session's: {problem}"
+            logger.warning("session %s: polled progress_note refused: %s", session.id, problem)
+            await self._db.run(sessions.add_event, session.id, "progress_note_refused", detail)
+        if job.attempts >= job.max_attempts:
+            raise Permanent(
+                f"Blueprint sent no progress note: no webhook in {waited:.0f} s and"
+                f" {job.attempts} polls of Blueprint found none"
+            )
+        raise Later(
+            f"no progress note yet (poll {job.attempts} of {job.max_attempts})",
+            polling.poll_interval_s,
+        )
 
     async def _audio(self, session_id: str, audio_path: str) -> Path | UploadBody:
         """The session's audio: in the store's vault, or a file from before it."""
