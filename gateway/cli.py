@@ -10,30 +10,43 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
-from gateway import rooms
-from gateway.devices.enrollment import Enrollment
-from gateway.devices.provisioning import Provisioning, ProvisioningError
-from gateway.devices.snippet import write_bundle
-from gateway.jobs import queue as jobs
-from gateway.jobs.queue import JOB_STATES
-from gateway.keys import KeyFileError, create_key, load_key, public_text, rotate_key
-from gateway.partner import tokens
-from gateway.sessions.audio_files import CONTENT_TYPES, AudioRejected
-from gateway.settings import CONFIG_ENV, GatewaySettings, load_gateway_settings
-from gateway.store import Connection, Database, StoreError
-from protocol.ids import ID_DESCRIPTION, ID_PATTERN
+from gateway import CONFIG_ENV
+from gateway.jobs import JOB_STATES
+from gateway.sessions.audio_files import CONTENT_TYPES
 from runtime.cli import Fatal, SettingsContext, config_option, run_program
+
+if TYPE_CHECKING:
+    from gateway.devices.enrollment import Enrollment
+    from gateway.partner.tokens import TokenKind
+    from gateway.settings import GatewaySettings
+    from gateway.store import Connection, Database
+
+# Each command imports what it needs when it runs: `--help` and a quick command do not
+# wait for pydantic, the store's drivers, cryptography and httpx (a Pi is 5-10x slower).
 
 SUFFIX_TYPES = {".flac": "audio/flac", ".ogg": "audio/ogg", ".opus": "audio/ogg"}
 
 
-class CliState(SettingsContext[GatewaySettings]):
+def _load_settings(path: Path | None) -> GatewaySettings:
+    from gateway.settings import load_gateway_settings
+
+    return load_gateway_settings(path)
+
+
+def _check_id(value: str, what: str) -> None:
+    from protocol.ids import ID_DESCRIPTION, ID_PATTERN
+
+    if not re.fullmatch(ID_PATTERN, value):
+        raise Fatal(f"{what}: {value!r}: must be {ID_DESCRIPTION}")
+
+
+class CliState(SettingsContext["GatewaySettings"]):
     def __init__(self, config_path: Path | None) -> None:
-        super().__init__(config_path, load_gateway_settings)
+        super().__init__(config_path, _load_settings)
 
     @contextmanager
     def database(self) -> Iterator[Database]:
@@ -44,6 +57,8 @@ class CliState(SettingsContext[GatewaySettings]):
         missing = missing_store_problem(self.settings)
         if missing is not None:
             raise Fatal(missing)
+        from gateway.store import Database, StoreError
+
         try:
             db = Database.open(self.settings.store_location)
         except StoreError as exc:
@@ -146,6 +161,8 @@ def keygen(state: CliState, force: bool) -> None:
     it (in devices' spools) open; devices seal to the new one once they have it (a running
     gateway serves it at once). The audio key is not touched.
     """
+    from gateway.keys import KeyFileError, create_key, load_key, public_text, rotate_key
+
     path = state.settings.sealing_key_path
     try:
         if path.exists() and not force:
@@ -164,7 +181,7 @@ def keygen(state: CliState, force: bool) -> None:
     click.echo(public_text(key))
 
 
-def _token_commands(name: str, kind: tokens.TokenKind, what: str) -> None:
+def _token_commands(name: str, kind: TokenKind, what: str) -> None:
     """``NAME create|list|revoke``: bearer tokens of one kind, stored hashed."""
 
     @cli.group(name, help=f"Bearer tokens for {what} (stored hashed).")
@@ -176,6 +193,8 @@ def _token_commands(name: str, kind: tokens.TokenKind, what: str) -> None:
     @click.pass_obj
     def create(state: CliState, label: str) -> None:
         """Create a token and print it; it is shown only this once."""
+        from gateway.partner import tokens
+
         with state.database() as db, db.transaction() as conn:
             info, token = tokens.create(conn, label, kind)
         click.echo(f"token {info.id} created; store it now, it is not shown again:", err=True)
@@ -185,6 +204,8 @@ def _token_commands(name: str, kind: tokens.TokenKind, what: str) -> None:
     @click.pass_obj
     def list_(state: CliState) -> None:
         """Token ids, labels and whether each is revoked (never the tokens)."""
+        from gateway.partner import tokens
+
         with state.database() as db, db.transaction(write=False) as conn:
             found = tokens.list_tokens(conn, kind)
         for info in found:
@@ -196,6 +217,8 @@ def _token_commands(name: str, kind: tokens.TokenKind, what: str) -> None:
     @click.pass_obj
     def revoke(state: CliState, token_id: str) -> None:
         """Revoke a token by its id (from list)."""
+        from gateway.partner import tokens
+
         with state.database() as db, db.transaction() as conn:
             revoked = tokens.revoke(conn, token_id, kind)
         if not revoked:
@@ -219,6 +242,8 @@ def jobs_group() -> None:
 @click.pass_obj
 def jobs_list(state: CliState, job_state: str | None, limit: int, as_json: bool) -> None:
     """Newest first: id, kind, state, attempts, next run, last error, payload (ids only)."""
+    from gateway.jobs import queue as jobs
+
     with state.database() as db, db.transaction(write=False) as conn:
         found = jobs.list_jobs(conn, job_state, limit)  # type: ignore[arg-type]
     for job in found:
@@ -237,6 +262,7 @@ def jobs_list(state: CliState, job_state: str | None, limit: int, as_json: bool)
 @click.pass_obj
 def jobs_retry(state: CliState, job_id: int) -> None:
     """Queue a failed job again (fresh attempts); its session resumes where it failed."""
+    from gateway.jobs import queue as jobs
     from gateway.sessions.lifecycle import SessionLifecycle
 
     lifecycle = SessionLifecycle(state.settings.jobs, state.settings.blueprint.environment)
@@ -338,9 +364,10 @@ def room() -> None:
 @click.pass_obj
 def room_add(state: CliState, room_ids: tuple[str, ...]) -> None:
     """Provision rooms by id (each room device's id)."""
+    from gateway import rooms
+
     for room_id in room_ids:
-        if not re.fullmatch(ID_PATTERN, room_id):
-            raise Fatal(f"room add: {room_id!r}: must be {ID_DESCRIPTION}")
+        _check_id(room_id, "room add")
     with state.database() as db, db.transaction() as conn:
         created = {room_id: rooms.add(conn, room_id) for room_id in room_ids}
     for room_id, added in created.items():
@@ -350,6 +377,8 @@ def room_add(state: CliState, room_ids: tuple[str, ...]) -> None:
 @room.command("list")
 @click.pass_obj
 def room_list(state: CliState) -> None:
+    from gateway import rooms
+
     with state.database() as db, db.transaction(write=False) as conn:
         found = rooms.list_rooms(conn)
     for entry in found:
@@ -383,8 +412,7 @@ def _ask_room(
 
 
 def _room_path(room_id: str, what: str) -> str:
-    if not re.fullmatch(ID_PATTERN, room_id):
-        raise Fatal(f"room {what}: {room_id!r}: must be {ID_DESCRIPTION}")
+    _check_id(room_id, f"room {what}")
     return f"/v1/rooms/{room_id}/{what}"
 
 
@@ -502,8 +530,10 @@ def device_add(
     """Register ROOM_ID's device (the room is added if needed): issue its MQTT credentials
     and ingest token, write its agent.toml and credential files, admit it at the broker.
     Prints agent.toml; the secrets are only in the files."""
-    if not re.fullmatch(ID_PATTERN, room_id):
-        raise Fatal(f"device add: {room_id!r}: must be {ID_DESCRIPTION}")
+    from gateway.devices.provisioning import Provisioning, ProvisioningError
+    from gateway.devices.snippet import write_bundle
+
+    _check_id(room_id, "device add")
     settings = state.settings
     out = out or settings.state_dir / "devices" / room_id
     with state.database() as db:
@@ -541,6 +571,8 @@ def _enrollment_lines(settings: GatewaySettings, enrollment: Enrollment) -> None
 @click.pass_obj
 def device_list(state: CliState, as_json: bool) -> None:
     """Every room: its device's status (active, revoked, no-credentials) and credentials."""
+    from gateway.devices.provisioning import Provisioning
+
     with state.database() as db:
         found = Provisioning(state.settings, db).list()
     for entry in found:
@@ -567,6 +599,8 @@ def device_list(state: CliState, as_json: bool) -> None:
 @click.pass_obj
 def device_revoke(state: CliState, room_id: str) -> None:
     """Refuse ROOM_ID's device at ingest and at the broker, now (no restarts)."""
+    from gateway.devices.provisioning import Provisioning, ProvisioningError
+
     with state.database() as db:
         try:
             broker = Provisioning(state.settings, db).revoke(room_id)
@@ -661,6 +695,8 @@ def broker_config(state: CliState, out: Path | None) -> None:
     """Write mosquitto's config, password file and ACL for the registered devices (each
     only its own four topics under rooms/<its id>/, the gateway all rooms/#). Later device
     changes keep them current. Run mosquitto with: mosquitto -c OUT/mosquitto.conf"""
+    from gateway.devices.provisioning import Provisioning, ProvisioningError
+
     settings = state.settings
     out = out or settings.state_dir / "broker"
     with state.database() as db:
@@ -697,6 +733,7 @@ def session_attach_audio(
     """Give a session its complete audio FILE and queue the upload (tests and demos;
     in production the room device's chunks are assembled into this file)."""
     from gateway.errors import GatewayError
+    from gateway.sessions.audio_files import AudioRejected
     from gateway.sessions.audio_vault import AudioKeyError, open_vault
     from gateway.sessions.lifecycle import SessionLifecycle
 

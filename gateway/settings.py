@@ -23,6 +23,7 @@ from typing import Annotated, ClassVar, Literal, Self
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 from pydantic_settings import SettingsConfigDict
 
+from gateway import CONFIG_ENV as CONFIG_ENV
 from gateway.blueprint.defaults import (
     DEFAULT_API_KEY,
     DEFAULT_CLIENT_ID,
@@ -44,7 +45,6 @@ from runtime.settings import FileSettings, default_state_dir, load_settings
 # A replica's name R: its MQTT user (and client id) is gateway-R.
 REPLICA_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,31}$"
 
-CONFIG_ENV = "ROOM_GATEWAY_CONFIG"
 # The names systemd/room-gateway.service gives its LoadCredential= entries.
 API_KEY_CREDENTIAL = "blueprint-api-key"
 CLIENT_SECRET_CREDENTIAL = "blueprint-client-secret"

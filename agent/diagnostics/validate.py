@@ -13,7 +13,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from agent.pipeline.audio import AudioInputError
 from agent.settings import CONFIG_ENV, AgentSettings, load_agent_settings
 from protocol.envelope import EnvelopeError, public_key_from_text
 from runtime.file_checks import ca_file_problem, client_cert_problem, unwritable_dir
@@ -122,6 +121,7 @@ def _cert_problems(key: str, cert: Path, key_file: Path | None) -> Problems:
 
 def _audio_device(settings: AgentSettings) -> Problems:
     """Needs PortAudio and the device's driver: only when asked for (--devices)."""
+    from agent.pipeline.audio import AudioInputError  # numpy: not for status and doctor
     from agent.pipeline.capture import choose_device, list_input_devices
 
     try:

@@ -28,12 +28,12 @@ import dataclasses
 import json
 import time
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
+from gateway.jobs import JOB_STATES as JOB_STATES
+from gateway.jobs import JobState as JobState
 from gateway.store import Connection, Row
 
-JobState = Literal["queued", "running", "done", "failed"]
-JOB_STATES: tuple[JobState, ...] = ("queued", "running", "done", "failed")
 MAX_ERROR_CHARS = 500
 
 
