@@ -226,26 +226,34 @@ class _Command(_Message):
     command_id: CommandId
 
 
-class StartCommand(_Command):
-    type: Literal["start"] = "start"
+# The answer to a session command older than one the device has already carried out.
+SUPERSEDED = "superseded"
+
+
+class _SessionCommand(_Command):
     session_id: SessionId
+    # The order of the gateway's decisions for the room (it only grows): a command that
+    # reaches the device after a later one (two replicas, or a send overtaken on its way)
+    # is not carried out ("superseded"). None: a gateway that does not order its commands.
+    generation: int | None = Field(default=None, ge=0)
+
+
+class StartCommand(_SessionCommand):
+    type: Literal["start"] = "start"
     # Start with the microphone closed: the partner paused before the room had started.
     paused: bool = False
 
 
-class PauseCommand(_Command):
+class PauseCommand(_SessionCommand):
     type: Literal["pause"] = "pause"
-    session_id: SessionId
 
 
-class ResumeCommand(_Command):
+class ResumeCommand(_SessionCommand):
     type: Literal["resume"] = "resume"
-    session_id: SessionId
 
 
-class StopCommand(_Command):
+class StopCommand(_SessionCommand):
     type: Literal["stop"] = "stop"
-    session_id: SessionId
 
 
 class PingCommand(_Command):

@@ -7,6 +7,11 @@ answered with the first answer and not carried out again. The record is kept in
 short by a crash is carried out again when re-sent, which is safe since start, stop, pause
 and resume are each idempotent for their session), and the last id goes in the retained
 state as ``last_command_id``. Ids and codes only.
+
+The gateway numbers its decisions for the room (``generation``, only growing): once a
+command of generation G is carried out, one of a lower generation is stale (it was
+overtaken on its way: sent by another replica, or published after a later decision) and is
+not carried out. The highest generation seen is kept with the ids.
 """
 
 from __future__ import annotations
@@ -38,6 +43,7 @@ class _Record(BaseModel):
 
     last: str | None = None
     answers: dict[str, Answer] = Field(default_factory=dict)
+    generation: int | None = None
 
 
 class AppliedCommands:
@@ -47,6 +53,7 @@ class AppliedCommands:
         self._lock = threading.Lock()
         self._answers: OrderedDict[str, Answer] = OrderedDict()
         self._last: str | None = None
+        self._generation: int | None = None
         self._load()
 
     @property
@@ -59,14 +66,29 @@ class AppliedCommands:
         with self._lock:
             return self._answers.get(command_id)
 
-    def applied(self, command_id: str, ok: bool, reason: str | None) -> None:
+    def stale(self, generation: int | None) -> bool:
+        """Is a command of ``generation`` older than one already carried out?"""
+        with self._lock:
+            return (
+                generation is not None
+                and self._generation is not None
+                and generation < self._generation
+            )
+
+    def applied(
+        self, command_id: str, ok: bool, reason: str | None, generation: int | None = None
+    ) -> None:
         with self._lock:
             self._answers[command_id] = Answer(ok=ok, reason=reason)
             self._answers.move_to_end(command_id)
             while len(self._answers) > KEPT:
                 self._answers.popitem(last=False)
             self._last = command_id
-            record = _Record(last=self._last, answers=dict(self._answers))
+            if generation is not None:
+                self._generation = max(generation, self._generation or 0)
+            record = _Record(
+                last=self._last, answers=dict(self._answers), generation=self._generation
+            )
         self._save(record)
 
     def _load(self) -> None:
@@ -81,6 +103,7 @@ class AppliedCommands:
             return
         self._answers = OrderedDict(record.answers)
         self._last = record.last
+        self._generation = record.generation
 
     def _save(self, record: _Record) -> None:
         if self._path is None:

@@ -20,7 +20,9 @@ session records is refused ("already_recording"), a repeated start of the sessio
 recorded is fine (QoS 1 may deliver twice), a stop of anything but the current session is
 refused ("not_recording"). Start, stop, pause and resume are applied once per command id
 (agent/link/applied.py): the gateway re-sends its desired command until the device's
-state names it as the last applied, and a repeat gets the first answer again.
+state names it as the last applied, and a repeat gets the first answer again. A command
+older (by the gateway's ``generation``) than one already carried out is answered
+"superseded" and not carried out: the room ends doing what the gateway decided last.
 Notifications (chunk acked, uploaded, notes ready, failed) are kept, the last per session,
 and logged by id.
 """
@@ -55,6 +57,7 @@ from agent.spool import SpoolError, SpoolFull
 from protocol import topics
 from protocol.manifest import SessionManifest
 from protocol.messages import (
+    SUPERSEDED,
     CheckCommand,
     ChunkSpooled,
     CommandResult,
@@ -419,6 +422,13 @@ class ControlLink(RecorderListener):
             return
         session_command = isinstance(command, SESSION_COMMANDS)
         earlier = self.applied.answer(command.command_id) if session_command else None
+        generation = command.generation if isinstance(command, SESSION_COMMANDS) else None
+        if earlier is None and self.applied.stale(generation):
+            # Overtaken on its way by a later decision already carried out: the room
+            # does what the gateway decided last, never what it decided before.
+            log.info("control: %s %s superseded: not carried out", command.type, command.command_id)
+            self._result(command.command_id, False, SUPERSEDED)
+            return
         if earlier is not None:
             # Sent again (the gateway did not see the answer, or the broker repeated it):
             # answered as the first time, not carried out twice.
@@ -450,7 +460,7 @@ class ControlLink(RecorderListener):
             "ok" if ok else reason,
         )
         if session_command and reason != "shutting_down":
-            self.applied.applied(command.command_id, ok, reason)
+            self.applied.applied(command.command_id, ok, reason, generation)
         self._result(command.command_id, ok, reason)
         if session_command:
             self.publish_state()  # with its last_command_id

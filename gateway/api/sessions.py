@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import json
+from collections.abc import AsyncIterator
 from datetime import datetime
 from typing import Annotated
 
@@ -106,9 +108,32 @@ async def start_session(
         return session_out(conn, session.id, service.lifecycle.environment)
 
     status = 202 if service.relay is not None else 201
-    answer = await answer_once(service, principal, idempotency_key, request, body, start, status)
+    async with _room_order(service, body.room):
+        answer = await answer_once(
+            service, principal, idempotency_key, request, body, start, status
+        )
     service.worker.wake()
     return answer
+
+
+@contextlib.asynccontextmanager
+async def _room_order(service: GatewayService, room_id: str | None) -> AsyncIterator[None]:
+    """A request that changes a room's commands holds the room's order (relay/commands.py)
+    around its transaction: a send already deciding goes out first, or sees the change."""
+    if service.relay is None or room_id is None:
+        yield
+        return
+    async with service.relay.commands.ordered(room_id):
+        yield
+
+
+@contextlib.asynccontextmanager
+async def _session_room_order(service: GatewayService, session_id: str) -> AsyncIterator[None]:
+    found = None
+    if service.relay is not None:  # a session's room never changes: read it first
+        found = await service.db.run(sessions.get, session_id, write=False)
+    async with _room_order(service, found.room_id if found is not None else None):
+        yield
 
 
 @router.get(
@@ -195,7 +220,8 @@ async def stop_session(
             service.relay.commands.queue(conn, stopped.room_id, session_id, "stop")
         return session_out(conn, session_id, service.lifecycle.environment)
 
-    answer = await answer_once(service, principal, idempotency_key, request, None, stop, 200)
+    async with _session_room_order(service, session_id):
+        answer = await answer_once(service, principal, idempotency_key, request, None, stop, 200)
     service.worker.wake()
     return answer
 
@@ -257,7 +283,8 @@ async def _pause(
             service.relay.commands.pause(conn, session, pause=pause)
         return session_out(conn, session_id, service.lifecycle.environment)
 
-    answer = await answer_once(service, principal, idempotency_key, request, None, change, 200)
+    async with _session_room_order(service, session_id):
+        answer = await answer_once(service, principal, idempotency_key, request, None, change, 200)
     service.worker.wake()
     return answer
 
@@ -291,7 +318,8 @@ async def cancel_session(
             service.relay.commands.queue(conn, before.room_id, session_id, "stop")
         return session_out(conn, session_id, service.lifecycle.environment)
 
-    answer = await answer_once(service, principal, idempotency_key, request, None, cancel, 200)
+    async with _session_room_order(service, session_id):
+        answer = await answer_once(service, principal, idempotency_key, request, None, cancel, 200)
     service.worker.wake()
     return answer
 

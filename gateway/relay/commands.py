@@ -13,10 +13,20 @@ answers again. The gap is closed by the device's ``command_result``, by its stat
 what was wanted (recording the session, its last command id), or, for a start, by audio of
 the session reaching the gateway. A start still unconfirmed at its deadline fails the
 session with what it waited for (an offline room, or a room that did not answer).
+
+Order. Each session command has a ``generation`` above every earlier one of its room
+(assigned in the transaction that decides it), and the device does not carry out one older
+than a command it already carried out (answered "superseded"): however sends from two
+replicas or a retry interleave, the room ends doing what was decided last. Within one
+gateway the decision and its send are also ordered per room (``ordered``): a send holds the
+room's lock from its last look at the desired state to the broker's PUBACK, and a request
+that changes the room's commands takes it around its transaction, so a start the partner
+overtook is either out before the partner's answer, or never sent.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import secrets
 import time
@@ -36,6 +46,7 @@ from gateway.sessions.lifecycle import STOPPABLE_FROM, JobKind, SessionLifecycle
 from gateway.store import Connection, Database
 from protocol import topics
 from protocol.messages import (
+    SUPERSEDED,
     CommandResult,
     DeviceState,
     PauseCommand,
@@ -77,6 +88,7 @@ class DeviceCommand:
     sent_at: float | None
     answered_at: float | None
     result: str | None = None  # JSON: what a diagnostic command (check, logs) answered
+    generation: int | None = None  # its place in the order of the room's decisions
 
 
 def get(conn: Connection, command_id: str) -> DeviceCommand | None:
@@ -91,6 +103,17 @@ def last_for_session(conn: Connection, session_id: str, kind: CommandKind) -> De
         (session_id, kind),
     ).fetchone()
     return DeviceCommand(**dict(row)) if row is not None else None
+
+
+def _next_generation(conn: Connection, room_id: str) -> int:
+    """Above every earlier command of the room, and at least the clock in microseconds:
+    a store started afresh (restored, replaced) still orders above what the device saw.
+    Serializable transactions (PostgreSQL) or the one writer (SQLite) make it unique."""
+    row = conn.execute(
+        "SELECT MAX(generation) AS last FROM device_commands WHERE room_id = ?", (room_id,)
+    ).fetchone()
+    last = row["last"] if row is not None and row["last"] is not None else 0
+    return max(int(last) + 1, time.time_ns() // 1000)
 
 
 def _set_state(
@@ -112,6 +135,13 @@ class Commands:
         self._link = link
         self._lifecycle = lifecycle
         self._expiry_s = expiry_s
+        self._room_locks: dict[str, asyncio.Lock] = {}
+
+    def ordered(self, room_id: str) -> asyncio.Lock:
+        """The room's order within this gateway: held by a send from its last look at the
+        desired state to the broker's answer, and by a request around the transaction that
+        changes the room's commands (``async with commands.ordered(room):``)."""
+        return self._room_locks.setdefault(room_id, asyncio.Lock())
 
     # --- queueing (inside the caller's transaction) -------------------------------------
 
@@ -130,15 +160,18 @@ class Commands:
         one-off correction (a stop for a session the device should not be recording)."""
         now = time.time()
         command_id = "cmd_" + secrets.token_hex(8)
-        conn.execute(
-            "INSERT INTO device_commands (id, room_id, session_id, kind, state, created_at,"
-            " expires_at) VALUES (?, ?, ?, ?, 'queued', ?, ?)",
-            (command_id, room_id, session_id, kind, now, now + self._expiry_s),
-        )
         if shadow:
             state = wanted or DESIRED_BY_KIND[kind]
             desired.want(conn, room_id, session_id, state, command_id, now + self._expiry_s)
-        self._send_job(conn, command_id)
+        conn.execute(
+            "INSERT INTO device_commands (id, room_id, session_id, kind, state, created_at,"
+            " expires_at, generation) VALUES (?, ?, ?, ?, 'queued', ?, ?, ?)",
+            (
+                command_id, room_id, session_id, kind, now, now + self._expiry_s,
+                _next_generation(conn, room_id),
+            ),
+        )  # fmt: skip
+        self._send_job(conn, command_id, room_id)
         self._lifecycle.enqueue(
             conn,
             JobKind.COMMAND_EXPIRY,
@@ -199,18 +232,18 @@ class Commands:
         command = get(conn, want.command_id)
         if command is None or command.state not in ("queued", "sent"):
             return False
-        self._send_job(conn, command.id)
+        self._send_job(conn, command.id, room_id)
         return True
 
     def reissue_all(self, conn: Connection) -> int:
         """Every open gap, at once: after the gateway (re)connected to the broker."""
         return sum(self.reissue(conn, want.room_id, force=True) for want in desired.open_gaps(conn))
 
-    def _send_job(self, conn: Connection, command_id: str) -> None:
+    def _send_job(self, conn: Connection, command_id: str, room_id: str) -> None:
         self._lifecycle.enqueue(
             conn,
             JobKind.DEVICE_COMMAND,
-            {"command_id": command_id},
+            {"command_id": command_id, "room_id": room_id},
             key=f"{JobKind.DEVICE_COMMAND}:{command_id}",
         )
 
@@ -218,22 +251,29 @@ class Commands:
 
     async def send(self, job: Job) -> None:
         command_id = job.payload["command_id"]
-        found = await self._db.run(_to_send, command_id, write=False)
-        if found is None:
-            return
-        command, want = found
-        remaining = command.expires_at - time.time()
-        if remaining <= 0:
-            return  # the expiry job reports it
-        message = _message(command, want)
-        try:
-            await self._link.publish(
-                topics.topic(command.room_id, "cmd"), message.model_dump_json(), int(remaining)
-            )
-        except BrokerUnavailable as exc:
-            raise Retryable(f"{command.kind} command: {exc}", RETRY_AFTER_S) from None
-        except PublishRefused as exc:
-            raise Retryable(f"{command.kind} command: {exc}") from None
+        room_id = job.payload.get("room_id")
+        if room_id is None:  # a job queued before commands named their room
+            queued = await self._db.run(get, command_id, write=False)
+            if queued is None:
+                return
+            room_id = queued.room_id
+        async with self.ordered(room_id):
+            found = await self._db.run(_to_send, command_id, write=False)
+            if found is None:
+                return
+            command, want = found
+            remaining = command.expires_at - time.time()
+            if remaining <= 0:
+                return  # the expiry job reports it
+            message = _message(command, want)
+            try:
+                await self._link.publish(
+                    topics.topic(command.room_id, "cmd"), message.model_dump_json(), int(remaining)
+                )
+            except BrokerUnavailable as exc:
+                raise Retryable(f"{command.kind} command: {exc}", RETRY_AFTER_S) from None
+            except PublishRefused as exc:
+                raise Retryable(f"{command.kind} command: {exc}") from None
         sends = await self._db.run(self._sent, command)
         logger.info(
             "relay: %s %s (%s) sent to room %s (%s)",
@@ -258,9 +298,10 @@ class Commands:
             return
         if command.state in ("ok", "refused"):
             return  # QoS 1 may deliver the answer twice; a re-sent command is answered again
-        if command.session_id is not None and command.state == "queued":
-            # answered before the sender recorded its send
-            sessions.add_event(conn, command.session_id, f"{command.kind}_sent", command.id)
+        if not answer.ok and answer.reason == SUPERSEDED:
+            # It reached the room after a later decision: nothing to do, nothing failed.
+            self._settled(conn, command, "refused", SUPERSEDED)
+            return
         desired.confirm(conn, room_id, command.id)
         if answer.ok:
             self._settled(conn, command, "ok", None)
@@ -343,6 +384,12 @@ class Commands:
     ) -> None:
         _set_state(conn, command.id, state, reason)
         if command.session_id is None:
+            return
+        if command.state == "queued":
+            # The device answered (or showed it done) before the sender recorded its send.
+            sessions.add_event(conn, command.session_id, f"{command.kind}_sent", command.id)
+        if reason == SUPERSEDED:
+            sessions.add_event(conn, command.session_id, f"{command.kind}_superseded", command.id)
             return
         if state == "refused":
             sessions.add_event(conn, command.session_id, f"{command.kind}_refused", reason)
@@ -435,11 +482,12 @@ def _message(
 ) -> StartCommand | StopCommand | PauseCommand | ResumeCommand:
     assert command.session_id is not None
     session_id = command.session_id
+    ids = {"command_id": command.id, "session_id": session_id, "generation": command.generation}
     if command.kind == "start":
         paused = want is not None and want.command_id == command.id and want.state == "paused"
-        return StartCommand(command_id=command.id, session_id=session_id, paused=paused)
+        return StartCommand(**ids, paused=paused)
     if command.kind == "pause":
-        return PauseCommand(command_id=command.id, session_id=session_id)
+        return PauseCommand(**ids)
     if command.kind == "resume":
-        return ResumeCommand(command_id=command.id, session_id=session_id)
-    return StopCommand(command_id=command.id, session_id=session_id)
+        return ResumeCommand(**ids)
+    return StopCommand(**ids)

@@ -274,4 +274,11 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             created_at REAL NOT NULL
         )""",
     ),
+    # 8: the order of the gateway's decisions for a room (gateway/relay/commands.py): each
+    # session command's generation, above every earlier one of its room, so the device can
+    # refuse one that reaches it after a later one. NULL: queued before this migration.
+    (
+        "ALTER TABLE device_commands ADD COLUMN generation BIGINT",
+        "CREATE INDEX device_commands_by_room ON device_commands (room_id, generation)",
+    ),
 )

@@ -552,3 +552,43 @@ def test_a_later_start_of_the_same_session_pauses_or_resumes_it(tmp_path, broker
         probe.publish(CMD, StopCommand(command_id="x-1", session_id="session-1"))
         assert result(probe, "x-1")["ok"] is True
     assert_protocol_payloads(probe)
+
+
+def test_a_command_overtaken_on_its_way_is_not_carried_out(tmp_path, broker, probe):
+    """The gateway numbers its decisions for the room (``generation``). Two of them may
+    reach the room in the wrong order (sent by two replicas, or a send overtaken after the
+    partner's next request): the older one is answered "superseded" and not carried out,
+    so the room ends doing what was decided last; also after a restart."""
+
+    def command(kind: str, command_id: str, generation: int, session="session-1", **extra):
+        return {"type": kind, "command_id": command_id, "session_id": session,
+                "generation": generation, **extra}  # fmt: skip
+
+    settings = agent_settings(tmp_path, broker)
+    with running_agent(settings) as agent:
+        probe.wait_for(probe.on(STATE, online=True))
+        # The partner paused a starting session: the later start (paused) arrives first.
+        probe.publish(CMD, command("start", "s-2", 20, paused=True))
+        assert result(probe, "s-2")["ok"] is True
+        probe.publish(CMD, command("start", "s-1", 10))
+        assert (result(probe, "s-1")["ok"], result(probe, "s-1")["reason"]) == (
+            False,
+            "superseded",
+        )
+        assert (agent.recorder.state.state, agent.recorder.state.paused) == ("recording", True)
+        probe.publish(CMD, command("resume", "r-1", 30))
+        assert result(probe, "r-1")["ok"] is True
+        probe.publish(CMD, command("pause", "p-1", 25))
+        assert result(probe, "p-1")["reason"] == "superseded"
+        assert agent.recorder.state.paused is False, "the later resume holds"
+        probe.wait_for(probe.on(STATE, last_command_id="r-1", paused=False))
+    mark = probe.count()
+    with running_agent(settings) as agent:
+        probe.wait_for(probe.on(STATE, online=True), 10, mark)
+        probe.publish(CMD, command("start", "s-3", 29, session="session-2"))
+        assert result(probe, "s-3")["reason"] == "superseded", "the order survives a restart"
+        assert agent.recorder.state.state == "idle"
+        probe.publish(CMD, command("start", "s-4", 40, session="session-2"))
+        assert result(probe, "s-4")["ok"] is True
+        assert agent.recorder.state.session_id == "session-2"
+    assert_protocol_payloads(probe)

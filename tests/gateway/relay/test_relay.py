@@ -32,7 +32,7 @@ pytestmark = [ON_BOTH_ENGINES, pytest.mark.timeout(120)]
 EXPIRY_S = 2
 ROOMS = tuple(f"room-{n}" for n in range(1, 9))
 SILENT_ROOM = ROOMS[-1]  # its device never connects
-COMMAND_FIELDS = {"at", "type", "command_id", "session_id"}
+COMMAND_FIELDS = {"at", "type", "command_id", "session_id", "generation"}
 
 
 @pytest.fixture(scope="module")
