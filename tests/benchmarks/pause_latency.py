@@ -9,7 +9,12 @@ broker; then a resume. Same host, same clock. The baseline, side by side: a mess
 round trip through the same broker (publish -> a subscriber), the transport's floor.
 Target: p99 < 300 ms on loopback.
 
-    .venv/bin/python tests/benchmarks/pause_latency.py [--tries 100]
+Then ``--sessions`` short sessions (speech played, stopped) for the room's feedback: the
+gateway's ``notes_ready`` (its timeline's time) -> the room's indicator showing it (a
+sysfs LED under a temporary directory, polled every 2 ms, switched to the notes_ready
+blink by the agent's feedback hub). Same host, same clock.
+
+    .venv/bin/python tests/benchmarks/pause_latency.py [--tries 100] [--sessions 5]
 """
 
 from __future__ import annotations
@@ -67,6 +72,40 @@ def measure(deployment, probe, session_id: str, tries: int) -> tuple[list[float]
     return pauses, baseline
 
 
+NOTES_READY_BLINK = ("timer", "1900")  # agent/feedback/states.py: notes_ready (0.1 s, 1.9 s)
+
+
+def _led(led: Path) -> tuple[str, str]:
+    try:
+        return (led / "trigger").read_text().strip(), (led / "delay_off").read_text().strip()
+    except OSError:
+        return "", ""
+
+
+def notes_to_indicator(deployment, feeder, speech, led: Path, sessions: int) -> list[float]:
+    """ms from the gateway's notes_ready to the room's LED showing it, one per session."""
+    from tests.integration.test_room_to_blueprint import ROOM, play
+
+    gateway = deployment.gateway
+    latencies: list[float] = []
+    for n in range(sessions):
+        session_id = gateway.start_session(ROOM, *deployment.people)
+        gateway.wait_for_state(session_id, "recording", timeout=20)
+        play(feeder, speech)
+        if gateway.http.post(f"/v1/sessions/{session_id}/stop").status_code != 200:
+            raise SystemExit(f"session {n}: the stop was refused")
+        deadline = time.monotonic() + 60
+        while _led(led) != NOTES_READY_BLINK:
+            if time.monotonic() > deadline:
+                raise SystemExit(f"session {n}: the indicator never showed notes_ready")
+            time.sleep(0.002)
+        shown = time.time()
+        done = gateway.wait_for_state(session_id, "notes_ready", timeout=10)
+        ready = [e for e in done["timeline"] if e["step"] == "notes_ready"][-1]
+        latencies.append((shown - datetime.fromisoformat(ready["at"]).timestamp()) * 1000)
+    return latencies
+
+
 def main() -> None:
     from tests.gateway.conftest import ROOM_GATEWAY, SIMULATOR_FLAGS, SimulatorProcess
     from tests.gateway.deployment import Deployment
@@ -77,6 +116,7 @@ def main() -> None:
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tries", type=int, default=100)
+    parser.add_argument("--sessions", type=int, default=5, help="for notes_ready -> LED")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
@@ -93,13 +133,27 @@ def main() -> None:
                 ROOM_GATEWAY_MQTT__COMMAND_EXPIRY_S="3600",
             ).start()
             agent = None
+            led = root / "leds" / "bench"
+            led.mkdir(parents=True)
+            (led / "max_brightness").write_text("1\n")
+            for name in ("trigger", "brightness", "delay_on", "delay_off"):
+                (led / name).write_text("\n")
+            speech = _speech(root)
             try:
                 deployment.with_people(sim, "bench")
                 with (
                     FifoFeeder(root / "mic.fifo", period_frames=PERIOD_FRAMES, speed=1) as feeder,
                     watch(deployment) as probe,
                 ):
-                    agent = start_agent(root, deployment, feeder.path)
+                    agent = start_agent(
+                        root,
+                        deployment,
+                        feeder.path,
+                        ROOM_AGENT_FEEDBACK__SYSFS_ROOT=str(led.parent),
+                        ROOM_AGENT_FEEDBACK__SYSFS_LEDS='["bench"]',
+                        # faded before the next session ends: each change is the new one
+                        ROOM_AGENT_FEEDBACK__NOTES_READY_S="2",
+                    )
                     probe.wait_for(probe.on(STATE, online=True), timeout=20)
                     session_id = deployment.gateway.start_session(ROOM, *deployment.people)
                     deployment.gateway.wait_for_state(session_id, "recording", timeout=20)
@@ -109,6 +163,10 @@ def main() -> None:
                         print(agent.log()[-6000:], file=sys.stderr)
                         raise
                     deployment.gateway.http.post(f"/v1/sessions/{session_id}/stop")
+                    deployment.gateway.wait_for_session(  # silence only: it fails, no speech
+                        session_id, lambda s: s["state"] in ("failed", "notes_ready"), 60
+                    )
+                    shown = notes_to_indicator(deployment, feeder, speech, led, args.sessions)
             finally:
                 if agent is not None:
                     agent.stop()
@@ -118,6 +176,18 @@ def main() -> None:
     ratio = percentile(pauses, 99) / max(percentile(baseline, 99), 1e-6)
     verdict = "within" if percentile(pauses, 99) < TARGET_P99_MS else "OVER"
     print(f"p99 ratio to the baseline: {ratio:.1f}x; {verdict} the {TARGET_P99_MS:.0f} ms target")
+    print(summary("gateway notes_ready -> room indicator", shown))
+
+
+def _speech(root: Path):
+    """6 s of espeak-ng speech over room noise at 20 dB SNR (the integration tests' generator)."""
+    import soundfile
+
+    from tests.support.speech import make_session
+
+    truth = make_session(root / "speech.wav", 6, 20, seed=5)
+    pcm, _ = soundfile.read(truth.path, dtype="int16")
+    return pcm
 
 
 if __name__ == "__main__":
