@@ -349,7 +349,7 @@ class ControlLink(RecorderListener):
         userdata: object,
         flags: mqtt.ConnectFlags,
         reason_code: ReasonCode,
-        properties: Properties,
+        properties: Properties | None,
     ) -> None:
         if reason_code.is_failure:
             self._refusal = str(reason_code)
@@ -397,9 +397,9 @@ class ControlLink(RecorderListener):
         if parsed is None or parsed[0] != self.device_id:
             return
         if parsed[1] == "cmd":
-            self._commands.put(message.payload)
+            self._commands.put(bytes(message.payload))
         elif parsed[1] == "notify":
-            self._notified_of(message.payload)
+            self._notified_of(bytes(message.payload))
 
     # -- commands (the commands thread)
 
@@ -436,6 +436,7 @@ class ControlLink(RecorderListener):
             self._result(command.command_id, earlier.ok, earlier.reason)
             self.publish_state()
             return
+        reason: str | None
         if self._refusing.is_set():
             ok, reason = False, "shutting_down"
         elif isinstance(command, StartCommand):

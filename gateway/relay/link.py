@@ -27,8 +27,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import threading
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import MQTTErrorCode
@@ -44,7 +46,7 @@ from runtime.mqtt import BrokerUnavailable, broker_address, new_client, persiste
 logger = logging.getLogger(__name__)
 
 Inbound = Callable[[str, bytes], Awaitable[None]]
-Connected = Callable[[], Awaitable[None]]
+Connected = Callable[[], Coroutine[Any, Any, None]]
 INBOX_MAX = 10_000
 MAIN_SUBSCRIPTION = 1  # subscription identifiers (MQTT 5)
 RECOVERY_SUBSCRIPTION = 2
@@ -86,7 +88,10 @@ class MqttLink:
         # no shared subscriptions): /readyz and `room-gateway doctor` report it.
         self.refused_subscriptions: list[str] = []
         self.client = new_client(settings, client_id, username or settings.username, password)
-        self.client.reconnect_delay_set(settings.reconnect_min_s, settings.reconnect_max_s)
+        # paho counts whole seconds between attempts
+        self.client.reconnect_delay_set(
+            math.ceil(settings.reconnect_min_s), math.ceil(settings.reconnect_max_s)
+        )
         self.client.on_connect = self._on_connect
         self.client.on_disconnect = self._on_disconnect
         self.client.on_subscribe = self._on_subscribe

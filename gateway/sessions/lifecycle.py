@@ -26,6 +26,12 @@ from gateway.sessions.states import RoomBusy, Session
 from gateway.settings import JobSettings
 from gateway.store import Connection
 
+# The states a move starts from (typed: a bare one-element tuple is inferred as tuple[str]).
+_PAUSABLE: tuple[sessions.SessionState, ...] = ("recording",)
+_RESUMABLE: tuple[sessions.SessionState, ...] = ("paused",)
+_STARTING: tuple[sessions.SessionState, ...] = ("starting",)
+_UPLOADING: tuple[sessions.SessionState, ...] = ("uploading",)
+
 
 class JobKind(StrEnum):
     ENSURE_CLINICIAN = "ensure_clinician"
@@ -212,7 +218,7 @@ class SessionLifecycle:
             conn,
             session_id,
             "paused" if pause else "recording",
-            ("recording",) if pause else ("paused",),
+            _PAUSABLE if pause else _RESUMABLE,
             step="paused" if pause else "resumed",
             detail="partner",
         )
@@ -227,7 +233,7 @@ class SessionLifecycle:
             conn,
             session_id,
             "paused" if pause else "recording",
-            ("recording",) if pause else ("paused",),
+            _PAUSABLE if pause else _RESUMABLE,
             step="paused" if pause else "resumed",
             detail=source,
             at=at,
@@ -253,7 +259,7 @@ class SessionLifecycle:
             conn,
             session_id,
             "paused" if paused else "recording",
-            ("starting",),
+            _STARTING,
             step="recording_started",
             detail=f"{how}, paused" if paused else how,
         )
@@ -347,7 +353,7 @@ class SessionLifecycle:
 
     def upload_finished(self, conn: Connection, session_id: str) -> None:
         moved = sessions.transition(
-            conn, session_id, "processing", ("uploading",), step="audio_uploaded"
+            conn, session_id, "processing", _UPLOADING, step="audio_uploaded"
         )
         if moved is None:  # a webhook overtook us; keep the later state, record the step
             sessions.add_event(conn, session_id, "audio_uploaded")

@@ -15,6 +15,7 @@ from pydantic import SecretStr
 
 from agent.link.device_status import DeviceStatus
 from agent.link.uplink import Uplink, make_client
+from agent.pipeline.audio import AudioSource
 from agent.pipeline.filesource import FileSource
 from agent.pipeline.recorder import Recorder, RecorderListener
 from agent.pipeline.seal import ChunkSealer
@@ -205,6 +206,10 @@ def test_a_403_is_a_revocation_only_when_the_gateway_says_so(server, spool, prox
     assert chunk_files(spool, "behind-proxy") == [0], "kept"
 
 
+def no_microphone() -> AudioSource:
+    raise AssertionError("the recorder is never started here")
+
+
 def device_state(tmp_path, spool: Spool, uplink: Uplink) -> DeviceState:
     """The retained MQTT state the device would publish now."""
     settings = AgentSettings(
@@ -212,7 +217,7 @@ def device_state(tmp_path, spool: Spool, uplink: Uplink) -> DeviceState:
         state_dir=tmp_path / "state",
         gateway_public_key=public_key_to_text(KEY.public_key()),
     )
-    recorder = Recorder(settings, spool, lambda: None)
+    recorder = Recorder(settings, spool, no_microphone)  # never started
     return DeviceStatus(DEVICE, recorder, spool, uplink).state()
 
 

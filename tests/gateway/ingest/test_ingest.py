@@ -46,6 +46,9 @@ def deployed(
         root,
         blueprint_sim.url,
         ("room-1", "room-2", "room-3"),
+        None,  # no TLS
+        None,  # devices are given the gateway itself
+        (),  # one gateway
         **store_env(root / "gateway"),
         ROOM_GATEWAY_INGEST__MAX_CHUNK_BYTES=str(MAX_CHUNK_BYTES),
         ROOM_GATEWAY_INGEST__RETENTION_S="0",
@@ -333,7 +336,7 @@ def test_assembly_concatenates_the_chunks_in_order(
         ChunkFiles(tmp_path / "chunks"),
         SealingKeys(deployed.gateway.state_dir / "sealing-key.pem"),
         SessionLifecycle(JobSettings(), "bpenv_test"),
-        IngestSettings(codec=codec),  # type: ignore[arg-type]
+        IngestSettings(codec=codec),
         vault,
         10**8,
     )

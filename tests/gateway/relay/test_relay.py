@@ -44,6 +44,9 @@ def deployed(
         root,
         blueprint_sim.url,
         ROOMS,
+        None,  # no TLS
+        None,  # devices are given the gateway itself
+        (),  # one gateway
         **store_env(root / "gateway"),
         ROOM_GATEWAY_MQTT__COMMAND_EXPIRY_S=str(EXPIRY_S),
     ).start()
