@@ -25,6 +25,7 @@ from tests.gateway.conftest import PHI_STRINGS, SimulatorProcess, StoreEnv, step
 from tests.gateway.deployment import Deployment, tone
 from tests.gateway.problems import assert_problem
 from tests.gateway.relay.fake_device import FakeDevice, command, notified, wait_for_step
+from tests.support.eventually import eventually
 from tests.support.mqtt_probe import Probe
 from tests.support.postgres import ON_BOTH_ENGINES
 
@@ -113,9 +114,13 @@ def test_start_and_stop_are_commanded_and_confirmed(
     assert (
         timeline.index("stopped") < timeline.index("stop_sent") < timeline.index("stop_confirmed")
     )
-    # Repeating the stop sends nothing more.
+    # Repeating the stop queues nothing more (a command is queued in the request's own
+    # transaction: none queued, none can be sent later).
     linked.gateway.http.post(f"/v1/sessions/{session_id}/stop")
-    time.sleep(0.3)
+    queued = linked.gateway.query(
+        "SELECT kind FROM device_commands WHERE session_id = ? ORDER BY created_at", session_id
+    )
+    assert [row[0] for row in queued] == ["start", "stop"]
     assert len([m for m in device.received if m["_topic"] == "cmd"]) == 2
     cmds = [m for m in everything.messages if m.topic == f"rooms/{device.device_id}/cmd"]
     assert len(cmds) == 2
@@ -160,10 +165,18 @@ def test_room_state_and_backlog_and_after_a_gateway_restart(
         assert time.monotonic() < deadline
         time.sleep(0.05)
     assert linked.gateway.http.get("/v1/rooms/no-such-room").status_code == 404
-    # A state naming another device on this device's topic is ignored.
+    # A state naming another device on this device's topic is ignored: the state sent
+    # after it on the same topic (handled in order) shows through, the other never did.
     device.publish("state", DeviceState(device_id="room-1", online=True).model_dump_json())
-    time.sleep(0.3)
-    assert linked.gateway.http.get(f"/v1/rooms/{room}").json()["online"] is False
+    sentinel = DeviceState(device_id=room, online=False, backlog_chunks=3)
+    device.publish("state", sentinel.model_dump_json(), True)
+    shown = eventually(
+        lambda: (
+            (r := linked.gateway.http.get(f"/v1/rooms/{room}").json())["backlog_chunks"] == 3 and r
+        ),
+        what="the sentinel state",
+    )
+    assert shown["online"] is False
 
 
 def test_a_refused_start_fails_the_session_with_the_devices_reason(
@@ -210,8 +223,12 @@ def test_commands_wait_for_an_offline_device_or_expire_visibly(
     assert expired["state"] == "stopping"
     received = len(device.received)
     device.connect()
-    time.sleep(0.5)
-    assert not [m for m in device.received[received:] if m["_topic"] == "cmd"]
+    # A ping after it on the device's command topic: once it is here, anything the broker
+    # still held for the device has been delivered before it.
+    everything.publish(f"rooms/{room}/cmd", {"type": "ping", "command_id": "sentinel-1"})
+    device.wait_for(lambda m: m.get("command_id") == "sentinel-1")
+    late = [m for m in device.received[received:] if m["_topic"] == "cmd"]
+    assert [m["command_id"] for m in late] == ["sentinel-1"], "the expired stop never came"
     # ...until it says it is still recording that session: then the stop is sent again.
     device.state(recorder="recording", session_id=session_id)
     again = device.wait_for(lambda m: command("stop")(m) and m in device.received[received:])
@@ -264,10 +281,13 @@ def test_a_notification_waits_for_the_broker_to_come_back(
     linked.broker.stop()  # persistent: the device's session survives the restart
     linked.gateway.attach_audio(session_id, _flac(linked, tone(1.0)))
     linked.gateway.wait_for_state(session_id, "notes_ready")
-    time.sleep(1.0)
-    listed = linked.gateway.cli("jobs", "list", "--state", "queued", "--json").stdout
-    waiting = [json.loads(line) for line in listed.splitlines()]
-    assert [job for job in waiting if job["kind"] == "notify_device" and job["last_error"]]
+
+    def notify_waiting() -> list[dict]:
+        listed = linked.gateway.cli("jobs", "list", "--state", "queued", "--json").stdout
+        waiting = [json.loads(line) for line in listed.splitlines()]
+        return [job for job in waiting if job["kind"] == "notify_device" and job["last_error"]]
+
+    eventually(notify_waiting, what="the notification waiting for the broker")
     linked.broker.start()
     device.disconnect()  # (this client does not reconnect by itself; the agent does)
     device.connect()
