@@ -117,7 +117,8 @@ class ControlLink(RecorderListener):
         self.on_notification: list[Callable[[Notification], None]] = []
         self.on_connection: list[Callable[[bool], None]] = []
         self.host, self.port, _ = broker_address(settings.broker_url)
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # paho's client, _online, the buffer: short holds only
+        self._state_order = threading.Lock()  # taken before _lock, never after it
         self._online = False
         self._buffer: deque[tuple[str, str]] = deque(maxlen=EVENT_BUFFER)
         self._notified: OrderedDict[str, Notification] = OrderedDict()
@@ -224,10 +225,16 @@ class ControlLink(RecorderListener):
         self.publish_state()
 
     def publish_state(self) -> None:
-        """The retained state, now; skipped while offline (sent again on reconnection)."""
-        with self._lock:
-            if self._online:
-                self._publish("state", self._state_json(online=True), retain=True)
+        """The retained state, now; skipped while offline (sent again on reconnection).
+
+        Built under ``_state_order`` only (states go out in the order they were built), not
+        under ``_lock``: building reads the spool and files, and the recorder's events,
+        which must never wait, take ``_lock``."""
+        with self._state_order:
+            payload = self._state_json(online=True)
+            with self._lock:
+                if self._online:
+                    self._publish("state", payload, retain=True)
 
     # -- publishing
 
@@ -358,12 +365,14 @@ class ControlLink(RecorderListener):
             return
         options = SubscribeOptions(qos=1)
         client.subscribe([(self._topic("cmd"), options), (self._topic("notify"), options)])
-        with self._lock:
-            self._online = True
-            self._publish("state", self._state_json(online=True), retain=True)
-            while self._buffer:
-                kind, payload = self._buffer.popleft()
-                self._publish(kind, payload)  # type: ignore[arg-type]
+        with self._state_order:
+            state = self._state_json(online=True)  # reads the spool: before taking _lock
+            with self._lock:
+                self._online = True
+                self._publish("state", state, retain=True)
+                while self._buffer:  # in order, before any event sent from now on
+                    kind, payload = self._buffer.popleft()
+                    self._publish(kind, payload)  # type: ignore[arg-type]
         self._connack.set()
         self._tell(self.on_connection, True)
 

@@ -34,6 +34,7 @@ from protocol.messages import (
     PingCommand,
     ResumeCommand,
     SessionFailed,
+    SessionStarted,
     SessionUploaded,
     StartCommand,
     StopCommand,
@@ -592,3 +593,38 @@ def test_a_command_overtaken_on_its_way_is_not_carried_out(tmp_path, broker, pro
         assert result(probe, "s-4")["ok"] is True
         assert agent.recorder.state.session_id == "session-2"
     assert_protocol_payloads(probe)
+
+
+def test_a_state_waiting_for_the_spool_never_holds_up_the_recorders_events(tmp_path, broker, probe):
+    """Building the state reads the spool (its mutex, its files): that happens outside the
+    link's lock, so an event from the recorder's thread (which must never block) goes out
+    while a state is still waiting for a busy spool."""
+    import threading
+
+    settings = agent_settings(tmp_path, broker)
+    with running_agent(settings) as agent:
+        probe.wait_for(probe.on(STATE, online=True))
+        reached = threading.Event()
+        usage = agent.spool.usage
+
+        def usage_seen():  # the state being built has reached the spool
+            if threading.current_thread() is building:
+                reached.set()
+            return usage()
+
+        agent.spool.usage = usage_seen
+        building = threading.Thread(target=agent.control.publish_state, daemon=True)
+        with agent.spool._mutex:  # the spool busy (a long scan, a slow disk)
+            building.start()
+            assert reached.wait(5), "the state never asked the spool"
+            sent = threading.Thread(
+                target=agent.control.session_started,
+                args=(SessionStarted(session_id="session-1"),),
+                daemon=True,
+            )
+            sent.start()
+            event = probe.wait_for(probe.on(EVENTS, type="session_started"), timeout=5)
+            assert event.json()["session_id"] == "session-1"
+            assert building.is_alive(), "the state was still waiting for the spool"
+        building.join(5)
+        sent.join(5)
