@@ -43,7 +43,7 @@ import tenacity
 from pydantic import BaseModel, ConfigDict, SecretStr, ValidationError
 
 from agent.settings import LinkSettings
-from agent.spool import ChunkCorrupt, PendingChunk, Spool, SpoolError
+from agent.spool import ChunkCorrupt, PendingChunk, SessionInfo, Spool, SpoolError
 from protocol.ingest import (
     DEVICE_AUTH_CODES,
     SEALED_CHUNK_CONTENT_TYPE,
@@ -232,33 +232,49 @@ class Uplink:
                     self._cond.notify_all()
 
     def _claim(self) -> _Job | None:
-        with self._cond:
-            while not self._stopping.is_set():
-                job = self._next_job()
+        """The next job. The spool is read outside ``_cond``: the recorder's ``wake()``
+        (a thread that must never block) and the other workers never wait for a scan."""
+        while not self._stopping.is_set():
+            with self._cond:
+                job = self._known_job()
                 if job is not None:
                     self._busy.add(job.key)
                     return job
+                rescan, self._dirty = self._dirty, False
+            pending = self.spool.pending() if rescan else None
+            sessions = self.spool.sessions()
+            with self._cond:
+                if pending is not None:
+                    self._queue = deque(pending)
+                job = self._known_job() or self._closable_job(sessions)
+                if job is not None:
+                    self._busy.add(job.key)
+                    return job
+                if self._dirty:
+                    continue  # woken while reading the spool: read it again
                 if not self._cond.wait(RESCAN_S):
                     self._dirty = True
         return None
 
-    def _next_job(self) -> _Job | None:
-        """Manifests of sessions just completed first, then chunks oldest first, then any
-        other closed session whose chunks are all acknowledged."""
+    def _known_job(self) -> _Job | None:
+        """Manifests of sessions just completed first, then chunks oldest first (from the
+        last scan). Caller holds ``_cond``."""
         while self._closable:
             session_id = self._closable.popleft()
             if (session_id, None) not in self._busy | self._held:
                 return _CloseJob(session_id)
-        if self._dirty:
-            self._dirty = False
-            self._queue = deque(self.spool.pending())
         while self._queue:
             chunk = self._queue.popleft()
             key = (chunk.session_id, chunk.seq)
             if key not in self._busy and key not in self._held:
                 return _ChunkJob(chunk)
+        return None
+
+    def _closable_job(self, sessions: list[SessionInfo]) -> _Job | None:
+        """Any other closed session whose chunks are all acknowledged. Caller holds
+        ``_cond``."""
         unavailable = {session_id for session_id, _ in self._busy | self._held}
-        for info in self.spool.sessions():
+        for info in sessions:
             if info.closed and not info.pending and info.session_id not in unavailable:
                 return _CloseJob(info.session_id)
         return None

@@ -355,3 +355,33 @@ def test_https_with_the_gateways_ca(tmp_path, spool):
         finally:
             uplink.stop()
     assert [s.session_id for s in spool.sessions()] == ["untrusted"]
+
+
+def test_a_scan_of_a_busy_spool_never_holds_up_the_recorders_wake(tmp_path, server, spool):
+    """The uplink reads the spool outside its condition: while a worker waits for a busy
+    spool (a long scan, a slow disk), the recorder's wake() (its thread must never block)
+    returns at once, and what was spooled goes out once the spool is free."""
+    import threading
+
+    uplink = start_uplink(link(server), spool)
+    reached = threading.Event()
+    pending = spool.pending
+
+    def pending_seen():
+        if threading.current_thread().name.startswith("uplink-"):
+            reached.set()
+        return pending()
+
+    spool.pending = pending_seen
+    try:
+        with spool._mutex:  # the spool busy
+            uplink.wake()  # a worker scans now, and waits for the spool
+            assert reached.wait(5), "no worker read the spool"
+            woken = threading.Thread(target=uplink.wake, daemon=True)
+            woken.start()
+            woken.join(5)
+            assert not woken.is_alive(), "wake() waited for the uplink's spool scan"
+        spool_session(spool, "after-the-wait", 2)
+        server.wait_until(lambda: len(server.chunks("after-the-wait")) == 2)
+    finally:
+        uplink.stop()
