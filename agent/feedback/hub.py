@@ -15,11 +15,12 @@ import time
 from collections.abc import Callable
 from dataclasses import replace
 from functools import partial
+from typing import Unpack
 
 from agent.feedback.cues import Cue, CuePlayer
 from agent.feedback.hooks import Hooks
 from agent.feedback.indicator import Indicator, Indicators
-from agent.feedback.states import Facts, RoomState, problem_of, room_state
+from agent.feedback.states import Facts, FactsChange, RoomState, problem_of, room_state
 from agent.pipeline.recorder import Recorder, RecorderError, RecorderListener, RecorderSnapshot
 from agent.privacy import PrivacySwitch
 from agent.settings import AgentSettings, ButtonAction, FeedbackEvent
@@ -172,9 +173,9 @@ class FeedbackHub(RecorderListener):
         self.cues.play(cue)
         self.hooks.fire(event, session_id)
 
-    def _update(self, **changes: object) -> None:
+    def _update(self, **changes: Unpack[FactsChange]) -> None:
         with self._lock:
-            self._facts = replace(self._facts, **changes)  # type: ignore[arg-type]
+            self._facts = replace(self._facts, **changes)
         self._refresh()
 
     def _refresh(self) -> None:

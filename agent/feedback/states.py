@@ -9,7 +9,7 @@ after the gateway said so, ``offline`` (no broker), else ``idle``.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, TypedDict
 
 RoomState = Literal["idle", "recording", "paused", "offline", "problem", "notes_ready"]
 ROOM_STATES: tuple[RoomState, ...] = (
@@ -46,6 +46,16 @@ class Facts:
     connected: bool = True
     problem: str | None = None
     notes_ready: bool = False
+
+
+class FactsChange(TypedDict, total=False):
+    """What may change in the Facts at once, with its type (a typo fails the type check)."""
+
+    recorder: str
+    paused: bool
+    connected: bool
+    problem: str | None
+    notes_ready: bool
 
 
 def room_state(facts: Facts) -> RoomState:

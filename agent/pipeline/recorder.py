@@ -33,6 +33,7 @@ import uuid
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
+from typing import Concatenate, ParamSpec, TypedDict, Unpack
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -110,6 +111,25 @@ class RecorderListener:
 
     def state_changed(self, snapshot: RecorderSnapshot) -> None:
         pass
+
+
+class _SnapshotChange(TypedDict, total=False):
+    """What ``Recorder._update`` may change in the snapshot, with its type."""
+
+    state: RecorderState
+    session_id: str | None
+    resumed: bool
+    reason: CloseReason | None
+    last_error: DeviceReason | None
+    detail: str | None
+    chunks: int
+    speech_s: float
+    unspooled_s: float
+    paused: bool
+    capture: CaptureStats
+
+
+_P = ParamSpec("_P")
 
 
 class _StateFile(BaseModel):
@@ -260,10 +280,12 @@ class Recorder:
             unspooled_s=0.0,
             paused=bool(paused),
         )
-        self._emit("session_started", SessionStarted(session_id=session_id, resumed=resumed))
+        self._emit(
+            RecorderListener.session_started, SessionStarted(session_id=session_id, resumed=resumed)
+        )
         if paused:
             event = SessionPaused(session_id=session_id, offset_s=self._position_s)
-            self._emit("session_paused", event)
+            self._emit(RecorderListener.session_paused, event)
         self._thread.start()
         return session_id
 
@@ -283,10 +305,10 @@ class Recorder:
         _write_state(self.state_path, session_id, True, self._reserved, spooled=True)
         offset = round(self._position_s, 3)
         self._emit(
-            "session_paused",
+            RecorderListener.session_paused,
             SessionPaused(session_id=session_id, source=source, offset_s=offset, at=at),
         )
-        self._emit("state_changed", self.state)
+        self._emit(RecorderListener.state_changed, self.state)
         log.info("recorder: session %s paused (%s)", session_id, source)
         return True
 
@@ -305,8 +327,10 @@ class Recorder:
             self._paused_at = None
             self._snapshot.paused = False
             self._closed_to_session.clear()
-        self._emit("session_resumed", SessionResumed(session_id=session_id, source=source))
-        self._emit("state_changed", self.state)
+        self._emit(
+            RecorderListener.session_resumed, SessionResumed(session_id=session_id, source=source)
+        )
+        self._emit(RecorderListener.state_changed, self.state)
         log.info("recorder: session %s resumed (%s)", session_id, source)
         return True
 
@@ -476,7 +500,7 @@ class Recorder:
             self._snapshot.chunks += 1
             self._snapshot.speech_s = round(self._snapshot.speech_s + pending.duration_s, 3)
         self._emit(
-            "chunk_spooled",
+            RecorderListener.chunk_spooled,
             ChunkSpooled(session_id=session_id, seq=seq, duration_s=pending.duration_s),
         )
         return seq + 1
@@ -567,21 +591,28 @@ class Recorder:
             chunks=len(manifest.chunks),
             speech_s=round(manifest.speech_s, 3),
         )
-        self._emit("session_closed", event, manifest)
+        self._emit(RecorderListener.session_closed, event, manifest)
 
-    def _update(self, **changes: object) -> None:
+    def _update(self, **changes: Unpack[_SnapshotChange]) -> None:
         with self._mutex:
             for name, value in changes.items():
                 setattr(self._snapshot, name, value)
         if "state" in changes:
-            self._emit("state_changed", self.state)
+            self._emit(RecorderListener.state_changed, self.state)
 
-    def _emit(self, method: str, *args: object) -> None:
+    def _emit(
+        self,
+        method: Callable[Concatenate[RecorderListener, _P], None],
+        *args: _P.args,
+        **kwargs: _P.kwargs,
+    ) -> None:
+        """``method`` names the event as RecorderListener declares it (a typo fails the
+        type check and the import, not only a log line); each listener's own override runs."""
         for listener in list(self._listeners):
             try:
-                getattr(listener, method)(*args)
+                getattr(listener, method.__name__)(*args, **kwargs)
             except Exception:
-                log.exception("recorder: a %s listener failed", method)
+                log.exception("recorder: a %s listener failed", method.__name__)
 
 
 def _read_state(path: Path) -> _StateFile | None:
