@@ -343,7 +343,7 @@ class Commands:
         want = desired.get(conn, room_id)
         if want is None or want.command_id is None or want.confirmed_at is not None:
             return False
-        if _satisfied(want, state):
+        if _satisfied(want, state) and not _reported_before(conn, want, state):
             desired.confirm(conn, room_id, want.command_id)
             command = get(conn, want.command_id)
             if command is not None and command.state in ("queued", "sent"):
@@ -459,6 +459,22 @@ def _to_send(conn: Connection, command_id: str) -> tuple[DeviceCommand, Desired 
     ):
         return None
     return command, want
+
+
+def _reported_before(conn: Connection, want: Desired, state: DeviceState) -> bool:
+    """Does the state name a command decided before the wanted one? Then it was sent
+    before the device could carry the wanted one out (a late report: seen under load, a
+    "recording" from before a pause arriving after the resume was decided), and what it
+    shows says nothing of the wanted command."""
+    if state.last_command_id is None or state.last_command_id == want.command_id:
+        return False
+    named = get(conn, state.last_command_id)
+    wanted = get(conn, want.command_id) if want.command_id is not None else None
+    if named is None or wanted is None or named.room_id != wanted.room_id:
+        return False  # not one of ours (another store, a technician's ping): look only
+    if named.generation is not None and wanted.generation is not None:
+        return named.generation < wanted.generation
+    return named.created_at < wanted.created_at
 
 
 def _satisfied(want: Desired, state: DeviceState) -> bool:

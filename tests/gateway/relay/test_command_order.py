@@ -28,7 +28,7 @@ from gateway.jobs.queue import Job
 from gateway.relay import commands as commands_module
 from gateway.relay.commands import Commands
 from gateway.relay.link import MqttLink
-from gateway.sessions import records
+from gateway.sessions import desired, records
 from gateway.sessions import states as sessions
 from gateway.sessions.lifecycle import JobKind, SessionLifecycle
 from gateway.settings import JobSettings, MqttSettings
@@ -196,3 +196,46 @@ def test_a_device_faster_than_the_sender_still_shows_the_send_on_the_timeline(
     assert "start_sent" in timeline, timeline
     assert timeline.index("start_sent") < timeline.index("start_confirmed"), timeline
     assert timeline.count("start_sent") == 1, timeline
+
+
+def test_a_late_report_from_before_a_pause_does_not_count_as_its_resume(db: Database) -> None:
+    """Seen in pause_latency under load: a state the device sent just before it carried
+    out a pause ("recording, not paused", naming the start) reached the relay after the
+    partner's resume was decided. It looked like the resume done, the resume was settled
+    and never sent, and the room stayed paused. A state naming a command older than the
+    wanted one says nothing of the wanted one: the resume is still sent."""
+    lifecycle = SessionLifecycle(JobSettings(), "bpenv_test")
+    commands = Commands(db, None, lifecycle, 30)  # type: ignore[arg-type]  # nothing sent here
+
+    def state(session_id: str, command_id: str, paused: bool) -> DeviceState:
+        return DeviceState(
+            device_id=ROOM, online=True, recorder="recording", session_id=session_id,
+            paused=paused, last_command_id=command_id,
+        )  # fmt: skip
+
+    def wanted(conn: Connection) -> str:
+        want = desired.get(conn, ROOM)
+        assert want is not None and want.command_id is not None
+        return want.command_id
+
+    def scenario(conn: Connection) -> str:
+        session_id = _begin(lifecycle, commands)(conn)
+        start_id = wanted(conn)
+        commands.reported(conn, ROOM, state(session_id, start_id, paused=False))
+        assert sessions.get(conn, session_id).state == "recording"
+        session = lifecycle.pause(conn, session_id, pause=True)
+        commands.pause(conn, session, pause=True)
+        pause_id = wanted(conn)
+        commands.reported(conn, ROOM, state(session_id, pause_id, paused=True))
+        session = lifecycle.pause(conn, session_id, pause=False)
+        commands.pause(conn, session, pause=False)
+        resume_id = wanted(conn)
+        # The late report, from before the pause was carried out:
+        commands.reported(conn, ROOM, state(session_id, start_id, paused=False))
+        return resume_id
+
+    resume_id = db.call(scenario)
+    resume = db.call(commands_module.get, resume_id, write=False)
+    assert resume.state in ("queued", "sent"), "the resume is still to be sent"
+    assert db.call(commands_module._to_send, resume_id, write=False) is not None
+    assert db.call(desired.get, ROOM, write=False).confirmed_at is None
