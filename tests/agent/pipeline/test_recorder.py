@@ -311,3 +311,78 @@ def test_two_overlapping_starts_record_one_session(tmp_path, speech):
             starter.join(10)
         assert recorder.wait(30)
         assert [s.session_id for s in spool.sessions()] == first
+
+
+class StopMidSpeech(FileSource):
+    """A microphone whose stop arrives while speech is still in the pipeline: on block
+    ``stop_at`` the stop is requested, and ``queued`` more blocks (what PortAudio had already
+    captured into its queue) are still handed out after ``close()``."""
+
+    def __init__(self, path, recorder_box, stop_at, queued):
+        super().__init__(path)
+        self.recorder_box = recorder_box
+        self.stop_at = stop_at
+        self.backlog: list = []
+        self.queued = queued
+        self.delivered = 0
+
+    def read(self, timeout=None):
+        if self._closed:
+            return self.backlog.pop(0) if self.backlog else None
+        block = super().read(timeout)
+        self.delivered += 1
+        if self.delivered == self.stop_at:
+            self.backlog = [FileSource.read(self, timeout) for _ in range(self.queued)]
+            self.recorder_box[0].request_stop()
+        return block
+
+
+class FirstBlocks(FileSource):
+    def __init__(self, path, blocks):
+        super().__init__(path)
+        self.left = blocks
+
+    def read(self, timeout=None):
+        if self.left == 0:
+            return None
+        self.left -= 1
+        return super().read(timeout)
+
+
+def session_audio(spool, session_id):
+    chunks = sorted((c for c in spool.pending() if c.session_id == session_id), key=lambda c: c.seq)
+    return [
+        (round(c.start_s, 3), decode(open_chunk(spool.read(c.session_id, c.seq), KEY).audio).pcm)
+        for c in chunks
+    ]
+
+
+# The cut ((stop_at + 3) blocks of 0.25 s) falls inside the 1st, 2nd and 3rd utterance.
+@pytest.mark.parametrize("stop_at", [8, 23, 120])
+def test_no_word_is_lost_at_a_stop(tmp_path, speech, stop_at):
+    """Speech up to the stop (blocks still queued in capture, the VAD's hangover, the
+    segment in progress) is all in the spooled chunks, exactly as if the audio had ended
+    there."""
+    queued = 3
+    settings = settings_for(tmp_path)
+    with Spool(settings.spool_dir, GIB, 0) as spool:
+        box: list = []
+        stopped = Recorder(
+            settings, spool, lambda: StopMidSpeech(speech.path, box, stop_at, queued)
+        )
+        box.append(stopped)
+        stopped.start("stopped-1")
+        assert stopped.wait(30)
+        reference = Recorder(settings, spool, lambda: FirstBlocks(speech.path, stop_at + queued))
+        reference.start("reference-1")
+        assert reference.wait(30)
+        expected = session_audio(spool, "reference-1")
+        got = session_audio(spool, "stopped-1")
+    cut_s = (stop_at + queued) * 0.25
+    assert expected, "the reference heard no speech"
+    assert [start for start, _ in got] == [start for start, _ in expected]
+    for (_, pcm), (_, want) in zip(got, expected, strict=True):
+        assert np.array_equal(pcm, want)
+    # the stop fell inside speech: the reference's last chunk runs on to the cut
+    last_start, last_pcm = expected[-1]
+    assert last_start + len(last_pcm) / 16_000 == pytest.approx(cut_s, abs=0.01)
