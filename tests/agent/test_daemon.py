@@ -218,6 +218,7 @@ def assert_clean_log(agent: Service) -> None:
     assert TOKEN not in log and PASSWORD not in log
 
 
+@pytest.mark.slow
 def test_records_on_command_and_delivers_everything(
     tmp_path, broker, probe, ingest, feeder, speech
 ):
@@ -265,6 +266,7 @@ def test_records_on_command_and_delivers_everything(
     assert_clean_log(agent)
 
 
+@pytest.mark.slow
 def test_sigterm_suspends_the_session_and_the_restart_resumes_it(
     tmp_path, broker, probe, ingest, feeder, speech
 ):
@@ -300,6 +302,7 @@ def test_sigterm_suspends_the_session_and_the_restart_resumes_it(
     assert_clean_log(agent)
 
 
+@pytest.mark.slow
 def test_sigkill_mid_session_then_restart_without_broker_resumes(
     tmp_path, broker, probe, ingest, feeder, speech
 ):

@@ -304,6 +304,7 @@ schemathesis.serializer.alias(
 )
 
 
+@pytest.mark.slow
 def test_fuzz_every_operation_no_server_errors(people: GatewayProcess) -> None:
     """schemathesis generates valid and invalid requests for each operation of
     /openapi.json, sent with a valid token: none may be answered with a 5xx, and every

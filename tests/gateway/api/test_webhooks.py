@@ -221,6 +221,7 @@ def test_metrics_health_and_readiness(gateway: GatewayProcess) -> None:
         assert name in metrics.text, name
 
 
+@pytest.mark.slow
 def test_readyz_is_503_when_the_database_is_not_writable(
     gateway_factory: GatewayFactory, engine: str, request: pytest.FixtureRequest
 ) -> None:

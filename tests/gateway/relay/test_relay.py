@@ -204,6 +204,7 @@ def test_a_refused_start_fails_the_session_with_the_devices_reason(
     device.state(recorder="idle")
 
 
+@pytest.mark.slow
 def test_commands_wait_for_an_offline_device_or_expire_visibly(
     linked: Deployment, device: FakeDevice, everything: Probe
 ) -> None:

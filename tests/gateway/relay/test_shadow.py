@@ -112,6 +112,7 @@ def test_a_room_offline_at_the_start_begins_when_it_comes_online(
     device.wait_for(command("stop"))
 
 
+@pytest.mark.slow
 def test_a_start_never_confirmed_fails_naming_what_it_waited_for(
     linked: Deployment, device: FakeDevice
 ) -> None:
@@ -134,6 +135,7 @@ def test_a_start_never_confirmed_fails_naming_what_it_waited_for(
     assert len(ids) == 1, "every re-send carries the same command id"
 
 
+@pytest.mark.slow
 def test_the_devices_state_confirms_a_start_whose_answer_was_lost(
     linked: Deployment, device: FakeDevice
 ) -> None:
@@ -151,6 +153,7 @@ def test_the_devices_state_confirms_a_start_whose_answer_was_lost(
     device.wait_for(command("stop"))
 
 
+@pytest.mark.slow
 def test_audio_is_kept_when_the_start_was_never_confirmed(
     linked: Deployment, device: FakeDevice
 ) -> None:
@@ -172,6 +175,7 @@ def test_audio_is_kept_when_the_start_was_never_confirmed(
     assert done["audio"]["chunks_received"] == 1
 
 
+@pytest.mark.slow
 def test_audio_after_the_deadline_takes_the_failed_session_back(
     linked: Deployment, device: FakeDevice
 ) -> None:
