@@ -25,6 +25,7 @@ from agent.spool import Spool
 from protocol.envelope import generate_private_key, public_key_to_text
 from protocol.messages import ChunkRefusal, DeviceState
 from tests.support.certs import Pki
+from tests.support.eventually import eventually
 from tests.support.ingest_server import IngestServer
 from tests.support.speech import make_session
 
@@ -98,9 +99,7 @@ def test_drains_oldest_first_then_manifest_then_forgets(server, spool):
     uplink = start_uplink(link(server, upload_concurrency=1), spool)
     try:
         server.wait_until(lambda: delivered(server, "session-a") and delivered(server, "session-b"))
-        deadline = time.monotonic() + 5
-        while spool.sessions() and time.monotonic() < deadline:
-            time.sleep(0.02)
+        eventually(lambda: not spool.sessions(), timeout=5, what="the spool emptied")
     finally:
         uplink.stop()
     order = [(r.method, r.session_id, r.seq) for r in server.requests()]
@@ -196,10 +195,9 @@ def test_a_403_is_a_revocation_only_when_the_gateway_says_so(server, spool, prox
     uplink = start_uplink(link(server), spool)
     try:
         server.wait_until(lambda: any(r.status == 403 for r in server.state.requests))
-        deadline = time.monotonic() + 5
-        while uplink.status().reason is None and time.monotonic() < deadline:
-            time.sleep(0.02)
-        status = uplink.status()
+        status = eventually(
+            lambda: (s := uplink.status()).reason is not None and s, timeout=5, what="a reason"
+        )
     finally:
         uplink.stop()
     assert status.reason == reason
