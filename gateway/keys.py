@@ -13,6 +13,7 @@ store's vault, ``audio_key_file``) is another key and is never touched by a rota
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
@@ -127,6 +128,9 @@ class SealingKeys:
         self._current: X25519PrivateKey | None = None
         self._all: list[X25519PrivateKey] = []
         self.error: str | None = None
+        # One thread reads changed files; the others wait for it. The stamp is published
+        # last, so no thread takes the new stamp with the old (or no) keys.
+        self._reading = threading.Lock()
 
     def current(self) -> X25519PrivateKey | None:
         """The key devices seal to now."""
@@ -148,7 +152,11 @@ class SealingKeys:
         seen = (_stamp(self.path), _stamp(retired_dir(self.path)))
         if seen == self._seen:
             return
-        self._seen = seen
+        with self._reading:
+            if seen != self._seen:
+                self._read(seen)
+
+    def _read(self, seen: tuple[object, ...]) -> None:
         current: X25519PrivateKey | None = None
         keys: list[X25519PrivateKey] = []
         self.error = None
@@ -160,6 +168,7 @@ class SealingKeys:
         except KeyFileError as exc:
             self.error = str(exc)
         self._current, self._all = current, keys
+        self._seen = seen
 
 
 def _stamp(path: Path) -> tuple[int, int, int] | None:
