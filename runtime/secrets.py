@@ -66,9 +66,18 @@ def _credential_file(credential: str) -> Path | None:
     """systemd's copy when run as a unit; else the installed file, if we may read it."""
     if os.environ.get(CREDENTIALS_ENV):
         path = Path(os.environ[CREDENTIALS_ENV]) / credential
-        return path if path.is_file() else None
+        return path if _is_file(path) else None
     path = Path(os.environ.get(INSTALLED_CREDENTIALS_ENV, INSTALLED_CREDENTIALS)) / credential
-    return path if path.is_file() and os.access(path, os.R_OK) else None
+    return path if _is_file(path) and os.access(path, os.R_OK) else None
+
+
+def _is_file(path: Path) -> bool:
+    """Path.is_file, but a directory this user may not enter (the installed credentials
+    to an admin command run as the service's user) counts as no file, not as an error."""
+    try:
+        return path.is_file()
+    except OSError:
+        return False
 
 
 def credential_copies(credential: str) -> list[SecretStr]:

@@ -89,3 +89,27 @@ def test_an_os_error_line_for_a_full_disk_and_a_file_in_the_way(tmp_path: Path) 
     )
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "not a directory: a part of the path is a file" in result.stderr
+
+
+def test_a_credentials_directory_it_may_not_enter_counts_as_none(tmp_path: Path) -> None:
+    """`sudo -u room-gateway room-gateway keygen` on an installed gateway: the installed
+    credentials (/etc/room-audio/credentials, 0700 root) are not for this user to read,
+    so they count as absent, as they do when the file itself is unreadable."""
+    credentials = tmp_path / "credentials"
+    credentials.mkdir(mode=0o700)
+    if os.geteuid() == 0:
+        os.chown(credentials, 65534, 65534)  # nobody's
+    else:
+        credentials.chmod(0o000)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ROOM_GATEWAY_")}
+    env["ROOM_GATEWAY_STATE_DIR"] = str(tmp_path / "state")
+    env["ROOM_AUDIO_CREDENTIALS"] = str(credentials)
+    result = subprocess.run(
+        unprivileged([str(BIN / "room-gateway"), "keygen"]),
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "Traceback" not in result.stderr
