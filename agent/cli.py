@@ -323,7 +323,7 @@ def enroll(
 
     os.environ[CREDENTIALS_ENV] = str(credentials_dir)  # as the unit will give them
     try:
-        report = diagnose(config, None)
+        report = diagnose(config, None, just_enrolled=True)
     except ConfigError as exc:
         raise Fatal(str(exc)) from None
     click.echo(format_doctor(report))

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
-from agent.diagnostics.findings import Finding
+from agent.diagnostics.findings import START_SERVICE, Finding
 from agent.diagnostics.mic_check import CheckReport, Verdict, run_check
 from agent.diagnostics.status_report import StatusReport, gather
 from agent.diagnostics.validate import summary, validate
@@ -54,10 +54,12 @@ def diagnose(
     path: Path | None,
     check_seconds: float | None,
     before_check: Callable[[], None] = lambda: None,
+    just_enrolled: bool = False,
 ) -> DoctorReport:
     """Run the checklist; raises ConfigError (one line per problem) if nothing loads.
     ``check_seconds`` None leaves out the sound check; ``before_check`` is called just
-    before it starts (to ask the people in the room to talk)."""
+    before it starts (to ask the people in the room to talk). ``just_enrolled``: an agent
+    that never ran is the next step (starting the service), not a problem."""
     settings, problems = validate(path, devices=False)
     if settings is None:
         raise ConfigError(problems)
@@ -79,6 +81,13 @@ def diagnose(
         findings.append(sound)
     # Its own microphone item stands for status's (which is the running agent's view).
     findings += [finding for finding in status.findings if finding.item != "microphone"]
+    if just_enrolled and status.agent.snapshot is None and not status.agent.running:
+        findings = [
+            _skipped("agent", f"not started yet: next, {START_SERVICE}")
+            if finding.item == "agent"
+            else finding
+            for finding in findings
+        ]
     return DoctorReport(
         device_id=settings.device_id,
         config=str(path) if path else None,

@@ -59,9 +59,12 @@ def judge(
     ]
 
 
+START_SERVICE = "sudo systemctl enable --now room-agent"
+
+
 def judge_agent(settings: AgentSettings, agent: AgentView) -> Finding:
     snap = agent.snapshot
-    start = "start it: sudo systemctl enable --now room-agent (its log: journalctl -u room-agent)"
+    start = f"start it: {START_SERVICE} (its log: journalctl -u room-agent)"
     if agent.error is not None:
         return Finding(
             item="agent",

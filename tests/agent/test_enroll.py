@@ -17,6 +17,7 @@ import subprocess
 import tomllib
 
 import httpx
+import numpy as np
 import pytest
 
 from gateway.store import Database
@@ -31,6 +32,7 @@ from protocol.enrollment import (
 from protocol.envelope import generate_private_key
 from tests.agent.device_setup import ROOM_AGENT
 from tests.gateway.conftest import GatewayProcess
+from tests.support.alsa import write_asound_conf, write_raw
 from tests.support.certs import Pki
 from tests.support.haproxy import HaProxy
 from tests.support.ingest_server import IngestServer
@@ -59,9 +61,12 @@ def device_add(gateway: GatewayProcess, *extra: str) -> tuple[str, subprocess.Co
     return found[1], done
 
 
-def enroll(tmp_path, url: str, code: str, *extra: str) -> subprocess.CompletedProcess:
+def enroll(
+    tmp_path, url: str, code: str, *extra: str, env_extra: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if not k.startswith("ROOM_AGENT_")}
     env.pop("CREDENTIALS_DIRECTORY", None)
+    env.update(env_extra or {})
     env["ROOM_AGENT_STATE_DIR"] = str(tmp_path / "device-state")
     return subprocess.run(
         [
@@ -117,6 +122,21 @@ def test_a_device_enrolls_once_with_the_code(tmp_path, gateway):
     rows = gateway.query("SELECT sealed_bundle, used_at FROM enrollments")
     assert len(rows) == 1 and rows[0][0] is None and rows[0][1] is not None, "used up"
     assert added.stdout == meant, "device add still prints agent.toml"
+
+
+def test_enroll_succeeds_before_the_service_was_ever_started(tmp_path, gateway):
+    """The README's order: enroll, then start the service. An agent that never ran is the
+    next step, not a problem: with a microphone there and the gateway reachable, enroll
+    ends with exit status 0 and says what to do next."""
+    microphone = write_asound_conf(
+        tmp_path / "asound.conf", write_raw(tmp_path / "mic.raw", np.zeros(16_000, np.int16))
+    )
+    code, _ = device_add(gateway)
+    done = enroll(tmp_path, gateway.url, code, env_extra=microphone)
+    assert "Traceback" not in done.stderr + done.stdout
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert re.search(r"^skipped +agent +not started yet", done.stdout, re.M), done.stdout
+    assert "next: sudo systemctl enable --now room-agent" in done.stderr
 
 
 def test_an_expired_code_and_a_replaced_one_are_refused(tmp_path, gateway):
