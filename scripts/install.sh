@@ -6,7 +6,8 @@
 #
 # Creates the service user, /opt/room-audio/venv with the program (its dependencies from
 # requirements/<role>.lock, pinned with hashes), /etc/room-audio/<x>.toml
-# from config.example.toml (never overwritten), the credentials directory, and the unit.
+# from config.example.toml (never overwritten), the credentials directory, the unit, and
+# /usr/local/bin/room-<role> (a link into the venv, on sudo's PATH).
 # The unit is enabled only once its credential files exist; until then the script says
 # which files to create. Safe to run again (an upgrade reinstalls the program).
 #
@@ -116,6 +117,9 @@ if [ -z "${SKIP_VENV:-}" ]; then
     build_venv
 fi
 install -m 0644 "$src/README.md" "$destdir$prefix/README.md"
+# On sudo's PATH: `device add` prints `sudo room-agent enroll ...` for the technician to type.
+install -d -m 0755 "$destdir/usr/local/bin"
+ln -sfn "$prefix/venv/bin/room-$role" "$destdir/usr/local/bin/room-$role"
 
 if [ -e "$destdir$config" ]; then
     say "keeping the existing $config"
@@ -141,6 +145,11 @@ if [ "$role" = gateway ]; then
 fi
 [ -n "$destdir" ] && { say "staged in $destdir"; exit 0; }
 
+if [ ! -d /run/systemd/system ]; then
+    # A container or chroot: the files are in place; the unit is for systemd to start.
+    say "systemd is not running here: $unit installed, not enabled (then: systemctl enable --now $unit)"
+    exit 0
+fi
 systemctl daemon-reload
 missing=()
 for name in "${secrets[@]}"; do

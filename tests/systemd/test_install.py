@@ -33,6 +33,9 @@ def test_staged_install(tmp_path, role):
     assert state.is_dir() and stat.S_IMODE(state.stat().st_mode) == 0o700
     assert unit.read_text() == (ROOT / "systemd" / unit.name).read_text()
     assert f'state_dir = "/var/lib/room-{role}"' in config.read_text()
+    # `sudo room-agent enroll ...`, as `device add` prints it: sudo's PATH has /usr/local/bin.
+    command = tmp_path / "usr/local/bin" / f"room-{role}"
+    assert os.readlink(command) == f"/opt/room-audio/venv/bin/room-{role}"
     tables = [line for line in config.read_text().splitlines() if line.startswith("[")]
     assert tables and all(t.strip("[]").split(".")[0] == role for t in tables)
 
