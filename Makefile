@@ -4,8 +4,6 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
-# pytest's worker processes; a test file runs whole on one worker (its servers are shared).
-TEST_WORKERS ?= 2
 
 .PHONY: setup test demo bench docs lint lock clean install-agent install-gateway
 
@@ -23,7 +21,7 @@ test: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
-	$(BIN)/pytest -q -n $(TEST_WORKERS) --dist loadfile
+	$(BIN)/pytest -q
 
 demo: setup
 	$(BIN)/room-gateway demo
