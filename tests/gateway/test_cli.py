@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from gateway.keys import load_key
-from protocol.envelope import ChunkHeader, open_chunk, public_key_from_text, seal_chunk
+from protocol.envelope import open_chunk, public_key_from_text
 from tests.gateway.conftest import (
     ROOM_GATEWAY,
     GatewayFactory,
@@ -20,6 +20,7 @@ from tests.gateway.conftest import (
     SimulatorProcess,
 )
 from tests.support.processes import Service, free_port, wait_for_http
+from tests.support.sealed_chunk import AUDIO, sealed_chunk
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -41,20 +42,8 @@ def test_keygen_writes_a_private_key_once_and_prints_the_public_key(tmp_path: Pa
     assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
     public_text = first.stdout.strip()
     # The printed key is the one devices seal to: a chunk sealed to it opens with the file.
-    audio = b"flac bytes"
-    import hashlib
-
-    header = ChunkHeader(
-        device_id="room-1",
-        session_id="ses_1",
-        seq=0,
-        codec="flac",
-        start_s=0,
-        duration_s=1,
-        sha256=hashlib.sha256(audio).hexdigest(),
-    )
-    sealed = seal_chunk(header, audio, public_key_from_text(public_text))
-    assert open_chunk(sealed, load_key(key_file)).audio == audio
+    sealed = sealed_chunk(public_key_from_text(public_text))
+    assert open_chunk(sealed, load_key(key_file)).audio == AUDIO
 
     again = run("keygen", env=env, check=True)
     assert again.stdout.strip() == public_text and "exists" in again.stderr

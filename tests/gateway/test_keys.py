@@ -4,29 +4,18 @@ find no key and take a good chunk for one sealed to another gateway)."""
 
 from __future__ import annotations
 
-import hashlib
 import threading
 from pathlib import Path
 
 from gateway.keys import SealingKeys, create_key, load_key, rotate_key
-from protocol.envelope import ChunkHeader, seal_chunk
+from tests.support.sealed_chunk import sealed_chunk
 
 THREADS = 8
 ROUNDS = 20
 
 
 def sealed_to(key_file: Path) -> bytes:
-    audio = b"flac bytes"
-    header = ChunkHeader(
-        device_id="room-1",
-        session_id="ses_1",
-        seq=0,
-        codec="flac",
-        start_s=0,
-        duration_s=1,
-        sha256=hashlib.sha256(audio).hexdigest(),
-    )
-    return seal_chunk(header, audio, load_key(key_file).public_key())
+    return sealed_chunk(load_key(key_file).public_key())
 
 
 def open_at_once(keys: SealingKeys, blob: bytes) -> list[str]:
