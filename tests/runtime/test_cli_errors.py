@@ -40,6 +40,17 @@ def unprivileged(argv: list[str]) -> list[str]:
     return [setpriv, f"--bounding-set={drop}", "--inh-caps=-all", "--", *argv]
 
 
+def room_gateway(command: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """``room-gateway COMMAND``, unprivileged."""
+    return subprocess.run(
+        unprivileged([str(BIN / "room-gateway"), *command]),
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
 @pytest.fixture
 def locked_dir(tmp_path: Path) -> Path:
     """A directory this process may read but not write into."""
@@ -57,13 +68,7 @@ def test_gateway_commands_name_the_path_and_the_fix(command: list[str], locked_d
     state = locked_dir / "state"
     env = {k: v for k, v in os.environ.items() if not k.startswith("ROOM_GATEWAY_")}
     env["ROOM_GATEWAY_STATE_DIR"] = str(state)
-    result = subprocess.run(
-        unprivileged([str(BIN / "room-gateway"), *command]),
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    result = room_gateway(command, env)
     assert result.returncode == 2, result.stderr
     assert "Traceback" not in result.stderr
     lines = result.stderr.strip().splitlines()
@@ -104,12 +109,6 @@ def test_a_credentials_directory_it_may_not_enter_counts_as_none(tmp_path: Path)
     env = {k: v for k, v in os.environ.items() if not k.startswith("ROOM_GATEWAY_")}
     env["ROOM_GATEWAY_STATE_DIR"] = str(tmp_path / "state")
     env["ROOM_AUDIO_CREDENTIALS"] = str(credentials)
-    result = subprocess.run(
-        unprivileged([str(BIN / "room-gateway"), "keygen"]),
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    result = room_gateway(["keygen"], env)
     assert result.returncode == 0, result.stderr
     assert "Traceback" not in result.stderr
