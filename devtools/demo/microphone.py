@@ -261,7 +261,9 @@ class FifoFeeder:
             with self._wake:
                 if written:
                     self.frames_played += self.period_frames if queued else 0
-                    due += interval
+                    # No catching up after a wait on a full FIFO (no reader): a sound card
+                    # does not hand over the time nobody read it in a burst.
+                    due = max(due + interval, time.monotonic() - interval)
                 elif queued:
                     self._periods.appendleft(period)
                 self._writing = False
