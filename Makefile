@@ -4,6 +4,8 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+# pytest's worker processes; a test file runs whole on one worker (its servers are shared).
+TEST_WORKERS ?= 2
 
 .PHONY: setup test demo bench docs lint lock clean install-agent install-gateway
 
@@ -21,7 +23,7 @@ test: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 demo: setup
 	$(BIN)/room-gateway demo
