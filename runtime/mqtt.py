@@ -95,15 +95,14 @@ def new_client(
     client_id: str,
     username: str,
     password: SecretStr | None,
-    *,
-    reconnect_on_failure: bool = True,
 ) -> mqtt.Client:
-    """An MQTT 5 client with our credentials and, for mqtts://, TLS; not yet connected."""
+    """An MQTT 5 client with our credentials and, for mqtts://, TLS; not yet connected.
+    It never reconnects by itself: runtime/mqtt_connection.py does, for everyone."""
     client = mqtt.Client(
         callback_api_version=CallbackAPIVersion.VERSION2,
         client_id=client_id,
         protocol=mqtt.MQTTv5,
-        reconnect_on_failure=reconnect_on_failure,
+        reconnect_on_failure=False,
     )
     secret = password.get_secret_value() if password is not None else None
     client.username_pw_set(username, secret)
@@ -149,7 +148,7 @@ def connect_once(
     """Connect with a clean, non-persistent session, optionally subscribe once, disconnect:
     a diagnostic's look at the broker, driven on this thread (no network thread)."""
     host, port, _ = broker_address(settings.broker_url)
-    client = new_client(settings, client_id, username, password, reconnect_on_failure=False)
+    client = new_client(settings, client_id, username, password)
     client.connect_timeout = timeout_s
     answer = ConnectAnswer()
     subscribed = threading.Event()

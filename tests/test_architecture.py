@@ -9,7 +9,9 @@ looked at.
   CLI entry (``room-gateway demo`` / ``simulator``);
 - runtime/ (what both programs share) imports neither side;
 - an API router does not import another router (shared pieces live in deps/models/...);
-- outside agent/spool/, the agent uses only ``agent.spool``'s public surface.
+- outside agent/spool/, the agent uses only ``agent.spool``'s public surface;
+- one way to stay connected to MQTT: only runtime/mqtt.py makes a paho client, and only
+  runtime/mqtt_connection.py starts its network loop (no paho reconnection anywhere).
 """
 
 from __future__ import annotations
@@ -193,3 +195,34 @@ def test_the_walker_sees_lazy_relative_and_from_imports() -> None:
     assert ("agent.pipeline.sibling", False) in found
     assert ("agent.other.thing", False) in found
     assert ("gateway.app", True) in found
+
+
+# paho's own ways of connecting in the background and reconnecting.
+PAHO_RECONNECTION = {"connect_async", "reconnect_delay_set", "loop_start", "loop_forever"}
+
+
+def paho_uses() -> list[str]:
+    """Where a module makes a paho client or drives paho's background connection."""
+    found = []
+    for package in PACKAGES:
+        for path in sorted((ROOT / package).rglob("*.py")):
+            module = module_name(path)
+            for node in ast.walk(ast.parse(path.read_text())):
+                if not isinstance(node, ast.Call) or not isinstance(node.func, ast.Attribute):
+                    continue
+                name = ast.unparse(node.func)
+                if name in ("mqtt.Client", "paho.mqtt.client.Client"):
+                    found.append(f"{module}:{node.lineno} makes a paho client")
+                elif node.func.attr in PAHO_RECONNECTION:
+                    found.append(f"{module}:{node.lineno} calls {node.func.attr}")
+    return found
+
+
+def test_one_way_to_stay_connected_to_the_broker() -> None:
+    allowed = {"runtime.mqtt": "makes a paho client", "runtime.mqtt_connection": "loop_start"}
+    stray = [
+        use
+        for use in paho_uses()
+        if not any(use.startswith(f"{m}:") and what in use for m, what in allowed.items())
+    ]
+    assert stray == []

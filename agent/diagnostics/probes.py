@@ -97,9 +97,7 @@ def _mqtt_connect(
 ) -> tuple[ConnectVerdict, str | None]:
     """One CONNECT with the device's credentials under a client id of our own."""
     client_id = f"{device_id}-status-{os.getpid()}"[:64]
-    client = new_client(
-        settings, client_id, device_id, settings.password, reconnect_on_failure=False
-    )
+    client = new_client(settings, client_id, device_id, settings.password)
     client.connect_timeout = timeout
     answers: list[ReasonCode] = []
 

@@ -10,9 +10,10 @@ every (re)connection and with every heartbeat, so it also carries the current ba
 
 Recording never waits for the broker: while it is away, events are kept in a bounded
 buffer and sent after reconnecting (the state is not buffered: the current one is sent at
-reconnection), and the connection is retried with exponential backoff and jitter
-(tenacity). Only this module's own threads touch the paho client while it is not running
-its network thread: paho's socket is not safe for two writers.
+reconnection), and the connection is kept up by runtime/mqtt_connection.py (backoff with
+jitter, the will refreshed at each attempt, credentials re-read when refused). Only this
+module's own threads touch the paho client while it is not running its network thread:
+paho's socket is not safe for two writers.
 
 Commands run one at a time on a thread of their own (a stop waits for the session to be
 closed in the spool), and each gets a CommandResult on ``events``: a start while another
@@ -39,7 +40,6 @@ from collections import OrderedDict, deque
 from collections.abc import Callable
 
 import paho.mqtt.client as mqtt
-import tenacity
 from paho.mqtt.enums import MQTTErrorCode
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
@@ -76,18 +76,12 @@ from protocol.messages import (
     commands,
     notifications,
 )
-from runtime.mqtt import BrokerUnavailable, broker_address, new_client, persistent_session
-from runtime.retry import log_retry, thread_retrying, wait_backoff
+from runtime.mqtt import new_client, persistent_session
+from runtime.mqtt_connection import ConnectionSupervisor
 
 log = logging.getLogger(__name__)
 
-CONNACK_WAIT_S = 10.0
-# A connection that lasted less than this before it dropped counts as flapping: wait
-# reconnect_min_s before the next attempt rather than hammering the broker.
-STABLE_S = 10.0
 STOP_WAIT_S = 30.0  # how long a stop command waits for the session to be closed
-# CONNACK reason codes that mean "these credentials are not accepted".
-AUTH_REFUSALS = ("Not authorized", "Bad user name or password")
 GOODBYE_WAIT_S = 2.0  # how long stop() waits for the broker to take the offline state
 EVENT_BUFFER = 1000  # events kept while the broker is away
 NOTIFIED_KEPT = 256  # sessions whose last notification is remembered
@@ -116,30 +110,32 @@ class ControlLink(RecorderListener):
         # coming and going: the room's feedback.
         self.on_notification: list[Callable[[Notification], None]] = []
         self.on_connection: list[Callable[[bool], None]] = []
-        self.host, self.port, _ = broker_address(settings.broker_url)
         self._lock = threading.Lock()  # paho's client, _online, the buffer: short holds only
         self._state_order = threading.Lock()  # taken before _lock, never after it
         self._online = False
         self._buffer: deque[tuple[str, str]] = deque(maxlen=EVENT_BUFFER)
         self._notified: OrderedDict[str, Notification] = OrderedDict()
-        self._stopping = threading.Event()
-        self._lost = threading.Event()
-        self._connack = threading.Event()
-        self._refusal: str | None = None
-        self._not_authorized = False  # the broker refused the last attempt's credentials
-        # Told when the broker refuses the credentials: re-read them (a rotation?); a new
-        # password comes back through use_password().
-        self.on_refused_credentials: list[Callable[[], object]] = []
         self.log_ring: LogRing | None = None  # the lines a logs command may send
         status.control_problem = self.problem
         self._commands: queue.Queue[bytes | None] = queue.Queue()
         self._refusing = threading.Event()
         self._executing = threading.Lock()
         self._threads: list[threading.Thread] = []
-        # Reconnection is ours (backoff with jitter, see _supervise), not paho's.
-        self.client = new_client(
-            settings, device_id, device_id, password, reconnect_on_failure=False
+        # Reconnection is the supervisor's, not paho's.
+        self.client = new_client(settings, device_id, device_id, password)
+        self._connection = ConnectionSupervisor(
+            self.client,
+            settings,
+            log,
+            "control",
+            clean_start=False,
+            properties=lambda: persistent_session(settings),
+            before_connect=self._refresh_will,
+            while_connected=self._hold,
         )
+        # Told when the broker refuses the credentials: re-read them (a rotation?); a new
+        # password comes back through use_password().
+        self.on_refused_credentials = self._connection.on_refused_credentials
         self.client.on_connect = self._on_connect
         self.client.on_disconnect = self._on_disconnect
         self.client.on_subscribe = self._on_subscribe
@@ -148,10 +144,10 @@ class ControlLink(RecorderListener):
     # -- lifecycle
 
     def start(self) -> None:
-        for target, name in ((self._supervise, "mqtt-link"), (self._run_commands, "commands")):
-            thread = threading.Thread(target=target, name=name, daemon=True)
-            thread.start()
-            self._threads.append(thread)
+        self._connection.start()
+        thread = threading.Thread(target=self._run_commands, name="commands", daemon=True)
+        thread.start()
+        self._threads.append(thread)
 
     def refuse_commands(self) -> None:
         """From now on commands are answered "shutting_down" (so the sender can try again
@@ -164,9 +160,7 @@ class ControlLink(RecorderListener):
         """Say goodbye (the retained state goes offline) and disconnect. The broker keeps
         the session, so commands sent meanwhile arrive at the next start."""
         self.refuse_commands()
-        self._stopping.set()
-        self._lost.set()
-        self._connack.set()
+        self._connection.stop(STOP_WAIT_S)
         self._commands.put(None)
         for thread in self._threads:
             thread.join(STOP_WAIT_S)
@@ -179,12 +173,12 @@ class ControlLink(RecorderListener):
             # If the connection is already gone, the last will says offline instead.
             with contextlib.suppress(RuntimeError, ValueError):
                 info.wait_for_publish(GOODBYE_WAIT_S)
-            self.client.disconnect()
-        self.client.loop_stop()
+        self._connection.close()
 
     def alive(self) -> bool:
         """The connection supervisor and the command thread are running (for the watchdog)."""
-        return all(thread.is_alive() for thread in self._threads)
+        threads = all(thread.is_alive() for thread in self._threads)
+        return threads and self._connection.alive()
 
     @property
     def connected(self) -> bool:
@@ -193,7 +187,7 @@ class ControlLink(RecorderListener):
 
     def problem(self) -> DeviceReason | None:
         """broker_not_authorized while the broker refuses this device's credentials."""
-        return DeviceReason.BROKER_NOT_AUTHORIZED if self._not_authorized else None
+        return DeviceReason.BROKER_NOT_AUTHORIZED if self._connection.not_authorized else None
 
     def use_password(self, password: SecretStr) -> None:
         """The next connection attempt logs in with ``password`` (a rotation)."""
@@ -260,82 +254,23 @@ class ControlLink(RecorderListener):
     def _state_json(self, online: bool) -> str:
         return self.status.state(online=online).model_dump_json()
 
-    # -- connection (the supervisor thread)
+    # -- connection (the supervisor's thread)
 
-    def _supervise(self) -> None:
-        while not self._stopping.is_set():
-            try:
-                self._retrying()(self._connect)
-            except BrokerUnavailable:
-                return  # stopping
-            connected_at = time.monotonic()
-            self._hold()
-            if self._stopping.is_set():
-                return  # stop() says goodbye on the running connection
-            self.client.loop_stop()
-            log.warning("control: connection to the broker lost; reconnecting")
-            if time.monotonic() - connected_at < STABLE_S:
-                self._stopping.wait(self.settings.reconnect_min_s)
-
-    def _retrying(self) -> tenacity.Retrying:
-        settings = self.settings
-        return thread_retrying(
-            self._stopping,
-            BrokerUnavailable,
-            wait_backoff(settings.reconnect_min_s, settings.reconnect_max_s),
-            before_sleep=log_retry(log, "control: broker not reachable", every=10),
-        )
-
-    def _connect(self) -> None:
-        """One attempt: TCP (and TLS), CONNECT, and a successful CONNACK; else raises."""
-        if self._stopping.is_set():
-            raise BrokerUnavailable("stopping")
-        self._lost.clear()
-        self._connack.clear()
-        self._refusal = None
+    def _refresh_will(self) -> None:
+        """The will is the state as of this attempt, not of the first connection."""
         self.client.will_set(
             self._topic("state"), self._state_json(online=False), qos=1, retain=True
         )
-        try:
-            self.client.connect(
-                self.host,
-                self.port,
-                keepalive=self.settings.keepalive_s,
-                clean_start=False,
-                properties=persistent_session(self.settings),
-            )
-        except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
-            raise BrokerUnavailable(type(exc).__name__) from None
-        self.client.loop_start()
-        self._connack.wait(CONNACK_WAIT_S)
-        if not self.connected or self._stopping.is_set():
-            self.client.disconnect()
-            self.client.loop_stop()
-            with self._lock:
-                self._online = False
-            if self._refusal in AUTH_REFUSALS:
-                self._refused_credentials()
-            raise BrokerUnavailable(self._refusal or "no CONNACK")
-        if self._not_authorized:
-            log.info("control: the broker accepts this device's credentials again")
-        self._not_authorized = False
-        log.info("control: connected to the broker")
-
-    def _refused_credentials(self) -> None:
-        """Re-read the credentials (rotated since?); report the refusal while it lasts (in
-        the status file: the broker is the one thing the state cannot go through)."""
-        self._not_authorized = True
-        for hook in self.on_refused_credentials:
-            hook()
 
     def _hold(self) -> None:
         """Heartbeats (with a state refresh) until the connection drops or stop()."""
         due = time.monotonic()
-        while not self._lost.is_set() and not self._stopping.is_set():
+        while True:
             if time.monotonic() >= due:
                 self._heartbeat()
                 due += self.settings.heartbeat_s
-            self._lost.wait(max(0.0, due - time.monotonic()))
+            if self._connection.wait_lost(max(0.0, due - time.monotonic())):
+                return
 
     def _heartbeat(self) -> None:
         try:
@@ -359,9 +294,7 @@ class ControlLink(RecorderListener):
         properties: Properties | None,
     ) -> None:
         if reason_code.is_failure:
-            self._refusal = str(reason_code)
-            log.warning("control: broker refused the connection (%s)", reason_code)
-            self._connack.set()
+            self._connection.answered(reason_code)
             return
         options = SubscribeOptions(qos=1)
         client.subscribe([(self._topic("cmd"), options), (self._topic("notify"), options)])
@@ -373,7 +306,7 @@ class ControlLink(RecorderListener):
                 while self._buffer:  # in order, before any event sent from now on
                     kind, payload = self._buffer.popleft()
                     self._publish(kind, payload)  # type: ignore[arg-type]
-        self._connack.set()
+        self._connection.answered(reason_code)
         self._tell(self.on_connection, True)
 
     def _on_disconnect(
@@ -386,7 +319,7 @@ class ControlLink(RecorderListener):
     ) -> None:
         with self._lock:
             self._online = False
-        self._lost.set()
+        self._connection.dropped(reason_code)
         self._tell(self.on_connection, False)
 
     def _on_subscribe(

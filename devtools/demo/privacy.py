@@ -9,6 +9,7 @@ for each name.
 
 from __future__ import annotations
 
+import logging
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,9 +18,11 @@ import paho.mqtt.client as mqtt
 from pydantic import SecretStr
 
 from protocol import topics
-from runtime.mqtt import BrokerSettings, broker_address, new_client
+from runtime.mqtt import BrokerSettings, new_client
+from runtime.mqtt_connection import ConnectionSupervisor
 
 PROBE_CLIENT_ID = "room-demo-probe"
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -35,21 +38,22 @@ class MqttProbe:
         settings = BrokerSettings(broker_url=broker_url)
         self._client = new_client(settings, PROBE_CLIENT_ID, username, SecretStr(password))
         self._client.on_connect = self._on_connect
+        self._client.on_disconnect = self._on_disconnect
         self._client.on_message = self._on_message
-        self._broker_url = broker_url
+        self._connection = ConnectionSupervisor(
+            self._client, settings, log, "privacy probe", clean_start=True, properties=lambda: None
+        )
         self._lock = threading.Lock()
         self._messages: list[Message] = []
         self.subscribed = threading.Event()
 
     def start(self) -> MqttProbe:
-        host, port, _ = broker_address(self._broker_url)
-        self._client.connect_async(host, port, keepalive=30)
-        self._client.loop_start()
+        self._connection.start()
         return self
 
     def stop(self) -> None:
-        self._client.disconnect()
-        self._client.loop_stop()
+        self._connection.stop(timeout_s=5)
+        self._connection.close()
 
     @property
     def messages(self) -> list[Message]:
@@ -63,6 +67,10 @@ class MqttProbe:
         if not reason_code.is_failure:
             client.subscribe(f"{topics.ROOT}/#", qos=1)
             self.subscribed.set()
+        self._connection.answered(reason_code)
+
+    def _on_disconnect(self, client: mqtt.Client, userdata: object, flags, reason_code, p) -> None:
+        self._connection.dropped(reason_code)
 
     def _on_message(self, client: mqtt.Client, userdata: object, message: mqtt.MQTTMessage) -> None:
         with self._lock:

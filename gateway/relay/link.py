@@ -1,7 +1,8 @@
 """The gateway's MQTT connection (paho-mqtt, MQTT 5, QoS 1), bridged to asyncio.
 
-paho runs its network loop on its own thread and reconnects by itself (exponential delay
-between ``reconnect_min_s`` and ``reconnect_max_s``). Messages arrive on that thread and
+paho runs its network loop on its own thread; runtime/mqtt_connection.py keeps the
+connection up as it does the device's (backoff with jitter between ``reconnect_min_s`` and
+``reconnect_max_s``, a refusal of the credentials reported). Messages arrive on that thread and
 are handed to the event loop with ``call_soon_threadsafe``, into one queue consumed in
 order. Publishing is done from the event loop (paho's publish is thread-safe) and awaited
 until the broker's PUBACK, whose MQTT 5 reason code tells an ACL refusal from success.
@@ -27,7 +28,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import math
 import threading
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
@@ -41,13 +41,15 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 from pydantic import SecretStr
 
 from gateway.settings import MqttSettings
-from runtime.mqtt import BrokerUnavailable, broker_address, new_client, persistent_session
+from runtime.mqtt import BrokerUnavailable, new_client, persistent_session
+from runtime.mqtt_connection import ConnectionSupervisor
 
 logger = logging.getLogger(__name__)
 
 Inbound = Callable[[str, bytes], Awaitable[None]]
 Connected = Callable[[], Coroutine[Any, Any, None]]
 INBOX_MAX = 10_000
+STOP_WAIT_S = 10.0
 MAIN_SUBSCRIPTION = 1  # subscription identifiers (MQTT 5)
 RECOVERY_SUBSCRIPTION = 2
 
@@ -71,7 +73,6 @@ class MqttLink:
         recover: list[str] | None = None,
     ) -> None:
         self.settings = settings
-        self.host, self.port, _ = broker_address(settings.broker_url)
         self._subscriptions = subscriptions
         self._shared = shared
         self._recover = recover or []
@@ -83,14 +84,17 @@ class MqttLink:
         self._consumer: asyncio.Task[None] | None = None
         self._pending: dict[int, asyncio.Future[None]] = {}
         self._connected = threading.Event()
-        self._stopping = False
         # What the broker refused of our subscriptions at the last connection (e.g. 0x9E:
         # no shared subscriptions): /readyz and `room-gateway doctor` report it.
         self.refused_subscriptions: list[str] = []
         self.client = new_client(settings, client_id, username or settings.username, password)
-        # paho counts whole seconds between attempts
-        self.client.reconnect_delay_set(
-            math.ceil(settings.reconnect_min_s), math.ceil(settings.reconnect_max_s)
+        self._connection = ConnectionSupervisor(
+            self.client,
+            settings,
+            logger,
+            "relay",
+            clean_start=shared,
+            properties=self._connect_properties,
         )
         self.client.on_connect = self._on_connect
         self.client.on_disconnect = self._on_disconnect
@@ -106,25 +110,12 @@ class MqttLink:
         """Connect in the background (retried until it works); call from the event loop."""
         self._loop = asyncio.get_running_loop()
         self._consumer = asyncio.create_task(self._consume(), name="mqtt-inbound")
-        if self._shared:
-            properties = Properties(PacketTypes.CONNECT)
-            properties.SessionExpiryInterval = 0
-        else:
-            properties = persistent_session(self.settings)
-        self.client.connect_async(
-            self.host,
-            self.port,
-            keepalive=self.settings.keepalive_s,
-            clean_start=self._shared,
-            properties=properties,
-        )
-        self.client.loop_start()
+        self._connection.start()
 
     async def stop(self) -> None:
-        self._stopping = True
+        await asyncio.to_thread(self._connection.stop, STOP_WAIT_S)
         with contextlib.suppress(Exception):
-            self.client.disconnect()
-        await asyncio.to_thread(self.client.loop_stop)
+            await asyncio.to_thread(self._connection.close)
         if self._consumer is not None:
             self._consumer.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -160,6 +151,13 @@ class MqttLink:
         if self.connected:
             self.client.publish(topic, payload, qos=1)
 
+    def _connect_properties(self) -> Properties:
+        if not self._shared:
+            return persistent_session(self.settings)
+        properties = Properties(PacketTypes.CONNECT)
+        properties.SessionExpiryInterval = 0
+        return properties
+
     # --- paho callbacks (network thread) --------------------------------------------------
 
     def _on_connect(
@@ -171,7 +169,7 @@ class MqttLink:
         properties: Properties | None,
     ) -> None:
         if reason_code.is_failure:
-            logger.warning("relay: the broker refused the connection (%s)", reason_code)
+            self._connection.answered(reason_code)
             return
         options = SubscribeOptions(qos=1)
         self.refused_subscriptions = []
@@ -185,7 +183,7 @@ class MqttLink:
                 properties=_subscription_id(RECOVERY_SUBSCRIPTION),
             )
         self._connected.set()
-        logger.info("relay: connected to the broker at %s:%d", self.host, self.port)
+        self._connection.answered(reason_code)
         if self._on_connected is not None:
             self._call(self._spawn, self._on_connected)
 
@@ -197,10 +195,8 @@ class MqttLink:
         reason_code: ReasonCode,
         properties: Properties | None,
     ) -> None:
-        was = self._connected.is_set()
         self._connected.clear()
-        if was and not self._stopping:
-            logger.warning("relay: disconnected from the broker (%s); reconnecting", reason_code)
+        self._connection.dropped(reason_code)
         self._call(self._fail_pending)
 
     def _on_subscribe(
