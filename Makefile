@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 # pytest's worker processes; a test file runs whole on one worker (its servers are shared).
 TEST_WORKERS ?= 2
 
-.PHONY: setup test demo bench docs lint lock clean install-agent install-gateway
+.PHONY: setup test demo bench docs lint lock clean install-agent install-gateway field-test
 
 setup: $(STAMP)
 	@scripts/setup-system.sh
@@ -52,6 +52,10 @@ lock: setup
 
 install-agent:
 	scripts/install.sh agent
+
+# The README followed literally on fresh Debian 12 roots, as root (not part of make test).
+field-test: setup
+	scripts/fresh-root-test.sh
 
 install-gateway:
 	scripts/install.sh gateway
