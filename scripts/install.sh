@@ -145,12 +145,6 @@ if [ "$role" = gateway ]; then
 fi
 [ -n "$destdir" ] && { say "staged in $destdir"; exit 0; }
 
-if [ ! -d /run/systemd/system ]; then
-    # A container or chroot: the files are in place; the unit is for systemd to start.
-    say "systemd is not running here: $unit installed, not enabled (then: systemctl enable --now $unit)"
-    exit 0
-fi
-systemctl daemon-reload
 missing=()
 for name in "${secrets[@]}"; do
     [ -s "$credentials/$name" ] || missing+=("$credentials/$name")
@@ -159,8 +153,16 @@ if [ ${#missing[@]} -gt 0 ]; then
     say "not starting $unit yet: put each secret in its file (mode 0600, owner root):"
     printf '  %s\n' "${missing[@]}"
     if [ "$role" = agent ]; then
-        say "they come from 'room-gateway device add ROOM_ID' on the gateway"
+        say "they come from 'room-gateway device add ROOM_ID' on the gateway (room-agent enroll writes them)"
     fi
+fi
+if [ ! -d /run/systemd/system ]; then
+    # A container or chroot: the files are in place; the unit is for systemd to start.
+    say "systemd is not running here: $unit installed, not enabled (then: systemctl enable --now $unit)"
+    exit 0
+fi
+systemctl daemon-reload
+if [ ${#missing[@]} -gt 0 ]; then
     say "then: systemctl enable --now $unit"
     exit 0
 fi

@@ -90,6 +90,9 @@ def test_the_readme_installs_a_gateway_and_a_room_that_records(tmp_path: Path) -
             }
             env = {"API_KEY": DEFAULT_API_KEY, "SECRET": DEFAULT_CLIENT_SECRET, **edits_env(edits)}
             said = gateway.run(readme_script(install), "Install a gateway", env)
+            # Before the README's next lines put them there, the install names the secrets.
+            for name in ("blueprint-api-key", "blueprint-client-secret"):
+                assert f"  /etc/room-audio/credentials/{name}\n" in said, said[:3000]
             token = TOKEN.search(said)
             assert token is not None, said[-2000:]
             wait_for_http(f"http://127.0.0.1:{gateway_port}/healthz", timeout=30)
