@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +22,7 @@ from agent.spool import Spool
 from protocol.envelope import generate_private_key, open_chunk, public_key_to_text
 from runtime.codec import decode
 from tests.support.alsa import PERIOD_FRAMES, FifoFeeder, write_asound_conf
+from tests.support.eventually import eventually
 from tests.support.processes import Service
 from tests.support.speech import make_session
 
@@ -55,6 +57,19 @@ def assert_one_line_error(result, *fragments):
     assert result.stderr.startswith("room-agent: ")
     for fragment in fragments:
         assert fragment in result.stderr
+
+
+def unless_exited(proc: Service, condition: Callable[[], bool]) -> Callable[[], bool]:
+    """``condition`` for eventually, failing at once if ``proc`` has exited; with its log."""
+
+    def check() -> bool:
+        if condition():
+            return True
+        if not proc.alive():
+            pytest.fail(proc.log())  # an exited process: no use waiting on
+        raise AssertionError(proc.log())  # not yet
+
+    return check
 
 
 def bad_inputs(folder: Path) -> dict[str, tuple[Path, str]]:
@@ -147,10 +162,13 @@ def test_signal_stops_the_session_cleanly(tmp_path, env, speech, sig):
     state_file = tmp_path / "state" / "recorder.json"
     argv = [ROOM_AGENT, "record", "--input", str(speech), "--realtime"]
     with Service(argv, tmp_path / "record.log", env=env) as proc:
-        deadline = time.monotonic() + 20
-        while b'session_id":"' not in (state_file.read_bytes() if state_file.exists() else b""):
-            assert time.monotonic() < deadline and proc.alive(), proc.log()
-            time.sleep(0.02)
+        eventually(
+            unless_exited(
+                proc, lambda: state_file.exists() and b'session_id":"' in state_file.read_bytes()
+            ),
+            timeout=20,
+            what="a session in recorder.json",
+        )
         time.sleep(0.5)
         os.killpg(proc.pid, sig)
         assert proc.proc.wait(10) == 0, proc.log()
@@ -248,10 +266,11 @@ def test_verify_empty_and_live_spool(tmp_path, env, speech):
     argv = [ROOM_AGENT, "record", "--input", str(speech), "--realtime"]
     lock = tmp_path / "state" / "spool" / "lock"
     with Service(argv, tmp_path / "record.log", env=env) as proc:
-        deadline = time.monotonic() + 20
-        while not (lock.exists() and lock.read_text().strip()):
-            assert time.monotonic() < deadline and proc.alive(), proc.log()
-            time.sleep(0.02)
+        eventually(
+            unless_exited(proc, lambda: bool(lock.exists() and lock.read_text().strip())),
+            timeout=20,
+            what="the spool lock taken",
+        )
         live = run(env, "spool", "verify", "--json")
         assert live.returncode == 0, live.stderr
         report = json.loads(live.stdout)

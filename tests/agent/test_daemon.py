@@ -25,6 +25,7 @@ from protocol.messages import DeviceState, StartCommand, StopCommand
 from protocol.topics import topic
 from runtime.codec import decode
 from tests.support.alsa import PERIOD_FRAMES, FifoFeeder, write_asound_conf
+from tests.support.eventually import eventually
 from tests.support.ingest_server import IngestServer
 from tests.support.mosquitto import Broker
 from tests.support.mqtt_probe import Probe
@@ -127,10 +128,11 @@ class NotifySocket:
         self._thread.start()
 
     def wait_for(self, message: bytes, timeout: float = 10.0) -> None:
-        deadline = time.monotonic() + timeout
-        while message not in self.messages:
-            assert time.monotonic() < deadline, f"no {message!r}; got {set(self.messages)}"
-            time.sleep(0.02)
+        def received() -> bool:
+            assert message in self.messages, f"no {message!r}; got {set(self.messages)}"
+            return True
+
+        eventually(received, timeout, what=f"{message!r} on $NOTIFY_SOCKET")
 
     def close(self) -> None:
         self._closed.set()
@@ -345,10 +347,15 @@ def test_runs_with_no_gateway_and_no_broker(tmp_path, feeder):
     env = agent_env(tmp_path, f"mqtt://127.0.0.1:{free_port()}", "", feeder.path)
     agent = start_agent(tmp_path, env)
     try:
-        deadline = time.monotonic() + 15
-        while "broker not reachable" not in agent.log():
-            assert agent.alive() and time.monotonic() < deadline, agent.log()
-            time.sleep(0.05)
+
+        def no_broker_told() -> bool:
+            if "broker not reachable" in agent.log():
+                return True
+            if not agent.alive():
+                pytest.fail(agent.log())  # an exited agent: no use waiting on
+            raise AssertionError(agent.log())  # not yet
+
+        eventually(no_broker_told, timeout=15, what="'broker not reachable' in the log")
         assert "uplink off (record only)" in agent.log()
         time.sleep(1.0)
         assert agent.alive()

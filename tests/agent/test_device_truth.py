@@ -12,7 +12,6 @@ stand-in ingest server, real PortAudio through the ALSA file plugin.
 
 import re
 import signal
-import time
 from pathlib import Path
 
 import pytest
@@ -39,6 +38,7 @@ from tests.agent.device_setup import (
 )
 from tests.agent.diagnostics.test_status import block, problems, record
 from tests.support.alsa import PERIOD_FRAMES, FifoFeeder
+from tests.support.eventually import eventually
 from tests.support.mqtt_probe import Probe
 from tests.support.processes import free_port
 from tests.support.speech import make_session_pcm
@@ -276,10 +276,13 @@ def test_the_rooms_indicator_shows_a_problem_while_the_broker_is_away(tmp_path, 
         wait_for_snapshot(
             tmp_path, lambda s: s.microphone == "missing" or s.sealing_key == "mismatch"
         )
-        deadline = time.monotonic() + 10
-        while blinking(led) != "100/100" and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert blinking(led) == "100/100", (blinking(led), agent.log()[-1500:])
+
+        def problem_blink() -> bool:
+            shown = blinking(led)
+            assert shown == "100/100", (shown, agent.log()[-1500:])
+            return True
+
+        eventually(problem_blink, timeout=10, what="the problem blink on led0")
         assert agent.stop() == 0
     finally:
         agent.kill()

@@ -20,6 +20,7 @@ import pytest
 from agent.spool import Spool
 from protocol.envelope import generate_private_key, open_chunk, public_key_to_text
 from runtime.codec import decode
+from tests.support.eventually import eventually
 from tests.support.processes import Service
 from tests.support.speech import make_session
 
@@ -43,14 +44,16 @@ def chunk_seqs(session_dir: Path) -> list[int]:
 
 
 def wait_for_chunk_after(sessions: Path, seq: int, proc: Service, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    def chunk_after() -> bool:
         for session_dir in sessions.glob("[!.]*"):
             if any(s > seq for s in chunk_seqs(session_dir)):
-                return
-        assert proc.alive(), f"record exited early:\n{proc.log()}"
-        time.sleep(0.002)
-    raise AssertionError(f"no chunk after seq {seq} within {timeout}s:\n{proc.log()}")
+                return True
+        if not proc.alive():
+            pytest.fail(f"record exited early:\n{proc.log()}")  # no use waiting on
+        raise AssertionError(proc.log())  # not yet
+
+    # Polled often: the kill is to land at a random point after this chunk, not much later.
+    eventually(chunk_after, timeout, interval=0.002, what=f"a chunk after seq {seq}")
 
 
 def crash_state(session_dir: Path) -> list[str]:

@@ -33,9 +33,9 @@ from tests.integration.test_room_to_blueprint import (
     play,
     sim_session,
     start_agent,
-    wait,
 )
 from tests.support.alsa import FifoFeeder
+from tests.support.eventually import eventually
 from tests.support.mqtt_cut import MqttCut
 from tests.support.mqtt_probe import Probe
 from tests.support.processes import Service
@@ -225,11 +225,11 @@ def test_agent_killed_after_taking_the_start_before_its_confirmation(
             session_id = post_start(deployment)
             relay.cut_after = session_id.encode()
             state_file = tmp_path / "agent-state" / "recorder.json"
-            wait(
+            eventually(
                 lambda: state_file.exists() and session_id in state_file.read_text(),
-                15,
-                "the agent took the start",
+                timeout=15,
                 interval=0.002,
+                what="the agent took the start",
             )
             agent.kill()  # the moment it has taken the start: its answer never went out
             assert relay.cut.is_set()
@@ -243,7 +243,11 @@ def test_agent_killed_after_taking_the_start_before_its_confirmation(
         gateway = deployment.gateway
         gateway.wait_for_state(session_id, "recording", timeout=30)
         play(feeder, speech[: cut(6)])
-        wait(lambda: len(Gateway(deployment).chunks(session_id)) >= 1, 20, "audio arrives")
+        eventually(
+            lambda: len(Gateway(deployment).chunks(session_id)) >= 1,
+            timeout=20,
+            what="audio arrives",
+        )
         # Past the start's deadline: the confirmation it missed must not lose the audio.
         time.sleep(expiry_s + 2)
         assert gateway.session(session_id)["state"] == "recording"

@@ -28,9 +28,9 @@ from tests.integration.test_room_to_blueprint import (
     play,
     sim_session,
     start_agent,
-    wait,
 )
 from tests.support.alsa import FifoFeeder
+from tests.support.eventually import eventually
 from tests.support.tone import mixed, tone, tone_level
 
 pytestmark = [pytest.mark.timeout(180), pytest.mark.slow]
@@ -80,13 +80,13 @@ def test_a_tone_played_only_while_paused_never_reaches_blueprint(
             probe.wait_for(probe.on(STATE, online=True), timeout=20)
         session_id = gateway.start_session(ROOM, *deployment.people)
         gateway.wait_for_state(session_id, "recording", timeout=20)
-        wait(lambda: led(leds) == "on", 10, "the LED on while recording")
+        eventually(lambda: led(leds) == "on", timeout=10, what="the LED on while recording")
         play(feeder, speech[: cut(12)])
 
         paused = gateway.http.post(f"/v1/sessions/{session_id}/pause")
         assert (paused.status_code, paused.json()["state"]) == (200, "paused"), paused.text
         gateway.wait_for_session(session_id, lambda s: "microphone_closed" in steps(s), 10)
-        wait(lambda: led(leds) == "500/500", 10, "the LED blinking while paused")
+        eventually(lambda: led(leds) == "500/500", timeout=10, what="the LED blinking while paused")
         play(feeder, mixed(speech[cut(12) : cut(24)], tone(12)))  # only while paused
         play(feeder, np.zeros(cut(FLUSH_S), dtype=np.int16))
         again = gateway.http.post(f"/v1/sessions/{session_id}/pause")
@@ -98,7 +98,9 @@ def test_a_tone_played_only_while_paused_never_reaches_blueprint(
 
         assert gateway.http.post(f"/v1/sessions/{session_id}/stop").status_code == 200
         done = gateway.wait_for_state(session_id, "notes_ready", timeout=40)
-        wait(lambda: led(leds) == "100/1900", 10, "the LED saying the notes are ready")
+        eventually(
+            lambda: led(leds) == "100/1900", timeout=10, what="the LED saying the notes are ready"
+        )
         lit = (leds / "delay_off").stat().st_mtime
         notes_to_led_ms = (lit - at(done, "notes_ready")) * 1000
         late = gateway.http.post(f"/v1/sessions/{session_id}/pause")

@@ -28,6 +28,7 @@ import pytest
 from tests.gateway.conftest import PHI_STRINGS, SECRETS, SimulatorProcess, steps
 from tests.gateway.deployment import Deployment
 from tests.support.alsa import PERIOD_FRAMES, FifoFeeder, write_asound_conf
+from tests.support.eventually import eventually
 from tests.support.mqtt_probe import Probe, Received
 from tests.support.processes import Service
 
@@ -125,14 +126,6 @@ def mosquitto_sub(deployment: Deployment, out: Path) -> subprocess.Popen:
     return subprocess.Popen(argv, stdout=out.open("wb"), stderr=subprocess.STDOUT)
 
 
-def wait(condition, timeout: float, what: str, interval: float = 0.05) -> Any:
-    deadline = time.monotonic() + timeout
-    while not (value := condition()):
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(interval)
-    return value
-
-
 def sim_session(sim: SimulatorProcess, session_id: str) -> dict[str, Any]:
     details = sim.state()["session_details"].values()
     return next(s for s in details if s["session_external_id"] == session_id)
@@ -168,21 +161,25 @@ def test_partner_to_room_to_blueprint_and_back(
     agent = start_agent(tmp_path, deployment, feeder.path)
     try:
         everything.wait_for(everything.on(STATE, online=True), timeout=20)
-        wait(lambda: gateway.http.get(f"/v1/rooms/{ROOM}").json()["online"], 10, "room online")
+        eventually(
+            lambda: gateway.http.get(f"/v1/rooms/{ROOM}").json()["online"],
+            timeout=10,
+            what="room online",
+        )
 
         session_id = gateway.start_session(ROOM, *deployment.people)
         started = everything.wait_for(everything.on(EVENTS, type="session_started"), 10)
         assert started.json()["session_id"] == session_id
         gateway.wait_for_session(session_id, lambda s: "start_confirmed" in steps(s))
         play(feeder, speech[: cut(24)])
-        during = wait(
+        during = eventually(
             lambda: (
                 (s := gateway.session(session_id))["audio"]
                 and s["audio"]["chunks_received"] >= 2
                 and s
             ),
-            15,
-            "chunks during the session",
+            timeout=15,
+            what="chunks during the session",
         )
         assert during["state"] == "recording", "chunks arrive while it records"
         play(feeder, speech[cut(24) :])
@@ -198,8 +195,12 @@ def test_partner_to_room_to_blueprint_and_back(
         note = everything.wait_for(everything.on(NOTIFY, type="notes_ready"), timeout=10)
         assert note.json() == {"at": note.json()["at"], "type": "notes_ready",
                                "session_id": session_id}  # fmt: skip
-        wait(lambda: f"session {session_id}: notes_ready" in agent.log(), 10, "agent log")
-        wait(lambda: b"notes_ready" in sub_out.read_bytes(), 10, "mosquitto_sub")
+        eventually(
+            lambda: f"session {session_id}: notes_ready" in agent.log(),
+            timeout=10,
+            what="agent log",
+        )
+        eventually(lambda: b"notes_ready" in sub_out.read_bytes(), timeout=10, what="mosquitto_sub")
 
         artifacts = gateway.http.get(f"/v1/sessions/{session_id}/artifacts").json()
         assert artifacts["state"] == "notes_ready"
@@ -226,10 +227,10 @@ def test_partner_to_room_to_blueprint_and_back(
                  "audio_uploaded", "notes_ready", "device_notified"):  # fmt: skip
         assert step in timeline, step
     kept = "SELECT COUNT(*) FROM chunks WHERE session_id = ? AND sealed IS NOT NULL"
-    wait(
+    eventually(
         lambda: deployment.gateway.query(kept, session_id)[0][0] == 0,
-        10,
-        "the chunks deleted after Blueprint took the audio",
+        timeout=10,
+        what="the chunks deleted after Blueprint took the audio",
     )
     assert_no_phi(everything.messages, gateway.log(), agent.log())
     assert "Traceback" not in gateway.log() + agent.log()
@@ -257,7 +258,7 @@ def test_gateway_killed_and_broker_restarted_mid_session(
         session_id = gateway.start_session(ROOM, *deployment.people)
         everything.wait_for(everything.on(EVENTS, type="session_started"), 10)
         play(feeder, speech[: cut(8)])
-        wait(lambda: len(store.chunks(session_id)) >= 1, 15, "first chunks")
+        eventually(lambda: len(store.chunks(session_id)) >= 1, timeout=15, what="first chunks")
 
         gateway.kill()  # SIGKILL: the gateway is gone for most of the session
         killed_at = len(store.chunks(session_id))
@@ -275,14 +276,14 @@ def test_gateway_killed_and_broker_restarted_mid_session(
 
         gateway.start()
         restarted = time.time()  # answering again
-        drained = wait(
+        drained = eventually(
             lambda: (
                 (s := gateway.session(session_id))["audio"]
                 and s["audio"]["chunks_received"] >= killed_at + backlog["backlog_chunks"]
                 and s
             ),
-            30,
-            "backlog drained",
+            timeout=30,
+            what="backlog drained",
         )
         assert drained["state"] == "recording"
         everything.wait_for(

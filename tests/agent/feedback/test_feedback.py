@@ -27,6 +27,7 @@ from agent.feedback.sysfs_leds import SysfsLed
 from agent.settings import AgentSettings, GpioSettings
 from protocol.messages import NotesReady
 from tests.support.alsa import add_speaker
+from tests.support.eventually import eventually
 
 ROOM_AGENT = str(Path(sys.executable).parent / "room-agent")
 
@@ -43,13 +44,6 @@ def fake_leds(root: Path, *names: str) -> Path:
 
 def led_files(led: Path) -> dict[str, str]:
     return {f.name: f.read_text().strip() for f in led.iterdir() if f.name != "max_brightness"}
-
-
-def until(condition, timeout: float = 5.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"{what} not within {timeout} s"
-        time.sleep(0.005)
 
 
 def test_the_state_people_see() -> None:
@@ -93,7 +87,7 @@ def test_gpio_leds_follow_the_state() -> None:
         seen.add(pins[0].state)
         return seen == {0, 1}
 
-    until(both_levels, 3, "blinking")
+    eventually(both_levels, 3, what="blinking")
     leds.show("idle")
     assert not any(pin.state for pin in pins)
     leds.close()
@@ -115,16 +109,16 @@ def test_button_short_and_long_presses_debounced() -> None:
     pin.drive_low()
     time.sleep(HOLD_S)
     pin.drive_high()
-    until(lambda: actions == ["pause_resume"], 2, "one short press")
+    eventually(lambda: actions == ["pause_resume"], 2, what="one short press")
     time.sleep(HOLD_S)
     pin.drive_low()  # held: a long press, and no short press at the release
-    until(lambda: actions == ["pause_resume", "stop"], 3, "the long press")
+    eventually(lambda: actions == ["pause_resume", "stop"], 3, what="the long press")
     pin.drive_high()
     time.sleep(HOLD_S)
     pin.drive_low()  # the sentinel: one more short press, the only other action
     time.sleep(HOLD_S)
     pin.drive_high()
-    until(lambda: len(actions) == 3, 2, "the sentinel press")
+    eventually(lambda: len(actions) == 3, 2, what="the sentinel press")
     assert actions == ["pause_resume", "stop", "pause_resume"]
     button.close()
     other = GpioButton(
@@ -135,7 +129,7 @@ def test_button_short_and_long_presses_debounced() -> None:
     factory.pin(5).drive_low()
     time.sleep(HOLD_S)
     factory.pin(5).drive_high()
-    until(lambda: actions[-1] == "do_not_record", 2, "configured action")
+    eventually(lambda: actions[-1] == "do_not_record", 2, what="configured action")
     other.close()
 
 
@@ -181,7 +175,7 @@ def test_hooks_get_ids_in_their_environment_and_are_bounded(tmp_path, caplog) ->
     assert "exited 3" in logged and "killed after" in logged and "not run" in logged
     hooks.start()
     hooks.fire("paused", "ses_2")  # queued, on the hooks thread
-    until(lambda: out.read_text().endswith("paused room-7 ses_2\n"), 5, "the queued hook")
+    eventually(lambda: out.read_text().endswith("paused room-7 ses_2\n"), 5, what="the queued hook")
     hooks.stop()
 
 
@@ -220,7 +214,7 @@ def test_the_hub_drives_the_indicator_and_notes_ready_fades(tmp_path) -> None:
     hub.state_changed(RecorderSnapshot(state="closed"))
     hub.connection(True)
     hub.notified(NotesReady(session_id="ses_1"))
-    until(lambda: shown.states[-1] == "idle", 3, "notes_ready to fade")
+    eventually(lambda: shown.states[-1] == "idle", 3, what="notes_ready to fade")
     hub.state_changed(RecorderSnapshot(state="closed", last_error="spool_full"))
     hub.stop()
     assert shown.states == [

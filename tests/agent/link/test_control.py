@@ -43,6 +43,7 @@ from protocol.messages import (
 from protocol.topics import topic
 from tests.support.alsa import PERIOD_FRAMES, FifoFeeder, write_asound_conf
 from tests.support.certs import Pki
+from tests.support.eventually import eventually
 from tests.support.mosquitto import Broker
 from tests.support.mqtt_probe import Probe, Received
 from tests.support.processes import Service
@@ -150,14 +151,6 @@ def broker(tmp_path):
 def probe(broker):
     with Probe(broker) as watching:
         yield watching
-
-
-def wait_until(condition, timeout=10.0, what="condition"):
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} not met within {timeout} s")
-        time.sleep(0.02)
 
 
 def state_of(message: Received) -> DeviceState:
@@ -402,7 +395,7 @@ def test_notifications_are_kept_per_session(tmp_path, broker, probe):
         probe.publish(NOTIFY, NotesReady(session_id="a"))
         probe.publish(NOTIFY, SessionFailed(session_id="b", reason="blueprint_rejected"))
         probe.publish(NOTIFY, {"type": "notes_ready", "session_id": "c", "note": "free text"})
-        wait_until(lambda: set(agent.control.notifications()) == {"a", "b"}, what="notifications")
+        eventually(lambda: set(agent.control.notifications()) == {"a", "b"}, what="notifications")
         time.sleep(0.2)  # the invalid one (an extra field) must not arrive late either
         kept = agent.control.notifications()
     assert set(kept) == {"a", "b"}
@@ -418,7 +411,7 @@ def test_broker_restart_while_recording(tmp_path, broker, probe):
         probe.wait_for(probe.on(STATE, recorder="recording"))
         before = agent.recorder.state.capture.samples
         broker.kill()
-        wait_until(lambda: not agent.control.connected, what="disconnect noticed")
+        eventually(lambda: not agent.control.connected, what="disconnect noticed")
         time.sleep(1.0)
         assert agent.recorder.state.state == "recording"
         assert agent.recorder.state.capture.samples > before, "recording goes on"
@@ -465,7 +458,7 @@ def test_mqtts_with_ca_and_mutual_tls(tmp_path):
             client_key_file=device.key,
         )
         with running_agent(settings) as agent:
-            wait_until(lambda: agent.control.connected, what="mTLS connection")
+            eventually(lambda: agent.control.connected, what="mTLS connection")
             with Probe(broker, topics=[STATE], ca_file=str(pki.ca_cert), cert=gateway) as fresh:
                 # The device's CN is its ACL user: its own state topic is writable.
                 assert state_of(fresh.wait_for(lambda m: m.topic == STATE)).online

@@ -26,6 +26,7 @@ from agent.pipeline.capture import (
 )
 from agent.settings import AudioSettings
 from tests.support.alsa import PERIOD_FRAMES, FifoFeeder, write_asound_conf, write_raw
+from tests.support.eventually import eventually
 
 BLOCK = PERIOD_FRAMES  # 120 ms at 16 kHz, the default audio.block_ms
 
@@ -66,12 +67,11 @@ def after_silence(captured: np.ndarray) -> np.ndarray:
 
 
 def wait_for_log(caplog, text: str, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if any(text in record.getMessage() for record in caplog.records):
-            return
-        time.sleep(0.02)
-    raise AssertionError(f"no log line with {text!r} within {timeout} s")
+    eventually(
+        lambda: any(text in record.getMessage() for record in caplog.records),
+        timeout,
+        what=f"a log line with {text!r}",
+    )
 
 
 # -- devices --------------------------------------------------------------------------------
@@ -282,9 +282,13 @@ def test_a_consumer_that_falls_behind_loses_the_newest_blocks_counted_and_logged
         feeder.play(signal)  # waits in the FIFO until the device is opened
         with MicrophoneSource(settings, reopen=patient) as source:
             assert feeder.wait_played(timeout=10)
-            deadline = time.monotonic() + 10  # the consumer is busy elsewhere meanwhile
-            while source.stats.dropped_blocks < 57 and time.monotonic() < deadline:
-                time.sleep(0.05)
+
+            def all_but_ten_dropped() -> bool:  # the consumer is busy elsewhere meanwhile
+                dropped = source.stats.dropped_blocks
+                assert dropped >= 57, f"{dropped} dropped"
+                return True
+
+            eventually(all_but_ten_dropped, timeout=10, what="57 blocks dropped")
             time.sleep(0.1)
             stats = source.stats
             assert stats.dropped_blocks == 67 - 10

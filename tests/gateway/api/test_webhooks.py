@@ -20,6 +20,7 @@ from gateway.blueprint.defaults import DEFAULT_CLIENT_SECRET
 from gateway.store import Database
 from tests.gateway.conftest import GatewayFactory, GatewayProcess, SimulatorProcess, steps
 from tests.gateway.problems import assert_problem
+from tests.support.eventually import eventually
 from tests.support.postgres import ON_BOTH_ENGINES
 
 pytestmark = [ON_BOTH_ENGINES, pytest.mark.timeout(180)]
@@ -307,7 +308,9 @@ def _database_name(gateway: GatewayProcess) -> str:
 
 
 def _wait_ready(gateway: GatewayProcess) -> None:
-    deadline = time.monotonic() + 15
-    while httpx.get(f"{gateway.url}/readyz", timeout=20).status_code != 200:
-        assert time.monotonic() < deadline, "never ready again"
-        time.sleep(0.2)
+    eventually(
+        lambda: httpx.get(f"{gateway.url}/readyz", timeout=20).status_code == 200,
+        timeout=15,
+        interval=0.2,
+        what="never ready again",
+    )

@@ -9,7 +9,6 @@ Devices are played by this test: chunks sealed as the agent seals them.
 from __future__ import annotations
 
 import asyncio
-import time
 from pathlib import Path
 
 import httpx
@@ -31,6 +30,7 @@ from runtime.codec import decode
 from tests.gateway.conftest import PHI_STRINGS, SECRETS, SimulatorProcess, StoreEnv, steps
 from tests.gateway.deployment import Deployment, SealedChunk, tone
 from tests.gateway.problems import assert_problem
+from tests.support.eventually import eventually
 from tests.support.postgres import ON_BOTH_ENGINES
 
 pytestmark = [ON_BOTH_ENGINES, pytest.mark.timeout(120)]
@@ -223,10 +223,11 @@ def test_a_session_is_assembled_uploaded_once_and_its_audio_deleted(
         assert step in timeline
     assert timeline.index("audio_closed") < timeline.index("audio_ready")
     # Retention 0: deleted once Blueprint accepted the audio.
-    deadline = time.monotonic() + 10
-    while "audio_deleted" not in steps(linked.gateway.session(session_id)):
-        assert time.monotonic() < deadline, "audio not deleted"
-        time.sleep(0.05)
+    eventually(
+        lambda: "audio_deleted" in steps(linked.gateway.session(session_id)),
+        timeout=10,
+        what="audio not deleted",
+    )
     assert stored_audio(linked, session_id) == ([], [])
     assert not plain_audio_files(linked.gateway.state_dir)
     # A repeat after deletion is still recognised.
@@ -264,10 +265,11 @@ def test_a_session_no_partner_started_is_kept_but_not_uploaded(
     for chunk in chunks:
         assert linked.put_chunk("room-2", "recorded-by-hand", chunk).status_code == 200
     assert linked.close("room-2", "recorded-by-hand", chunks).json()["complete"]
-    deadline = time.monotonic() + 10
-    while "assembled" not in linked.gateway.cli("device", "unclaimed", "room-2").stdout:
-        assert time.monotonic() < deadline, "not assembled"
-        time.sleep(0.05)
+    eventually(
+        lambda: "assembled" in linked.gateway.cli("device", "unclaimed", "room-2").stdout,
+        timeout=10,
+        what="not assembled",
+    )
     sealed, parts = stored_audio(linked, "recorded-by-hand")
     assert sealed == [chunk.blob for chunk in chunks] and parts  # kept, encrypted
     assert not any(b"fLaC" in part for part in parts), "no plain FLAC in the database"
@@ -371,10 +373,11 @@ def test_a_cancelled_session_s_audio_is_discarded_and_never_uploaded(
         assert answer.status_code == 200, answer.text
     closed = linked.close("room-2", session_id, chunks)
     assert closed.status_code == 200 and closed.json()["complete"], closed.text
-    deadline = time.monotonic() + 10
-    while stored_audio(linked, session_id) != ([], []):
-        assert time.monotonic() < deadline, "the cancelled session's chunks were kept"
-        time.sleep(0.05)
+    eventually(
+        lambda: stored_audio(linked, session_id) == ([], []),
+        timeout=10,
+        what="the cancelled session's chunks were kept",
+    )
     done = linked.gateway.session(session_id)
     assert done["state"] == "cancelled" and "audio_uploaded" not in steps(done)
     assert sim.state()["audio_uploads"] == 0

@@ -23,6 +23,7 @@ from gateway.jobs.queue import Job
 from gateway.jobs.worker import Handler, Worker
 from gateway.settings import GatewaySettings, JobSettings
 from gateway.store import Database, Location
+from tests.support.eventually import eventually_async
 
 LEASE = JobSettings(
     concurrency=2, poll_interval_s=0.05, backoff_base_s=0.01, backoff_max_s=0.05, lease_s=0.6
@@ -57,11 +58,10 @@ async def run_workers(
 ) -> None:
     for worker in workers:
         worker.start()
-    deadline = time.monotonic() + within_s
     try:
-        while not done():
-            assert time.monotonic() < deadline, "the workers did not get there"
-            await asyncio.sleep(0.01)
+        await eventually_async(
+            done, timeout=within_s, interval=0.01, what="the workers did not get there"
+        )
     finally:
         for worker in workers:
             await worker.stop()
@@ -156,15 +156,21 @@ def test_a_living_replica_keeps_its_lease_while_its_job_runs(replicas) -> None:
         b = Worker(second, {"long": long, "sentinel": sentinel}, RENEWED, replica="b")
         b.start()
         try:
-            deadline = time.monotonic() + 20
-            while job(first, long_job).state != "done":
-                assert time.monotonic() < deadline, "the long job did not finish"
-                await asyncio.sleep(0.02)
+            budget_end = time.monotonic() + 20  # for both waits together
+            await eventually_async(
+                lambda: job(first, long_job).state == "done",
+                timeout=20,
+                interval=0.02,
+                what="the long job did not finish",
+            )
             await a.stop()
             marker = enqueue(first, "sentinel")  # b was claiming all along: it takes this
-            while job(first, marker).state != "done":
-                assert time.monotonic() < deadline, "b stopped claiming"
-                await asyncio.sleep(0.02)
+            await eventually_async(
+                lambda: job(first, marker).state == "done",
+                timeout=budget_end - time.monotonic(),
+                interval=0.02,
+                what="b stopped claiming",
+            )
         finally:
             await a.stop()
             await b.stop()
@@ -219,10 +225,9 @@ def test_the_worker_keeps_working_after_the_database_went_away(postgres, tmp_pat
             await asyncio.sleep(2.0)  # the loop looks at the queue several times meanwhile
             postgres.start_again()
             job_id = await asyncio.to_thread(enqueue, db)
-            deadline = time.monotonic() + 20
-            while job_id not in ran:
-                assert time.monotonic() < deadline, "the worker stopped working"
-                await asyncio.sleep(0.05)
+            await eventually_async(
+                lambda: job_id in ran, timeout=20, what="the worker stopped working"
+            )
             assert worker.alive
         finally:
             await worker.stop()

@@ -15,6 +15,7 @@ from gateway.jobs.queue import Job
 from gateway.jobs.worker import Handler, Permanent, Retryable, Worker
 from gateway.settings import JobSettings
 from gateway.store import Connection, Database, Location
+from tests.support.eventually import eventually_async
 
 FAST = JobSettings(concurrency=2, poll_interval_s=0.05, backoff_base_s=0.01, backoff_max_s=0.05)
 
@@ -58,11 +59,10 @@ def run_until(
             on_outcome=lambda kind, outcome: outcomes.append((kind, outcome)),
         )
         worker.start()
-        deadline = time.monotonic() + timeout
         try:
-            while not done():
-                assert time.monotonic() < deadline, "worker did not get there"
-                await asyncio.sleep(0.01)
+            await eventually_async(
+                done, timeout=timeout, interval=0.01, what="worker did not get there"
+            )
             assert worker.alive
         finally:
             await worker.stop()

@@ -15,7 +15,6 @@ import asyncio
 import concurrent.futures
 import contextlib
 import json
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -34,6 +33,7 @@ from gateway.sessions.lifecycle import JobKind, SessionLifecycle
 from gateway.settings import JobSettings, MqttSettings
 from gateway.store import Connection, Database, Location
 from protocol.messages import DeviceState
+from tests.support.eventually import eventually_async
 from tests.support.mosquitto import Broker
 from tests.support.mqtt_probe import Probe
 
@@ -77,10 +77,12 @@ async def _connected_link(broker: Broker) -> MqttLink:
         settings, SecretStr(PASSWORD), [f"rooms/{ROOM}/events"], _nothing, client_id="gateway"
     )
     link.start()
-    deadline = time.monotonic() + 10
-    while not link.connected:
-        assert time.monotonic() < deadline, "the gateway's link did not connect"
-        await asyncio.sleep(0.02)
+    await eventually_async(
+        lambda: link.connected,
+        timeout=10,
+        interval=0.02,
+        what="the gateway's link did not connect",
+    )
     return link
 
 

@@ -134,10 +134,14 @@ def test_room_state_and_backlog_and_after_a_gateway_restart(
         recorder="idle", backlog_chunks=5, backlog_bytes=5000, version="t",
         microphone="missing", microphone_device="USB PnP",
     )  # fmt: skip
-    deadline = time.monotonic() + 10
-    while (found := linked.gateway.http.get(f"/v1/rooms/{room}").json())["online"] is not True:
-        assert time.monotonic() < deadline, found
-        time.sleep(0.05)
+    budget_end = time.monotonic() + 10  # for the two waits below together
+
+    def online() -> dict:
+        found = linked.gateway.http.get(f"/v1/rooms/{room}").json()
+        assert found["online"] is True, found
+        return found
+
+    found = eventually(online, timeout=10, what="the room online")
     assert (found["backlog_chunks"], found["recorder"], found["device"]) == (5, "idle", "active")
     assert (found["microphone"], found["microphone_device"]) == ("missing", "USB PnP")
     assert found["last_heartbeat_at"] is None
@@ -146,9 +150,13 @@ def test_room_state_and_backlog_and_after_a_gateway_restart(
         dropped_s=0, uptime_s=3, version="t", microphone="ok",
     )  # fmt: skip
     device.publish("events", beat.model_dump_json())
-    while (found := linked.gateway.http.get(f"/v1/rooms/{room}").json())["backlog_chunks"] != 2:
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
+    found = eventually(
+        lambda: (
+            (r := linked.gateway.http.get(f"/v1/rooms/{room}").json())["backlog_chunks"] == 2 and r
+        ),
+        timeout=budget_end - time.monotonic(),
+        what="the heartbeat's backlog",
+    )
     assert found["microphone"] == "ok" and found["last_heartbeat_at"] is not None
 
     linked.gateway.kill()
@@ -156,14 +164,18 @@ def test_room_state_and_backlog_and_after_a_gateway_restart(
     linked.gateway.start()
     listed = {r["room"]: r for r in linked.gateway.http.get("/v1/rooms").json()}
     assert listed[room]["online"] is True, "from the store, at once"
-    deadline = time.monotonic() + 10
-    while linked.gateway.http.get(f"/v1/rooms/{room}").json()["backlog_chunks"] != 7:
-        assert time.monotonic() < deadline, "the retained state did not arrive again"
-        time.sleep(0.05)
+    budget_end = time.monotonic() + 10  # for the two waits below together
+    eventually(
+        lambda: linked.gateway.http.get(f"/v1/rooms/{room}").json()["backlog_chunks"] == 7,
+        timeout=10,
+        what="the retained state did not arrive again",
+    )
     device.publish("state", DeviceState(device_id=room, online=False).model_dump_json(), True)
-    while linked.gateway.http.get(f"/v1/rooms/{room}").json()["online"] is not False:
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
+    eventually(
+        lambda: linked.gateway.http.get(f"/v1/rooms/{room}").json()["online"] is False,
+        timeout=budget_end - time.monotonic(),
+        what="the room offline",
+    )
     assert linked.gateway.http.get("/v1/rooms/no-such-room").status_code == 404
     # A state naming another device on this device's topic is ignored: the state sent
     # after it on the same topic (handled in order) shows through, the other never did.
@@ -191,12 +203,14 @@ def test_a_refused_start_fails_the_session_with_the_devices_reason(
     assert told["reason"] == "start_refused"
     # The device says it records (e.g. started by hand): a new start is refused at once.
     device.state(recorder="recording", session_id="by-hand")
-    deadline = time.monotonic() + 10
-    while linked.gateway.http.get(f"/v1/rooms/{device.device_id}").json()["recorder"] != (
-        "recording"
-    ):
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
+    eventually(
+        lambda: (
+            linked.gateway.http.get(f"/v1/rooms/{device.device_id}").json()["recorder"]
+            == "recording"
+        ),
+        timeout=10,
+        what="the room's recorder recording",
+    )
     body = {"room": device.device_id, "clinician_external_id": linked.people[0],
             "client_external_id": linked.people[1]}  # fmt: skip
     busy = linked.gateway.http.post("/v1/sessions", json=body)

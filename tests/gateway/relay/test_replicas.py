@@ -11,7 +11,6 @@ no retained messages. Commands are published by whichever replica runs the job.
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
@@ -22,6 +21,7 @@ from protocol.ingest import SEALED_CHUNK_CONTENT_TYPE, chunk_path
 from tests.gateway.conftest import GatewayProcess, SimulatorProcess, StoreEnv, steps
 from tests.gateway.deployment import Deployment, tone
 from tests.gateway.relay.test_relay import FakeDevice, command, wait_for_step
+from tests.support.eventually import eventually
 
 ROOMS = ("room-1", "room-2")
 pytestmark = [
@@ -62,13 +62,6 @@ def count(gateway: GatewayProcess, session_id: str, step: str) -> int:
     return steps(gateway.session(session_id)).count(step)
 
 
-def wait_until(condition, timeout: float = 15.0, what: str = "") -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, what
-        time.sleep(0.05)
-
-
 def test_replicas_share_the_rooms_messages_once_each(
     replicas: tuple[Deployment, GatewayProcess], sim: SimulatorProcess
 ) -> None:
@@ -80,7 +73,11 @@ def test_replicas_share_the_rooms_messages_once_each(
     a.start()
     b.start()
     for replica in (a, b):  # the retained state reached the store although shared
-        wait_until(lambda r=replica: room(r, "room-1")["backlog_chunks"] == 7, what="state")
+        eventually(
+            lambda: room(replica, "room-1")["backlog_chunks"] == 7,  # noqa: B023
+            timeout=15,
+            what="state",
+        )
     log = deployment.broker.log()
     assert "gateway-a" in log and "gateway-b" in log  # two client ids, both connected
     for replica in (a, b):
@@ -93,10 +90,14 @@ def test_replicas_share_the_rooms_messages_once_each(
     started = json.dumps({"type": "session_started", "session_id": session_id})
     for _ in range(20):
         device.publish("events", started)
-    wait_until(lambda: count(a, session_id, "device_recording") >= 20, what="events")
+    eventually(lambda: count(a, session_id, "device_recording") >= 20, timeout=15, what="events")
     marker = json.dumps({"type": "session_started", "session_id": session_id, "resumed": True})
     device.publish("events", marker)  # sent last: once it is in, all the others are
-    wait_until(lambda: "resumed" in json.dumps(a.session(session_id)["timeline"]))
+    eventually(
+        lambda: "resumed" in json.dumps(a.session(session_id)["timeline"]),
+        timeout=15,
+        what="the marker",
+    )
     assert count(a, session_id, "device_recording") == 21, "each event handled once"
 
     assert b.http.post(f"/v1/sessions/{session_id}/stop").status_code == 200  # via b
@@ -106,9 +107,15 @@ def test_replicas_share_the_rooms_messages_once_each(
     a.kill()  # SIGKILL: its MQTT session ends with it, nothing is kept for it
     for _ in range(10):
         device.publish("events", started)
-    wait_until(lambda: count(b, session_id, "device_recording") >= 31, what="after the kill")
+    eventually(
+        lambda: count(b, session_id, "device_recording") >= 31, timeout=15, what="after the kill"
+    )
     device.publish("events", marker)
-    wait_until(lambda: json.dumps(b.session(session_id)["timeline"]).count("resumed") == 2)
+    eventually(
+        lambda: json.dumps(b.session(session_id)["timeline"]).count("resumed") == 2,
+        timeout=15,
+        what="the second marker",
+    )
     assert count(b, session_id, "device_recording") == 32, "none lost, none doubled"
     device.disconnect()
 

@@ -19,6 +19,7 @@ import pytest
 from tests.gateway.conftest import SimulatorProcess, steps
 from tests.gateway.deployment import Deployment, tone
 from tests.gateway.relay.fake_device import FakeDevice, command, wait_for_step
+from tests.support.eventually import eventually
 
 pytestmark = pytest.mark.timeout(120)
 EXPIRY_S = 8
@@ -304,10 +305,11 @@ def test_the_room_pausing_by_itself_and_its_do_not_record_switch(
         (e["step"], e["detail"]) for e in stopping["timeline"]
     ]
     device.state(recorder="closed", session_id=session_id, do_not_record=True)
-    deadline = time.monotonic() + 10
-    while not linked.gateway.http.get(f"/v1/rooms/{room}").json()["do_not_record"]:
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
+    eventually(
+        lambda: linked.gateway.http.get(f"/v1/rooms/{room}").json()["do_not_record"],
+        timeout=10,
+        what="the room's do_not_record",
+    )
     body = {"room": room, "clinician_external_id": linked.people[0],
             "client_external_id": linked.people[1]}  # fmt: skip
     refused = linked.gateway.http.post("/v1/sessions", json=body)
