@@ -1,0 +1,101 @@
+"""SQLite commits the transactions that wait together with one fsync (group commit), and
+each still succeeds or fails alone: a caller hears "done" only once its rows are durable,
+and a failing transaction in a group takes nothing of the others with it.
+
+The commits are counted in the WAL file itself: each commit ends with a frame whose header
+carries the database size (other frames carry 0), under the WAL's current salt.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import struct
+from pathlib import Path
+
+import pytest
+
+from gateway.store import Connection, Database, IntegrityError
+from gateway.store.sqlite import SqliteDatabase
+
+WAL_HEADER, FRAME_HEADER = 32, 24
+TRANSACTIONS = 200
+
+
+def wal_commits(db_path: Path) -> int:
+    """Commit frames in the WAL since its last reset."""
+    wal = Path(f"{db_path}-wal").read_bytes()
+    if len(wal) < WAL_HEADER:
+        return 0
+    page_size = struct.unpack(">I", wal[8:12])[0]
+    salt = wal[16:24]
+    commits, at = 0, WAL_HEADER
+    while at + FRAME_HEADER <= len(wal):
+        header = wal[at : at + FRAME_HEADER]
+        if header[8:16] != salt:
+            break  # frames of an earlier generation of the WAL
+        commits += struct.unpack(">I", header[4:8])[0] != 0
+        at += FRAME_HEADER + page_size
+    return commits
+
+
+def make_table(conn: Connection) -> None:
+    conn.execute("CREATE TABLE IF NOT EXISTS marks (n INTEGER PRIMARY KEY, side TEXT)")
+
+
+def insert(conn: Connection, n: int) -> int:
+    conn.execute("INSERT INTO marks (n, side) VALUES (?, 'x')", (n,))
+    return n
+
+
+@pytest.fixture
+def db(tmp_path: Path):
+    opened = Database.open(tmp_path / "gateway.db")
+    assert isinstance(opened, SqliteDatabase)
+    opened.call(make_table)
+    with sqlite3.connect(tmp_path / "gateway.db") as raw:
+        raw.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # count from an empty WAL
+    yield opened
+    opened.close()
+
+
+def test_transactions_that_wait_together_are_committed_together(db, tmp_path: Path) -> None:
+    async def many() -> list[int]:
+        return await asyncio.gather(*(db.run(insert, n) for n in range(TRANSACTIONS)))
+
+    assert asyncio.run(many()) == list(range(TRANSACTIONS))
+    commits = wal_commits(tmp_path / "gateway.db")
+    assert 0 < commits <= TRANSACTIONS // 4, f"{commits} commits for {TRANSACTIONS} transactions"
+    with sqlite3.connect(tmp_path / "gateway.db") as other:  # durable, seen from outside
+        assert other.execute("SELECT count(*) FROM marks").fetchone()[0] == TRANSACTIONS
+
+
+def test_a_failing_transaction_in_a_group_takes_nothing_of_the_others(db) -> None:
+    def clash(conn: Connection) -> None:
+        conn.execute("INSERT INTO marks (n, side) VALUES (-1, 'clash')")
+        conn.execute("INSERT INTO marks (n, side) VALUES (0, 'clash')")  # n = 0 is taken
+
+    def boom(conn: Connection) -> None:
+        conn.execute("INSERT INTO marks (n, side) VALUES (-2, 'boom')")
+        raise ValueError("the caller's own error")
+
+    called: list[int] = []
+
+    def with_callback(conn: Connection, n: int) -> int:
+        conn.after_commit(lambda: called.append(n))
+        return insert(conn, n)
+
+    async def mixed() -> list[object]:
+        await db.run(insert, 0)
+        jobs = [db.run(with_callback, n) for n in range(1, 50)]
+        jobs.insert(10, db.run(clash))
+        jobs.insert(30, db.run(boom))
+        return await asyncio.gather(*jobs, return_exceptions=True)
+
+    results = asyncio.run(mixed())
+    assert isinstance(results[10], IntegrityError)
+    assert isinstance(results[30], ValueError)
+    assert [r for r in results if isinstance(r, int)] == list(range(1, 50))
+    assert sorted(called) == list(range(1, 50)), "each callback once, after its commit"
+    rows = db.call(lambda conn: conn.execute("SELECT n, side FROM marks ORDER BY n").fetchall())
+    assert [tuple(row) for row in rows] == [(n, "x") for n in range(50)]
