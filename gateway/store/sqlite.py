@@ -102,10 +102,7 @@ class SqliteDatabase(Database):
                 self._conn.execute("BEGIN IMMEDIATE" if write else "BEGIN DEFERRED")
             except sqlite3.Error as exc:
                 self._reset(write)
-                failure = translate(exc)
-                if isinstance(failure, DatabaseDamaged):
-                    self.damage = str(failure)
-                raise failure from None
+                raise self._translated(exc) from None
             try:
                 yield conn
                 if conn.failure is not None:
@@ -115,12 +112,8 @@ class SqliteDatabase(Database):
                 self._rollback()
                 self._reset(write)
                 if isinstance(exc, sqlite3.Error):
-                    exc = translate(exc)
-                    if isinstance(exc, DatabaseDamaged):
-                        self.damage = str(exc)
-                    raise exc from None
-                if isinstance(exc, DatabaseDamaged):  # a statement's, raised by conn
-                    self.damage = str(exc)
+                    raise self._translated(exc) from None
+                self._note_damage(exc)  # a statement's DatabaseDamaged, raised by conn
                 raise
             self._reset(write)
         conn.run_callbacks()
@@ -153,12 +146,12 @@ class SqliteDatabase(Database):
             try:
                 self._conn.execute("BEGIN IMMEDIATE")
             except sqlite3.Error as exc:
-                self._fail([*group], self._translated(exc))
+                self._fail(group, self._translated(exc))
                 return
             for index, request in enumerate(group):
                 outcome = self._in_savepoint(request, index)
                 if outcome == "lost":  # SQLite ended the whole transaction: start again
-                    self._fail(done, _GROUP_LOST)
+                    self._fail(done, _group_lost())
                     with self._waiting_lock:
                         self._waiting.extendleft(reversed(group[index + 1 :]))
                     self._executor.submit(self._commit_waiting)
@@ -192,10 +185,11 @@ class SqliteDatabase(Database):
                 raise conn.failure
             self._conn.execute(f"RELEASE w{index}")
         except BaseException as exc:
-            error = self._translated(exc) if isinstance(exc, sqlite3.Error) else exc
-            if isinstance(error, DatabaseDamaged):
-                self.damage = str(error)
-            request.future.set_exception(error)
+            if isinstance(exc, sqlite3.Error):
+                request.future.set_exception(self._translated(exc))
+            else:
+                self._note_damage(exc)  # a statement's DatabaseDamaged, raised by conn
+                request.future.set_exception(exc)
             if not self._conn.in_transaction:
                 return "lost"
             try:
@@ -208,10 +202,14 @@ class SqliteDatabase(Database):
         return "ok"
 
     def _translated(self, exc: sqlite3.Error) -> StoreError:
+        """sqlite3's exception as ours, noting damage for /readyz."""
         error = translate(exc)
+        self._note_damage(error)
+        return error
+
+    def _note_damage(self, error: BaseException) -> None:
         if isinstance(error, DatabaseDamaged):
             self.damage = str(error)
-        return error
 
     @staticmethod
     def _fail(requests: list[_Write], error: BaseException) -> None:
@@ -273,7 +271,10 @@ class _Write:
         self.result: Any = None
 
 
-_GROUP_LOST = DatabaseUnavailable("the database ended the transaction; try again")
+def _group_lost() -> DatabaseUnavailable:
+    """For the writes already run in a group whose transaction SQLite ended (one instance
+    each: an exception raised in several tasks would share its traceback)."""
+    return DatabaseUnavailable("the database ended the transaction; try again")
 
 
 def translate(exc: sqlite3.Error) -> StoreError:

@@ -48,7 +48,8 @@ def eventually(
         try:
             value = tries.seen(condition())
         except NOT_YET as exc:
-            value = tries.seen(exc) and None
+            tries.seen(exc)
+            value = None
         if value:
             return value
         if tries.over():
@@ -84,7 +85,8 @@ async def eventually_async(
             value = condition()
             value = tries.seen(await value if inspect.isawaitable(value) else value)
         except NOT_YET as exc:
-            value = tries.seen(exc) and None
+            tries.seen(exc)
+            value = None
         if value:
             return value
         if tries.over():
