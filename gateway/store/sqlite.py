@@ -138,9 +138,17 @@ class SqliteDatabase(Database):
     def _commit_waiting(self) -> None:
         """On the database thread: the waiting writes (up to GROUP_MAX), in one COMMIT."""
         with self._waiting_lock:
-            group = [self._waiting.popleft() for _ in range(min(GROUP_MAX, len(self._waiting)))]
+            taken = [self._waiting.popleft() for _ in range(min(GROUP_MAX, len(self._waiting)))]
+        # A write whose caller gave up while it waited (cancelled) is not run; the others
+        # can no longer be cancelled, so each gets its answer (those put back after a lost
+        # group are running already).
+        group = [
+            request
+            for request in taken
+            if request.future.running() or request.future.set_running_or_notify_cancel()
+        ]
         if not group:
-            return  # an earlier call took them
+            return  # an earlier call took them, or their callers gave up
         done: list[_Write] = []
         with self._lock:
             try:

@@ -99,3 +99,32 @@ def test_a_failing_transaction_in_a_group_takes_nothing_of_the_others(db) -> Non
     assert sorted(called) == list(range(1, 50)), "each callback once, after its commit"
     rows = db.call(lambda conn: conn.execute("SELECT n, side FROM marks ORDER BY n").fetchall())
     assert [tuple(row) for row in rows] == [(n, "x") for n in range(50)]
+
+
+def test_a_write_whose_caller_gave_up_is_skipped_and_the_rest_of_its_group_commits(db) -> None:
+    """A caller cancelled while its write waited (a job worker stopping, a request that
+    timed out): that write is not run, and the writes waiting with it are still committed
+    and answered. They hung forever when the cancelled one was answered first."""
+    release = asyncio.Event()
+
+    def block(conn: Connection, started: asyncio.Future[None], loop) -> None:
+        loop.call_soon_threadsafe(started.set_result, None)
+        asyncio.run_coroutine_threadsafe(release.wait(), loop).result(timeout=10)
+
+    async def main() -> tuple[int, list[int]]:
+        loop = asyncio.get_running_loop()
+        started: asyncio.Future[None] = loop.create_future()
+        blocker = asyncio.create_task(db.run(block, started, loop))
+        await started  # the database thread is busy: the next writes wait, as one group
+        given_up = asyncio.create_task(db.run(insert, 1))
+        others = [asyncio.create_task(db.run(insert, n)) for n in range(2, 6)]
+        await asyncio.sleep(0)  # all of them are waiting
+        given_up.cancel()
+        release.set()
+        await blocker
+        async with asyncio.timeout(10):
+            done = await asyncio.gather(*others)
+        rows = await db.run(lambda conn: [r[0] for r in conn.execute("SELECT n FROM marks")])
+        return len(done), sorted(rows)
+
+    assert asyncio.run(main()) == (4, [2, 3, 4, 5])
