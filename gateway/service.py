@@ -119,6 +119,7 @@ class GatewayService:
             stages=metrics.stages,
         )
         wake.worker = worker
+        lifecycle.hand_jobs_to(worker)
         return cls(
             settings=settings,
             db=db,

@@ -112,7 +112,6 @@ async def start_session(
         answer = await answer_once(
             service, principal, idempotency_key, request, body, start, status
         )
-    service.worker.wake()
     return answer
 
 
@@ -222,7 +221,6 @@ async def stop_session(
 
     async with _session_room_order(service, session_id):
         answer = await answer_once(service, principal, idempotency_key, request, None, stop, 200)
-    service.worker.wake()
     return answer
 
 
@@ -285,7 +283,6 @@ async def _pause(
 
     async with _session_room_order(service, session_id):
         answer = await answer_once(service, principal, idempotency_key, request, None, change, 200)
-    service.worker.wake()
     return answer
 
 
@@ -320,7 +317,6 @@ async def cancel_session(
 
     async with _session_room_order(service, session_id):
         answer = await answer_once(service, principal, idempotency_key, request, None, cancel, 200)
-    service.worker.wake()
     return answer
 
 

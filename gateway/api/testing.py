@@ -76,5 +76,4 @@ async def upload_session_audio(
         return session_out(conn, session_id, service.lifecycle.environment)
 
     answer = await service.db.run(attach)
-    service.worker.wake()
     return answer

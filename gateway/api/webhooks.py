@@ -81,8 +81,6 @@ async def receive_blueprint_webhook(
     except webhooks.InvalidPayload as exc:
         _count(service, event.event_type, "invalid_payload", started)
         raise ApiError("invalid_webhook_payload", str(exc)) from None
-    if recorded.job_id is not None:
-        service.worker.wake()
     _count(service, event.event_type, recorded.outcome, started)
     logger.info(
         "webhook %s: %s (session %s)", event.event_type[:64], recorded.outcome, recorded.session_id

@@ -73,6 +73,14 @@ class Job:
         )
 
 
+@dataclass(frozen=True)
+class Lease:
+    """A job handed to a worker as it is queued: leased to ``owner`` for ``seconds``."""
+
+    owner: str
+    seconds: float
+
+
 def enqueue(
     conn: Connection,
     kind: str,
@@ -88,25 +96,55 @@ def enqueue(
     With ``key``, at most one job exists per key: while it is queued or running the same
     job is returned; once done or failed it is reset and queued again with ``payload``.
     """
+    job_id, _ = enqueue_leased(
+        conn, kind, payload, max_attempts=max_attempts, session_id=session_id, key=key,
+        delay_s=delay_s, lease=None,
+    )  # fmt: skip
+    return job_id
+
+
+def enqueue_leased(
+    conn: Connection,
+    kind: str,
+    payload: dict[str, Any],
+    *,
+    max_attempts: int,
+    session_id: str | None,
+    key: str | None,
+    delay_s: float,
+    lease: Lease | None,
+) -> tuple[int, Job | None]:
+    """``enqueue``, and with ``lease`` a job due now that this call writes (new, or reset
+    from done or failed) is written already claimed by ``lease.owner``, its first attempt
+    counted: the job that comes back is that claim, for the owner to run once the
+    transaction commits, without a claim of its own. If the owner dies first, the lease
+    runs out and any replica takes the job over, as after any claim."""
     now = time.time()
+    if lease is None or delay_s > 0:
+        state, attempts, owner, expires = "queued", 0, None, None
+    else:
+        state, attempts, owner, expires = "running", 1, lease.owner, now + lease.seconds
     if key is not None:
         row = conn.execute("SELECT id, state FROM jobs WHERE dedupe_key = ?", (key,)).fetchone()
         if row is not None:
-            if row["state"] in ("done", "failed"):
-                conn.execute(
-                    "UPDATE jobs SET state = 'queued', payload = ?, attempts = 0,"
-                    " max_attempts = ?, next_run_at = ?, last_error = NULL, updated_at = ?"
-                    " WHERE id = ?",
-                    (json.dumps(payload), max_attempts, now + delay_s, now, row["id"]),
-                )
-            return row["id"]
+            if row["state"] not in ("done", "failed"):
+                return row["id"], None
+            row = conn.execute(
+                "UPDATE jobs SET state = ?, payload = ?, attempts = ?, max_attempts = ?,"
+                " next_run_at = ?, last_error = NULL, lease_owner = ?, lease_expires_at = ?,"
+                " updated_at = ? WHERE id = ? RETURNING *",
+                (state, json.dumps(payload), attempts, max_attempts, now + delay_s, owner,
+                 expires, now, row["id"]),
+            ).fetchone()  # fmt: skip
+            return row["id"], Job.from_row(row) if owner is not None else None
     row = conn.execute(
-        "INSERT INTO jobs (kind, payload, state, max_attempts, next_run_at, session_id,"
-        " dedupe_key, created_at, updated_at) VALUES (?, ?, 'queued', ?, ?, ?, ?, ?, ?)"
-        " RETURNING id",
-        (kind, json.dumps(payload), max_attempts, now + delay_s, session_id, key, now, now),
-    ).fetchone()
-    return int(row["id"])
+        "INSERT INTO jobs (kind, payload, state, attempts, max_attempts, next_run_at,"
+        " session_id, dedupe_key, lease_owner, lease_expires_at, created_at, updated_at)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING *",
+        (kind, json.dumps(payload), state, attempts, max_attempts, now + delay_s, session_id,
+         key, owner, expires, now, now),
+    ).fetchone()  # fmt: skip
+    return int(row["id"]), Job.from_row(row) if owner is not None else None
 
 
 # A running job whose lease has run out (NULL: claimed before leases existed) is due again.

@@ -16,6 +16,7 @@ a handler was working on, because a pydantic error, for one, would echo names.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import os
@@ -26,7 +27,7 @@ from collections.abc import Awaitable, Callable
 from pydantic import ValidationError
 
 from gateway.jobs import queue as jobs
-from gateway.jobs.queue import Job
+from gateway.jobs.queue import Job, Lease
 from gateway.settings import JobSettings
 from gateway.stages import UNTIMED, Stages
 from gateway.store import Connection, Database, StoreError
@@ -85,7 +86,14 @@ def raised_at(exc: BaseException) -> str:
 
 
 class Worker:
-    """Claims due jobs and runs their handlers; ``wake()`` after enqueuing to skip the poll."""
+    """Claims due jobs and runs their handlers; ``wake()`` after enqueuing to skip the poll.
+
+    A job queued while this worker has a free slot can be handed to it instead
+    (``lease``, then ``take`` once committed; ``SessionLifecycle`` does this): written
+    already claimed, it starts as soon as its transaction commits, with no claim and no
+    wait for one. The worker claims from the queue when told there is work (``wake``),
+    at each poll, and when a job ends while its last claim filled every slot.
+    """
 
     def __init__(
         self,
@@ -112,6 +120,12 @@ class Worker:
         self._on_outcome = on_outcome
         self._stages = stages
         self._wake = asyncio.Event()
+        self._claim_wanted = True  # look in the queue at the next turn of the loop
+        self._backlog = False  # the last claim filled every free slot: more may be due
+        self._deadline = 0.0  # monotonic time of the next poll
+        self._loop_of: asyncio.AbstractEventLoop | None = None
+        self._accepting = False  # hand-offs are taken (between start and stop)
+        self._taken: collections.deque[Job] = collections.deque()  # handed off, not started
         self._running: dict[int, asyncio.Task[None]] = {}
         self._waiters: dict[int, list[asyncio.Future[None]]] = {}
         self._task: asyncio.Task[None] | None = None
@@ -119,12 +133,15 @@ class Worker:
         self.last_tick = 0.0
 
     def start(self) -> None:
+        self._loop_of = asyncio.get_running_loop()
+        self._accepting = True
         self._task = asyncio.create_task(self._loop(), name="job-worker")
         self._renewer = asyncio.create_task(self._renew_leases(), name="job-leases")
 
     async def stop(self) -> None:
         """Stop claiming, cancel attempts in flight and release their leases, so another
         replica takes them at once (after a crash: when the leases expire)."""
+        self._accepting = False
         for task in (self._task, self._renewer):
             if task is not None:
                 task.cancel()
@@ -139,6 +156,38 @@ class Worker:
             logger.warning("jobs not released at stop (%s): leases expire", type(exc).__name__)
 
     def wake(self) -> None:
+        """There is work in the queue (on the event loop's thread)."""
+        self._claim_wanted = True
+        self._wake.set()
+
+    def queued(self) -> None:
+        """``wake`` from any thread: a transaction that queued a job has committed."""
+        loop = self._loop_of
+        if loop is not None and self._accepting:
+            loop.call_soon_threadsafe(self.wake)
+
+    def lease(self) -> Lease | None:
+        """A lease for a job being queued now, if this worker would start it at once (any
+        thread; None when every slot is taken, so a busy worker's new jobs wait in the
+        queue in their turn). Two transactions may both get one for the last slot: the
+        second job then waits for a slot here, under its lease."""
+        if not self._accepting:
+            return None
+        if len(self._running) + len(self._taken) >= self._settings.concurrency:
+            return None
+        return Lease(self.owner, self._settings.lease_s)
+
+    def take(self, job: Job) -> None:
+        """Run ``job``, queued under a ``lease`` by a transaction that has committed (any
+        thread)."""
+        loop = self._loop_of
+        if loop is not None:
+            loop.call_soon_threadsafe(self._take, job)
+
+    def _take(self, job: Job) -> None:
+        if not self._accepting:
+            return  # stopping: its lease runs out, and the next run (or replica) takes it
+        self._taken.append(job)
         self._wake.set()
 
     @property
@@ -177,34 +226,51 @@ class Worker:
         while True:
             self.last_tick = time.monotonic()
             self._wake.clear()
+            while self._taken and len(self._running) < self._settings.concurrency:
+                self._run(self._taken.popleft())
             free = self._settings.concurrency - len(self._running)
-            if free > 0:
-                try:
-                    with self._stages.waited("job.claim"):
-                        claimed = await self._db.run(
-                            jobs.claim_due,
-                            free,
-                            self.owner,
-                            self._settings.lease_s,
-                            isolation="read_committed",
-                        )
-                except StoreError as exc:
-                    logger.error("cannot claim jobs: %s", type(exc).__name__)
-                    claimed = []
+            if free > 0 and self._claim_wanted:
+                self._claim_wanted = False
+                claimed = await self._claim(free)
+                self._backlog = len(claimed) == free
                 for job in claimed:
-                    if job.taken_over_from is not None:
-                        logger.warning(
-                            "job %d %s taken over from %s (its lease expired)",
-                            job.id,
-                            job.kind,
-                            job.taken_over_from,
-                        )
-                    self._running[job.id] = asyncio.create_task(self._execute(job))
+                    self._run(job)
+                self._deadline = time.monotonic() + await self._idle_s()
+            elif self._deadline <= time.monotonic():  # a poll found every slot taken
+                self._deadline = time.monotonic() + self._settings.poll_interval_s
             # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow the
             # cancellation that stop() sends when the event is set at the same moment.
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(await self._idle_s()):
+            try:
+                async with asyncio.timeout(max(0.0, self._deadline - time.monotonic())):
                     await self._wake.wait()
+            except TimeoutError:
+                self._claim_wanted = True
+
+    async def _claim(self, free: int) -> list[Job]:
+        try:
+            with self._stages.waited("job.claim"):
+                claimed = await self._db.run(
+                    jobs.claim_due,
+                    free,
+                    self.owner,
+                    self._settings.lease_s,
+                    isolation="read_committed",
+                )
+        except StoreError as exc:
+            logger.error("cannot claim jobs: %s", type(exc).__name__)
+            return []
+        for job in claimed:
+            if job.taken_over_from is not None:
+                logger.warning(
+                    "job %d %s taken over from %s (its lease expired)",
+                    job.id,
+                    job.kind,
+                    job.taken_over_from,
+                )
+        return claimed
+
+    def _run(self, job: Job) -> None:
+        self._running[job.id] = asyncio.create_task(self._execute(job))
 
     async def _idle_s(self) -> float:
         """Sleep until the next job is due, at most one poll interval (other processes,
@@ -225,7 +291,7 @@ class Worker:
         interval = self._settings.lease_s / 3
         while True:
             await asyncio.sleep(interval)
-            ids = sorted(self._running)
+            ids = sorted({*self._running, *(job.id for job in self._taken)})
             if not ids:
                 continue
             try:
@@ -234,16 +300,21 @@ class Worker:
                 logger.warning("cannot renew job leases: %s", type(exc).__name__)
                 continue
             for job_id in ids:
+                if job_id in held:
+                    continue
                 task = self._running.get(job_id)
-                if job_id not in held and task is not None:
+                if task is not None:
                     logger.warning("job %d: lease lost to another replica; attempt stopped", job_id)
                     task.cancel()
+                else:  # handed off, not started: the replica that took it over runs it
+                    self._taken = collections.deque(j for j in self._taken if j.id != job_id)
 
     async def _execute(self, job: Job) -> None:
         # How long it waited to be claimed once due (wake-ups, polls, a busy store).
         self._stages.record(f"job.{job.kind}.queued", 0.0, time.time() - job.next_run_at)
+        settled = False
         try:
-            await self._attempt(job)
+            settled = await self._attempt(job)
         except asyncio.CancelledError:
             pass  # stopping, or the lease was lost: the job's next owner runs it
         except StoreError as exc:
@@ -255,9 +326,15 @@ class Worker:
             for future in self._waiters.pop(job.id, []):
                 if not future.done():
                     future.set_result(None)
-            self.wake()
+            # A slot is free: claim if more may be due, or if this job went back to the
+            # queue (its next run may be due before the next poll).
+            if self._backlog or not settled:
+                self._claim_wanted = True
+            self._wake.set()
 
-    async def _attempt(self, job: Job) -> None:
+    async def _attempt(self, job: Job) -> bool:
+        """Run one attempt and record its outcome; False when the job went back to the
+        queue (or its outcome was not this worker's to record)."""
         handler = self._handlers.get(job.kind)
         try:
             if handler is None:
@@ -268,6 +345,7 @@ class Worker:
             raise
         except Permanent as exc:
             await self._fail(job, describe_error(exc))
+            return True
         except Exception as exc:
             retry_after = exc.retry_after_s if isinstance(exc, Retryable) else None
             if not isinstance(exc, Retryable):
@@ -282,14 +360,15 @@ class Worker:
                 )
             exact = isinstance(exc, Later)
             await self._retry_or_fail(job, describe_error(exc), retry_after, exact)
-        else:
-            with self._stages.waited("job.complete"):
-                completed = await self._db.run(jobs.complete, job.id, job)
-            if not completed:
-                self._lost(job)
-                return
-            logger.info("job %d %s done (attempt %d)", job.id, job.kind, job.attempts)
-            self._report(job.kind, "done")
+            return False
+        with self._stages.waited("job.complete"):
+            completed = await self._db.run(jobs.complete, job.id, job)
+        if not completed:
+            self._lost(job)
+            return False
+        logger.info("job %d %s done (attempt %d)", job.id, job.kind, job.attempts)
+        self._report(job.kind, "done")
+        return True
 
     def _lost(self, job: Job) -> None:
         logger.warning("job %d %s: taken over by another replica; this outcome dropped",

@@ -1,18 +1,17 @@
 """Notifications to a room's device on ``rooms/<room>/notify``: ids and codes, never text.
 
 ``notes_ready``, ``failed`` and ``session_uploaded`` are durable: a session notifier queues
-a ``notify_device`` job in the transaction of the session event and wakes the worker, so
-the device hears of it within milliseconds, and later if the broker is away (retried; on
-reconnection at once). Delivery is at least once (a retry after a lost PUBACK repeats it);
-the device keeps the last notification per session. ``chunk_acked`` is best effort: the
-HTTP 200 is the acknowledgement that counts, the notification only mirrors it.
+a ``notify_device`` job in the transaction of the session event, which the worker starts
+as soon as that transaction commits, so the device hears of it within milliseconds, and
+later if the broker is away (retried; on reconnection at once). Delivery is at least once
+(a retry after a lost PUBACK repeats it); the device keeps the last notification per
+session. ``chunk_acked`` is best effort: the HTTP 200 is the acknowledgement that counts,
+the notification only mirrors it.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
-from collections.abc import Callable
 
 from gateway.jobs.queue import Job
 from gateway.jobs.worker import Retryable
@@ -63,16 +62,10 @@ class DeviceNotifier:
         db: Database,
         link: MqttLink,
         lifecycle: SessionLifecycle,
-        wake: Callable[[], None],
     ) -> None:
         self._db = db
         self._link = link
         self._lifecycle = lifecycle
-        self._wake = wake
-        self._loop: asyncio.AbstractEventLoop | None = None
-
-    def bind(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._loop = loop
 
     def notifier(self, conn: Connection, session: Session, event: SessionEvent) -> None:
         """Session notifier (on the database thread, inside the event's transaction)."""
@@ -82,10 +75,7 @@ class DeviceNotifier:
         payload = {"room_id": session.room_id, "session_id": session.id, "type": kind}
         if kind == "failed":
             payload["reason"] = failure_code(session.error)
-        self._lifecycle.enqueue(conn, JobKind.NOTIFY_DEVICE, payload)
-        loop = self._loop
-        if loop is not None:  # wake the worker once the job is committed, so it sees it
-            conn.after_commit(lambda: loop.call_soon_threadsafe(self._wake))
+        self._lifecycle.enqueue(conn, JobKind.NOTIFY_DEVICE, payload)  # runs once committed
 
     async def handle(self, job: Job) -> None:
         payload = job.payload

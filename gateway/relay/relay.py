@@ -8,7 +8,6 @@ for it are made due at once, and each room's desired state is asked for again.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections.abc import Callable
@@ -61,7 +60,7 @@ class Relay:
             recover=recover,
         )
         self.commands = Commands(db, self.link, lifecycle, settings.command_expiry_s)
-        self.notifier = DeviceNotifier(db, self.link, lifecycle, wake)
+        self.notifier = DeviceNotifier(db, self.link, lifecycle)
         self.messages = DeviceMessages(db, self.commands, settings.command_expiry_s, wake)
         self.diagnosis = RoomDiagnosis(db, self.link)
 
@@ -77,7 +76,6 @@ class Relay:
         return self.link.connected
 
     def start(self) -> None:
-        self.notifier.bind(asyncio.get_running_loop())
         self.link.start()
 
     async def stop(self) -> None:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from enum import StrEnum
-from typing import Any
+from typing import Any, Protocol
 
 from gateway import rooms
 from gateway.devices import registry
@@ -73,11 +73,28 @@ def poll_key(session_id: str) -> str:
     return f"{JobKind.POLL_ARTIFACTS}:{session_id}"
 
 
+class JobTaker(Protocol):
+    """The worker that runs this process's jobs (gateway.jobs.worker.Worker): it takes a
+    job due now as it is queued, or is woken to claim it, once the transaction commits."""
+
+    def lease(self) -> jobs.Lease | None: ...
+
+    def take(self, job: jobs.Job) -> None: ...
+
+    def queued(self) -> None: ...
+
+
 class SessionLifecycle:
     def __init__(self, job_settings: JobSettings, environment: str) -> None:
         self._max_attempts = job_settings.max_attempts
         self.environment = environment  # the Blueprint environment cached ids must be of
         self._notifiers: list[Notifier] = []
+        self._taker: JobTaker | None = None
+
+    def hand_jobs_to(self, taker: JobTaker) -> None:
+        """Jobs queued from now on go to ``taker`` as their transaction commits: the next
+        step of a session starts at once, rather than after a claim or a poll."""
+        self._taker = taker
 
     def add_notifier(self, notifier: Notifier) -> None:
         self._notifiers.append(notifier)
@@ -93,7 +110,8 @@ class SessionLifecycle:
         delay_s: float = 0.0,
         max_attempts: int | None = None,
     ) -> int:
-        return jobs.enqueue(
+        taker = self._taker
+        job_id, taken = jobs.enqueue_leased(
             conn,
             kind,
             payload,
@@ -101,7 +119,13 @@ class SessionLifecycle:
             session_id=session_id,
             key=key,
             delay_s=delay_s,
+            lease=taker.lease() if taker is not None and delay_s <= 0 else None,
         )
+        if taker is not None and taken is not None:
+            conn.after_commit(lambda: taker.take(taken))
+        elif taker is not None and delay_s <= 0:
+            conn.after_commit(taker.queued)
+        return job_id
 
     # --- people ---------------------------------------------------------------------------
 

@@ -1,0 +1,160 @@
+"""A job queued through the session lifecycle while the worker has a free slot is handed
+to it as its transaction commits: it starts without a claim, and without a wait for one.
+In-process on a real store (SQLite and PostgreSQL)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+from gateway.jobs import queue as jobs
+from gateway.jobs.queue import Job
+from gateway.jobs.worker import Worker
+from gateway.sessions.lifecycle import JobKind, SessionLifecycle
+from gateway.settings import JobSettings
+from gateway.stages import Stages
+from gateway.store import Connection, Database, Location
+from tests.support.eventually import eventually_async
+
+# No poll comes to the rescue within a test: only hand-offs and wake-ups run jobs.
+NO_POLL = JobSettings(poll_interval_s=30, concurrency=2)
+
+
+@pytest.fixture
+def db(store_location: Location) -> Iterator[Database]:
+    database = Database.open(store_location)
+    yield database
+    database.close()
+
+
+class Claims:
+    """The worker's claims, counted as its metrics count them."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.stages = Stages(self.registry)
+
+    def __call__(self) -> int:
+        value = self.registry.get_sample_value("gateway_stage_count_total", {"stage": "job.claim"})
+        return int(value or 0)
+
+
+def state(db: Database, job_id: int) -> Job:
+    with db.transaction(write=False) as conn:
+        found = jobs.get(conn, job_id)
+    assert found is not None
+    return found
+
+
+def test_the_next_step_starts_without_a_claim(db: Database) -> None:
+    lifecycle = SessionLifecycle(NO_POLL, "bpenv_test")
+    claims = Claims()
+    ran: list[Job] = []
+    next_ids: list[int] = []
+
+    def queue_next(conn: Connection) -> int:
+        return lifecycle.enqueue(conn, JobKind.NOTIFY_DEVICE, {"step": 2})
+
+    async def first(_: Job) -> None:
+        next_ids.append(await db.run(queue_next))
+
+    async def second(job: Job) -> None:
+        ran.append(job)
+
+    async def main() -> None:
+        handlers = {"first": first, JobKind.NOTIFY_DEVICE: second}
+        worker = Worker(db, handlers, NO_POLL, stages=claims.stages)
+        lifecycle.hand_jobs_to(worker)
+        worker.start()
+        try:
+            await eventually_async(lambda: claims() == 1, what="the start's claim")
+            with db.transaction() as conn:
+                first_id = jobs.enqueue(conn, "first", {}, max_attempts=3)
+            worker.wake()
+            await eventually_async(lambda: ran, timeout=5, what="the second step ran")
+            await eventually_async(lambda: state(db, first_id).state == "done")
+            await eventually_async(lambda: state(db, next_ids[0]).state == "done")
+        finally:
+            await worker.stop()
+
+    asyncio.run(main())
+    assert claims() == 2  # at start, and the wake-up for the first job: none for the second
+    assert ran[0].id == next_ids[0]
+    assert state(db, ran[0].id).attempts == 1
+
+
+def test_a_busy_worker_leaves_new_jobs_in_the_queue_in_their_turn(db: Database) -> None:
+    """Every slot taken: the job is queued as before, and claimed when a slot frees."""
+    settings = JobSettings(poll_interval_s=30, concurrency=1)
+    lifecycle = SessionLifecycle(settings, "bpenv_test")
+    release = asyncio.Event()
+    ran: list[int] = []
+    queued: list[Job] = []
+
+    async def slow(_: Job) -> None:
+        job_id = await db.run(lambda conn: lifecycle.enqueue(conn, JobKind.NOTIFY_DEVICE, {}))
+        queued.append(state(db, job_id))
+        await release.wait()
+
+    async def quick(job: Job) -> None:
+        ran.append(job.id)
+
+    async def main() -> None:
+        worker = Worker(db, {"slow": slow, JobKind.NOTIFY_DEVICE: quick}, settings)
+        lifecycle.hand_jobs_to(worker)
+        worker.start()
+        try:
+            with db.transaction() as conn:
+                jobs.enqueue(conn, "slow", {}, max_attempts=3)
+            worker.wake()
+            await eventually_async(lambda: queued, what="the slow job queued the quick one")
+            release.set()
+            await eventually_async(lambda: ran, timeout=5, what="the quick job ran")
+        finally:
+            await worker.stop()
+
+    asyncio.run(main())
+    assert queued[0].state == "queued" and queued[0].lease_owner is None
+
+
+def test_a_job_handed_off_to_a_worker_that_died_is_taken_over(db: Database) -> None:
+    """Handed off and committed, but its worker never ran it: once the lease runs out,
+    another worker claims it."""
+    short = JobSettings(poll_interval_s=0.05, lease_s=0.3)
+    lifecycle = SessionLifecycle(short, "bpenv_test")
+    ran: list[Job] = []
+
+    class Dead:
+        """A worker that leases and then dies before the commit's hand-off arrives."""
+
+        def lease(self) -> jobs.Lease:
+            return jobs.Lease("gone/1-abc", 0.3)
+
+        def take(self, job: Job) -> None:
+            pass
+
+        def queued(self) -> None:
+            pass
+
+    lifecycle.hand_jobs_to(Dead())
+    with db.transaction() as conn:
+        job_id = lifecycle.enqueue(conn, JobKind.NOTIFY_DEVICE, {})
+    assert state(db, job_id).lease_owner == "gone/1-abc"
+
+    async def record(job: Job) -> None:
+        ran.append(job)
+
+    async def main() -> None:
+        worker = Worker(db, {JobKind.NOTIFY_DEVICE: record}, short, replica="other")
+        worker.start()
+        try:
+            await eventually_async(lambda: ran, timeout=5, what="taken over")
+        finally:
+            await worker.stop()
+
+    asyncio.run(main())
+    assert ran[0].taken_over_from == "gone/1-abc"
+    assert ran[0].attempts == 2
