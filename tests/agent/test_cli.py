@@ -1,10 +1,14 @@
-"""room-agent segment / record / spool verify as a person runs them: a real process each.
+"""room-agent segment / record / spool verify as a person runs them: a real process each,
+except refusals that happen before any audio is taken (bad options, input files, settings):
+those run in this process through click's CliRunner, and one of them also as a real
+process, for the entry point (run_program) that turns a refusal into its line and status.
 
 Every expected failure must be one line on stderr and exit status 2, never a traceback,
 and must lose nothing that was already spooled.
 """
 
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -16,7 +20,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile
+from click.testing import CliRunner, Result
 
+from agent.cli import cli
 from agent.pipeline.seal import ChunkSealer
 from agent.spool import Spool
 from protocol.envelope import generate_private_key, open_chunk, public_key_to_text
@@ -59,6 +65,39 @@ def assert_one_line_error(result, *fragments):
         assert fragment in result.stderr
 
 
+@pytest.fixture
+def room_agent(env, monkeypatch, caplog) -> Callable[..., Result]:
+    """`room-agent ARGS` with ``env`` as its environment, in this process: the group's
+    standalone main shows a Fatal and exits with its status as run_program does (a real
+    process: test_a_refusal_from_the_real_program). Fatal names the program by argv[0].
+    A warning logged would be a line on a real process's stderr (logging's last resort;
+    here pytest captures it), so there must be none."""
+    monkeypatch.setattr(sys, "argv", [ROOM_AGENT])
+
+    def invoke(*args: object) -> Result:
+        unset: dict[str, str | None] = {k: None for k in os.environ if k not in env}
+        caplog.clear()
+        result = CliRunner().invoke(
+            cli, [str(arg) for arg in args], env={**unset, **env}, prog_name="room-agent"
+        )
+        logged = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+        assert not logged, logged
+        return result
+
+    return invoke
+
+
+def assert_refused(result: Result, *fragments: str) -> None:
+    """assert_one_line_error for an in-process run (any exception but the exit would
+    have been a traceback)."""
+    assert isinstance(result.exception, SystemExit), result.exc_info
+    assert result.exit_code == 2, (result.stdout, result.stderr)
+    assert result.stderr.count("\n") == 1, result.stderr
+    assert result.stderr.startswith("room-agent: ")
+    for fragment in fragments:
+        assert fragment in result.stderr
+
+
 def unless_exited(proc: Service, condition: Callable[[], bool]) -> Callable[[], bool]:
     """``condition`` for eventually, failing at once if ``proc`` has exited; with its log."""
 
@@ -90,11 +129,11 @@ def bad_inputs(folder: Path) -> dict[str, tuple[Path, str]]:
 
 @pytest.mark.parametrize("command", ["segment", "record"])
 @pytest.mark.parametrize("case", ["missing", "directory", "unsupported", "garbage", "empty"])
-def test_bad_input_file(tmp_path, env, command, case):
+def test_bad_input_file(tmp_path, room_agent, command, case):
     path, message = bad_inputs(tmp_path / "inputs")[case]
     args = [command, path] if command == "segment" else [command, "--input", path, "--until-eof"]
-    result = run(env, *args)
-    assert_one_line_error(result, str(path), message)
+    result = room_agent(*args)
+    assert_refused(result, str(path), message)
     assert result.stdout == ""
     assert not (tmp_path / "state" / "spool" / "sessions").exists() or not any(
         (tmp_path / "state" / "spool" / "sessions").iterdir()
@@ -102,13 +141,27 @@ def test_bad_input_file(tmp_path, env, command, case):
 
 
 @pytest.mark.parametrize("command", [["segment", "{wav}"], ["record", "--input", "{wav}"]])
-def test_config_with_a_wrong_key(tmp_path, env, speech, command):
-    config = tmp_path / "agent.toml"
-    config.write_text('[agent]\ndevice_id = "room-1"\n\n[agent.spool]\nmax_byte = 5\n')
+def test_config_with_a_wrong_key(tmp_path, room_agent, speech, command):
+    config = wrong_key_config(tmp_path)
     args = [arg.format(wav=speech) for arg in command]
-    result = run(env, "--config", config, *args)
+    result = room_agent("--config", config, *args)
+    assert_refused(result, "agent.toml: agent.spool.max_byte: unknown key")
+    assert "did you mean max_bytes?" in result.stderr
+
+
+def wrong_key_config(folder: Path) -> Path:
+    config = folder / "agent.toml"
+    config.write_text('[agent]\ndevice_id = "room-1"\n\n[agent.spool]\nmax_byte = 5\n')
+    return config
+
+
+def test_a_refusal_from_the_real_program(tmp_path, env, speech):
+    """The entry point (main, run_program) ends a refusal as one line and exit status 2;
+    the other refusals run in this process (the room_agent fixture)."""
+    result = run(env, "--config", wrong_key_config(tmp_path), "record", "--input", speech)
     assert_one_line_error(result, "agent.toml: agent.spool.max_byte: unknown key")
     assert "did you mean max_bytes?" in result.stderr
+    assert result.stdout == ""
 
 
 @pytest.mark.parametrize(
@@ -120,20 +173,20 @@ def test_config_with_a_wrong_key(tmp_path, env, speech, command):
         (["--input", "{wav}", "--session", "no spaces allowed"], "session id must be"),
     ],
 )
-def test_bad_record_options(env, speech, args, message):
-    result = run(env, "record", *[a.format(wav=speech) for a in args])
-    assert_one_line_error(result, message)
+def test_bad_record_options(room_agent, speech, args, message):
+    result = room_agent("record", *[a.format(wav=speech) for a in args])
+    assert_refused(result, message)
 
 
 @pytest.mark.parametrize(
     "key, message",
     [(None, "gateway_public_key is not set"), ("AAAA", "must be 32 bytes"), ("%%", "base64")],
 )
-def test_record_needs_a_usable_gateway_key(env, speech, key, message):
+def test_record_needs_a_usable_gateway_key(env, room_agent, speech, key, message):
     env.pop("ROOM_AGENT_GATEWAY_PUBLIC_KEY")
     if key is not None:
         env["ROOM_AGENT_GATEWAY_PUBLIC_KEY"] = key
-    assert_one_line_error(run(env, "record", "--input", speech, "--until-eof"), message)
+    assert_refused(room_agent("record", "--input", speech, "--until-eof"), message)
 
 
 def test_record_a_file_and_resume_rules(tmp_path, env, speech):

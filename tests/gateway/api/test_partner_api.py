@@ -1,23 +1,35 @@
 """The partner API refuses bad input with a 4xx and a reason, never a 500, and never echoes
-what it was sent; schemathesis fuzzes every operation of /openapi.json for 5xx."""
+what it was sent; schemathesis fuzzes every operation of /openapi.json for 5xx.
+
+Refusals that need nothing from a running server (authentication, validation, body size)
+are asked of the app in this process (the ``app`` fixture: fastapi's TestClient, with the
+settings the module's gateway process has); the rest of the partner API, the fuzzing and
+the admin CLI go to that real `room-gateway serve`.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 import schemathesis
+from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis.errors import Unsatisfiable
 from schemathesis import GenerationMode
 from schemathesis.checks import not_a_server_error
 
 from gateway.api.errors import documented_codes
+from gateway.app import create_app
 from gateway.sessions.audio_files import CONTENT_TYPES
+from gateway.settings import load_gateway_settings
 from protocol.ingest import SEALED_CHUNK_CONTENT_TYPE
 from tests.gateway.conftest import (
     CLIENT_NAMES,
@@ -41,8 +53,41 @@ def people(blueprint_sim: SimulatorProcess, gateway: GatewayProcess) -> GatewayP
     return gateway
 
 
-def request(gateway: GatewayProcess, method: str, path: str, **kwargs: Any) -> httpx.Response:
+@contextlib.contextmanager
+def in_process(state_dir: Path, blueprint_url: str, **env: str) -> Iterator[TestClient]:
+    """The gateway's app in this process, its lifespan (store, job worker) running, with
+    the settings `room-gateway serve` loads from GatewayProcess's environment (+ ``env``),
+    the test runner's own ROOM_GATEWAY_* variables left out as they are for the process."""
+    process = GatewayProcess(state_dir, blueprint_url, env)  # not started: its settings
+    process.http.close()
+    with pytest.MonkeyPatch.context() as patch:
+        for name in os.environ:
+            if name.startswith("ROOM_GATEWAY_"):
+                patch.delenv(name)
+        for name, value in process.env.items():
+            if name.startswith("ROOM_GATEWAY_"):
+                patch.setenv(name, value)
+        settings = load_gateway_settings(None)
+    with TestClient(create_app(settings)) as client:
+        yield client
+
+
+@pytest.fixture(scope="module")
+def app(
+    blueprint_sim: SimulatorProcess, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[TestClient]:
+    """The module's gateway settings (partner token, audio endpoint on), in this process."""
+    with in_process(tmp_path_factory.mktemp("in-process"), blueprint_sim.url) as client:
+        yield client
+
+
+def request(
+    gateway: GatewayProcess | TestClient, method: str, path: str, **kwargs: Any
+) -> httpx.Response:
+    """A request with the partner token, to a gateway process or to the app in process."""
     headers = {**AUTH, **kwargs.pop("headers", {})}
+    if not isinstance(gateway, GatewayProcess):
+        return gateway.request(method, path, headers=headers, **kwargs)
     return httpx.request(method, gateway.url + path, headers=headers, timeout=30, **kwargs)
 
 
@@ -74,10 +119,10 @@ PROTECTED = [
 
 @pytest.mark.parametrize(("method", "path"), PROTECTED)
 def test_every_partner_endpoint_needs_a_valid_token(
-    gateway: GatewayProcess, method: str, path: str
+    app: TestClient, method: str, path: str
 ) -> None:
     for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "Basic eDp5"}):
-        answer = httpx.request(method, gateway.url + path, headers=headers, json=CLINICIAN)
+        answer = app.request(method, path, headers=headers, json=CLINICIAN)
         code = "missing_token" if "Bearer " not in headers.get("Authorization", "") else None
         detail = assert_refused(answer, 401, code or "invalid_token")
         assert "token" in detail
@@ -116,33 +161,33 @@ def test_created_tokens_work_until_revoked(gateway: GatewayProcess) -> None:
         None,
     ],
 )
-def test_put_clinician_rejects_bad_bodies(gateway: GatewayProcess, body: Any) -> None:
-    answer = request(gateway, "PUT", "/v1/clinicians/c-bad", json=body)
+def test_put_clinician_rejects_bad_bodies(app: TestClient, body: Any) -> None:
+    answer = request(app, "PUT", "/v1/clinicians/c-bad", json=body)
     problem = assert_problem(answer, 422, "invalid_request")
     assert problem["errors"], problem
     assert all(error["field"] and error["message"] for error in problem["errors"])
     assert all("input" not in error for error in problem["errors"])  # values never echoed
 
 
-def test_bad_external_ids_in_paths(gateway: GatewayProcess) -> None:
+def test_bad_external_ids_in_paths(app: TestClient) -> None:
     for path in (
         "/v1/clinicians/has%20space",
         "/v1/clinicians/" + "x" * 129,
         "/v1/clients/-leading-dash",
         "/v1/clinicians/%C3%A9",
     ):
-        assert_refused(request(gateway, "PUT", path, json=CLINICIAN), 422, "invalid_request")
-    assert_refused(request(gateway, "GET", "/v1/clinicians/nobody"), 404, "clinician_not_found")
-    assert_refused(request(gateway, "GET", "/v1/clients/nobody"), 404, "client_not_found")
+        assert_refused(request(app, "PUT", path, json=CLINICIAN), 422, "invalid_request")
+    assert_refused(request(app, "GET", "/v1/clinicians/nobody"), 404, "clinician_not_found")
+    assert_refused(request(app, "GET", "/v1/clients/nobody"), 404, "client_not_found")
 
 
-def test_put_client_needs_a_known_clinician(gateway: GatewayProcess) -> None:
+def test_put_client_needs_a_known_clinician(app: TestClient) -> None:
     body = {**CLIENT_NAMES, "clinician_external_id": "never-put"}
-    answer = request(gateway, "PUT", "/v1/clients/p-orphan", json=body)
+    answer = request(app, "PUT", "/v1/clients/p-orphan", json=body)
     detail = assert_refused(answer, 422, "unknown_clinician")
     assert "clinician never-put not found" in detail
     body = {**CLIENT_NAMES}
-    assert_refused(request(gateway, "PUT", "/v1/clients/p-orphan", json=body), 422)
+    assert_refused(request(app, "PUT", "/v1/clients/p-orphan", json=body), 422)
 
 
 def test_start_session_rejects_unknown_references(people: GatewayProcess) -> None:
@@ -190,11 +235,11 @@ def test_room_busy_is_409_and_sessions_404(people: GatewayProcess) -> None:
     assert request(people, "POST", f"/v1/sessions/{first}/stop").json()["state"] == "stopping"
 
 
-def test_huge_non_utf8_and_non_json_bodies(gateway: GatewayProcess) -> None:
+def test_huge_non_utf8_and_non_json_bodies(app: TestClient) -> None:
     huge = json.dumps({"first_name": "x" * BIG, "last_name": "y"}).encode()
     assert_refused(
         request(
-            gateway,
+            app,
             "PUT",
             "/v1/clinicians/c-huge",
             content=huge,
@@ -210,7 +255,7 @@ def test_huge_non_utf8_and_non_json_bodies(gateway: GatewayProcess) -> None:
         b"{" * 10_000,
     ):
         answer = request(
-            gateway,
+            app,
             "PUT",
             "/v1/clinicians/c-bytes",
             content=content,
@@ -218,7 +263,7 @@ def test_huge_non_utf8_and_non_json_bodies(gateway: GatewayProcess) -> None:
         )
         assert_refused(answer, (400, 422))
     answer = request(
-        gateway,
+        app,
         "PUT",
         "/v1/clinicians/c-form",
         content=b"first_name=a",
@@ -264,17 +309,18 @@ def test_test_only_audio_endpoint_refusals(people: GatewayProcess, flac_audio: P
     assert_refused(again, 409)
 
 
-def test_audio_endpoint_is_off_by_default(gateway_factory) -> None:
-    gateway = gateway_factory(ROOM_GATEWAY_TESTING__AUDIO_ENDPOINT="false")
-    paths = httpx.get(f"{gateway.url}/openapi.json").json()["paths"]
-    assert "/v1/sessions/{session_id}/audio" not in paths
-    answer = request(
-        gateway,
-        "POST",
-        "/v1/sessions/ses_x/audio",
-        content=b"x",
-        headers={"Content-Type": "audio/flac"},
-    )
+def test_audio_endpoint_is_off_by_default(blueprint_sim: SimulatorProcess, tmp_path: Path) -> None:
+    off = {"ROOM_GATEWAY_TESTING__AUDIO_ENDPOINT": "false"}
+    with in_process(tmp_path, blueprint_sim.url, **off) as gateway:
+        paths = gateway.get("/openapi.json").json()["paths"]
+        assert "/v1/sessions/{session_id}/audio" not in paths
+        answer = request(
+            gateway,
+            "POST",
+            "/v1/sessions/ses_x/audio",
+            content=b"x",
+            headers={"Content-Type": "audio/flac"},
+        )
     assert answer.status_code in (404, 405)
 
 
