@@ -13,9 +13,9 @@ Cost: two clock reads and three counter increments per stage (a few microseconds
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Coroutine, Generator, Iterator
 from contextlib import contextmanager
-from typing import ParamSpec, TypeVar
+from typing import Any, ParamSpec, TypeVar
 
 from prometheus_client import CollectorRegistry, Counter
 
@@ -70,6 +70,18 @@ class Stages:
         finally:
             self.record(name, 0.0, time.perf_counter() - wall)
 
+    async def awaited(self, name: str, work: Coroutine[Any, Any, T]) -> T:
+        """Await ``work`` as stage ``name``: its wall time, and the CPU of its own steps on
+        the event loop (what runs between two of its awaits runs on the loop's thread
+        alone, so ``thread_time`` over each step is its CPU and no other task's). What it
+        hands to other threads (the store's) or to other tasks is not in it."""
+        meter = _CpuMeter(work)
+        wall = time.perf_counter()
+        try:
+            return await meter
+        finally:
+            self.record(name, meter.cpu_s, time.perf_counter() - wall)
+
     def timed(self, name: str, fn: Callable[P, T]) -> Callable[P, T]:
         """``fn`` recording itself as stage ``name`` wherever it runs (a worker thread)."""
 
@@ -78,6 +90,35 @@ class Stages:
                 return fn(*args, **kwargs)
 
         return run
+
+
+class _CpuMeter:
+    """Drives a coroutine step by step for its task, adding up the CPU of each step."""
+
+    def __init__(self, work: Coroutine[Any, Any, T]) -> None:
+        self._work = work
+        self.cpu_s = 0.0
+
+    def __await__(self) -> Generator[Any, Any, Any]:
+        work = self._work
+        send: Any = None
+        thrown: BaseException | None = None
+        while True:
+            started = time.thread_time()
+            try:
+                step = work.send(send) if thrown is None else work.throw(thrown)
+            except StopIteration as finished:
+                return finished.value
+            finally:
+                self.cpu_s += time.thread_time() - started
+            send, thrown = None, None
+            try:
+                send = yield step
+            except GeneratorExit:
+                work.close()
+                raise
+            except BaseException as exc:  # cancellation, for one: passed on to the work
+                thrown = exc
 
 
 UNTIMED = Stages(CollectorRegistry())

@@ -22,7 +22,8 @@ import logging
 import os
 import secrets
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
+from typing import Any
 
 from pydantic import ValidationError
 
@@ -35,7 +36,7 @@ from runtime.retry import backoff_s
 
 logger = logging.getLogger(__name__)
 
-Handler = Callable[[Job], Awaitable[None]]
+Handler = Callable[[Job], Coroutine[Any, Any, None]]
 OnFailed = Callable[[Connection, Job], None]
 """Runs inside the transaction that marks a job failed (e.g. to fail its session)."""
 OnOutcome = Callable[[str, str], None]
@@ -339,8 +340,7 @@ class Worker:
         try:
             if handler is None:
                 raise Permanent(f"no handler for job kind {job.kind}")
-            with self._stages.waited(f"job.{job.kind}"):
-                await handler(job)
+            await self._stages.awaited(f"job.{job.kind}", handler(job))
         except asyncio.CancelledError:
             raise
         except Permanent as exc:
