@@ -217,8 +217,10 @@ def search(
 
 
 def timeline(conn: Connection, session_id: str) -> list[TimelineEntry]:
+    """In time order: concurrent transactions write their rows in another order than
+    their times, and a device's events carry the device's time."""
     rows = conn.execute(
-        "SELECT at, step, detail FROM session_events WHERE session_id = ? ORDER BY id",
+        "SELECT at, step, detail FROM session_events WHERE session_id = ? ORDER BY at, id",
         (session_id,),
     ).fetchall()
     return [TimelineEntry(**dict(row)) for row in rows]

@@ -133,3 +133,22 @@ def test_failure_and_resumption(conn: Connection, lifecycle: SessionLifecycle, h
     lifecycle.resumed(conn, session.id)
     resumed = sessions.get(conn, session.id)
     assert (resumed.state, resumed.error) == ("audio_ready", None)
+
+
+def test_the_timeline_reads_in_the_order_of_its_times(
+    conn: Connection, lifecycle: SessionLifecycle
+) -> None:
+    """Events are written by concurrent transactions (two artifact fetches, a device's
+    report) whose rows may land in another order than their times, and a device's pause
+    carries the device's time: the timeline is in time order all the same (rows of one
+    time in the order they were written)."""
+    session = started(conn, lifecycle)
+    first_at = sessions.timeline(conn, session.id)[0].at
+    sessions.add_event(conn, session.id, "transcript_fetched", at=first_at + 2.0)
+    sessions.add_event(conn, session.id, "progress_note_fetched", at=first_at + 1.0)
+    sessions.add_event(conn, session.id, "same_time_a", at=first_at + 3.0)
+    sessions.add_event(conn, session.id, "same_time_b", at=first_at + 3.0)
+    timeline = sessions.timeline(conn, session.id)
+    assert [entry.step for entry in timeline] == [
+        "created", "progress_note_fetched", "transcript_fetched", "same_time_a", "same_time_b",
+    ]  # fmt: skip
