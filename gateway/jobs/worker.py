@@ -125,7 +125,7 @@ class Worker:
         self._backlog = False  # the last claim filled every free slot: more may be due
         self._deadline = 0.0  # monotonic time of the next poll
         self._loop_of: asyncio.AbstractEventLoop | None = None
-        self._accepting = False  # hand-offs are taken (between start and stop)
+        self._accepting = False  # hand-offs are taken (once started, until stop)
         self._taken: collections.deque[Job] = collections.deque()  # handed off, not started
         self._running: dict[int, asyncio.Task[None]] = {}
         self._waiters: dict[int, list[asyncio.Future[None]]] = {}
@@ -135,7 +135,6 @@ class Worker:
 
     def start(self) -> None:
         self._loop_of = asyncio.get_running_loop()
-        self._accepting = True
         self._task = asyncio.create_task(self._loop(), name="job-worker")
         self._renewer = asyncio.create_task(self._renew_leases(), name="job-leases")
 
@@ -224,6 +223,9 @@ class Worker:
             requeued = 0
         if requeued:
             logger.info("resuming %d jobs interrupted by the last shutdown", requeued)
+        # Only now: a job handed over before the release above would be released under
+        # its running attempt, and claimed a second time.
+        self._accepting = True
         while True:
             self.last_tick = time.monotonic()
             self._wake.clear()

@@ -158,3 +158,30 @@ def test_a_job_handed_off_to_a_worker_that_died_is_taken_over(db: Database) -> N
     asyncio.run(main())
     assert ran[0].taken_over_from == "gone/1-abc"
     assert ran[0].attempts == 2
+
+
+def test_a_job_queued_as_the_worker_starts_runs_once(db: Database) -> None:
+    """Queued between start() and the worker's release of the last run's jobs (which, on
+    SQLite, puts every running job back in the queue): it is not handed over, so it is
+    not released under its running attempt and claimed a second time."""
+    settings = JobSettings(poll_interval_s=30, concurrency=1)
+    lifecycle = SessionLifecycle(settings, "bpenv_test")
+    runs: list[int] = []
+
+    async def count(job: Job) -> None:
+        runs.append(job.attempts)
+
+    async def main() -> int:
+        worker = Worker(db, {JobKind.NOTIFY_DEVICE: count}, settings, sole=True)
+        lifecycle.hand_jobs_to(worker)
+        worker.start()
+        with db.transaction() as conn:  # before the worker's task has run at all
+            job_id = lifecycle.enqueue(conn, JobKind.NOTIFY_DEVICE, {})
+        try:
+            await eventually_async(lambda: state(db, job_id).state == "done", timeout=5)
+        finally:
+            await worker.stop()
+        return job_id
+
+    asyncio.run(main())
+    assert runs == [1]
