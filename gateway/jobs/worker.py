@@ -22,7 +22,7 @@ import logging
 import os
 import secrets
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Mapping
 from typing import Any
 
 from pydantic import ValidationError
@@ -36,7 +36,11 @@ from runtime.retry import backoff_s
 
 logger = logging.getLogger(__name__)
 
-Handler = Callable[[Job], Coroutine[Any, Any, None]]
+Finish = Callable[[Connection], object]
+"""A handler's last write, returned rather than run: the worker runs it in the transaction
+that marks the job done, so the two commit together (one commit, not two), and neither
+does if this attempt's lease was taken over meanwhile."""
+Handler = Callable[[Job], Coroutine[Any, Any, Finish | None]]
 OnFailed = Callable[[Connection, Job], None]
 """Runs inside the transaction that marks a job failed (e.g. to fail its session)."""
 OnOutcome = Callable[[str, str], None]
@@ -99,7 +103,7 @@ class Worker:
     def __init__(
         self,
         db: Database,
-        handlers: dict[str, Handler],
+        handlers: Mapping[str, Handler],
         settings: JobSettings,
         *,
         on_failed: OnFailed | None = None,
@@ -342,35 +346,51 @@ class Worker:
         try:
             if handler is None:
                 raise Permanent(f"no handler for job kind {job.kind}")
-            await self._stages.awaited(f"job.{job.kind}", handler(job))
+            finish = await self._stages.awaited(f"job.{job.kind}", handler(job))
         except asyncio.CancelledError:
             raise
-        except Permanent as exc:
-            await self._fail(job, describe_error(exc))
-            return True
         except Exception as exc:
-            retry_after = exc.retry_after_s if isinstance(exc, Retryable) else None
-            if not isinstance(exc, Retryable):
-                # Not logger.exception: the traceback's last line is str(exc), which may
-                # hold what the handler was working on. Type and place are enough to debug.
-                logger.error(
-                    "job %d %s: unexpected %s at %s",
-                    job.id,
-                    job.kind,
-                    type(exc).__name__,
-                    raised_at(exc),
-                )
-            exact = isinstance(exc, Later)
-            await self._retry_or_fail(job, describe_error(exc), retry_after, exact)
-            return False
-        with self._stages.waited("job.complete"):
-            completed = await self._db.run(jobs.complete, job.id, job)
+            return await self._failed_attempt(job, exc)
+        try:
+            with self._stages.waited("job.complete"):
+                completed = await self._db.run(self._complete, job, finish)
+        except Exception as exc:
+            if finish is None and isinstance(exc, StoreError):
+                raise  # nothing was recorded: the job runs again when its lease expires
+            # Its last write failed: as if the handler had raised (it used to run it).
+            return await self._failed_attempt(job, exc)
         if not completed:
             self._lost(job)
             return False
         logger.info("job %d %s done (attempt %d)", job.id, job.kind, job.attempts)
         self._report(job.kind, "done")
         return True
+
+    @staticmethod
+    def _complete(conn: Connection, job: Job, finish: Finish | None) -> bool:
+        if not jobs.complete(conn, job.id, job):
+            return False  # taken over: the handler's last write is not made either
+        if finish is not None:
+            finish(conn)
+        return True
+
+    async def _failed_attempt(self, job: Job, exc: Exception) -> bool:
+        """Record a failed attempt: failed (Permanent) or back in the queue; True when it
+        left the queue."""
+        if isinstance(exc, Permanent):
+            await self._fail(job, describe_error(exc))
+            return True
+        retry_after = exc.retry_after_s if isinstance(exc, Retryable) else None
+        if not isinstance(exc, Retryable):
+            # Not logger.exception: the traceback's last line is str(exc), which may
+            # hold what the handler was working on. Type and place are enough to debug.
+            logger.error(
+                "job %d %s: unexpected %s at %s", job.id, job.kind, type(exc).__name__,
+                raised_at(exc),
+            )  # fmt: skip
+        exact = isinstance(exc, Later)
+        await self._retry_or_fail(job, describe_error(exc), retry_after, exact)
+        return False
 
     def _lost(self, job: Job) -> None:
         logger.warning("job %d %s: taken over by another replica; this outcome dropped",

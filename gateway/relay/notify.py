@@ -11,10 +11,11 @@ the notification only mirrors it.
 
 from __future__ import annotations
 
+import functools
 import logging
 
 from gateway.jobs.queue import Job
-from gateway.jobs.worker import Retryable
+from gateway.jobs.worker import Finish, Retryable
 from gateway.relay.link import MqttLink, PublishRefused
 from gateway.sessions import states as sessions
 from gateway.sessions.lifecycle import JobKind, SessionEvent, SessionLifecycle
@@ -77,7 +78,7 @@ class DeviceNotifier:
             payload["reason"] = failure_code(session.error)
         self._lifecycle.enqueue(conn, JobKind.NOTIFY_DEVICE, payload)  # runs once committed
 
-    async def handle(self, job: Job) -> None:
+    async def handle(self, job: Job) -> Finish:
         payload = job.payload
         message = _message(payload)
         try:
@@ -88,8 +89,11 @@ class DeviceNotifier:
             raise Retryable(f"notify {payload['type']}: {exc}", RETRY_AFTER_S) from None
         logger.info("relay: room %s notified: %s %s", payload["room_id"], payload["type"],
                     payload["session_id"])  # fmt: skip
-        await self._db.run(
-            sessions.add_event, payload["session_id"], "device_notified", payload["type"]
+        return functools.partial(  # recorded in the transaction that ends the job
+            sessions.add_event,
+            session_id=payload["session_id"],
+            step="device_notified",
+            detail=payload["type"],
         )
 
     def chunk_acked(self, device_id: str, session_id: str, seq: int) -> None:

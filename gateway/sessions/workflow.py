@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterator
@@ -27,7 +28,7 @@ from typing import cast
 from gateway.blueprint.client import BlueprintRejected, BlueprintUnavailable, UploadBody
 from gateway.errors import NotFound
 from gateway.jobs.queue import Job
-from gateway.jobs.worker import Handler, Later, Permanent, Retryable
+from gateway.jobs.worker import Finish, Handler, Later, Permanent, Retryable
 from gateway.sessions import artifacts, records
 from gateway.sessions import states as sessions
 from gateway.sessions.audio_vault import AudioUnreadable, AudioVault, is_vault_ref
@@ -113,10 +114,10 @@ class Workflow:
             return
         await self._with_repair(session, "create_session", lambda: self._session_id(session))
 
-    async def upload_audio(self, job: Job) -> None:
+    async def upload_audio(self, job: Job) -> Finish | None:
         session = await self._session(job.payload["session_id"])
         if session.state not in ("audio_ready", "uploading"):
-            return  # uploaded before a crash, failed or cancelled meanwhile
+            return None  # uploaded before a crash, failed or cancelled meanwhile
         if session.audio_path is None or session.audio_content_type is None:
             raise Permanent(f"session {session.id} has no audio file")
         audio = await self._audio(session.id, session.audio_path)
@@ -132,8 +133,9 @@ class Workflow:
             uploaded = True
 
         await self._with_repair(session, "upload_audio", upload)
-        if uploaded:
-            await self._db.run(self._uploaded, session.id)
+        if not uploaded:
+            return None
+        return functools.partial(self._uploaded, session_id=session.id)  # with the job's end
 
     def _uploaded(self, conn: Connection, session_id: str) -> None:
         """Blueprint has the audio: processing, and (in the same transaction) a poll in
@@ -205,7 +207,7 @@ class Workflow:
             raise Permanent(f"session {session_id}: {exc}") from None
         return UploadBody(size, lambda: vault.read(audio_path))
 
-    async def fetch_artifact(self, job: Job) -> None:
+    async def fetch_artifact(self, job: Job) -> Finish:
         payload = job.payload
         session = await self._session(payload["session_id"])
         with blueprint_errors():
@@ -219,14 +221,16 @@ class Workflow:
             # and the session waits for its own.
             detail = f"{payload['event_type']}: not this session's: {problem}"
             logger.warning("session %s: %s refused: %s", session.id, payload["kind"], problem)
-            await self._db.run(sessions.add_event, session.id, f"{payload['kind']}_refused", detail)
-            return
-        await self._db.run(
+            step = f"{payload['kind']}_refused"
+            return functools.partial(sessions.add_event, session_id=session.id, step=step,
+                                     detail=detail)  # fmt: skip
+        # Stored in the transaction that ends the job: one commit.
+        return functools.partial(
             self._lifecycle.artifact_fetched,
-            payload["session_id"],
-            payload["kind"],
-            payload["event_type"],
-            body,
+            session_id=payload["session_id"],
+            kind=payload["kind"],
+            event_type=payload["event_type"],
+            body=body,
         )
 
     # --- repair -------------------------------------------------------------------------------

@@ -5,7 +5,7 @@ In-process on a real store (SQLite and PostgreSQL)."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 from prometheus_client import CollectorRegistry
@@ -185,3 +185,50 @@ def test_a_job_queued_as_the_worker_starts_runs_once(db: Database) -> None:
 
     asyncio.run(main())
     assert runs == [1]
+
+
+def _mark(conn: Connection, job_id: int) -> None:
+    conn.execute("INSERT INTO finished_marks (job_id) VALUES (?)", (job_id,))
+
+
+def _marked(db: Database, job_id: int) -> bool:
+    with db.transaction(write=False) as conn:
+        row = conn.execute(
+            "SELECT COUNT(*) FROM finished_marks WHERE job_id = ?", (job_id,)
+        ).fetchone()
+    return bool(row[0])
+
+
+def test_a_jobs_last_write_commits_with_its_completion_or_not_at_all(db: Database) -> None:
+    """A handler may return its last write: the worker runs it in the transaction that
+    marks the job done (one commit, not two). An attempt whose lease was taken over while
+    it ran records neither: the replica that took the job over does its work."""
+    settings = JobSettings(poll_interval_s=0.05, concurrency=1)  # one after the other
+
+    async def finishes(job: Job) -> Callable[[Connection], None]:
+        if job.payload["taken_over"]:  # another replica took the lease meanwhile
+            await db.run(
+                lambda conn: conn.execute(
+                    "UPDATE jobs SET lease_owner = 'other/1-abc' WHERE id = ?", (job.id,)
+                )
+            )
+        return lambda conn: _mark(conn, job.id)
+
+    with db.transaction() as conn:
+        conn.execute("CREATE TABLE finished_marks (job_id INTEGER NOT NULL)")
+        lost = jobs.enqueue(conn, "finishes", {"taken_over": True}, max_attempts=3)
+        kept = jobs.enqueue(conn, "finishes", {"taken_over": False}, max_attempts=3)
+
+    async def main() -> None:
+        worker = Worker(db, {"finishes": finishes}, settings)
+        worker.start()
+        try:
+            # The lost attempt ran first, so it has ended once the kept one is done.
+            await eventually_async(lambda: state(db, kept).state == "done", timeout=5)
+        finally:
+            await worker.stop()
+
+    asyncio.run(main())
+    assert _marked(db, kept)
+    assert state(db, lost).lease_owner == "other/1-abc" and state(db, lost).state == "running"
+    assert not _marked(db, lost)
