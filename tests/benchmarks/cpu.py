@@ -74,3 +74,24 @@ class CpuMeter:
         self.used = {name: tree_cpu_s(pid) - self._before[name] for name, pid in self.pids.items()}
         self.used["client"] = own_cpu_s() - self._before["client"]
         return self.used
+
+
+def reference_cpu_ms(rounds: int = 3) -> float:
+    """CPU-ms this machine takes, now, for a fixed piece of Python work of the kind a
+    server does (JSON, hashing, dicts, formatting): the yardstick beside CPU-ms per unit
+    of work, so that figures from machines (or moments of a shared one) of other speeds
+    compare as ratios. The least of ``rounds`` runs, each in this thread."""
+    import hashlib
+    import json
+    import time
+
+    best = float("inf")
+    for _ in range(rounds):
+        started = time.thread_time()
+        for n in range(4000):
+            record = {"session_id": f"ses_{n:08d}", "room": "room-1", "seq": n, "ok": True}
+            text = json.dumps(record)
+            hashlib.sha256(text.encode()).hexdigest()
+            json.loads(text)["seq"]
+        best = min(best, (time.thread_time() - started) * 1000)
+    return best

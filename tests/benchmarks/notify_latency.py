@@ -12,7 +12,9 @@ The design's budget: p99 < 20 ms at every rate below saturation.
 For each ``--rate`` (sessions started per second over all rooms; 0: flat out, which is the
 saturation rate), the CPU seconds per session each process used (gateway, simulator,
 broker, the benchmark's own client) and so the sessions/s one core of the gateway alone
-sustains (goal: >= 30), and the gateway's stage counters per session: the job kinds of
+sustains (goal: >= 30), the gateway's CPU per session as a multiple of a fixed reference
+work measured beside each rate (cpu.reference_cpu_ms: it moves with the machine's speed,
+the ratio much less), and the gateway's stage counters per session: the job kinds of
 the flow from close to notes_ready (assembly, upload, artifact fetch, notify publish), how
 long each waited to be claimed, the webhook's handling, claims and completions.
 
@@ -172,7 +174,7 @@ def report(latencies: list[float], achieved: float) -> str:
 
 def main() -> None:
     from runtime.codec import encode
-    from tests.benchmarks.cpu import CpuMeter
+    from tests.benchmarks.cpu import CpuMeter, reference_cpu_ms
     from tests.benchmarks.stages import stage_report
     from tests.gateway.conftest import ROOM_GATEWAY, SIMULATOR_FLAGS, SimulatorProcess
     from tests.gateway.deployment import Deployment, tone
@@ -221,12 +223,14 @@ def main() -> None:
                 for rate in args.rate:
                     label = f"{rate:g} sessions/s offered" if rate else "flat out"
                     before = session_stages(deployment.gateway.url)
+                    reference = reference_cpu_ms()
                     meter = CpuMeter(pids).start()
                     latencies, achieved = measure(deployment, args.sessions, rooms, audio, rate)
                     used = meter.stop()
+                    reference = min(reference, reference_cpu_ms())
                     stages = _minus(session_stages(deployment.gateway.url), before)
                     print(f"{label}: " + report(latencies, achieved) + _verdict(latencies))
-                    print("  " + cpu_report(used, len(latencies), achieved))
+                    print("  " + cpu_report(used, len(latencies), achieved, reference))
                     print(stage_report(_per_session(stages, len(latencies)), "  "))
                 print(f"load average at the end {os.getloadavg()[0]:.1f}")
             finally:
@@ -243,15 +247,24 @@ def session_stages(url: str) -> dict[str, tuple[float, float, float]]:
     return {name: totals for name, totals in found.items() if not name.startswith("chunk.")}
 
 
-def cpu_report(used: dict[str, float], sessions: int, achieved: float) -> str:
-    """CPU-ms per session by process, and what one gateway core would sustain."""
+def cpu_report(
+    used: dict[str, float], sessions: int, achieved: float, reference_ms: float | None = None
+) -> str:
+    """CPU-ms per session by process, and what one gateway core would sustain; with
+    ``reference_ms`` (cpu.reference_cpu_ms, measured beside the run), the gateway's
+    CPU per session as a multiple of it: that ratio moves much less than the CPU-ms
+    when the machine (or its neighbours' load) changes."""
     parts = ", ".join(f"{name} {seconds * 1000 / sessions:.1f}" for name, seconds in used.items())
     gateway = used.get("gateway", 0.0) / sessions
     per_core = 1 / gateway if gateway > 0 else float("inf")
     verdict = "" if per_core >= TARGET_SESSIONS_PER_CORE else "  (under the 30/s goal)"
     cores = achieved * gateway
+    ratio = ""
+    if reference_ms:
+        ratio = (f"; gateway = {gateway * 1000 / reference_ms:.2f}x the reference work"
+                 f" ({reference_ms:.1f} CPU-ms here now)")  # fmt: skip
     return (f"CPU-ms per session: {parts}; gateway alone: {per_core:.0f} sessions/s per"
-            f" core ({cores:.2f} cores at {achieved:.1f} sessions/s){verdict}")  # fmt: skip
+            f" core ({cores:.2f} cores at {achieved:.1f} sessions/s){ratio}{verdict}")  # fmt: skip
 
 
 def _minus(after: dict, before: dict) -> dict[str, tuple[float, float, float]]:
