@@ -20,7 +20,7 @@ from gateway.relay.link import MqttLink, PublishRefused
 from gateway.sessions import states as sessions
 from gateway.sessions.lifecycle import JobKind, SessionEvent, SessionLifecycle
 from gateway.sessions.states import Session
-from gateway.store import Connection, Database
+from gateway.store import Connection
 from protocol import topics
 from protocol.messages import ChunkAcked, NotesReady, SessionFailed, SessionUploaded
 from runtime.mqtt import BrokerUnavailable
@@ -58,13 +58,7 @@ def failure_code(error: str | None) -> str:
 
 
 class DeviceNotifier:
-    def __init__(
-        self,
-        db: Database,
-        link: MqttLink,
-        lifecycle: SessionLifecycle,
-    ) -> None:
-        self._db = db
+    def __init__(self, link: MqttLink, lifecycle: SessionLifecycle) -> None:
         self._link = link
         self._lifecycle = lifecycle
 

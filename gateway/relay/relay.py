@@ -60,7 +60,7 @@ class Relay:
             recover=recover,
         )
         self.commands = Commands(db, self.link, lifecycle, settings.command_expiry_s)
-        self.notifier = DeviceNotifier(db, self.link, lifecycle)
+        self.notifier = DeviceNotifier(self.link, lifecycle)
         self.messages = DeviceMessages(db, self.commands, settings.command_expiry_s, wake)
         self.diagnosis = RoomDiagnosis(db, self.link)
 
