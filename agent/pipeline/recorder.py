@@ -65,7 +65,8 @@ STATE_FILE = "recorder.json"
 # lost but the state file survives, the resumed session continues past every seq it may
 # have used, so the gateway never gets a second chunk under one seq (409 for ever).
 SEQ_BLOCK = 64
-READ_TIMEOUT_S = 0.2
+# How soon a stop is seen; above capture.LOOK_EVERY_S, or the reader wakes for nothing.
+READ_TIMEOUT_S = 0.5
 SESSION_ID = re.compile(ID_PATTERN)
 
 SourceFactory = Callable[[], AudioSource]

@@ -332,3 +332,33 @@ def test_overruns_reported_by_portaudio_are_counted(testmic, caplog):
             stream._on_audio(silence, BLOCK, None, status)
         assert source.stats.overruns == 2
     assert any("input overrun" in r.getMessage() for r in caplog.records)
+
+
+def _voluntary_switches() -> int:
+    """How often this thread has gone to sleep and been woken (Linux counts them)."""
+    status = Path("/proc/thread-self/status").read_text()
+    return int(status.split("voluntary_ctxt_switches:")[1].split()[0])
+
+
+def test_the_reader_is_woken_less_often_than_blocks_come(testmic):
+    """Each wake-up of the recorder's thread costs a Pi-class core more than the block's
+    own processing (cold caches): a block must not cost the reader three of them (the
+    queue's wake-up, then the GIL the callback still holds, then its mutex) or a poll.
+    The reader takes what came meanwhile every LOOK_EVERY_S, and loses none of it."""
+    with (
+        FifoFeeder(testmic, period_frames=BLOCK),
+        MicrophoneSource(AudioSettings(device="testmic")) as source,
+    ):
+        read_samples(source, 4 * BLOCK)  # the stream is running
+        before = _voluntary_switches()
+        parts: list[np.ndarray] = []
+        while sum(map(len, parts)) < 25 * BLOCK:  # 3 s of audio at real time
+            block = source.read(timeout=1.0)  # as the recorder reads: stop seen within it
+            assert block is not None
+            parts.append(block)
+        captured = np.concatenate(parts)
+        woken = _voluntary_switches() - before
+        assert (source.stats.dropped_blocks, source.stats.overruns) == (0, 0)
+    blocks = len(captured) / BLOCK
+    assert len(captured) % BLOCK == 0, "whole blocks"
+    assert woken <= blocks / 2, f"{woken} wake-ups for {blocks:.0f} blocks"
