@@ -55,6 +55,31 @@ PLATEAU_DB = 12.0
 DETECTOR_FLOOR_DB = 50.0  # full-band noise floor webrtcvad is shown (about -40 dBFS)
 MAX_DETECTOR_GAIN_DB = 30.0
 BAND_HZ = (150.0, 4000.0)  # where speech carries its energy and room noise does not
+# Mains hum (see HumModel): candidate mains frequencies, harmonics modelled up to HUM_MAX_HZ,
+# the weight of a quiet frame in the lines' running estimate, and the share of the room's
+# quiet-frame power that subtracting the modelled hum must remove before the Segmenter
+# does it (and below which it stops).
+HUM_MAINS_HZ = (50.0, 60.0)
+HUM_MAX_HZ = 1000.0
+HUM_SMOOTHING = 1 / 8
+HUM_QUIET_DB = 3.0  # frames within this of the full-band floor, as heard, update the estimate
+HUM_LEARN_FRAMES = 8  # the estimate learns from one block every this many frames
+# Products of at most this many frames: larger ones make OpenBLAS start threads that spin
+# (twice the CPU time on two cores for 1 s blocks), for no gain at these sizes.
+HUM_PRODUCT_FRAMES = 8
+# Following the grid's frequency: from the lowest harmonics, once they hold a share of the
+# quiet frames' power (how far they turned is unambiguous under half a cycle between two
+# updates: 0.5 Hz off for the fundamental, 0.17 Hz for the third, over HUM_TRACK_GAP_S).
+HUM_TRACK_ORDERS = 3
+HUM_TRACK_AFTER = 32  # quiet frames learnt before
+HUM_TRACK_SHARE = 0.15
+HUM_TRACK_GAIN = 0.6
+HUM_TRACK_RANGE_HZ = 0.5
+HUM_TRACK_STEP_HZ = 0.02  # at most, per update
+HUM_TRACK_GAP_S = 1.0  # no update across a longer gap between quiet frames
+HUM_BASIS_TOLERANCE_HZ = 0.01
+HUM_ON_SHARE = 0.75  # 6 dB
+HUM_OFF_SHARE = 0.5  # 3 dB
 BAND_BINS = slice(
     math.ceil(BAND_HZ[0] * FRAME_SAMPLES / SAMPLE_RATE),
     math.floor(BAND_HZ[1] * FRAME_SAMPLES / SAMPLE_RATE) + 1,
@@ -122,6 +147,172 @@ class NoiseFloor:
         return floor
 
 
+class HumModel:
+    """Mains hum: stationary lines at every harmonic of 50 or 60 Hz, measured and removed
+    from what the detectors judge (never from the spooled audio).
+
+    A hum bed puts its third, fifth, seventh ... harmonics inside the speech band at a level
+    that does not move, and webrtcvad hears the buzz as voice: under hum at 5 dB SNR the
+    energy test and webrtcvad misjudged a quiet talker's words. For each candidate mains
+    frequency the model keeps each harmonic's complex amplitude (phase referred to the
+    stream's first sample), a running mean of the frames' projections on that harmonic,
+    taken over quiet frames only (full-band level within HUM_QUIET_DB of its floor), so a
+    voice, whose harmonics come and go at any phase, averages away and the hum, at one
+    phase for good, stays. A 30 ms frame holds 1.5 periods of 50 Hz and 1.8 of 60 Hz:
+    the harmonics are not orthogonal within one frame, but their cross terms cancel over
+    2 (50 Hz) or 5 (60 Hz) frames, well inside the average.
+
+    The grid is never exactly at 50 or 60 Hz (a few hundredths of a hertz off, wandering):
+    a line's phase then turns by k times the offset, so the model follows the frequency by
+    how far its lowest harmonics' amplitudes turned between updates (_HumLines._track).
+
+    Each time the estimate learns, it first predicts the quiet frames' hum and measures
+    what subtracting it would leave: only when that removes HUM_ON_SHARE of their power
+    is the model's hum subtracted from the frames the detectors see, until it removes less
+    than HUM_OFF_SHARE or adds power; a model that lost the grid is not used, and the
+    frames are judged as they are, as without it. Cost: a few small products every
+    HUM_LEARN_FRAMES, two more per block while hum is removed.
+    """
+
+    def __init__(self) -> None:
+        self.candidates = [_HumLines(mains) for mains in HUM_MAINS_HZ]
+        self.active: _HumLines | None = None
+        self.next_learn = 0  # frame index from which the estimate learns again
+
+    def remove(self, frames: np.ndarray, first_frame: int) -> np.ndarray:
+        """The frames (float32) less the hum as estimated so far, or the frames themselves
+        while there is no hum; ``first_frame``: the stream index of frames[0]."""
+        if self.active is None:
+            return frames
+        return frames - self.active.hum(len(frames), first_frame)
+
+    def learn(self, frames: np.ndarray, first_frame: int, quiet: np.ndarray) -> None:
+        """Take the microphone's ``quiet`` frames (float32) into the estimate, from a block
+        every HUM_LEARN_FRAMES (the room's hum does not move): the lines found, or else
+        every candidate."""
+        if first_frame + len(frames) < self.next_learn:
+            return
+        at = np.flatnonzero(quiet)
+        if not len(at):
+            return
+        self.next_learn = first_frame + len(frames) + HUM_LEARN_FRAMES
+        at = at[-HUM_PRODUCT_FRAMES:]
+        still = frames[at]
+        power = float(np.einsum("ij,ij->", still, still)) / still.size
+        active = self.active
+        if active is not None:
+            active.learn(still, first_frame + at, power)
+            if active.share < HUM_OFF_SHARE or active.worse:
+                self.active = None
+            return
+        for lines in self.candidates:
+            lines.learn(still, first_frame + at, power)
+            if lines.share >= HUM_ON_SHARE:
+                self.active = lines
+
+
+class _HumLines:
+    """One candidate mains frequency's harmonics: their amplitudes, the mains frequency as
+    tracked, and the share of the quiet frames' power that subtracting them removes."""
+
+    def __init__(self, mains: float) -> None:
+        self.mains = mains
+        self.orders = np.arange(1, int(HUM_MAX_HZ // mains) + 1)
+        self.freq = mains
+        self.anchor_frame = 0  # the fundamental's phase is anchor_phase at this frame's start
+        self.anchor_phase = 0.0
+        self._basis(mains)
+        self.amplitude = np.zeros(len(self.orders), dtype=np.complex64)
+        self.count = 0  # quiet frames learnt from (a running mean until 1 / HUM_SMOOTHING)
+        self.power = 0.0  # smoothed mean-square level of quiet frames
+        self.residual = 0.0  # ... and of what subtracting the predicted hum leaves of them
+        self.share = 0.0  # 1 - residual / power
+        self.worse = False
+        self.last_frame = 0.0  # mean stream index of the frames last learnt from
+
+    def _basis(self, freq: float) -> None:
+        """Real products (one BLAS call each), in the layout of complex64 numbers seen as
+        float32 pairs: a frame's projections on cos and -sin of each harmonic (real and
+        imaginary part of its line), and the lines back to samples."""
+        angle = np.outer(np.arange(FRAME_SAMPLES), 2 * np.pi * freq * self.orders / SAMPLE_RATE)
+        pairs = np.stack((np.cos(angle), -np.sin(angle)), axis=2).reshape(FRAME_SAMPLES, -1)
+        self.project = (pairs * (2 / FRAME_SAMPLES)).astype(np.float32)
+        self.synthesis = np.ascontiguousarray(pairs.T, dtype=np.float32)
+        self.basis_freq = freq
+
+    def _phases(self, indices: np.ndarray) -> np.ndarray:
+        """Each harmonic's phase at the start of these frames, as e^(j phase)."""
+        step = 2 * np.pi * self.freq * FRAME_SAMPLES / SAMPLE_RATE
+        fundamental = (self.anchor_phase + step * (indices - self.anchor_frame)) % (2 * np.pi)
+        return np.exp(1j * np.outer(fundamental, self.orders)).astype(np.complex64)
+
+    def _samples(self, lines: np.ndarray) -> np.ndarray:
+        """Frames of samples from each frame's lines (complex64, phase at the frame's start)."""
+        parts = lines.view(np.float32)
+        if len(parts) <= HUM_PRODUCT_FRAMES:
+            result: np.ndarray = parts @ self.synthesis
+            return result
+        return np.vstack(
+            [
+                parts[at : at + HUM_PRODUCT_FRAMES] @ self.synthesis
+                for at in range(0, len(parts), HUM_PRODUCT_FRAMES)
+            ]
+        )
+
+    def hum(self, count: int, first_frame: int) -> np.ndarray:
+        """The modelled hum over ``count`` frames from ``first_frame`` (float32)."""
+        return self._samples(self._phases(first_frame + np.arange(count)) * self.amplitude)
+
+    def learn(self, frames: np.ndarray, indices: np.ndarray, power: float) -> None:
+        """Take frames (float32) at these stream indices, of mean-square level ``power``."""
+        phases = self._phases(indices)
+        left = frames - self._samples(phases * self.amplitude)
+        residual = float(np.einsum("ij,ij->", left, left)) / left.size
+        seen = (frames @ self.project).view(np.complex64) * np.conj(phases)
+        count = len(indices)
+        weight = max(HUM_SMOOTHING, 1 / (self.count + count))
+        self.count += count
+        mean = 1 - (1 - weight) ** count  # ``count`` frames of ``weight`` each, at once
+        before = self.amplitude.copy()
+        self.amplitude += np.complex64(mean) * (seen.sum(axis=0) / count - self.amplitude)
+        self.power += mean * (power - self.power)
+        self.residual += mean * (residual - self.residual)
+        self.share = 1 - self.residual / self.power if self.power > 0 else 0.0
+        self.worse = residual > power  # the prediction added hum to these frames
+        now = float(indices.mean())
+        self._track(before, now, indices[-1])
+        self.last_frame = now
+
+    def _track(self, before: np.ndarray, now: float, frame: int) -> None:
+        """Follow the grid: a mains frequency off the model's turns the lowest harmonics'
+        amplitudes at k times the offset; move the model's frequency a part of the way."""
+        low = slice(0, HUM_TRACK_ORDERS)
+        lines = float(np.vdot(self.amplitude[low], self.amplitude[low]).real) / 2
+        elapsed = (now - self.last_frame) * FRAME_SAMPLES / SAMPLE_RATE
+        if self.count < HUM_TRACK_AFTER or lines <= HUM_TRACK_SHARE * self.power:
+            return
+        if not 0 < elapsed <= HUM_TRACK_GAP_S:  # a long gap may have turned them too far
+            return
+        turn = self.amplitude[low] * np.conj(before[low])
+        weights = np.abs(turn)
+        total = float(weights.sum())
+        if total <= 0:
+            return
+        offset = float(np.sum(weights * np.angle(turn) / self.orders[low]))
+        offset /= total * 2 * np.pi * elapsed
+        step_hz = min(max(HUM_TRACK_GAIN * offset, -HUM_TRACK_STEP_HZ), HUM_TRACK_STEP_HZ)
+        freq = self.freq + step_hz
+        freq = min(max(freq, self.mains - HUM_TRACK_RANGE_HZ), self.mains + HUM_TRACK_RANGE_HZ)
+        # Keep the phase continuous from the next frame on, then change the frequency.
+        start = frame + 1
+        step = 2 * np.pi * self.freq * FRAME_SAMPLES / SAMPLE_RATE
+        self.anchor_phase = (self.anchor_phase + step * (start - self.anchor_frame)) % (2 * np.pi)
+        self.anchor_frame = start
+        self.freq = freq
+        if abs(freq - self.basis_freq) > HUM_BASIS_TOLERANCE_HZ:
+            self._basis(freq)
+
+
 class Segmenter:
     """Turns a stream of 16 kHz int16 blocks into speech chunks, as they complete."""
 
@@ -140,6 +331,8 @@ class Segmenter:
         window = _frames(settings.noise_window_s * 1000)
         self.floor = NoiseFloor(window)
         self.detector_floor = NoiseFloor(window)  # full band: the level webrtcvad hears
+        self.hum = HumModel()
+        self.heard_floor = NoiseFloor(window)  # full band, as heard: hum and all
         self.pre_roll = _frames(preset.pre_roll_ms)
         self.hangover = _frames(preset.hangover_ms)
         self.min_run = max(1, _frames(settings.min_speech_ms))
@@ -196,8 +389,16 @@ class Segmenter:
                 self._step(frame, True, True, False, math.inf, out)
                 self.frame_index += 1
             return out
-        energies = band_energy_db(frames).tolist()
-        raw = self._detector_view(frames)
+        heard = frames.astype(np.float32)
+        heard_levels = _levels_db(heard)
+        quiet = heard_levels <= self.heard_floor.level + HUM_QUIET_DB
+        for level in heard_levels.tolist():
+            self.heard_floor.update(level)
+        judged = self.hum.remove(heard, self.frame_index)
+        levels = heard_levels if judged is heard else _levels_db(judged)
+        energies = band_energy_db(judged).tolist()
+        raw = self._detector_view(judged, levels)
+        self.hum.learn(heard, self.frame_index, quiet)
         step = FRAME_SAMPLES * 2
         for i, energy in enumerate(energies):
             floor = self.floor.update(energy)
@@ -210,20 +411,17 @@ class Segmenter:
             self.frame_index += 1
         return out
 
-    def _detector_view(self, frames: np.ndarray) -> bytes:
-        """The frames as webrtcvad gets them: raised so the room's floor sits at
-        DETECTOR_FLOOR_DB (in whole dB, so a steady room gives a steady gain)."""
-        f32 = frames.astype(np.float32)
-        levels = 10 * np.log10(np.einsum("ij,ij->i", f32, f32) / FRAME_SAMPLES + 1)
+    def _detector_view(self, frames: np.ndarray, levels: np.ndarray) -> bytes:
+        """The frames (float32, their full-band ``levels``) as webrtcvad gets them: raised so
+        the room's floor sits at DETECTOR_FLOOR_DB (in whole dB, so a steady room gives a
+        steady gain)."""
         gains = np.empty(len(frames), dtype=np.float32)
         for i, level in enumerate(levels.tolist()):
             floor = self.detector_floor.update(level)
             if floor == math.inf:
                 floor = level
             gains[i] = round(min(max(DETECTOR_FLOOR_DB - floor, 0.0), MAX_DETECTOR_GAIN_DB))
-        if not gains.any():
-            return frames.tobytes()
-        raised = f32 * (10 ** (gains / 20))[:, None]
+        raised = frames * (10 ** (gains / 20))[:, None] if gains.any() else frames
         return np.clip(raised, INT16_MIN, INT16_MAX).astype(np.int16).tobytes()
 
     def _step(
@@ -338,13 +536,18 @@ class _SpeechRun:
         return False
 
 
+def _levels_db(frames: np.ndarray) -> np.ndarray:
+    """Each frame's full-band mean-square level (float32 frames), dB over one LSB squared."""
+    return 10 * np.log10(np.einsum("ij,ij->i", frames, frames) / FRAME_SAMPLES + 1)
+
+
 def band_energy_db(frames: np.ndarray) -> np.ndarray:
     """Each frame's mean-square level in the speech band, dB over one LSB squared.
 
     Room noise (HVAC rumble, traffic, mains hum) is mostly below the band and speech is
     mostly inside it, so measuring only the band raises the effective SNR by several dB.
     """
-    spectrum = np.fft.rfft(frames.astype(np.float32), axis=1)[:, BAND_BINS]
+    spectrum = np.fft.rfft(np.asarray(frames, dtype=np.float32), axis=1)[:, BAND_BINS]
     power = spectrum.real**2 + spectrum.imag**2
     return 10 * np.log10(power.sum(axis=1) * (2 / FRAME_SAMPLES**2) + 1)
 

@@ -18,7 +18,7 @@ same samples on every machine that has the same packages installed.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, fields
 
 import numpy as np
@@ -201,15 +201,19 @@ def scripted_session(
     seed: int,
     lead_s: float = 4.0,
     voices: tuple[str, str] | None = None,
+    keep_clip: Callable[[Clip], bool] | None = None,
 ) -> tuple[np.ndarray, RoomTruth]:
     """A session for one failure mode: these lines in this order over a ``noise`` bed whose
-    RMS is ``noise_dbfs``; the talkers' voices drawn from ``seed`` unless given."""
+    RMS is ``noise_dbfs``; the talkers' voices drawn from ``seed`` unless given, their
+    clips only those ``keep_clip`` accepts when it is given."""
     rng = np.random.default_rng(seed)
     if voices is None:
         found = require_voices()
         picked = rng.choice(len(found), 2, replace=False)
         voices = (found[picked[0]].name, found[picked[1]].name)
-    pools = [clips(name) for name in voices]
+    pools = [tuple(filter(keep_clip, clips(name))) if keep_clip else clips(name) for name in voices]
+    if not all(pools):
+        raise ValueError(f"no clip of {voices} is kept")
     pieces: list[tuple[int, np.ndarray, tuple[tuple[int, int], ...], int]] = []
     at = int(lead_s * SAMPLE_RATE)
     for line in lines:
