@@ -22,7 +22,9 @@ from runtime.files import write_atomically
 log = logging.getLogger(__name__)
 
 FLAG = "do-not-record"
-POLL_S = 0.25  # how soon the running agent sees `room-agent privacy on`
+# How soon the running agent sees `room-agent privacy on` (a button acts at once): each
+# look wakes a thread, which costs a Pi-class core more than the look itself.
+POLL_S = 1.0
 
 
 def flag_path(state_dir: Path) -> Path:
