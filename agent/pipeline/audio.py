@@ -7,7 +7,7 @@ Whatever the device delivers (any rate, any channel count), sources hand the pip
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 
@@ -43,3 +43,15 @@ class AudioSource(Protocol):
         ...
 
     def close(self) -> None: ...
+
+
+@runtime_checkable
+class TimedSource(Protocol):
+    """A source that knows when what it hands out was captured: a pause can then keep what
+    was captured before it but read after it (a live source reads late, by design)."""
+
+    captured_at: float  # time.monotonic() when the last sample read() returned was captured
+
+    def split_at(self, at: float) -> None:
+        """No read() from now on joins audio captured by ``at`` with audio captured after."""
+        ...

@@ -131,6 +131,7 @@ class _Block:
     rate: int
     channels: int
     data: bytes
+    captured_at: float  # time.monotonic() as the device handed it over
 
 
 class MicrophoneSource:
@@ -154,6 +155,8 @@ class MicrophoneSource:
         self._max_blocks = max(1, math.ceil(settings.queue_max_s * 1000 / settings.block_ms))
         self._look_every_s = max(LOOK_EVERY_S, settings.block_ms / 1000)
         self._drained = threading.Event()  # set once closed: a waiting reader looks at once
+        self.captured_at = 0.0  # see TimedSource
+        self._split_at: float | None = None
         self._losses = _LossLog()
         self._closing = threading.Event()
         self._closed = False
@@ -226,11 +229,21 @@ class MicrophoneSource:
                     return None
             self._drained.wait(wait)
 
+    def split_at(self, at: float) -> None:
+        """See TimedSource: a pause at ``at`` keeps what was captured before it."""
+        self._split_at = at
+
     def _with_queued(self, block: _Block) -> _Block:
-        """``block`` and the blocks queued behind it from the same opening, as one."""
-        parts = [block.data]
+        """``block`` and the blocks queued behind it from the same opening, as one; never
+        across the split (split_at)."""
+        parts, last, split = [block.data], block, self._split_at
         while self._blocks and self._blocks[0].opening == block.opening:
+            following = self._blocks[0]
+            if split is not None and last.captured_at <= split < following.captured_at:
+                break
             parts.append(self._blocks.popleft().data)
+            last = following
+        self.captured_at = last.captured_at
         return block if len(parts) == 1 else dataclasses.replace(block, data=b"".join(parts))
 
     def _to_16k(self, block: _Block) -> np.ndarray:
@@ -399,7 +412,8 @@ class _DeviceStream:
         if self.abandoned or data is None:
             return None, pyaudio.paAbort
         self.last_audio = time.monotonic()
-        self._deliver(_Block(self.opening, self.rate, self.channels, data), frame_count, status)
+        block = _Block(self.opening, self.rate, self.channels, data, self.last_audio)
+        self._deliver(block, frame_count, status)
         return None, pyaudio.paContinue
 
 

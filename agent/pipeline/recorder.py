@@ -12,8 +12,9 @@ in the spool is closed as "interrupted" so its manifest can go to the gateway. s
 leaves the same situation on purpose (recording -> idle, the session open and resumable):
 what a service stop mid-session does.
 
-Pause: while paused the microphone is closed to the session: every block the source
-delivers is dropped as it is read, before VAD, encoding and the spool; the speech chunk in
+Pause: while paused the microphone is closed to the session: every block captured after
+the pause is dropped as it is read (a live source is read late: what it captured before
+the pause is kept), before VAD, encoding and the spool; the speech chunk in
 progress is finished at the pause, the audio timeline does not advance, and the paused
 stretch (times and its offset in the audio, nothing else) is journalled for the manifest.
 A session paused when the service stopped or the power went is resumed paused.
@@ -27,8 +28,10 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import re
 import threading
+import time
 import uuid
 from collections.abc import Callable
 from datetime import datetime
@@ -38,7 +41,13 @@ from typing import Concatenate, ParamSpec, TypedDict, Unpack
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from agent.pipeline.audio import SAMPLE_RATE, AudioInputError, AudioSource, CaptureStats
+from agent.pipeline.audio import (
+    SAMPLE_RATE,
+    AudioInputError,
+    AudioSource,
+    CaptureStats,
+    TimedSource,
+)
 from agent.pipeline.seal import ChunkSealer, gateway_key
 from agent.pipeline.vad import Segmenter, SpeechChunk
 from agent.settings import AgentSettings
@@ -173,6 +182,8 @@ class Recorder:
         # Set while the microphone is closed to the session; checked for every block read.
         self._closed_to_session = threading.Event()
         self._paused_at: datetime | None = None
+        # The pause's time.monotonic(): a TimedSource's audio captured by then is kept.
+        self._paused_mono = -math.inf
         self._pause_source: PauseSource = "command"
         self._position_s = 0.0  # where in the session's audio capture has got to
         self.interrupted_paused = False
@@ -255,6 +266,7 @@ class Recorder:
             self._journal_pause(session_id)
         self._interrupted_paused_at = None
         if paused:
+            self._paused_mono = -math.inf  # begins paused: nothing of this source is kept
             self._closed_to_session.set()
             self._paused_at, self._pause_source = now(), "command"
         else:
@@ -291,14 +303,19 @@ class Recorder:
         return session_id
 
     def pause(self, source: PauseSource = "command") -> bool:
-        """Close the microphone to the session now: every block read from here on is
-        dropped before VAD. False if it already was; RecorderError if not recording."""
+        """Close the microphone to the session now: every block captured from here on is
+        dropped before VAD (what a TimedSource captured before, read late, is kept). False
+        if it already was; RecorderError if not recording."""
         with self._mutex:
             if self._snapshot.state != "recording" or self._snapshot.session_id is None:
                 raise RecorderError("not recording")
             if self._closed_to_session.is_set():
                 return False
-            self._closed_to_session.set()  # first: nothing read after this point is kept
+            self._paused_mono = time.monotonic()
+            reading = self._source
+            if isinstance(reading, TimedSource):  # what it captured before now is kept
+                reading.split_at(self._paused_mono)
+            self._closed_to_session.set()  # nothing captured after this point is kept
             self._paused_at, self._pause_source = now(), source
             self._snapshot.paused = True
             session_id = self._snapshot.session_id
@@ -416,9 +433,15 @@ class Recorder:
         def room_left() -> bool:
             return limit is None or taken < limit
 
+        def closed_to_session() -> bool:
+            """Paused, and this audio was captured after the pause (or when unknown)."""
+            if not self._closed_to_session.is_set():
+                return False
+            return not (isinstance(source, TimedSource) and source.captured_at <= self._paused_mono)
+
         def take(block: np.ndarray) -> None:
             nonlocal taken, next_seq, pushed
-            if self._closed_to_session.is_set():
+            if closed_to_session():
                 return  # paused: the block goes no further than this
             if limit is not None:
                 block = block[: limit - taken]
@@ -444,7 +467,7 @@ class Recorder:
                 block = source.read(READ_TIMEOUT_S)
                 if block is None:
                     break
-                if self._closed_to_session.is_set():
+                if closed_to_session():
                     if pushed:
                         close_segment()
                     continue  # dropped: nothing of it reaches VAD, encode or the spool

@@ -362,3 +362,29 @@ def test_the_reader_is_woken_less_often_than_blocks_come(testmic):
     blocks = len(captured) / BLOCK
     assert len(captured) % BLOCK == 0, "whole blocks"
     assert woken <= blocks / 2, f"{woken} wake-ups for {blocks:.0f} blocks"
+
+
+def test_a_read_never_joins_audio_captured_before_a_split_with_audio_after(testmic):
+    """What a pause relies on (agent/pipeline/audio.TimedSource): each read says when its
+    last sample was captured, and a read stops at the pause's moment."""
+    settings = AudioSettings(device="testmic")
+    with FifoFeeder(testmic, period_frames=BLOCK, idle_silence=False) as feeder:
+        source = MicrophoneSource(settings, reopen=ReopenPolicy(stall_s=30))
+        stream = source._stream
+        assert stream is not None
+        first, second, third = (np.full(BLOCK, value, dtype=np.int16) for value in (1, 2, 3))
+        stream._on_audio(first.tobytes(), BLOCK, None, 0)
+        split = time.monotonic()
+        source.split_at(split)
+        stream._on_audio(second.tobytes(), BLOCK, None, 0)
+        stream._on_audio(third.tobytes(), BLOCK, None, 0)
+        before = source.read(timeout=1)
+        assert before is not None
+        assert source.captured_at <= split
+        after = source.read(timeout=1)
+        assert after is not None
+        assert source.captured_at > split
+        feeder.idle_silence = True  # so the stream can be closed
+        source.close()
+    np.testing.assert_array_equal(before, first)
+    np.testing.assert_array_equal(after, np.concatenate([second, third]))

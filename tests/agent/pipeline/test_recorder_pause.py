@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import queue
 import threading
+import time
 from datetime import UTC, datetime
 
 import numpy as np
@@ -72,6 +73,31 @@ class Fed:
         self.closed = True
 
 
+class LateMicrophone(Fed):
+    """A live microphone as the agent reads it: late (the reader looks every
+    capture.LOOK_EVERY_S) and knowing when each block was captured (a TimedSource)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.captured_at = 0.0
+        self.times: queue.Queue[float] = queue.Queue()
+        self.splits: list[float] = []
+
+    def play_captured(self, pcm: np.ndarray, at: float) -> None:
+        for _ in range(0, len(pcm), BLOCK):
+            self.times.put(at)
+        self.play(pcm)
+
+    def split_at(self, at: float) -> None:
+        self.splits.append(at)
+
+    def read(self, timeout=None):
+        block = super().read(timeout)
+        if block is not None and len(block):
+            self.captured_at = self.times.get_nowait()
+        return block
+
+
 class Events(RecorderListener):
     def __init__(self) -> None:
         self.log: list[tuple] = []
@@ -131,6 +157,30 @@ def test_nothing_heard_while_paused_reaches_the_spool(tmp_path, speech) -> None:
     assert max(c.start_s + c.duration_s for c in manifest.chunks) <= 16.0 + 0.5
     assert [e[:2] for e in events.log] == [("paused", "button"), ("resumed", "button")]
     assert events.log[0][2] == pytest.approx(8.0, abs=0.11)
+
+
+def test_what_the_microphone_captured_before_the_pause_is_kept_though_read_after(
+    tmp_path, speech
+) -> None:
+    """The live source is read every half second: a pause must not drop the words that
+    were captured before it but not read yet; what is captured after it stays out."""
+    settings = settings_for(tmp_path)
+    mic = LateMicrophone()
+    with Spool(settings.spool_dir, GIB, 0) as spool:
+        recorder = Recorder(settings, spool, lambda: mic)
+        recorder.start("late-1")
+        captured_before = time.monotonic()
+        assert recorder.pause("button") is True
+        mic.play_captured(speech[: 8 * 16000], at=captured_before)  # read after the pause
+        mic.play_captured(mixed(speech[8 * 16000 : 16 * 16000], tone(8)), at=time.monotonic())
+        mic.drained()
+        assert recorder.resume("button") is True
+        recorder.stop(10)
+        pcm, chunks = recorded(spool, "late-1")
+    assert chunks, "the speech captured before the pause is recorded"
+    assert len(pcm) >= 4 * 16000
+    assert tone_level(pcm) < HEARD, "what was captured after the pause was recorded"
+    assert mic.splits and mic.splits[0] >= captured_before, "the source is told of the pause"
 
 
 def test_the_same_tone_unpaused_is_recorded(tmp_path, speech) -> None:
