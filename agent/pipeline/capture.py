@@ -154,12 +154,12 @@ class MicrophoneSource:
         self._blocks: deque[_Block] = deque()
         self._max_blocks = max(1, math.ceil(settings.queue_max_s * 1000 / settings.block_ms))
         self._look_every_s = max(LOOK_EVERY_S, settings.block_ms / 1000)
-        self._drained = threading.Event()  # set once closed: a waiting reader looks at once
         self.captured_at = 0.0  # see TimedSource
         self._split_at: float | None = None
         self._losses = _LossLog()
         self._closing = threading.Event()
-        self._closed = False
+        # Set once the stream is shut: a waiting reader takes what is left at once.
+        self._closed = threading.Event()
         self._openings = 0
         self._resampler: Resampler | None = None
         self._resampler_opening = 0
@@ -176,7 +176,7 @@ class MicrophoneSource:
         while True:
             block = self._next_block(deadline)
             if block is None:
-                return self._end() if self._closed else NO_SAMPLES
+                return self._end() if self._closed.is_set() else NO_SAMPLES
             samples = self._to_16k(self._with_queued(block))
             if samples.size:
                 self.stats.samples += samples.size
@@ -195,8 +195,7 @@ class MicrophoneSource:
                 CLOSE_WAIT_S,
             )
         # Only now: a reader in another thread keeps taking blocks until the device is shut.
-        self._closed = True
-        self._drained.set()
+        self._closed.set()
         self._losses.summary(self.stats)
 
     def __enter__(self) -> MicrophoneSource:
@@ -220,14 +219,14 @@ class MicrophoneSource:
         while True:
             if self._blocks:
                 return self._blocks.popleft()
-            if self._closed:  # no block is added after this: the stream is shut
+            if self._closed.is_set():  # no block is added after this: the stream is shut
                 return self._blocks.popleft() if self._blocks else None
             wait = self._look_every_s
             if deadline is not None:
                 wait = min(wait, deadline - time.monotonic())
                 if wait <= 0:
                     return None
-            self._drained.wait(wait)
+            self._closed.wait(wait)
 
     def split_at(self, at: float) -> None:
         """See TimedSource: a pause at ``at`` keeps what was captured before it."""
