@@ -4,15 +4,10 @@ writes, and costs the device almost nothing while nothing changes."""
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 from agent.privacy import PrivacySwitch, set_flag
 from tests.support.eventually import eventually
-
-
-def _voluntary_switches(native_id: int) -> int:
-    status = Path(f"/proc/self/task/{native_id}/status").read_text()
-    return int(status.split("voluntary_ctxt_switches:")[1].split()[0])
+from tests.support.wakeups import voluntary_switches
 
 
 def test_the_watcher_sees_the_flag_within_a_second_and_wakes_about_once_a_second(tmp_path):
@@ -21,9 +16,9 @@ def test_the_watcher_sees_the_flag_within_a_second_and_wakes_about_once_a_second
     try:
         assert switch._thread is not None and switch._thread.native_id is not None
         native_id = switch._thread.native_id
-        before = _voluntary_switches(native_id)
+        before = voluntary_switches(native_id)
         time.sleep(3.0)  # a rate, measured: each wake-up costs a Pi-class core
-        woken = _voluntary_switches(native_id) - before
+        woken = voluntary_switches(native_id) - before
         assert woken <= 4, f"{woken} wake-ups in 3 s"
         set_flag(tmp_path, True)
         eventually(lambda: switch.engaged, timeout=1.5, what="the switch engaged")

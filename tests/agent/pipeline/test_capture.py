@@ -27,6 +27,7 @@ from agent.pipeline.capture import (
 from agent.settings import AudioSettings
 from tests.support.alsa import PERIOD_FRAMES, FifoFeeder, write_asound_conf, write_raw
 from tests.support.eventually import eventually
+from tests.support.wakeups import voluntary_switches
 
 BLOCK = PERIOD_FRAMES  # 120 ms at 16 kHz, the default audio.block_ms
 
@@ -334,12 +335,6 @@ def test_overruns_reported_by_portaudio_are_counted(testmic, caplog):
     assert any("input overrun" in r.getMessage() for r in caplog.records)
 
 
-def _voluntary_switches() -> int:
-    """How often this thread has gone to sleep and been woken (Linux counts them)."""
-    status = Path("/proc/thread-self/status").read_text()
-    return int(status.split("voluntary_ctxt_switches:")[1].split()[0])
-
-
 def test_the_reader_is_woken_less_often_than_blocks_come(testmic):
     """Each wake-up of the recorder's thread costs a Pi-class core more than the block's
     own processing (cold caches): a block must not cost the reader three of them (the
@@ -350,14 +345,14 @@ def test_the_reader_is_woken_less_often_than_blocks_come(testmic):
         MicrophoneSource(AudioSettings(device="testmic")) as source,
     ):
         read_samples(source, 4 * BLOCK)  # the stream is running
-        before = _voluntary_switches()
+        before = voluntary_switches()
         parts: list[np.ndarray] = []
         while sum(map(len, parts)) < 25 * BLOCK:  # 3 s of audio at real time
             block = source.read(timeout=1.0)  # as the recorder reads: stop seen within it
             assert block is not None
             parts.append(block)
         captured = np.concatenate(parts)
-        woken = _voluntary_switches() - before
+        woken = voluntary_switches() - before
         assert (source.stats.dropped_blocks, source.stats.overruns) == (0, 0)
     blocks = len(captured) / BLOCK
     assert len(captured) % BLOCK == 0, "whole blocks"

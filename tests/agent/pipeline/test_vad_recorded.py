@@ -113,16 +113,22 @@ def starts_in_the_speech_band(clip: Clip) -> bool:
     return True
 
 
+def deep_voice_session(noise: str, noise_dbfs: float, seed: int) -> tuple[np.ndarray, RoomTruth]:
+    """16 lines of the deep male voice (kt-da), 1.5-4.5 s apart, each starting with voice."""
+    lines = [Line(0, -30.0, 2.0, gap_s=1.5 + i % 4) for i in range(16)]
+    return scripted_session(
+        lines, noise, noise_dbfs, seed, voices=("kt-da", "kt-el"),
+        keep_clip=starts_in_the_speech_band,
+    )  # fmt: skip
+
+
 @pytest.mark.parametrize("seed", SEEDS)
 def test_deep_male_voice_under_mains_hum_at_5_db_snr(seed):
     """A deep male voice (kt-da: energy at 120-200 Hz, where the hum has its third harmonic)
     5 dB over mains hum: webrtcvad hears the buzz as voice and the speech band holds the
     hum's lines at a level that never moves, so onsets were cut. Recorded spooled audio
     stays the microphone's samples."""
-    lines = [Line(0, -30.0, 2.0, gap_s=1.5 + i % 4) for i in range(16)]
-    pcm, truth = scripted_session(
-        lines, "hum", -35.0, seed, voices=("kt-da", "kt-el"), keep_clip=starts_in_the_speech_band
-    )
+    pcm, truth = deep_voice_session("hum", -35.0, seed)
     chunks = segment(pcm)
     assert_speech_kept(truth.score(merge_spans(chunks)))
     for chunk in chunks:
@@ -144,10 +150,7 @@ def off_grid_hum(samples: int, rng: np.random.Generator) -> np.ndarray:
 def test_mains_hum_off_the_nominal_frequency(seed):
     """The grid's frequency is never exactly 50 Hz: the hum model follows it, and a model
     that lost it is not used (subtracting a hum out of phase doubles it)."""
-    lines = [Line(0, -30.0, 2.0, gap_s=1.5 + i % 4) for i in range(16)]
-    pcm, truth = scripted_session(
-        lines, "pink", -60.0, seed, voices=("kt-da", "kt-el"), keep_clip=starts_in_the_speech_band
-    )
+    pcm, truth = deep_voice_session("pink", -60.0, seed)
     hum = off_grid_hum(len(pcm), np.random.default_rng(seed)) * 10 ** (-35.0 / 20) * FULL_SCALE
     pcm = np.clip(np.rint(pcm + hum), -FULL_SCALE - 1, FULL_SCALE).astype(np.int16)
     score = kept_score(pcm, truth)
