@@ -156,7 +156,12 @@ class Uplink:
         self.device_id = device_id
         self.spool = spool
         self.client = client
-        self._cond = threading.Condition()
+        # One lock, two conditions: a worker waiting for work is woken alone (one per
+        # thing to do, not every worker for every chunk), and a retry's sleep is ended by
+        # a stop or a new token without taking a wake-up meant for an idle worker.
+        self._lock = threading.RLock()
+        self._cond = threading.Condition(self._lock)
+        self._token_changed = threading.Condition(self._lock)
         self._stopping = threading.Event()
         self._queue: deque[PendingChunk] = deque()
         self._dirty = True
@@ -180,16 +185,19 @@ class Uplink:
             self._workers.append(worker)
 
     def wake(self) -> None:
-        """Something was spooled or closed: look at the spool now. Cheap; any thread."""
+        """Something was spooled or closed: look at the spool now. Cheap; any thread.
+        One idle worker reads the spool, and wakes another only if it found more to do."""
         with self._cond:
             self._dirty = True
-            self._cond.notify_all()
+            self._cond.notify()
 
     def stop(self, timeout: float = STOP_WAIT_S) -> None:
         """Stop taking work; requests in flight get ``timeout`` to finish (what is not
         acknowledged stays in the spool and goes at the next start)."""
         self._stopping.set()
-        self.wake()
+        with self._lock:
+            self._cond.notify_all()
+            self._token_changed.notify_all()
         deadline = time.monotonic() + timeout
         for worker in self._workers:
             worker.join(max(0.0, deadline - time.monotonic()))
@@ -203,6 +211,7 @@ class Uplink:
             self._token_generation += 1
             self._dirty = True
             self._cond.notify_all()
+            self._token_changed.notify_all()
 
     def alive(self) -> bool:
         """Every worker is still running (for the watchdog)."""
@@ -223,13 +232,19 @@ class Uplink:
             except (SpoolError, OSError) as exc:  # the spool's trouble, not a bug: one line
                 log.warning("uplink: the spool refused (%s); the chunk stays in the spool", exc)
                 self._stopping.wait(self.settings.backoff_base_s)
+                self._rescan_later()
             except Exception:
                 log.exception("uplink: unexpected error; the chunk stays in the spool")
                 self._stopping.wait(self.settings.backoff_max_s)
+                self._rescan_later()
             finally:
                 with self._cond:
                     self._busy.discard(job.key)
-                    self._cond.notify_all()
+
+    def _rescan_later(self) -> None:
+        """A job left in the spool is found again by this worker's next scan."""
+        with self._cond:
+            self._dirty = True
 
     def _claim(self) -> _Job | None:
         """The next job. The spool is read outside ``_cond``: the recorder's ``wake()``
@@ -238,23 +253,29 @@ class Uplink:
             with self._cond:
                 job = self._known_job()
                 if job is not None:
-                    self._busy.add(job.key)
-                    return job
+                    return self._took(job)
                 rescan, self._dirty = self._dirty, False
-            pending = self.spool.pending() if rescan else None
-            sessions = self.spool.sessions()
-            with self._cond:
-                if pending is not None:
+            if rescan:
+                pending, sessions = self.spool.pending(), self.spool.sessions()
+                with self._cond:
                     self._queue = deque(pending)
-                job = self._known_job() or self._closable_job(sessions)
-                if job is not None:
-                    self._busy.add(job.key)
-                    return job
+                    job = self._known_job() or self._closable_job(sessions)
+                    if job is not None:
+                        return self._took(job)
+            with self._cond:
                 if self._dirty:
                     continue  # woken while reading the spool: read it again
                 if not self._cond.wait(RESCAN_S):
                     self._dirty = True
         return None
+
+    def _took(self, job: _Job) -> _Job:
+        """Claim ``job``; if more is known to be waiting, an idle worker takes it in
+        parallel. Caller holds ``_cond``."""
+        self._busy.add(job.key)
+        if self._queue or self._closable:
+            self._cond.notify()
+        return job
 
     def _known_job(self) -> _Job | None:
         """Manifests of sessions just completed first, then chunks oldest first (from the
@@ -284,9 +305,9 @@ class Uplink:
 
     def _sleep(self, seconds: float) -> None:
         """Until the next retry, a stop, or a new token."""
-        with self._cond:
+        with self._token_changed:
             generation = self._token_generation
-            self._cond.wait_for(
+            self._token_changed.wait_for(
                 lambda: self._stopping.is_set() or self._token_generation != generation,
                 timeout=seconds,
             )
@@ -480,7 +501,7 @@ class Uplink:
         if info.closed and not info.pending:
             with self._cond:
                 self._closable.append(session_id)
-                self._cond.notify_all()
+                self._cond.notify()
 
     def _problem(self, problem: UplinkProblem) -> None:
         with self._cond:

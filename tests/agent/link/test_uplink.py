@@ -383,3 +383,52 @@ def test_a_scan_of_a_busy_spool_never_holds_up_the_recorders_wake(tmp_path, serv
         server.wait_until(lambda: len(server.chunks("after-the-wait")) == 2)
     finally:
         uplink.stop()
+
+
+def test_a_spooled_chunk_wakes_one_idle_worker_not_all(server, spool):
+    """On a Pi-class core a wake-up costs more than its work: a chunk spooled while the
+    workers are idle wakes one of them, which reads the spool once, not every worker
+    (each reading the spool, and waking the others again when it is done)."""
+    import threading
+
+    from tests.support.wakeups import voluntary_switches
+
+    chunks = 8
+    uplink = start_uplink(link(server), spool)
+    reads: list[str] = []
+    for name in ("pending", "sessions"):
+        method = getattr(spool, name)
+
+        def counted(method=method, name=name):
+            if threading.current_thread().name.startswith("uplink-"):
+                reads.append(name)
+            return method()
+
+        setattr(spool, name, counted)
+    workers = [t for t in threading.enumerate() if t.name.startswith("uplink-")]
+    try:
+        spool_session(spool, "warm-up", 1, close=False)
+        uplink.wake()
+        server.wait_until(lambda: len(server.chunks("warm-up")) == 1)
+        eventually(lambda: uplink.status().chunks_sent == 1, timeout=5, what="acknowledged")
+        reads.clear()
+        before = sum(voluntary_switches(t.native_id) for t in workers)
+        sealer = ChunkSealer(DEVICE, KEY.public_key())
+        rng = np.random.default_rng(5)
+        spool.create_session("one-by-one", DEVICE)
+        for seq in range(chunks):
+            pcm = rng.normal(0, 200, 32_000).astype(np.int16)
+            spool.append(sealer.seal("one-by-one", seq, seq * 2.0, pcm))
+            uplink.wake()
+            eventually(
+                lambda sent=seq + 2: uplink.status().chunks_sent == sent,
+                timeout=5,
+                what="acknowledged",
+            )
+        woken = sum(voluntary_switches(t.native_id) for t in workers) - before
+    finally:
+        uplink.stop()
+    print(f"\nper chunk: {len(reads) / chunks:.1f} spool reads, {woken / chunks:.1f} wake-ups")
+    assert len(reads) <= 2 * chunks, f"{len(reads)} spool reads for {chunks} chunks"
+    # Today one HTTP exchange costs a worker about 9; every worker woken each time, 45.
+    assert woken <= 20 * chunks, f"{woken} worker wake-ups for {chunks} chunks"
