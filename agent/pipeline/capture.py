@@ -69,7 +69,7 @@ class ReopenPolicy:
     stall_s: float = 2.0
     first_wait_s: float = 0.25
     max_wait_s: float = 5.0
-    check_every_s: float = 0.5
+    check_every_s: float = 1.0
 
 
 def list_input_devices() -> list[InputDevice]:
@@ -319,7 +319,8 @@ class MicrophoneSource:
                     continue
                 problem = stream.problem(self._stall_s)
                 if problem is None:
-                    self._closing.wait(self._policy.check_every_s)
+                    # A stall is noticed within stall_s + this; a look costs a wake-up.
+                    self._closing.wait(min(self._policy.check_every_s, self._stall_s / 2))
                     continue
                 log.warning("capture: %s lost (%s); reopening", stream.device.name, problem)
                 self._stream = None

@@ -383,3 +383,21 @@ def test_a_read_never_joins_audio_captured_before_a_split_with_audio_after(testm
         source.close()
     np.testing.assert_array_equal(before, first)
     np.testing.assert_array_equal(after, np.concatenate([second, third]))
+
+
+def test_the_supervisor_wakes_about_once_a_second_while_the_device_is_well(testmic):
+    """The watch for a lost device wakes a thread each time it looks, and each wake-up
+    costs a Pi-class core more than the look: about once a second is soon enough (a lost
+    device is one silent for ReopenPolicy.stall_s, 2 s)."""
+    import threading
+
+    with (
+        FifoFeeder(testmic, period_frames=BLOCK),
+        MicrophoneSource(AudioSettings(device="testmic")) as source,
+    ):
+        read_samples(source, 4 * BLOCK)  # the stream is running
+        (supervisor,) = [t for t in threading.enumerate() if t.name == "capture-supervisor"]
+        before = voluntary_switches(supervisor.native_id)
+        time.sleep(3.0)  # a rate, measured
+        woken = voluntary_switches(supervisor.native_id) - before
+    assert woken <= 4, f"{woken} wake-ups in 3 s"
