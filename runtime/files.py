@@ -54,15 +54,19 @@ def partial_name(target: Path) -> Path:
     return target.with_name(f".{target.name}.{secrets.token_hex(4)}.part")
 
 
-def write_durably(path: Path, data: bytes, mode: int = PRIVATE, group: int | None = None) -> None:
+def write_durably(
+    path: Path, data: bytes, mode: int = PRIVATE, group: int | None = None, *, sync: bool = True
+) -> None:
     """Write ``path`` (created or truncated, never through a symlink) with exactly ``mode``
-    and fsync it; not yet visible atomically: write_atomically renames it into place."""
+    and fsync it (unless not ``sync``); not yet visible atomically: write_atomically
+    renames it into place."""
     with open_fd(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, PRIVATE) as fd:
         write_all(fd, data)
         if group is not None:
             os.fchown(fd, -1, group)
         os.fchmod(fd, mode)
-        os.fsync(fd)
+        if sync:
+            os.fsync(fd)
 
 
 def write_atomically(
@@ -73,22 +77,28 @@ def write_atomically(
     tmp: Path | None = None,
     parents: bool = False,
     group: int | None = None,
+    durable: bool = True,
 ) -> Path:
     """Replace ``path`` so a crash leaves the old or the new content, never a mix, and the
     file is never readable by others before it has its mode (and ``group``). ``parents``
     creates missing directories (0700). On failure the temporary file is removed and the
-    error raised. Returns ``path``."""
+    error raised. Returns ``path``.
+
+    ``durable=False`` keeps all that but the two fsyncs, for a file rewritten every few
+    seconds that the next write replaces anyway (status.json): after a power cut it may
+    be the old content, the new, or unreadable, never a mix of two."""
     if parents:
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     tmp = tmp or partial_name(path)
     try:
-        write_durably(tmp, data, mode, group)
+        write_durably(tmp, data, mode, group, sync=durable)
         os.rename(tmp, path)
     except BaseException:
         with suppress(OSError):
             tmp.unlink(missing_ok=True)
         raise
-    fsync_dir(path.parent)
+    if durable:
+        fsync_dir(path.parent)
     return path
 
 

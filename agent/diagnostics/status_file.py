@@ -98,8 +98,9 @@ class StatusSnapshot(BaseModel):
 
 
 def write_snapshot(path: Path, snapshot: StatusSnapshot) -> None:
-    """Replace ``path`` atomically (mode 0600); raises OSError."""
-    write_atomically(path, (snapshot.model_dump_json() + "\n").encode())
+    """Replace ``path`` atomically (mode 0600), unsynced (see the module's docstring);
+    raises OSError."""
+    write_atomically(path, (snapshot.model_dump_json() + "\n").encode(), durable=False)
 
 
 def read_snapshot(path: Path) -> StatusSnapshot | None:

@@ -58,6 +58,26 @@ def test_a_failed_write_removes_its_temporary_and_keeps_the_old_file(tmp_path: P
     assert sorted(p.name for p in tmp_path.iterdir()) == ["flag"]
 
 
+def test_a_replace_syncs_the_file_and_its_directory_unless_told_not_to(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    synced: list[int] = []
+    real_fsync = os.fsync
+
+    def fsync(fd: int) -> None:
+        synced.append(fd)
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    write_atomically(tmp_path / "kept", b"health information")
+    assert len(synced) == 2  # the file before its rename, the directory after
+    synced.clear()
+    write_atomically(tmp_path / "status", b"replaced in a moment", durable=False)
+    assert synced == []
+    assert (tmp_path / "status").read_bytes() == b"replaced in a moment"
+    assert mode(tmp_path / "status") == 0o600
+
+
 def test_parents_are_made_only_when_asked(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError):
         write_atomically(tmp_path / "a" / "b", b"x")
