@@ -1,10 +1,14 @@
-"""The SQLite engine: one file in WAL mode, one connection, one writer at a time.
+"""The SQLite engine: one file in WAL mode, one writer connection, readers beside it.
 
-Every access goes through one connection and one thread. The HTTP handlers and the job
-worker ``await db.run(fn)``, so the event loop never waits on the disk, and transactions
-never interleave. Other processes (the ``room-gateway jobs`` commands) open the same file;
-WAL lets them read while the service writes, and ``busy_timeout`` makes writers queue.
-A writer takes the write lock at BEGIN (IMMEDIATE), so it never deadlocks.
+Every write goes through one connection and one thread. The HTTP handlers and the job
+worker ``await db.run(fn)``, so the event loop never waits on the disk, and write
+transactions never interleave. Reads awaited with ``run(fn, write=False)`` (a device's
+token check before each chunk) run on reader threads with connections of their own: WAL
+lets them read the last commit while the writer is inside a transaction or waiting for its
+fsync, so they never queue behind writes (on the writer's thread a token check waited for
+every commit ahead of it). Other processes (the ``room-gateway jobs`` commands) open the
+same file; WAL lets them read while the service writes, and ``busy_timeout`` makes writers
+queue. A writer takes the write lock at BEGIN (IMMEDIATE), so it never deadlocks.
 
 ``synchronous=FULL``: in WAL mode NORMAL survives a killed process but may lose the last
 commits on a power cut. We answer Blueprint's webhook 2xx only after its event is
@@ -43,6 +47,7 @@ from gateway.store.location import SqliteLocation
 T = TypeVar("T")
 BUSY_TIMEOUT_MS = 5000
 GROUP_MAX = 64  # write transactions committed together at most
+READERS = 2  # threads (each with its own connection) for reads awaited with run()
 # Result codes that say "try again later" rather than "this statement is wrong".
 _UNAVAILABLE = ("SQLITE_BUSY", "SQLITE_LOCKED", "SQLITE_FULL", "SQLITE_IOERR", "SQLITE_CANTOPEN",
                 "SQLITE_READONLY", "SQLITE_PROTOCOL", "SQLITE_NOMEM")  # fmt: skip
@@ -82,6 +87,10 @@ class SqliteDatabase(Database):
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite")
         self._waiting: deque[_Write] = deque()  # write transactions for the next group
         self._waiting_lock = threading.Lock()
+        self._readers = ThreadPoolExecutor(max_workers=READERS, thread_name_prefix="sqlite-read")
+        self._reader = threading.local()  # each reader thread's connection
+        self._reader_conns: list[sqlite3.Connection] = []  # all of them, to close
+        self._reader_conns_lock = threading.Lock()
 
     @classmethod
     def connect(cls, path: Path) -> SqliteDatabase:
@@ -94,29 +103,35 @@ class SqliteDatabase(Database):
 
     @contextmanager
     def transaction(self, write: bool = True) -> Iterator[SqliteConnection]:
-        with self._lock:
-            conn = SqliteConnection(self._conn)
-            try:
-                if not write:
-                    self._conn.execute("PRAGMA query_only = 1")
-                self._conn.execute("BEGIN IMMEDIATE" if write else "BEGIN DEFERRED")
-            except sqlite3.Error as exc:
-                self._reset(write)
-                raise self._translated(exc) from None
-            try:
-                yield conn
-                if conn.failure is not None:
-                    raise conn.failure
-                self._conn.execute("COMMIT")
-            except BaseException as exc:
-                self._rollback()
-                self._reset(write)
-                if isinstance(exc, sqlite3.Error):
-                    raise self._translated(exc) from None
-                self._note_damage(exc)  # a statement's DatabaseDamaged, raised by conn
-                raise
-            self._reset(write)
+        with self._lock, self._transaction_on(self._conn, write) as conn:
+            yield conn
         conn.run_callbacks()
+
+    @contextmanager
+    def _transaction_on(self, raw: sqlite3.Connection, write: bool) -> Iterator[SqliteConnection]:
+        """One transaction on ``raw`` (the caller keeps others off it), committed at the
+        end of the block; its after-commit callbacks are left to the caller."""
+        conn = SqliteConnection(raw)
+        try:
+            if not write:
+                raw.execute("PRAGMA query_only = 1")
+            raw.execute("BEGIN IMMEDIATE" if write else "BEGIN DEFERRED")
+        except sqlite3.Error as exc:
+            _reset(raw, write)
+            raise self._translated(exc) from None
+        try:
+            yield conn
+            if conn.failure is not None:
+                raise conn.failure
+            raw.execute("COMMIT")
+        except BaseException as exc:
+            _rollback(raw)
+            _reset(raw, write)
+            if isinstance(exc, sqlite3.Error):
+                raise self._translated(exc) from None
+            self._note_damage(exc)  # a statement's DatabaseDamaged, raised by conn
+            raise
+        _reset(raw, write)
 
     async def run(
         self,
@@ -125,10 +140,12 @@ class SqliteDatabase(Database):
         write: bool = True,
         isolation: Isolation = "serializable",
     ) -> T:
-        """Run ``fn(conn, *args)`` in one transaction on the database thread; a write is
-        committed together with the others waiting then (group commit)."""
+        """Run ``fn(conn, *args)`` in one transaction: a write on the database thread,
+        committed together with the others waiting then (group commit); a read on a
+        reader thread, beside the writes."""
         if not write:
-            return await super().run(fn, *args, write=False, isolation=isolation)
+            loop = asyncio.get_running_loop()
+            return await loop.run_in_executor(self._readers, self._read, fn, args)
         request = _Write(fn, args, Future())
         with self._waiting_lock:
             self._waiting.append(request)
@@ -169,7 +186,7 @@ class SqliteDatabase(Database):
             try:
                 self._conn.execute("COMMIT")
             except sqlite3.Error as exc:
-                self._rollback()
+                _rollback(self._conn)
                 self._fail(done, self._translated(exc))
                 return
         for request in done:
@@ -204,7 +221,7 @@ class SqliteDatabase(Database):
                 self._conn.execute(f"ROLLBACK TO w{index}")
                 self._conn.execute(f"RELEASE w{index}")
             except sqlite3.Error:
-                self._rollback()
+                _rollback(self._conn)
                 return "lost"
             return "failed"
         return "ok"
@@ -218,6 +235,27 @@ class SqliteDatabase(Database):
     def _note_damage(self, error: BaseException) -> None:
         if isinstance(error, DatabaseDamaged):
             self.damage = str(error)
+
+    def _read(self, fn: Callable[..., T], args: tuple[Any, ...]) -> T:
+        """On a reader thread: ``fn(conn, *args)`` in a read-only transaction on that
+        thread's own connection, which sees the last commit."""
+        with self._transaction_on(self._reader_connection(), write=False) as conn:
+            result = fn(conn, *args)
+        conn.run_callbacks()
+        return result
+
+    def _reader_connection(self) -> sqlite3.Connection:
+        """This reader thread's connection, opened on its first read."""
+        raw: sqlite3.Connection | None = getattr(self._reader, "conn", None)
+        if raw is None:
+            try:
+                raw = _connect(self.path)
+            except sqlite3.Error as exc:
+                raise self._translated(exc) from None
+            with self._reader_conns_lock:
+                self._reader_conns.append(raw)
+            self._reader.conn = raw
+        return raw
 
     @staticmethod
     def _fail(requests: list[_Write], error: BaseException) -> None:
@@ -253,19 +291,14 @@ class SqliteDatabase(Database):
         return self.damage
 
     def close(self) -> None:
+        self._readers.shutdown(wait=True)
         self._executor.shutdown(wait=True)
+        with self._reader_conns_lock:
+            for raw in self._reader_conns:
+                raw.close()
+            self._reader_conns.clear()
         with self._lock:
             self._conn.close()
-
-    def _rollback(self) -> None:
-        if self._conn.in_transaction:
-            with suppress(sqlite3.Error):  # nothing more to undo: SQLite rolled back already
-                self._conn.execute("ROLLBACK")
-
-    def _reset(self, write: bool) -> None:
-        if not write:
-            with suppress(sqlite3.Error):
-                self._conn.execute("PRAGMA query_only = 0")
 
 
 class _Write:
@@ -277,6 +310,18 @@ class _Write:
         self.fn, self.args, self.future = fn, args, future
         self.conn: SqliteConnection | None = None
         self.result: Any = None
+
+
+def _rollback(raw: sqlite3.Connection) -> None:
+    if raw.in_transaction:
+        with suppress(sqlite3.Error):  # nothing more to undo: SQLite rolled back already
+            raw.execute("ROLLBACK")
+
+
+def _reset(raw: sqlite3.Connection, write: bool) -> None:
+    if not write:
+        with suppress(sqlite3.Error):
+            raw.execute("PRAGMA query_only = 0")
 
 
 def _group_lost() -> DatabaseUnavailable:
