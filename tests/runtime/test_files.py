@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from runtime.files import DurableFile, append_line, read_lines, write_atomically, write_new
+from tests.support.fsyncs import record_fsyncs
 
 
 @pytest.fixture
@@ -61,14 +62,7 @@ def test_a_failed_write_removes_its_temporary_and_keeps_the_old_file(tmp_path: P
 def test_a_replace_syncs_the_file_and_its_directory_unless_told_not_to(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    synced: list[int] = []
-    real_fsync = os.fsync
-
-    def fsync(fd: int) -> None:
-        synced.append(fd)
-        real_fsync(fd)
-
-    monkeypatch.setattr(os, "fsync", fsync)
+    synced = record_fsyncs(monkeypatch)
     write_atomically(tmp_path / "kept", b"health information")
     assert len(synced) == 2  # the file before its rename, the directory after
     synced.clear()

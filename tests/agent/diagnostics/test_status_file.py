@@ -2,11 +2,11 @@
 never sees half of it, but never synced, so an SD card is not worn by a sync each time
 (a snapshot lost to a power cut is simply written again by the next one)."""
 
-import os
 import stat
 from datetime import UTC, datetime
 
 from agent.diagnostics.status_file import StatusSnapshot, read_snapshot, write_snapshot
+from tests.support.fsyncs import record_fsyncs
 
 
 def snapshot(pid: int) -> StatusSnapshot:
@@ -23,14 +23,7 @@ def snapshot(pid: int) -> StatusSnapshot:
 
 
 def test_the_status_file_is_replaced_whole_without_a_sync(tmp_path, monkeypatch):
-    synced: list[int] = []
-    real_fsync = os.fsync
-
-    def fsync(fd: int) -> None:
-        synced.append(fd)
-        real_fsync(fd)
-
-    monkeypatch.setattr(os, "fsync", fsync)
+    synced = record_fsyncs(monkeypatch)
     path = tmp_path / "status.json"
     write_snapshot(path, snapshot(1))
     write_snapshot(path, snapshot(2))
