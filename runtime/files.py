@@ -4,9 +4,10 @@ Every file either program keeps (spool chunks and journals, the gateway's sealed
 keys, credentials, broker files, certificates, state flags) is written through here, so the
 crash rules live in one place: write a temporary file next to the target, fsync it, rename
 it over the target, fsync the directory. After a crash a file is the old one or the new
-one, never torn. The mode a file gets is the one asked for (fchmod after creating it),
-whatever the umask; the default is 0600 because most of these hold secrets or health
-information, even when sealed.
+one, never torn (``durable=False`` leaves out the syncs, for status.json alone: rewritten
+every few seconds, it is not worth a sync each time). The mode a file gets is the one
+asked for (fchmod after creating it), whatever the umask; the default is 0600 because most
+of these hold secrets or health information, even when sealed.
 """
 
 from __future__ import annotations

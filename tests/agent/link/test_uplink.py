@@ -7,6 +7,7 @@ the gateway will not take (409, 422) is never deleted and is reported.
 """
 
 import hashlib
+import threading
 import time
 import zlib
 
@@ -28,6 +29,7 @@ from tests.support.certs import Pki
 from tests.support.eventually import eventually
 from tests.support.ingest_server import IngestServer
 from tests.support.speech import make_session
+from tests.support.wakeups import voluntary_switches
 
 KEY = generate_private_key()
 DEVICE = "room-7"
@@ -389,10 +391,6 @@ def test_a_spooled_chunk_wakes_one_idle_worker_not_all(server, spool):
     """On a Pi-class core a wake-up costs more than its work: a chunk spooled while the
     workers are idle wakes one of them, which reads the spool once, not every worker
     (each reading the spool, and waking the others again when it is done)."""
-    import threading
-
-    from tests.support.wakeups import voluntary_switches
-
     chunks = 8
     uplink = start_uplink(link(server), spool)
     reads: list[str] = []

@@ -8,6 +8,7 @@ import json
 import logging
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -389,8 +390,6 @@ def test_the_supervisor_wakes_about_once_a_second_while_the_device_is_well(testm
     """The watch for a lost device wakes a thread each time it looks, and each wake-up
     costs a Pi-class core more than the look: about once a second is soon enough (a lost
     device is one silent for ReopenPolicy.stall_s, 2 s)."""
-    import threading
-
     with (
         FifoFeeder(testmic, period_frames=BLOCK),
         MicrophoneSource(AudioSettings(device="testmic")) as source,
@@ -400,4 +399,4 @@ def test_the_supervisor_wakes_about_once_a_second_while_the_device_is_well(testm
         before = voluntary_switches(supervisor.native_id)
         time.sleep(3.0)  # a rate, measured
         woken = voluntary_switches(supervisor.native_id) - before
-    assert woken <= 4, f"{woken} wake-ups in 3 s"
+    assert 2 <= woken <= 4, f"{woken} wake-ups in 3 s"  # still looking, not twice a second
