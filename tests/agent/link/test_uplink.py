@@ -235,8 +235,11 @@ def test_conflict_is_kept_and_reported_never_deleted(tmp_path, server, spool):
         server.wait_until(lambda: len(server.chunks("conflicted")) == 3)
         # Would the uplink retry, delete or close? A session spooled after it is sent once
         # the uplink has passed the conflict: by then it has done whatever it would do.
+        # A request that failed meanwhile (a keep-alive connection the server closed
+        # under load) shows as gateway_unreachable until a retry succeeds: wait for that.
         spool_session(spool, "sentinel", 1)
-        server.wait_until(lambda: len(server.chunks("sentinel")) == 1)
+        server.wait_until(lambda: server.manifest("sentinel") is not None)
+        eventually(lambda: uplink.status().failures == 0, timeout=5, what="retried")
         status = uplink.status()
     finally:
         uplink.stop()
