@@ -65,7 +65,7 @@ class TrimPreset(BaseModel):
     conservative: webrtcvad mode 2, 800 ms hangover, and a second look (mode 0) at held,
       strong energy that mode 2 rejected. Recall first: on the recorded-voice
       corpus it keeps >= 99.9% of speech time down to -50 dBFS and 5 dB SNR, a quiet
-      talker next to a loud one included, and removes ~90% of far silence.
+      talker next to a loud one included, and removes ~92% of far silence.
     balanced: webrtcvad mode 3, 600 ms hangover: a few percent fewer bytes, and on that
       corpus it drops some short utterances of a quiet talker right after a loud one.
     off: segment only, keep every sample (chunks of max_chunk_s): most bytes, no risk.

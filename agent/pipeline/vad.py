@@ -22,11 +22,15 @@ Two opinions on each 30 ms frame, both independent of the microphone's absolute 
 A region opens on ``min_speech_ms`` of frames that are both loud and speech, or of
 speech frames with STRONG_FRAMES strong ones in a row at a held level (a short word of
 a quiet talker is loud for only three or four frames; a knock dies away within two);
-it reaches back over the loud frames just before (a first word webrtcvad missed) plus the
-pre-roll (onsets are quiet), and ends ``hangover`` after the last loud speech frame
-(pauses inside sentences, quiet word endings). With trim "conservative" a second look,
-webrtcvad at mode 0 on the same frames, may open a region the same way (held, strong
-energy): at 5 dB SNR mode 2 hears nothing in some whole words that mode 0 catches.
+it reaches back over the strong frames just before (a first word webrtcvad missed) plus
+the pre-roll (onsets are quiet), and ends ``hangover`` after the last loud speech frame
+(pauses inside sentences, quiet word endings). The pre-roll grows where the room's speech
+stands little over its floor (at 5 dB SNR a soft onset lies under the noise and a region
+opens late), and a region that would start less than a pre-roll after the last one ends
+starts where it ended instead (the gap between them held the onset). With trim
+"conservative" a second look, webrtcvad at mode 0 on the same frames, may open a region
+the same way (held, strong energy): at 5 dB SNR mode 2 hears nothing in some whole words
+that mode 0 catches.
 ``trim`` (agent/settings.py) sets webrtcvad's mode and the padding, or keeps everything.
 """
 
@@ -47,11 +51,23 @@ INT16_MIN, INT16_MAX = -32768, 32767
 
 FLOOR_SMOOTHING = 0.3  # weight of a new frame in the smoothed energy the floor tracks
 FLOOR_SUBWINDOWS = 8  # the floor window is kept as this many sub-window minima
-LOOKBACK_S = 3.0  # how far before its opening run a region may reach back over loud frames
+# A region reaches back over frames more than REACH_BACK_DB over the floor, at most
+# REACH_BACK_GAP_MS apart: a first word and the run after it. Merely loud frames, or gaps
+# as long as the hangover, let fluctuating room noise chain the look-back over its full
+# LOOKBACK_S (an HVAC's beats put a 4-5 dB frame every ~180 ms: 2-3 s of far silence
+# before every region).
+REACH_BACK_GAP_MS = 450
+REACH_BACK_DB = 6.0
+LOOKBACK_S = 3.0  # how far before its opening run a region may reach back
 STRONG_MARGIN_DB = 6.0  # a frame this far above the floor is strong evidence
 STRONG_FRAMES = 3  # strong speech frames within OPEN_WINDOW open a region
 OPEN_WINDOW = 6
 PLATEAU_DB = 12.0
+# The pre-roll grows to LOW_SNR_PRE_ROLL_MS while the room's speech stands less than
+# LOW_SNR_DB over its floor (a running mean over loud speech frames, of this weight).
+LOW_SNR_DB = 16.0
+LOW_SNR_PRE_ROLL_MS = 600
+SPEECH_LEVEL_SMOOTHING = 0.02
 DETECTOR_FLOOR_DB = 50.0  # full-band noise floor webrtcvad is shown (about -40 dBFS)
 MAX_DETECTOR_GAIN_DB = 30.0
 BAND_HZ = (150.0, 4000.0)  # where speech carries its energy and room noise does not
@@ -337,11 +353,13 @@ class Segmenter:
         self.hangover = _frames(preset.hangover_ms)
         self.min_run = max(1, _frames(settings.min_speech_ms))
         self.max_chunk = int(settings.max_chunk_s * SAMPLE_RATE)
-        # Idle frames (with "loud": above the floor by the margin) kept for the pre-roll, and
-        # for looking back along earlier loud frames (an utterance's first word) before the
+        # Idle frames (with their energy over the floor, dB) kept for the pre-roll, and for
+        # looking back along earlier strong frames (an utterance's first word) before the
         # run that opens the region.
-        lookback = self.pre_roll + self.min_run + _frames(LOOKBACK_S * 1000)
-        self.recent: deque[tuple[np.ndarray, bool]] = deque(maxlen=lookback)
+        self.low_snr_pre_roll = max(self.pre_roll, _frames(LOW_SNR_PRE_ROLL_MS))
+        self.speech_above = math.inf  # loud speech over the floor, dB (running mean)
+        lookback = self.low_snr_pre_roll + self.min_run + _frames(LOOKBACK_S * 1000)
+        self.recent: deque[tuple[np.ndarray, float]] = deque(maxlen=lookback)
         self.remainder = np.zeros(0, dtype=np.int16)
         self.frame_index = 0  # index of the next whole frame
         self.run = 0  # frames of the run that opens a region, up to the current one
@@ -440,13 +458,15 @@ class Segmenter:
         self.voiced_run = self.voiced_run + 1 if voiced else 0
         self.speech_run.add(speech, above)
         self.second_run.add(second, above)
+        if voiced:
+            self._hear_speech_level(above)
         if self.open:
             self.since_voiced = 0 if voiced else self.since_voiced + 1
             if self.since_voiced <= self.hangover:
                 self._append(frame, out)
                 return
             self._close(out)
-        self.recent.append((frame, loud))
+        self.recent.append((frame, above))
         if self.voiced_run >= self.min_run:
             self.run = self.voiced_run
             self._open(out)
@@ -457,22 +477,35 @@ class Segmenter:
             self.run = self.second_run.tail()
             self._open(out)
 
-    def _open(self, out: list[SpeechChunk]) -> None:
-        """Start a region pre_roll before its first loud frame, never inside the last one.
+    def _hear_speech_level(self, above: float) -> None:
+        """Follow how far the room's speech stands over its floor: in a noisy room (5 dB
+        SNR) an utterance's soft onset lies under the noise, and a region opens up to half
+        a second after it began, so the pre-roll grows there (LOW_SNR_PRE_ROLL_MS); in a
+        quiet room 300 ms holds every onset and far silence stays removed."""
+        if self.speech_above == math.inf:
+            self.speech_above = above
+        self.speech_above += SPEECH_LEVEL_SMOOTHING * (above - self.speech_above)
 
-        The region reaches back, as hangover reaches forward, over earlier loud frames no
-        more than hangover apart: webrtcvad often misses a first word ("could", "if") that
-        stands well above the noise, and the run that follows already proves speech.
+    def _open(self, out: list[SpeechChunk]) -> None:
+        """Start a region pre_roll before its first frame, never inside the last one.
+
+        The region reaches back over earlier strong frames no more than REACH_BACK_GAP_MS
+        apart: webrtcvad often misses a first word ("could", "if") that stands well above
+        the noise, and the run that follows already proves speech.
         """
         recent = list(self.recent)
         first_loud = len(recent) - self.run  # position in recent of the run's first frame
         for position in range(first_loud - 1, -1, -1):
-            if first_loud - position > self.hangover + 1:
+            if first_loud - position > _frames(REACH_BACK_GAP_MS) + 1:
                 break
-            if recent[position][1]:
+            if recent[position][1] > REACH_BACK_DB:
                 first_loud = position
         offset = self.frame_index + 1 - len(recent)  # frame index of recent[0]
-        first = max(first_loud - self.pre_roll, self.region_end - offset, 0)
+        pre_roll = self.low_snr_pre_roll if self.speech_above < LOW_SNR_DB else self.pre_roll
+        last_end = max(self.region_end - offset, 0)
+        first = max(first_loud - pre_roll, last_end)
+        if first - last_end <= pre_roll:
+            first = last_end  # a gap shorter than the pre-roll holds the onset it missed
         self.open = True
         self.since_voiced = 0
         self.chunk, self.chunk_len = [], 0
