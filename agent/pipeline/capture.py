@@ -38,7 +38,7 @@ NO_SAMPLES = np.zeros(0, dtype=np.int16)
 # How often a waiting reader takes what was captured meanwhile, as one block. Waking once
 # per device period would cost more than the work: a woken thread runs on cold caches, and
 # the segmenter's work on 4 frames costs 4x on them what it costs warm (430 vs 105 us here).
-LOOK_EVERY_S = 0.48
+LOOK_EVERY_S = 0.96
 # How long close() waits for the device to let go (a stalled driver may never).
 CLOSE_WAIT_S = 3.0
 # libjack's complaints at every PortAudio start when no JACK server runs (there never is).

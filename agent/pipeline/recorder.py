@@ -75,7 +75,7 @@ STATE_FILE = "recorder.json"
 # have used, so the gateway never gets a second chunk under one seq (409 for ever).
 SEQ_BLOCK = 64
 # How soon a stop is seen; above capture.LOOK_EVERY_S, or the reader wakes for nothing.
-READ_TIMEOUT_S = 0.5
+READ_TIMEOUT_S = 1.0
 SESSION_ID = re.compile(ID_PATTERN)
 
 SourceFactory = Callable[[], AudioSource]
