@@ -10,7 +10,9 @@ Reconnection is ours, not paho's (runtime.mqtt.new_client never reconnects by it
   there, so the will carries the state of this connection, not of the first);
 - a CONNACK refusing the credentials is reported (``not_authorized``) and told to the owner
   (``on_refused_credentials``: re-read them, a rotation may have happened) before retrying;
-- a stop ends any wait at once, also in the middle of a backoff.
+- a stop ends any wait at once, also in the middle of a backoff;
+- an exception from the owner's ``while_connected`` (its heartbeats) is one log line and a
+  new connection, never the end of the supervisor's thread.
 
 The owner keeps its own paho callbacks and calls ``answered`` from its ``on_connect`` and
 ``dropped`` from its ``on_disconnect``; everything else runs on the supervisor's thread.
@@ -134,7 +136,17 @@ class ConnectionSupervisor:
             except BrokerUnavailable:
                 return  # stopping
             connected_at = time.monotonic()
-            self._while_connected()
+            try:
+                self._while_connected()
+            except Exception as exc:  # the owner's bug must not end its link for good
+                self._log.error(  # the type only: an exception's text may name private paths
+                    "%s: failed while connected (%s); connecting again",
+                    self._name,
+                    type(exc).__name__,
+                )
+                self.close()
+                self.stopping.wait(self.settings.reconnect_min_s)
+                continue
             if self.stopping.is_set():
                 return  # the owner says goodbye on the running connection, then close()
             self.client.loop_stop()

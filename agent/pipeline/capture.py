@@ -155,7 +155,7 @@ class MicrophoneSource:
         self._max_blocks = max(1, math.ceil(settings.queue_max_s * 1000 / settings.block_ms))
         self._look_every_s = max(LOOK_EVERY_S, settings.block_ms / 1000)
         self.captured_at = 0.0  # see TimedSource
-        self._split_at: float | None = None
+        self._splits: list[float] = []  # pauses' and resumes' moments not yet read past
         self._losses = _LossLog()
         self._closing = threading.Event()
         # Set once the stream is shut: a waiting reader takes what is left at once.
@@ -229,20 +229,24 @@ class MicrophoneSource:
             self._closed.wait(wait)
 
     def split_at(self, at: float) -> None:
-        """See TimedSource: a pause at ``at`` keeps what was captured before it."""
-        self._split_at = at
+        """See TimedSource: a pause (or its resume) at ``at`` keeps what was captured
+        before it apart from what was captured after; a pause and its resume may both
+        fall within one look."""
+        self._splits = [*self._splits, at]  # a new list: the reader's thread reads it
 
     def _with_queued(self, block: _Block) -> _Block:
         """``block`` and the blocks queued behind it from the same opening, as one; never
-        across the split (split_at)."""
-        parts, last, split = [block.data], block, self._split_at
+        across a split (split_at)."""
+        parts, last, splits = [block.data], block, self._splits
         while self._blocks and self._blocks[0].opening == block.opening:
             following = self._blocks[0]
-            if split is not None and last.captured_at <= split < following.captured_at:
+            if any(last.captured_at <= at < following.captured_at for at in splits):
                 break
             parts.append(self._blocks.popleft().data)
             last = following
         self.captured_at = last.captured_at
+        if splits and splits[0] < last.captured_at:
+            self._splits = [at for at in self._splits if at >= last.captured_at]
         return block if len(parts) == 1 else dataclasses.replace(block, data=b"".join(parts))
 
     def _to_16k(self, block: _Block) -> np.ndarray:

@@ -14,7 +14,8 @@ what a service stop mid-session does.
 
 Pause: while paused the microphone is closed to the session: every block captured after
 the pause is dropped as it is read (a live source is read late: what it captured before
-the pause is kept), before VAD, encoding and the spool; the speech chunk in
+the pause is kept, and what it captured before the resume stays out, though read after
+it), before VAD, encoding and the spool; the speech chunk in
 progress is finished at the pause, the audio timeline does not advance, and the paused
 stretch (times and its offset in the audio, nothing else) is journalled for the manifest.
 A session paused when the service stopped or the power went is resumed paused.
@@ -184,6 +185,9 @@ class Recorder:
         self._paused_at: datetime | None = None
         # The pause's time.monotonic(): a TimedSource's audio captured by then is kept.
         self._paused_mono = -math.inf
+        # Ended pauses, as (paused, resumed) time.monotonic(), that a TimedSource read late
+        # may still hand out audio from: none of it is kept.
+        self._paused_spans: list[tuple[float, float]] = []
         self._pause_source: PauseSource = "command"
         self._position_s = 0.0  # where in the session's audio capture has got to
         self.interrupted_paused = False
@@ -265,6 +269,7 @@ class Recorder:
             self._paused_at = self._interrupted_paused_at
             self._journal_pause(session_id)
         self._interrupted_paused_at = None
+        self._paused_spans = []
         if paused:
             self._paused_mono = -math.inf  # begins paused: nothing of this source is kept
             self._closed_to_session.set()
@@ -342,6 +347,11 @@ class Recorder:
         self._journal_pause(session_id)
         _write_state(self.state_path, session_id, False, self._reserved, spooled=True)
         with self._mutex:
+            resumed = time.monotonic()
+            reading = self._source
+            if isinstance(reading, TimedSource):  # what it captured while paused stays out
+                reading.split_at(resumed)
+                self._paused_spans = [*self._paused_spans, (self._paused_mono, resumed)]
             self._paused_at = None
             self._snapshot.paused = False
             self._closed_to_session.clear()
@@ -434,10 +444,18 @@ class Recorder:
             return limit is None or taken < limit
 
         def closed_to_session() -> bool:
-            """Paused, and this audio was captured after the pause (or when unknown)."""
-            if not self._closed_to_session.is_set():
-                return False
-            return not (isinstance(source, TimedSource) and source.captured_at <= self._paused_mono)
+            """This audio was captured while paused (or, when unknown, it is read while
+            paused)."""
+            if not isinstance(source, TimedSource):
+                return self._closed_to_session.is_set()
+            at = source.captured_at
+            if self._closed_to_session.is_set() and at > self._paused_mono:
+                return True
+            spans = self._paused_spans
+            if spans and spans[0][1] < at:  # read past: forget them
+                with self._mutex:
+                    self._paused_spans = spans = [s for s in self._paused_spans if s[1] >= at]
+            return any(paused < at <= resumed for paused, resumed in spans)
 
         def take(block: np.ndarray) -> None:
             nonlocal taken, next_seq, pushed

@@ -430,7 +430,12 @@ class Spool:
 
     def free_bytes(self) -> int:
         self.recover()
-        stat = os.statvfs(self.directory)
+        try:
+            stat = os.statvfs(self.directory)
+        except FileNotFoundError:  # the spool vanished just after the check: recreated
+            if not self.recover():
+                raise
+            stat = os.statvfs(self.directory)
         return stat.f_bavail * stat.f_frsize
 
     def usage(self) -> SpoolUsage:

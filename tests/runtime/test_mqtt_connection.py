@@ -134,3 +134,38 @@ def test_the_owner_holds_the_connection_on_the_supervisors_thread(broker) -> Non
         connection.close()
     assert set(beats) == {"held-mqtt"}
     assert not connection.alive()
+
+
+def test_a_failure_while_holding_the_connection_is_one_line_and_it_connects_again(
+    broker, caplog
+) -> None:
+    """A heartbeat that raised once (the spool vanished under its free-space look) ended the
+    device's control thread for good: no more state, no more commands."""
+    caplog.set_level(logging.INFO, logger=log.name)
+    holds: list[int] = []
+    settings = BrokerSettings(broker_url=broker.url, reconnect_min_s=0.1, reconnect_max_s=0.5)
+    client = new_client(settings, USER, USER, SecretStr(PASSWORD))
+    connection: ConnectionSupervisor
+
+    def hold() -> None:
+        holds.append(1)
+        if len(holds) == 1:
+            raise FileNotFoundError("/private/path/of/the/spool")
+        connection.wait_lost(None)
+
+    connection = ConnectionSupervisor(
+        client, settings, log, "held", clean_start=True, properties=lambda: None,
+        while_connected=hold,
+    )  # fmt: skip
+    client.on_connect = lambda c, u, f, code, p: connection.answered(code)
+    client.on_disconnect = lambda c, u, f, code, p: connection.dropped(code)
+    connection.start()
+    try:
+        eventually(lambda: len(holds) >= 2, timeout=15, what="held again after the failure")
+        assert connection.alive()
+    finally:
+        connection.stop(5)
+        connection.close()
+    failed = [r for r in caplog.records if "FileNotFoundError" in r.getMessage()]
+    assert len(failed) == 1 and failed[0].exc_info is None, caplog.text
+    assert "/private/path" not in caplog.text, "the exception's text may name private paths"

@@ -386,6 +386,28 @@ def test_a_read_never_joins_audio_captured_before_a_split_with_audio_after(testm
     np.testing.assert_array_equal(after, np.concatenate([second, third]))
 
 
+def test_a_pause_and_a_resume_not_yet_read_both_split_the_reads(testmic):
+    """A pause and its resume within one look (a reader wakes every LOOK_EVERY_S): each
+    read stays inside one of before, while paused and after."""
+    settings = AudioSettings(device="testmic")
+    with FifoFeeder(testmic, period_frames=BLOCK, idle_silence=False) as feeder:
+        source = MicrophoneSource(settings, reopen=ReopenPolicy(stall_s=30))
+        stream = source._stream
+        assert stream is not None
+        first, second, third = (np.full(BLOCK, value, dtype=np.int16) for value in (1, 2, 3))
+        stream._on_audio(first.tobytes(), BLOCK, None, 0)
+        paused = time.monotonic()
+        source.split_at(paused)
+        stream._on_audio(second.tobytes(), BLOCK, None, 0)
+        resumed = time.monotonic()
+        source.split_at(resumed)
+        stream._on_audio(third.tobytes(), BLOCK, None, 0)
+        reads = [source.read(timeout=1) for _ in range(3)]
+        feeder.idle_silence = True  # so the stream can be closed
+        source.close()
+    assert [None if r is None else r.tolist()[:1] for r in reads] == [[1], [2], [3]]
+
+
 def test_the_supervisor_wakes_about_once_a_second_while_the_device_is_well(testmic):
     """The watch for a lost device wakes a thread each time it looks, and each wake-up
     costs a Pi-class core more than the look: about once a second is soon enough (a lost

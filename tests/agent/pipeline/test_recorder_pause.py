@@ -183,6 +183,32 @@ def test_what_the_microphone_captured_before_the_pause_is_kept_though_read_after
     assert mic.splits and mic.splits[0] >= captured_before, "the source is told of the pause"
 
 
+def test_what_the_microphone_captured_while_paused_stays_out_though_read_after_the_resume(
+    tmp_path, speech
+) -> None:
+    """The other end of the pause: a live source read late hands out, after the resume,
+    audio it captured while paused; none of it is kept, what follows the resume is."""
+    settings = settings_for(tmp_path)
+    mic = LateMicrophone()
+    with Spool(settings.spool_dir, GIB, 0) as spool:
+        recorder = Recorder(settings, spool, lambda: mic)
+        recorder.start("late-2")
+        mic.play_captured(speech[: 8 * 16000], at=time.monotonic())
+        mic.drained()
+        assert recorder.pause("button") is True
+        captured_paused = time.monotonic()
+        assert recorder.resume("button") is True
+        # Read only now, after the resume: captured while paused.
+        mic.play_captured(mixed(speech[8 * 16000 : 16 * 16000], tone(8)), at=captured_paused)
+        mic.play_captured(speech[16 * 16000 :], at=time.monotonic())
+        mic.drained()
+        recorder.stop(10)
+        pcm, _ = recorded(spool, "late-2")
+    assert tone_level(pcm) < HEARD, "what was captured while paused was recorded"
+    assert len(pcm) >= 10 * 16000, "the speech before the pause and after the resume is kept"
+    assert len(mic.splits) == 2 and mic.splits[1] >= captured_paused, "told of the resume"
+
+
 def test_the_same_tone_unpaused_is_recorded(tmp_path, speech) -> None:
     """The control: the detector and the VAD do see the tone when nothing stops it."""
     settings = settings_for(tmp_path)

@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import stat
 
 import numpy as np
@@ -316,3 +317,28 @@ def test_quota_refuses_without_writing(tmp_path):
         ]
         spool.ack("s1", 0)
         spool.append(blobs[2])  # room again once the gateway has a chunk
+
+
+class VanishingSpool(Spool):
+    """The spool deleted (``rm -rf``) right after a check found it whole: the race a
+    heartbeat's free-space look lost in CI (its thread died on FileNotFoundError)."""
+
+    vanish_after_check = False
+
+    def recover(self) -> bool:
+        recovered = super().recover()
+        if self.vanish_after_check:
+            self.vanish_after_check = False
+            gone = self.directory.with_name("gone")
+            self.directory.rename(gone)
+            shutil.rmtree(gone)
+        return recovered
+
+
+def test_free_space_is_known_when_the_spool_vanishes_right_after_its_check(tmp_path):
+    with VanishingSpool(tmp_path / "spool", GIB, 0) as spool:
+        fill(spool, "s-1", 2)
+        spool.vanish_after_check = True
+        assert spool.free_bytes() > 0
+        assert spool.recover() is False, "recreated whole"
+        assert (tmp_path / "spool").is_dir()
