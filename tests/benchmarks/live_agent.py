@@ -8,7 +8,9 @@ fed from a FIFO in real time, in periods of the agent's default capture block, w
 recorded two-talker session (tests/support/room_sessions.py). Figures come from
 /proc/<pid>: CPU = (utime + stime) over wall time, peak RSS = VmHWM. The baseline is a bare
 pyaudio capture of the same stream in its own process (callback into a queue, read and
-dropped): what any Python agent pays, at each capture block the agents use.
+dropped): what any Python agent pays, at each capture block the agents use. The memory
+baseline is an interpreter that only imports the third-party modules the agent's run path
+imports: what these libraries hold before our code adds anything.
 
 "Before" is another source tree of the project (``--before DIR``, e.g. main's:
 ``git archive main | tar -x -C DIR``), run by the same interpreter with DIR first on
@@ -72,6 +74,45 @@ BARE_CAPTURE = textwrap.dedent(
         q.get()
     """
 )
+
+
+# The third-party modules `room-agent run` imports (every one, not only the top-level
+# packages: cryptography's OpenSSL bindings load with its primitives), imported in a fresh
+# interpreter with nothing of ours: resident memory that no agent built on these
+# libraries goes below, before any of them is used.
+DEPENDENCY_FLOOR = textwrap.dedent(
+    """
+    import json, subprocess, sys, sysconfig
+    run_path = (
+        "import json, sys, sysconfig; import agent.daemon, agent.pipeline.capture, agent.cli; "
+        "lib = sysconfig.get_paths()['purelib']; "
+        "print(json.dumps([n for n, m in list(sys.modules.items()) "
+        "if (getattr(m, '__file__', None) or '').startswith(lib) "
+        "and n.split('.')[0] not in ('agent', 'protocol', 'runtime') "
+        "and not n.startswith(('__editable__', '_distutils_hack'))]))"
+    )
+    names = json.loads(subprocess.run([sys.executable, "-c", run_path], capture_output=True,
+                                      text=True, check=True).stdout)
+    for name in names:
+        __import__(name)
+    status = open("/proc/self/status").read()
+    rss = int(status.split("VmRSS:")[1].split()[0]) / 1024
+    packages = sorted({name.split(".")[0] for name in names if not name.startswith("_")})
+    print(json.dumps({"rss_mb": rss, "packages": packages}))
+    """
+)
+
+
+def dependency_floor(python: str, env: dict[str, str], cwd: Path | None) -> tuple[float, str]:
+    """(RSS in MB, the packages) of an interpreter holding only the agent's libraries."""
+    import json
+
+    done = subprocess.run(
+        [python, "-c", DEPENDENCY_FLOOR], env={**os.environ, **env}, cwd=cwd,
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    found = json.loads(done.stdout)
+    return float(found["rss_mb"]), " ".join(found["packages"])
 
 
 @dataclass
@@ -301,6 +342,10 @@ def main() -> None:
     )
     for agent in agents:
         print(f"  {agent.name}: capture block {agent.period // 16} ms: {' '.join(agent.argv)}")
+    for agent in agents:
+        python = str(Path(args.agent).parent / "python")
+        floor_mb, packages = dependency_floor(python, agent.env, agent.cwd)
+        print(f"  {agent.name}: its libraries alone, imported: {floor_mb:.1f} MB RSS ({packages})")
     print(f"{'process':<22} {'wall s':>7} {'CPU %':>7} {'peak RSS MB':>12} {'RSS MB':>7}")
     for item in phases:
         print(
