@@ -21,7 +21,10 @@ Two opinions on each 30 ms frame, both independent of the microphone's absolute 
 
 A region opens on ``min_speech_ms`` of frames that are both loud and speech, or of
 speech frames with STRONG_FRAMES strong ones in a row at a held level (a short word of
-a quiet talker is loud for only three or four frames; a knock dies away within two);
+a quiet talker is loud for only three or four frames; a knock dies away within two), or
+of OPEN_WINDOW frames loud ``min_speech_ms`` in all, held as one stretch, webrtcvad
+hearing some of them (that word at 5 dB SNR: its energy dips under the margin for a
+frame, and webrtcvad hears three frames of five);
 it reaches back over the strong frames just before (a first word webrtcvad missed) plus
 the pre-roll (onsets are quiet), and ends ``hangover`` after the last loud speech frame
 (pauses inside sentences, quiet word endings). The pre-roll grows where the room's speech
@@ -368,6 +371,7 @@ class Segmenter:
         # The second look (trim conservative): webrtcvad at mode 0 on the same frames.
         self.second_vad = webrtcvad.Vad(0) if preset.second_look else None
         self.second_run = _SpeechRun(self.min_run)
+        self.window = _LoudWindow(self.min_run, self.margin_db)
         self.region_end = 0  # frame index where the last region ended (no overlap)
         self.open = False
         self.chunk: list[np.ndarray] = []
@@ -458,6 +462,7 @@ class Segmenter:
         self.voiced_run = self.voiced_run + 1 if voiced else 0
         self.speech_run.add(speech, above)
         self.second_run.add(second, above)
+        self.window.add(loud, speech, above)
         if voiced:
             self._hear_speech_level(above)
         if self.open:
@@ -475,6 +480,9 @@ class Segmenter:
             self._open(out)
         elif self.second_run.sustained():
             self.run = self.second_run.tail()
+            self._open(out)
+        elif self.window.word():
+            self.run = OPEN_WINDOW
             self._open(out)
 
     def _hear_speech_level(self, above: float) -> None:
@@ -567,6 +575,39 @@ class _SpeechRun:
             if min(run) > STRONG_MARGIN_DB and max(run) - min(run) <= PLATEAU_DB:
                 return True
         return False
+
+
+class _LoudWindow:
+    """The last OPEN_WINDOW frames, loud or not: a quiet talker's short word at 5 dB SNR
+    is loud for four or five frames, but webrtcvad hears only three of them and its
+    energy dips under the margin for a frame, so neither run above opens on it."""
+
+    def __init__(self, min_run: int, margin_db: float) -> None:
+        self.min_run = min_run
+        self.margin_db = margin_db
+        self.frames: deque[tuple[bool, bool, float]] = deque(maxlen=OPEN_WINDOW)
+
+    def add(self, loud: bool, speech: bool, above: float) -> None:
+        self.frames.append((loud, speech, above))
+
+    def word(self) -> bool:
+        """``min_run`` loud frames held as one stretch (no frame between the first and the
+        last of them under half the margin) with STRONG_FRAMES strong ones within
+        PLATEAU_DB of each other, and STRONG_FRAMES speech frames in the window: a voice
+        holds its level through a syllable; knocks fall to the floor within two frames,
+        so a cluster of them is loud in pairs with the floor between."""
+        if len(self.frames) < OPEN_WINDOW:
+            return False
+        if sum(1 for _, speech, _ in self.frames if speech) < STRONG_FRAMES:
+            return False
+        loud_at = [at for at, (loud, _, _) in enumerate(self.frames) if loud]
+        if len(loud_at) < self.min_run:
+            return False
+        held = [above for _, _, above in list(self.frames)[loud_at[0] : loud_at[-1] + 1]]
+        if min(held) < self.margin_db / 2:
+            return False
+        strong = [above for above in held if above > STRONG_MARGIN_DB]
+        return len(strong) >= STRONG_FRAMES and max(strong) - min(strong) <= PLATEAU_DB
 
 
 def _levels_db(frames: np.ndarray) -> np.ndarray:

@@ -207,3 +207,24 @@ def test_an_unknown_trim_is_refused_with_the_choices():
     with pytest.raises(ValidationError) as raised:
         AudioSettings(trim="aggressive")
     assert "'conservative', 'balanced' or 'off'" in str(raised.value)
+
+
+@functools.cache
+def quiet_words_at_5_db(seed: int) -> tuple[np.ndarray, RoomTruth]:
+    """Turns of two talkers 12 dB apart, the quiet one (short words, -42 dBFS) 5 dB over
+    pink noise: its words are loud for four or five frames, webrtcvad hears three of them,
+    and the energy dips under the margin for a frame in between."""
+    lines = [Line(i % 2, -30.0 - 12 * (i % 2), 2.0, gap_s=1.0 + i % 4) for i in range(16)]
+    return scripted_session(lines, "pink", -47.0, seed)
+
+
+@pytest.mark.parametrize("seed", (8, 19))
+def test_a_quiet_talkers_short_words_at_5_db_snr(seed):
+    """Seeds whose quiet talker lost whole words (0.4-0.6 s) to the segmenter: 97.5% and
+    93.8% of its speech kept, 0 and 2 words over 300 ms missed. Short of issue 8's 99.9%
+    still (a 0.3 s word of seed 19 is missed): the bound is what is held today."""
+    pcm, truth = quiet_words_at_5_db(seed)
+    score = kept_score(pcm, truth, talker=1)
+    assert score.utterances >= 10, score
+    assert score.missed_long == 0, score
+    assert score.speech_kept >= 0.98, score
