@@ -586,24 +586,27 @@ class _LoudWindow:
         self.min_run = min_run
         self.margin_db = margin_db
         self.frames: deque[tuple[bool, bool, float]] = deque(maxlen=OPEN_WINDOW)
+        self.loud = self.speech = 0  # counts in the window: silence is ruled out by them
 
     def add(self, loud: bool, speech: bool, above: float) -> None:
+        if len(self.frames) == OPEN_WINDOW:
+            gone_loud, gone_speech, _ = self.frames[0]
+            self.loud -= gone_loud
+            self.speech -= gone_speech
         self.frames.append((loud, speech, above))
+        self.loud += loud
+        self.speech += speech
 
     def word(self) -> bool:
         """``min_run`` loud frames held as one stretch (no frame between the first and the
         last of them under half the margin) with two strong ones within PLATEAU_DB of
         each other (a deep voice at 5 dB SNR stands 8-9 dB over the floor at most), and
-        STRONG_FRAMES speech frames in the window: a voice
-        holds its level through a syllable; knocks fall to the floor within two frames,
-        so a cluster of them is loud in pairs with the floor between."""
-        if len(self.frames) < OPEN_WINDOW:
-            return False
-        if sum(1 for _, speech, _ in self.frames if speech) < STRONG_FRAMES:
+        STRONG_FRAMES speech frames in the window: a voice holds its level through a
+        syllable; knocks fall to the floor within two frames, so a cluster of them is loud
+        in pairs with the floor between."""
+        if self.loud < self.min_run or self.speech < STRONG_FRAMES:
             return False
         loud_at = [at for at, (loud, _, _) in enumerate(self.frames) if loud]
-        if len(loud_at) < self.min_run:
-            return False
         held = [above for _, _, above in list(self.frames)[loud_at[0] : loud_at[-1] + 1]]
         if min(held) < self.margin_db / 2:
             return False
