@@ -24,6 +24,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterable
 from pathlib import Path
 
 if __package__ in (None, ""):  # run as a script: make `tests.support` importable
@@ -130,6 +131,8 @@ def compare(
     count: int,
     devices: int,
     pids: dict[str, int | None],
+    port: int,
+    metrics: list[str],
 ) -> float:
     """Bare, ours, bare again; prints the figures; returns ours / mean(bare)."""
     from tests.benchmarks.cpu import CpuMeter
@@ -141,11 +144,11 @@ def compare(
     meter = CpuMeter({"bare": bare.service.pid}).start()
     first = count / put_all(bare.port, plan)
     bare_cpu = meter.stop()
-    before = stage_totals(deployment.gateway.url)
+    before = _summed(stage_totals(url) for url in metrics)
     meter = CpuMeter(pids).start()
-    ours = count / put_all(deployment.gateway.port, plan)
+    ours = count / put_all(port, plan)
     ours_cpu = meter.stop()
-    after = stage_totals(deployment.gateway.url)
+    after = _summed(stage_totals(url) for url in metrics)
     second = count / put_all(bare.port, plan)
     limit = (first + second) / 2
     share = ours / limit
@@ -161,10 +164,22 @@ def compare(
     if stages:
         print(stage_report(stages, "  "))
         staged_cpu = sum(cpu for _, cpu, _ in stages.values())
-        rest = ours_cpu["gateway"] - staged_cpu
+        rest = sum(v for k, v in ours_cpu.items() if k.startswith("gateway")) - staged_cpu
         print(f"  rest of the gateway's CPU (HTTP parse/route/answer, thread hops, MQTT):"
               f" {rest * 1000 / count:.2f} ms per chunk")  # fmt: skip
     return share
+
+
+def _summed(
+    totals: Iterable[dict[str, tuple[float, float, float]]],
+) -> dict[str, tuple[float, float, float]]:
+    """Stage counters added up over the replicas."""
+    out: dict[str, tuple[float, float, float]] = {}
+    for each in totals:
+        for name, values in each.items():
+            held = out.get(name, (0.0, 0.0, 0.0))
+            out[name] = tuple(a + b for a, b in zip(held, values, strict=True))  # type: ignore[assignment]
+    return out
 
 
 def _per_chunk(used: dict[str, float], count: int) -> str:
@@ -181,6 +196,12 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, nargs="+", default=[4, 16])
     parser.add_argument("--engines", nargs="+", default=["sqlite", "postgresql"],
                         choices=["sqlite", "postgresql"])  # fmt: skip
+    parser.add_argument(
+        "--replicas", type=int, default=1, help="PostgreSQL: replicas on this host behind HAProxy"
+    )
+    parser.add_argument(
+        "--pool-size", type=int, default=None, help="PostgreSQL: the gateway's store.pool_size"
+    )
     args = parser.parse_args()
     print(f"machine: {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f} at start,"
           f" nice {os.nice(0)}")  # fmt: skip
@@ -198,7 +219,7 @@ def main() -> None:
             wait_for_http(f"{sim.url}/_sim/state")
             bare = BareServer(root / "bare").start()
             try:
-                for engine in args.engines:
+                for engine in ["postgresql"] if args.replicas > 1 else args.engines:
                     shares += _engine(root / engine, sim, bare, engine, chunks, args)
             finally:
                 bare.stop()
@@ -211,6 +232,8 @@ def _engine(root: Path, sim, bare: BareServer, engine: str, chunks: list, args) 
     from tests.gateway.deployment import Deployment
     from tests.support.postgres import PostgresServer
 
+    if args.replicas > 1:
+        return _replicated(root, sim, bare, chunks, args)
     env = {"ROOM_GATEWAY_LOG_LEVEL": "warning"}
     server = None
     if engine == "postgresql":
@@ -220,6 +243,8 @@ def _engine(root: Path, sim, bare: BareServer, engine: str, chunks: list, args) 
             "ROOM_GATEWAY_STORE__URL": server.url(server.database()),
             "ROOM_GATEWAY_STORE__PASSWORD_FILE": str(server.password_file(root / "gateway")),
         }
+        if args.pool_size is not None:
+            env["ROOM_GATEWAY_STORE__POOL_SIZE"] = str(args.pool_size)
     # One room (device) per connection, a session each, as in a clinic; fresh ones per run.
     rooms = {n: [f"room-c{n}-{d}" for d in range(n)] for n in args.concurrency}
     try:
@@ -232,8 +257,12 @@ def _engine(root: Path, sim, bare: BareServer, engine: str, chunks: list, args) 
             pids = {"gateway": deployment.gateway.service.pid}
             if server is not None:
                 pids["postgres"] = int((server.data / "postmaster.pid").read_text().split()[0])
+            metrics = [deployment.gateway.url]
+            port = deployment.gateway.port
             return [
-                compare(engine, deployment, bare, rooms[n], chunks, args.chunks, n, pids)
+                compare(
+                    engine, deployment, bare, rooms[n], chunks, args.chunks, n, pids, port, metrics
+                )
                 for n in args.concurrency
             ]
         finally:
@@ -241,6 +270,41 @@ def _engine(root: Path, sim, bare: BareServer, engine: str, chunks: list, args) 
     finally:
         if server is not None:
             server.destroy()
+
+
+def _replicated(root: Path, sim, bare: BareServer, chunks: list, args) -> list[float]:
+    """PostgreSQL, ``--replicas`` gateways on this host, HAProxy in front (replicas.py's
+    deployment): what one process per core buys against the one-process limit."""
+    from tests.benchmarks.replicas import deploy
+
+    rooms = {n: [f"room-c{n}-{d}" for d in range(n)] for n in args.concurrency}
+    every = tuple(room for group in rooms.values() for room in group)
+    deployment, gateways, proxy, server = deploy(
+        root, sim, "postgresql", args.replicas, every, 30.0
+    )
+    try:
+        deployment.gateway = deployment.gateway.behind(proxy.url)
+        sim.set_callback(deployment.gateway.webhook_url)
+        deployment.gateway.put_people(*deployment.people)
+        pids: dict[str, int | None] = {
+            f"gateway-{name}": gateway.service.pid for name, gateway in gateways.items()
+        }
+        pids["haproxy"] = proxy._service.pid if proxy._service is not None else None
+        pids["postgres"] = int((server.data / "postmaster.pid").read_text().split()[0])
+        label = f"postgresql x{args.replicas} replicas"
+        metrics = [gateway.url for gateway in gateways.values()]
+        return [
+            compare(
+                label, deployment, bare, rooms[n], chunks, args.chunks, n, pids, proxy.port, metrics
+            )
+            for n in args.concurrency
+        ]
+    finally:
+        proxy.stop()
+        for gateway in gateways.values():
+            gateway.stop()
+        deployment.broker.kill()
+        server.destroy()
 
 
 if __name__ == "__main__":
