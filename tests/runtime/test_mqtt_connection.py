@@ -5,7 +5,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
@@ -24,7 +25,13 @@ log = logging.getLogger("test.mqtt_connection")
 class Owner:
     """What the device's control link and the gateway's relay do with the supervisor."""
 
-    def __init__(self, broker: Broker, password: str = PASSWORD, **settings: float) -> None:
+    def __init__(
+        self,
+        broker: Broker,
+        password: str = PASSWORD,
+        hold: Callable[[ConnectionSupervisor], None] | None = None,
+        **settings: float,
+    ) -> None:
         self.settings = BrokerSettings(broker_url=broker.url, **settings)
         self.client = new_client(self.settings, USER, USER, SecretStr(password))
         self.client.on_connect = self._on_connect
@@ -40,8 +47,19 @@ class Owner:
             clean_start=True,
             properties=lambda: None,
             before_connect=self._before_connect,
+            while_connected=(lambda: hold(self.connection)) if hold is not None else None,
         )
         self.connection.on_refused_credentials.append(self._refused)
+
+    @contextmanager
+    def running(self) -> Iterator[ConnectionSupervisor]:
+        """Started, then stopped and closed however the block ends."""
+        self.connection.start()
+        try:
+            yield self.connection
+        finally:
+            self.connection.stop(5)
+            self.connection.close()
 
     def _before_connect(self) -> None:
         self.attempts += 1
@@ -67,15 +85,11 @@ def broker(tmp_path: Path) -> Iterator[Broker]:
 def test_it_connects_and_comes_back_after_the_broker_restarts(broker, caplog) -> None:
     caplog.set_level(logging.INFO, logger=log.name)
     owner = Owner(broker, reconnect_min_s=0.2, reconnect_max_s=1)
-    owner.connection.start()
-    try:
+    with owner.running():
         eventually(lambda: owner.connections == 1, what="connected")
         broker.restart()
         eventually(lambda: owner.connections == 2, timeout=20, what="connected again")
         assert owner.attempts >= 2, "the owner's before_connect runs at each attempt"
-    finally:
-        owner.connection.stop(5)
-        owner.connection.close()
     assert not owner.connection.alive()
     said = caplog.text
     assert f"test: connected to the broker at 127.0.0.1:{broker.port}" in said
@@ -97,43 +111,27 @@ def test_a_stop_ends_a_long_backoff_at_once(broker) -> None:
 
 def test_refused_credentials_are_reported_and_retried_until_accepted(broker) -> None:
     owner = Owner(broker, password="wrong", reconnect_min_s=0.1, reconnect_max_s=0.3)
-    owner.connection.start()
-    try:
+    with owner.running() as connection:
         eventually(lambda: owner.refusals >= 2, timeout=15, what="two refusals")
-        assert owner.connection.not_authorized
+        assert connection.not_authorized
         assert owner.connections == 0
         owner.client.username_pw_set(USER, PASSWORD)  # what a credential re-read does
         eventually(lambda: owner.connections == 1, timeout=15, what="accepted")
-        assert not owner.connection.not_authorized
-    finally:
-        owner.connection.stop(5)
-        owner.connection.close()
+        assert not connection.not_authorized
 
 
 def test_the_owner_holds_the_connection_on_the_supervisors_thread(broker) -> None:
     beats: list[str] = []
-    settings = BrokerSettings(broker_url=broker.url, reconnect_min_s=0.1, reconnect_max_s=0.5)
-    client = new_client(settings, USER, USER, SecretStr(PASSWORD))
-    connection: ConnectionSupervisor
 
-    def hold() -> None:
+    def hold(connection: ConnectionSupervisor) -> None:
         while not connection.wait_lost(0.05):
             beats.append(threading.current_thread().name)
 
-    connection = ConnectionSupervisor(
-        client, settings, log, "held", clean_start=True, properties=lambda: None,
-        while_connected=hold,
-    )  # fmt: skip
-    client.on_connect = lambda c, u, f, code, p: connection.answered(code)
-    client.on_disconnect = lambda c, u, f, code, p: connection.dropped(code)
-    connection.start()
-    try:
+    owner = Owner(broker, hold=hold, reconnect_min_s=0.1, reconnect_max_s=0.5)
+    with owner.running():
         eventually(lambda: len(beats) >= 3, what="three beats while connected")
-    finally:
-        connection.stop(5)
-        connection.close()
-    assert set(beats) == {"held-mqtt"}
-    assert not connection.alive()
+    assert set(beats) == {"test-mqtt"}
+    assert not owner.connection.alive()
 
 
 def test_a_failure_while_holding_the_connection_is_one_line_and_it_connects_again(
@@ -143,29 +141,17 @@ def test_a_failure_while_holding_the_connection_is_one_line_and_it_connects_agai
     device's control thread for good: no more state, no more commands."""
     caplog.set_level(logging.INFO, logger=log.name)
     holds: list[int] = []
-    settings = BrokerSettings(broker_url=broker.url, reconnect_min_s=0.1, reconnect_max_s=0.5)
-    client = new_client(settings, USER, USER, SecretStr(PASSWORD))
-    connection: ConnectionSupervisor
 
-    def hold() -> None:
+    def hold(connection: ConnectionSupervisor) -> None:
         holds.append(1)
         if len(holds) == 1:
             raise FileNotFoundError("/private/path/of/the/spool")
         connection.wait_lost(None)
 
-    connection = ConnectionSupervisor(
-        client, settings, log, "held", clean_start=True, properties=lambda: None,
-        while_connected=hold,
-    )  # fmt: skip
-    client.on_connect = lambda c, u, f, code, p: connection.answered(code)
-    client.on_disconnect = lambda c, u, f, code, p: connection.dropped(code)
-    connection.start()
-    try:
+    owner = Owner(broker, hold=hold, reconnect_min_s=0.1, reconnect_max_s=0.5)
+    with owner.running() as connection:
         eventually(lambda: len(holds) >= 2, timeout=15, what="held again after the failure")
         assert connection.alive()
-    finally:
-        connection.stop(5)
-        connection.close()
     failed = [r for r in caplog.records if "FileNotFoundError" in r.getMessage()]
     assert len(failed) == 1 and failed[0].exc_info is None, caplog.text
     assert "/private/path" not in caplog.text, "the exception's text may name private paths"

@@ -10,6 +10,8 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -360,51 +362,55 @@ def test_the_reader_is_woken_less_often_than_blocks_come(testmic):
     assert woken <= blocks / 2, f"{woken} wake-ups for {blocks:.0f} blocks"
 
 
-def test_a_read_never_joins_audio_captured_before_a_split_with_audio_after(testmic):
-    """What a pause relies on (agent/pipeline/audio.TimedSource): each read says when its
-    last sample was captured, and a read stops at the pause's moment."""
+@contextmanager
+def _fed_by_hand(testmic: Path) -> Iterator[tuple[MicrophoneSource, Callable[[int], None]]]:
+    """A source whose audio the test hands to its stream's callback itself, one block of
+    ``value`` at a time (the feeder's silence stays off until the block ends)."""
     settings = AudioSettings(device="testmic")
     with FifoFeeder(testmic, period_frames=BLOCK, idle_silence=False) as feeder:
         source = MicrophoneSource(settings, reopen=ReopenPolicy(stall_s=30))
         stream = source._stream
         assert stream is not None
-        first, second, third = (np.full(BLOCK, value, dtype=np.int16) for value in (1, 2, 3))
-        stream._on_audio(first.tobytes(), BLOCK, None, 0)
+
+        def block(value: int) -> None:
+            stream._on_audio(np.full(BLOCK, value, dtype=np.int16).tobytes(), BLOCK, None, 0)
+
+        try:
+            yield source, block
+        finally:
+            feeder.idle_silence = True  # so the stream can be closed
+            source.close()
+
+
+def test_a_read_never_joins_audio_captured_before_a_split_with_audio_after(testmic):
+    """What a pause relies on (agent/pipeline/audio.TimedSource): each read says when its
+    last sample was captured, and a read stops at the pause's moment."""
+    with _fed_by_hand(testmic) as (source, block):
+        block(1)
         split = time.monotonic()
         source.split_at(split)
-        stream._on_audio(second.tobytes(), BLOCK, None, 0)
-        stream._on_audio(third.tobytes(), BLOCK, None, 0)
+        block(2)
+        block(3)
         before = source.read(timeout=1)
         assert before is not None
         assert source.captured_at <= split
         after = source.read(timeout=1)
         assert after is not None
         assert source.captured_at > split
-        feeder.idle_silence = True  # so the stream can be closed
-        source.close()
-    np.testing.assert_array_equal(before, first)
-    np.testing.assert_array_equal(after, np.concatenate([second, third]))
+    assert before.tolist() == [1] * BLOCK
+    assert after.tolist() == [2] * BLOCK + [3] * BLOCK
 
 
 def test_a_pause_and_a_resume_not_yet_read_both_split_the_reads(testmic):
     """A pause and its resume within one look (a reader wakes every LOOK_EVERY_S): each
     read stays inside one of before, while paused and after."""
-    settings = AudioSettings(device="testmic")
-    with FifoFeeder(testmic, period_frames=BLOCK, idle_silence=False) as feeder:
-        source = MicrophoneSource(settings, reopen=ReopenPolicy(stall_s=30))
-        stream = source._stream
-        assert stream is not None
-        first, second, third = (np.full(BLOCK, value, dtype=np.int16) for value in (1, 2, 3))
-        stream._on_audio(first.tobytes(), BLOCK, None, 0)
-        paused = time.monotonic()
-        source.split_at(paused)
-        stream._on_audio(second.tobytes(), BLOCK, None, 0)
-        resumed = time.monotonic()
-        source.split_at(resumed)
-        stream._on_audio(third.tobytes(), BLOCK, None, 0)
+    with _fed_by_hand(testmic) as (source, block):
+        block(1)
+        source.split_at(time.monotonic())  # paused
+        block(2)
+        source.split_at(time.monotonic())  # resumed
+        block(3)
         reads = [source.read(timeout=1) for _ in range(3)]
-        feeder.idle_silence = True  # so the stream can be closed
-        source.close()
     assert [None if r is None else r.tolist()[:1] for r in reads] == [[1], [2], [3]]
 
 
