@@ -289,6 +289,9 @@ Command = Annotated[
 
 # rooms/{device}/notify — to the device.
 class ChunkAcked(_Message):
+    """A mirror of a chunk's HTTP 200, best effort: at most one a second per device, for
+    the newest chunk stored then (the chunks before it may have no mirror of their own)."""
+
     type: Literal["chunk_acked"] = "chunk_acked"
     session_id: SessionId
     seq: int
