@@ -111,15 +111,9 @@ class ChunkAckMirror:
     once, the newest of those stored meanwhile when the interval ends (so the last chunk
     of a burst is always mirrored). Called on the event loop, which times the flushes."""
 
-    def __init__(
-        self,
-        publish: Callable[[str, ChunkAcked], None],
-        every_s: float,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
+    def __init__(self, publish: Callable[[str, ChunkAcked], None], every_s: float) -> None:
         self._publish = publish
         self._every_s = every_s
-        self._clock = clock
         self._sent_at: dict[str, float] = {}  # device -> when its last mirror went
         self._waiting: dict[str, ChunkAcked] = {}  # device -> newest not yet mirrored
 
@@ -127,21 +121,20 @@ class ChunkAckMirror:
         if device_id in self._waiting:  # a flush is due: it takes this one instead
             self._waiting[device_id] = message
             return
-        now = self._clock()
-        due = self._sent_at.get(device_id, now - self._every_s) + self._every_s
-        if now >= due:
-            self._send(device_id, message, now)
+        last = self._sent_at.get(device_id)
+        wait_s = 0.0 if last is None else last + self._every_s - time.monotonic()
+        if wait_s <= 0:
+            self._send(device_id, message)
             return
         self._waiting[device_id] = message
-        asyncio.get_running_loop().call_later(due - now, self._flush, device_id)
+        asyncio.get_running_loop().call_later(wait_s, self._flush, device_id)
 
     def _flush(self, device_id: str) -> None:
-        message = self._waiting.pop(device_id, None)
-        if message is not None:
-            self._send(device_id, message, self._clock())
+        self._send(device_id, self._waiting.pop(device_id))
 
-    def _send(self, device_id: str, message: ChunkAcked, now: float) -> None:
-        self._sent_at[device_id] = now  # one entry per device that sent audio: a few hundred
+    def _send(self, device_id: str, message: ChunkAcked) -> None:
+        # One entry per device that sent audio: a few hundred.
+        self._sent_at[device_id] = time.monotonic()
         self._publish(device_id, message)
 
 

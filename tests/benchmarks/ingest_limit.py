@@ -232,8 +232,10 @@ def _engine(root: Path, sim, bare: BareServer, engine: str, chunks: list, args) 
     from tests.gateway.deployment import Deployment
     from tests.support.postgres import PostgresServer
 
+    # One room (device) per connection, a session each, as in a clinic; fresh ones per run.
+    rooms = {n: [f"room-c{n}-{d}" for d in range(n)] for n in args.concurrency}
     if args.replicas > 1:
-        return _replicated(root, sim, bare, chunks, args)
+        return _replicated(root, sim, bare, chunks, rooms, args)
     env = {"ROOM_GATEWAY_LOG_LEVEL": "warning"}
     server = None
     if engine == "postgresql":
@@ -245,8 +247,6 @@ def _engine(root: Path, sim, bare: BareServer, engine: str, chunks: list, args) 
         }
         if args.pool_size is not None:
             env["ROOM_GATEWAY_STORE__POOL_SIZE"] = str(args.pool_size)
-    # One room (device) per connection, a session each, as in a clinic; fresh ones per run.
-    rooms = {n: [f"room-c{n}-{d}" for d in range(n)] for n in args.concurrency}
     try:
         every = tuple(room for group in rooms.values() for room in group)
         deployment = Deployment(root, sim.url, every, **env).start()
@@ -272,12 +272,13 @@ def _engine(root: Path, sim, bare: BareServer, engine: str, chunks: list, args) 
             server.destroy()
 
 
-def _replicated(root: Path, sim, bare: BareServer, chunks: list, args) -> list[float]:
+def _replicated(
+    root: Path, sim, bare: BareServer, chunks: list, rooms: dict[int, list[str]], args
+) -> list[float]:
     """PostgreSQL, ``--replicas`` gateways on this host, HAProxy in front (replicas.py's
     deployment): what one process per core buys against the one-process limit."""
     from tests.benchmarks.replicas import deploy
 
-    rooms = {n: [f"room-c{n}-{d}" for d in range(n)] for n in args.concurrency}
     every = tuple(room for group in rooms.values() for room in group)
     deployment, gateways, proxy, server = deploy(
         root, sim, "postgresql", args.replicas, every, 30.0
