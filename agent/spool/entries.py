@@ -76,6 +76,17 @@ def is_directory(path: Path) -> bool:
         return False
 
 
+def listed(directory: Path) -> list[Path]:
+    """A real directory's entries, sorted; none when it is not one or is gone, even if it
+    went between the look and the listing (the spool can be removed under the agent)."""
+    if not is_directory(directory):
+        return []
+    try:
+        return sorted(directory.iterdir())
+    except FileNotFoundError:
+        return []
+
+
 def read_regular(path: Path) -> bytes:
     """The bytes of a regular file. Raises FileNotFoundError, OddEntry (anything else,
     a link included) or another OSError (unreadable: permissions, I/O errors)."""

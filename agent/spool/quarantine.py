@@ -15,7 +15,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from agent.spool.entries import is_directory, odd_directory, odd_file, read_regular
+from agent.spool.entries import listed, odd_directory, odd_file, read_regular
 from agent.spool.models import QuarantineEntry
 from runtime.files import append_line, fsync_dir
 
@@ -87,15 +87,18 @@ class Quarantine:
                 entry = QuarantineEntry.model_validate_json(line)
                 if os.path.lexists(self.spool_dir / entry.stored):
                     found[entry.stored] = entry
-        if is_directory(self.root):
-            for folder in sorted(p for p in self.root.iterdir() if is_directory(p)):
-                for path in sorted(folder.iterdir()):
-                    stored = self._relative(path)
-                    if stored not in found:
-                        mtime = datetime.fromtimestamp(path.lstat().st_mtime, UTC)
-                        found[stored] = QuarantineEntry(
-                            at=mtime, original="?", stored=stored, reason="unknown"
-                        )
+        for folder in listed(self.root):  # the index, a file, lists nothing
+            for path in listed(folder):
+                stored = self._relative(path)
+                if stored in found:
+                    continue
+                try:
+                    mtime = datetime.fromtimestamp(path.lstat().st_mtime, UTC)
+                except FileNotFoundError:  # gone since the listing, with the spool
+                    continue
+                found[stored] = QuarantineEntry(
+                    at=mtime, original="?", stored=stored, reason="unknown"
+                )
         return sorted(found.values(), key=lambda e: e.stored)
 
     def _index_lines(self) -> list[bytes]:
