@@ -6,17 +6,74 @@ import os
 import signal
 import socket
 import subprocess
+import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
 import httpx
 
+EPHEMERAL_RANGE = Path("/proc/sys/net/ipv4/ip_local_port_range")
+LOWEST_PORT = 10000  # below: the standard ports of services this machine may run
+
+
+class _Ports:
+    """Walks this process's share of the ports below the kernel's ephemeral range.
+
+    ``bind(("127.0.0.1", 0))`` picks at random among the ephemeral ports: it may hand out
+    one it handed out a moment ago (nothing has bound it yet), and an outgoing connection
+    may take a handed-out port as its source port before the server binds it. A walk
+    repeats no port until it has used them all, and no connection's source port comes
+    from below the ephemeral range. pytest-xdist's workers walk separate shares."""
+
+    def __init__(self) -> None:
+        low, high = _ephemeral_range()
+        start, end = (LOWEST_PORT, low) if low - LOWEST_PORT >= 2000 else (high + 1, 65536)
+        workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+        worker = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw") or 0)
+        share = (end - start) // max(1, workers)
+        self._start = start + share * (worker % max(1, workers))
+        self._span = share
+        self._next = os.getpid() % share  # two runs side by side start apart
+        self._lock = threading.Lock()
+
+    def take(self) -> int:
+        with self._lock:
+            for _ in range(self._span):
+                port = self._start + self._next
+                self._next = (self._next + 1) % self._span
+                if _bindable(port):
+                    return port
+        raise RuntimeError(f"no free loopback port in {self._start}-{self._start + self._span}")
+
+
+def _ephemeral_range() -> tuple[int, int]:
+    try:
+        low, high = (int(part) for part in EPHEMERAL_RANGE.read_text().split())
+    except (OSError, ValueError):
+        return 32768, 60999  # Linux's default
+    return low, high
+
+
+def _bindable(port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+_ports: _Ports | None = None
+
 
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    """A loopback port for a server the caller starts next: free now, never handed out
+    before by this process, outside the range outgoing connections take ports from."""
+    global _ports
+    if _ports is None:
+        _ports = _Ports()
+    return _ports.take()
 
 
 def wait_for_port(port: int, host: str = "127.0.0.1", timeout: float = 15.0) -> None:
