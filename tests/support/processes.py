@@ -27,12 +27,12 @@ class _Ports:
     from below the ephemeral range. pytest-xdist's workers walk separate shares."""
 
     def __init__(self) -> None:
-        low, high = _ephemeral_range()
+        low, high = ephemeral_range()
         start, end = (LOWEST_PORT, low) if low - LOWEST_PORT >= 2000 else (high + 1, 65536)
-        workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+        workers = max(1, int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")))
         worker = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw") or 0)
-        share = (end - start) // max(1, workers)
-        self._start = start + share * (worker % max(1, workers))
+        share = (end - start) // workers
+        self._start = start + share * (worker % workers)
         self._span = share
         self._next = os.getpid() % share  # two runs side by side start apart
         self._lock = threading.Lock()
@@ -47,7 +47,8 @@ class _Ports:
         raise RuntimeError(f"no free loopback port in {self._start}-{self._start + self._span}")
 
 
-def _ephemeral_range() -> tuple[int, int]:
+def ephemeral_range() -> tuple[int, int]:
+    """The ports the kernel gives outgoing connections (and ``bind`` to port 0)."""
     try:
         low, high = (int(part) for part in EPHEMERAL_RANGE.read_text().split())
     except (OSError, ValueError):

@@ -5,11 +5,8 @@ port already taken by one of them)."""
 from __future__ import annotations
 
 import socket
-from pathlib import Path
 
-from tests.support.processes import free_port
-
-EPHEMERAL = Path("/proc/sys/net/ipv4/ip_local_port_range")
+from tests.support.processes import ephemeral_range, free_port
 
 
 def test_never_hands_out_the_same_port_twice() -> None:
@@ -22,7 +19,7 @@ def test_never_hands_out_the_same_port_twice() -> None:
 def test_ports_lie_outside_the_kernels_ephemeral_range() -> None:
     """Outgoing connections take their source ports from that range: one could take the
     port in the seconds between free_port() and the server's bind."""
-    low, high = (int(part) for part in EPHEMERAL.read_text().split())
+    low, high = ephemeral_range()
     ports = [free_port() for _ in range(50)]
     assert not [port for port in ports if low <= port <= high]
 
