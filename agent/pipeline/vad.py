@@ -33,7 +33,11 @@ opens late), and a region that would start less than a pre-roll after the last o
 starts where it ended instead (the gap between them held the onset). With trim
 "conservative" a second look, webrtcvad at mode 0 on the same frames, may open a region
 the same way (held, strong energy): at 5 dB SNR mode 2 hears nothing in some whole words
-that mode 0 catches.
+that mode 0 catches. Last, a region opens on 300 ms of held evidence where each opinion
+alone is weak (_HeldVoice): webrtcvad hearing a word whole while its energy crosses the
+margin only now and then (a deep voice at 5 dB SNR), or energy held over the margin that
+webrtcvad hears only in part; either only from a detector that does not hear the bare
+room as speech.
 ``trim`` (agent/settings.py) sets webrtcvad's mode and the padding, or keeps everything.
 """
 
@@ -66,6 +70,17 @@ STRONG_MARGIN_DB = 6.0  # a frame this far above the floor is strong evidence
 STRONG_FRAMES = 3  # strong speech frames within OPEN_WINDOW open a region
 OPEN_WINDOW = 6
 PLATEAU_DB = 12.0
+# _HeldVoice: HELD_SPEECH of HELD_WINDOW frames heard as speech (a held voice) or loud
+# (a held sound, with HELD_HEARD heard), none over HELD_MAX_DB; floor frames (under
+# HELD_FLOOR_DB over it) tell how often a detector calls the bare room speech (a running
+# share of this weight), and over HELD_MAX_FLOOR_SPEECH its opinion is not used.
+HELD_WINDOW = 10
+HELD_SPEECH = 8
+HELD_HEARD = 4
+HELD_MAX_DB = 16.0
+HELD_FLOOR_DB = 1.5
+HELD_FLOOR_SMOOTHING = 1 / 256
+HELD_MAX_FLOOR_SPEECH = 0.2
 # The pre-roll grows to LOW_SNR_PRE_ROLL_MS while the room's speech stands less than
 # LOW_SNR_DB over its floor (a running mean over loud speech frames, of this weight).
 LOW_SNR_DB = 16.0
@@ -372,6 +387,7 @@ class Segmenter:
         self.second_vad = webrtcvad.Vad(0) if preset.second_look else None
         self.second_run = _SpeechRun(self.min_run)
         self.window = _LoudWindow(self.min_run, self.margin_db)
+        self.held = _HeldVoice()
         self.region_end = 0  # frame index where the last region ended (no overlap)
         self.open = False
         self.chunk: list[np.ndarray] = []
@@ -462,7 +478,8 @@ class Segmenter:
         self.voiced_run = self.voiced_run + 1 if voiced else 0
         self.speech_run.add(speech, above)
         self.second_run.add(second, above)
-        self.window.add(loud, speech, above)
+        self.window.add(loud, speech or second, above)
+        self.held.add(loud, speech, second, above)
         if voiced:
             self._hear_speech_level(above)
         if self.open:
@@ -483,6 +500,9 @@ class Segmenter:
             self._open(out)
         elif self.window.word():
             self.run = OPEN_WINDOW
+            self._open(out)
+        elif self.held.voice() or self.held.sound():
+            self.run = HELD_WINDOW
             self._open(out)
 
     def _hear_speech_level(self, above: float) -> None:
@@ -601,9 +621,10 @@ class _LoudWindow:
         """``min_run`` loud frames held as one stretch (no frame between the first and the
         last of them under half the margin) with two strong ones within PLATEAU_DB of
         each other (a deep voice at 5 dB SNR stands 8-9 dB over the floor at most), and
-        STRONG_FRAMES speech frames in the window: a voice holds its level through a
-        syllable; knocks fall to the floor within two frames, so a cluster of them is loud
-        in pairs with the floor between."""
+        STRONG_FRAMES speech frames in the window, by either look (a short word of the
+        deep voice at 5 dB SNR that webrtcvad at mode 2 does not hear, mode 0 does): a
+        voice holds its level through a syllable; knocks fall to the floor within two
+        frames, so a cluster of them is loud in pairs with the floor between."""
         if self.loud < self.min_run or self.speech < STRONG_FRAMES:
             return False
         loud_at = [at for at, (loud, _, _) in enumerate(self.frames) if loud]
@@ -612,6 +633,86 @@ class _LoudWindow:
             return False
         strong = [above for above in held if above > STRONG_MARGIN_DB]
         return len(strong) >= STRONG_FRAMES - 1 and max(strong) - min(strong) <= PLATEAU_DB
+
+
+class _HeldVoice:
+    """The last HELD_WINDOW frames (300 ms), for words that stand only a few dB over the
+    room's floor (5 dB SNR) and that none of the runs above opens on:
+
+    - a *held voice*: webrtcvad hears HELD_SPEECH of the frames (a deep voice's word: 8-22
+      frames of speech in a row) while its band energy crosses the margin in only a few
+      of them, never STRONG_FRAMES strong ones in a row;
+    - a *held sound*: the energy stands over the margin in HELD_SPEECH of the frames, and
+      webrtcvad (either look) hears some of them (a word webrtcvad at mode 2 is deaf to).
+
+    Either needs a loud stretch shaped like a voice (_voice_shaped), never over
+    HELD_MAX_DB (a word that loud over the floor is heard by the rules above: what is
+    left is a knock), and a detector that is not calling the room's bare floor speech
+    (webrtcvad hears loud brown noise as speech in every frame; a raised HVAC hum, at
+    mode 0): the share of floor frames it calls speech is followed, and over
+    HELD_MAX_FLOOR_SPEECH its opinion tells nothing here."""
+
+    def __init__(self) -> None:
+        # (loud, speech by webrtcvad, speech by either look, energy over the floor in dB)
+        self.frames: deque[tuple[bool, bool, bool, float]] = deque(maxlen=HELD_WINDOW)
+        self.loud = self.speech = self.heard = 0
+        self.floor_speech = 0.0  # share of floor frames webrtcvad calls speech
+        self.floor_heard = 0.0  # ... that either look calls speech
+
+    def add(self, loud: bool, speech: bool, second: bool, above: float) -> None:
+        heard = speech or second
+        if len(self.frames) == HELD_WINDOW:
+            gone_loud, gone_speech, gone_heard, _ = self.frames[0]
+            self.loud -= gone_loud
+            self.speech -= gone_speech
+            self.heard -= gone_heard
+        self.frames.append((loud, speech, heard, above))
+        self.loud += loud
+        self.speech += speech
+        self.heard += heard
+        if above < HELD_FLOOR_DB:
+            self.floor_speech += HELD_FLOOR_SMOOTHING * (speech - self.floor_speech)
+            self.floor_heard += HELD_FLOOR_SMOOTHING * (heard - self.floor_heard)
+
+    def voice(self) -> bool:
+        if self.speech < HELD_SPEECH or self.loud < STRONG_FRAMES or not self.frames[-1][1]:
+            return False
+        return self.floor_speech < HELD_MAX_FLOOR_SPEECH and self._voice_shaped()
+
+    def sound(self) -> bool:
+        if self.loud < HELD_SPEECH or self.heard < HELD_HEARD or not self.frames[-1][0]:
+            return False
+        if self.floor_heard >= HELD_MAX_FLOOR_SPEECH:
+            return False
+        strong = sum(1 for *_, above in self.frames if above > STRONG_MARGIN_DB)
+        return strong >= STRONG_FRAMES - 1 and self._voice_shaped()
+
+    def _voice_shaped(self) -> bool:
+        """A stretch of loud frames that holds: three within PLATEAU_DB, or two rising by
+        no more than it (a syllable's onset). A knock is loudest in its first frame, or
+        rises across a frame boundary by more than that, and has died away by the third."""
+        if max(above for *_, above in self.frames) > HELD_MAX_DB:
+            return False
+        stretch: list[float] = []
+        for loud, _, _, above in (*self.frames, (False, False, False, 0.0)):
+            if loud:
+                stretch.append(above)
+            elif _holds(stretch):
+                return True
+            else:
+                stretch = []
+        return False
+
+
+def _holds(stretch: list[float]) -> bool:
+    for at in range(len(stretch) - 1):
+        first, second = stretch[at], stretch[at + 1]
+        if first < second <= first + PLATEAU_DB:
+            return True
+        three = stretch[at : at + 3]
+        if len(three) == 3 and max(three) - min(three) <= PLATEAU_DB:
+            return True
+    return False
 
 
 def _levels_db(frames: np.ndarray) -> np.ndarray:

@@ -113,9 +113,12 @@ def starts_in_the_speech_band(clip: Clip) -> bool:
     return True
 
 
-def deep_voice_session(noise: str, noise_dbfs: float, seed: int) -> tuple[np.ndarray, RoomTruth]:
-    """16 lines of the deep male voice (kt-da), 1.5-4.5 s apart, each starting with voice."""
-    lines = [Line(0, -30.0, 2.0, gap_s=1.5 + i % 4) for i in range(16)]
+def deep_voice_session(
+    noise: str, noise_dbfs: float, seed: int, dbfs: float = -30.0
+) -> tuple[np.ndarray, RoomTruth]:
+    """16 lines of the deep male voice (kt-da) at ``dbfs``, 1.5-4.5 s apart, each starting
+    with voice."""
+    lines = [Line(0, dbfs, 2.0, gap_s=1.5 + i % 4) for i in range(16)]
     return scripted_session(
         lines, noise, noise_dbfs, seed, voices=("kt-da", "kt-el"),
         keep_clip=starts_in_the_speech_band,
@@ -133,6 +136,37 @@ def test_deep_male_voice_under_mains_hum_at_5_db_snr(seed):
     assert_speech_kept(truth.score(merge_spans(chunks)))
     for chunk in chunks:
         assert np.array_equal(chunk.pcm, pcm[chunk.start_sample : chunk.end_sample])
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_quiet_deep_voice_at_5_db_snr(seed):
+    """The deep male voice at -40 dBFS, 5 dB over pink noise (held-out session 9022 lost
+    five 0.3-0.7 s utterances of it): webrtcvad hears each word whole, 8-22 frames in a
+    row, while its band energy crosses the margin only in two or three of them, never three
+    strong frames in a row, so no rule opened. A held run of webrtcvad's speech with a few
+    loud frames now opens a region.
+
+    Speech kept is asked at 98%, not 99.9%: some of this voice's clips end in a tail 10-20
+    dB under their own peak, which at this level lies under the noise and is heard by no
+    detector; the issue's per-utterance figures hold."""
+    pcm, truth = deep_voice_session("pink", -45.0, seed, dbfs=-40.0)
+    score = kept_score(pcm, truth)
+    assert score.utterances >= 10, score
+    assert score.missed_long == 0, score
+    assert score.onsets_kept >= 0.995, score
+    assert score.speech_kept >= 0.98, score
+
+
+def test_quiet_talker_webrtcvad_mode_2_does_not_hear():
+    """Development session 8030 (mixed levels, 5 dB SNR over pink): two 0.44 s words of
+    the quiet talker (kt-sl, -33 dBFS) stand 5-12 dB over the floor for ten frames in a
+    row, but webrtcvad at mode 2 hears none of them and mode 0 only some, so both were
+    lost. Energy held that long, heard by a detector now and then, opens a region."""
+    pcm, truth = make_room_session(468.8, 5.0, "mixed", "pink", 8030)
+    score = kept_score(pcm, truth, talker=1)
+    assert score.missed_long == 0, score
+    assert score.speech_kept >= 0.999, score
+    assert score.onsets_kept >= 0.995, score
 
 
 def off_grid_hum(samples: int, rng: np.random.Generator) -> np.ndarray:
