@@ -478,7 +478,7 @@ class Segmenter:
         self.voiced_run = self.voiced_run + 1 if voiced else 0
         self.speech_run.add(speech, above)
         self.second_run.add(second, above)
-        self.window.add(loud, speech or second, above)
+        self.window.add(loud, speech, second, above)
         self.held.add(loud, speech, second, above)
         if voiced:
             self._hear_speech_level(above)
@@ -597,25 +597,36 @@ class _SpeechRun:
         return False
 
 
-class _LoudWindow:
+class _FrameWindow:
+    """The last ``size`` frames' opinions (loud, speech by webrtcvad, speech by either
+    look, energy over the floor in dB), with running counts: O(1) per frame."""
+
+    def __init__(self, size: int) -> None:
+        self.frames: deque[tuple[bool, bool, bool, float]] = deque(maxlen=size)
+        self.loud = self.speech = self.heard = 0
+
+    def add(self, loud: bool, speech: bool, second: bool, above: float) -> None:
+        heard = speech or second
+        if len(self.frames) == self.frames.maxlen:
+            gone_loud, gone_speech, gone_heard, _ = self.frames[0]
+            self.loud -= gone_loud
+            self.speech -= gone_speech
+            self.heard -= gone_heard
+        self.frames.append((loud, speech, heard, above))
+        self.loud += loud
+        self.speech += speech
+        self.heard += heard
+
+
+class _LoudWindow(_FrameWindow):
     """The last OPEN_WINDOW frames, loud or not: a quiet talker's short word at 5 dB SNR
     is loud for four or five frames, but webrtcvad hears only three of them and its
     energy dips under the margin for a frame, so neither run above opens on it."""
 
     def __init__(self, min_run: int, margin_db: float) -> None:
+        super().__init__(OPEN_WINDOW)
         self.min_run = min_run
         self.margin_db = margin_db
-        self.frames: deque[tuple[bool, bool, float]] = deque(maxlen=OPEN_WINDOW)
-        self.loud = self.speech = 0  # counts in the window: silence is ruled out by them
-
-    def add(self, loud: bool, speech: bool, above: float) -> None:
-        if len(self.frames) == OPEN_WINDOW:
-            gone_loud, gone_speech, _ = self.frames[0]
-            self.loud -= gone_loud
-            self.speech -= gone_speech
-        self.frames.append((loud, speech, above))
-        self.loud += loud
-        self.speech += speech
 
     def word(self) -> bool:
         """``min_run`` loud frames held as one stretch (no frame between the first and the
@@ -625,17 +636,17 @@ class _LoudWindow:
         deep voice at 5 dB SNR that webrtcvad at mode 2 does not hear, mode 0 does): a
         voice holds its level through a syllable; knocks fall to the floor within two
         frames, so a cluster of them is loud in pairs with the floor between."""
-        if self.loud < self.min_run or self.speech < STRONG_FRAMES:
+        if self.loud < self.min_run or self.heard < STRONG_FRAMES:
             return False
-        loud_at = [at for at, (loud, _, _) in enumerate(self.frames) if loud]
-        held = [above for _, _, above in list(self.frames)[loud_at[0] : loud_at[-1] + 1]]
+        loud_at = [at for at, (loud, *_) in enumerate(self.frames) if loud]
+        held = [above for *_, above in list(self.frames)[loud_at[0] : loud_at[-1] + 1]]
         if min(held) < self.margin_db / 2:
             return False
         strong = [above for above in held if above > STRONG_MARGIN_DB]
         return len(strong) >= STRONG_FRAMES - 1 and max(strong) - min(strong) <= PLATEAU_DB
 
 
-class _HeldVoice:
+class _HeldVoice(_FrameWindow):
     """The last HELD_WINDOW frames (300 ms), for words that stand only a few dB over the
     room's floor (5 dB SNR) and that none of the runs above opens on:
 
@@ -653,26 +664,15 @@ class _HeldVoice:
     HELD_MAX_FLOOR_SPEECH its opinion tells nothing here."""
 
     def __init__(self) -> None:
-        # (loud, speech by webrtcvad, speech by either look, energy over the floor in dB)
-        self.frames: deque[tuple[bool, bool, bool, float]] = deque(maxlen=HELD_WINDOW)
-        self.loud = self.speech = self.heard = 0
+        super().__init__(HELD_WINDOW)
         self.floor_speech = 0.0  # share of floor frames webrtcvad calls speech
         self.floor_heard = 0.0  # ... that either look calls speech
 
     def add(self, loud: bool, speech: bool, second: bool, above: float) -> None:
-        heard = speech or second
-        if len(self.frames) == HELD_WINDOW:
-            gone_loud, gone_speech, gone_heard, _ = self.frames[0]
-            self.loud -= gone_loud
-            self.speech -= gone_speech
-            self.heard -= gone_heard
-        self.frames.append((loud, speech, heard, above))
-        self.loud += loud
-        self.speech += speech
-        self.heard += heard
+        super().add(loud, speech, second, above)
         if above < HELD_FLOOR_DB:
             self.floor_speech += HELD_FLOOR_SMOOTHING * (speech - self.floor_speech)
-            self.floor_heard += HELD_FLOOR_SMOOTHING * (heard - self.floor_heard)
+            self.floor_heard += HELD_FLOOR_SMOOTHING * ((speech or second) - self.floor_heard)
 
     def voice(self) -> bool:
         if self.speech < HELD_SPEECH or self.loud < STRONG_FRAMES or not self.frames[-1][1]:
