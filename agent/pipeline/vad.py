@@ -37,7 +37,9 @@ that mode 0 catches. Last, a region opens on 300 ms of held evidence where each 
 alone is weak (_HeldVoice): webrtcvad hearing a word whole while its energy crosses the
 margin only now and then (a deep voice at 5 dB SNR), or energy held over the margin that
 webrtcvad hears only in part; either only from a detector that does not hear the bare
-room as speech.
+room as speech. And on energy alone, a word's syllables after a pause (_Syllables): two
+stretches of loud frames within 600 ms, where webrtcvad calls all of pink noise speech or
+hears nothing of a quiet deep voice.
 ``trim`` (agent/settings.py) sets webrtcvad's mode and the padding, or keeps everything.
 """
 
@@ -81,6 +83,17 @@ HELD_MAX_DB = 16.0
 HELD_FLOOR_DB = 1.5
 HELD_FLOOR_SMOOTHING = 1 / 256
 HELD_MAX_FLOOR_SPEECH = 0.2
+# _Syllables: within SYLLABLE_WINDOW frames (600 ms) after SYLLABLE_QUIET frames with none
+# loud, two or more stretches of at least SYLLABLE_FRAMES loud frames in a row,
+# SYLLABLE_LOUD loud frames in them, none over HELD_MAX_DB, one of them strong, and one
+# that starts with a rise of SYLLABLE_ONSET_DB over the frame before it: a word's
+# syllables, on energy alone.
+SYLLABLE_WINDOW = 20
+SYLLABLE_QUIET = 5
+SYLLABLE_FRAMES = 2
+SYLLABLE_LOUD = 5
+SYLLABLE_ONSET_DB = 4.0
+SYLLABLE_SPAN = SYLLABLE_QUIET + SYLLABLE_WINDOW
 # The pre-roll grows to LOW_SNR_PRE_ROLL_MS while the room's speech stands less than
 # LOW_SNR_DB over its floor (a running mean over loud speech frames, of this weight).
 LOW_SNR_DB = 16.0
@@ -388,6 +401,7 @@ class Segmenter:
         self.second_run = _SpeechRun(self.min_run)
         self.window = _LoudWindow(self.min_run, self.margin_db)
         self.held = _HeldVoice()
+        self.syllables = _Syllables()
         self.region_end = 0  # frame index where the last region ended (no overlap)
         self.open = False
         self.chunk: list[np.ndarray] = []
@@ -480,6 +494,7 @@ class Segmenter:
         self.second_run.add(second, above)
         self.window.add(loud, speech, second, above)
         self.held.add(loud, speech, second, above)
+        self.syllables.add(loud, speech, second, above)
         if voiced:
             self._hear_speech_level(above)
         if self.open:
@@ -503,6 +518,9 @@ class Segmenter:
             self._open(out)
         elif self.held.voice() or self.held.sound():
             self.run = HELD_WINDOW
+            self._open(out)
+        elif (run := self.syllables.word()) is not None:
+            self.run = run
             self._open(out)
 
     def _hear_speech_level(self, above: float) -> None:
@@ -702,6 +720,55 @@ class _HeldVoice(_FrameWindow):
             else:
                 stretch = []
         return False
+
+
+class _Syllables(_FrameWindow):
+    """The last SYLLABLE_WINDOW frames (600 ms) and the SYLLABLE_QUIET before them, for a
+    short word at 5 dB SNR that no detector helps with: webrtcvad calls every frame of
+    pink noise speech, or hears none of a quiet deep voice, and the word's energy crosses
+    the margin in two syllables of two to five frames with a dip between them, so no run
+    or window above holds enough of it.
+
+    A knock at that SNR stands 17-30 dB over the floor (HELD_MAX_DB keeps it out) and
+    lasts one to three frames: two of them close together make at most four loud frames.
+    An HVAC's swell (7 dB over half a second) is loud as long, but rises by a dB a frame,
+    where a syllable starts within one; its beats (loud for three or four frames in every
+    six) are never quiet for 150 ms, where a word that opens a region follows a pause."""
+
+    def __init__(self) -> None:
+        super().__init__(SYLLABLE_SPAN)
+
+    def word(self) -> int | None:
+        """Frames back to the first syllable's start, when the window holds a word."""
+        frames = self.frames
+        if self.loud < SYLLABLE_LOUD or not frames[-1][0] or len(frames) < SYLLABLE_SPAN:
+            return None
+        if any(frames[at][0] for at in range(SYLLABLE_QUIET)):
+            return None  # not after a pause: an HVAC's beats, loud every 180 ms
+        stretches: list[tuple[int, list[float]]] = []
+        current: list[float] = []
+        for at, (loud, _, _, above) in enumerate(frames):
+            if loud:
+                current.append(above)
+                continue
+            if len(current) >= SYLLABLE_FRAMES:
+                stretches.append((at - len(current), current))
+            current = []
+        if len(current) >= SYLLABLE_FRAMES:
+            stretches.append((len(frames) - len(current), current))
+        if len(stretches) < 2:
+            return None
+        levels = [above for _, stretch in stretches for above in stretch]
+        if len(levels) < SYLLABLE_LOUD or max(levels) > HELD_MAX_DB:
+            return None
+        if max(levels) <= STRONG_MARGIN_DB:
+            return None
+        if not any(
+            start > 0 and stretch[0] - frames[start - 1][3] >= SYLLABLE_ONSET_DB
+            for start, stretch in stretches
+        ):
+            return None
+        return len(frames) - stretches[0][0]
 
 
 def _holds(stretch: list[float]) -> bool:
