@@ -165,6 +165,7 @@ class Uplink:
         self._stopping = threading.Event()
         self._queue: deque[PendingChunk] = deque()
         self._dirty = True
+        self._clock_kept = False  # an idle worker waits with the rescan timeout
         self._closable: deque[str] = deque()
         self._busy: set[tuple[str, int | None]] = set()
         self._held: set[tuple[str, int | None]] = set()
@@ -265,9 +266,24 @@ class Uplink:
             with self._cond:
                 if self._dirty:
                     continue  # woken while reading the spool: read it again
-                if not self._cond.wait(RESCAN_S):
-                    self._dirty = True
+                self._wait_idle()
         return None
+
+    def _wait_idle(self) -> None:
+        """Wait for a wake(). One idle worker at a time also keeps the safety net's clock
+        (RESCAN_S); the others wait untimed, so an idle device reads its spool once per
+        RESCAN_S, not once per worker. The keeper, woken for work, lets the clock go: the
+        next worker to wait picks it up (waking another for it would cost every chunk a
+        wake-up, and a busy uplink reads the spool anyway). Caller holds ``_cond``."""
+        if self._clock_kept:
+            self._cond.wait()
+            return
+        self._clock_kept = True
+        try:
+            if not self._cond.wait(RESCAN_S):
+                self._dirty = True
+        finally:
+            self._clock_kept = False
 
     def _took(self, job: _Job) -> _Job:
         """Claim ``job``; if more is known to be waiting, an idle worker takes it in

@@ -433,3 +433,33 @@ def test_a_spooled_chunk_wakes_one_idle_worker_not_all(server, spool):
     assert len(reads) <= 2 * chunks, f"{len(reads)} spool reads for {chunks} chunks"
     # Today one HTTP exchange costs a worker about 9; every worker woken each time, 45.
     assert woken <= 20 * chunks, f"{woken} worker wake-ups for {chunks} chunks"
+
+
+def test_idle_workers_keep_one_rescan_clock_between_them(server, spool, monkeypatch):
+    """The safety-net rescan (a chunk nobody woke the uplink for) is one idle worker's
+    job: every worker timing out on its own read the spool four times as often as the
+    net needs, each a wake-up and a directory listing, all day long on an idle device."""
+    rescan_s = 0.2
+    monkeypatch.setattr("agent.link.uplink.RESCAN_S", rescan_s)
+    rescans: list[float] = []
+    pending = spool.pending
+
+    def counted():
+        if threading.current_thread().name.startswith("uplink-"):
+            rescans.append(time.monotonic())
+        return pending()
+
+    monkeypatch.setattr(spool, "pending", counted)
+    uplink = start_uplink(link(server), spool)
+    try:
+        eventually(lambda: len(rescans) >= 1, timeout=5, what="the first scan")
+        first = len(rescans)
+        eventually(lambda: len(rescans) >= first + 6, timeout=10, what="six rescans")
+        took = rescans[first + 5] - rescans[first - 1]
+        # Spooled without a wake(): the clock's keeper still finds it.
+        spool_session(spool, "unannounced", 1)
+        server.wait_until(lambda: len(server.chunks("unannounced")) == 1)
+    finally:
+        uplink.stop()
+    print(f"\nsix rescans took {took:.2f} s at RESCAN_S {rescan_s} s")
+    assert took >= 5 * rescan_s, f"six rescans in {took:.2f} s: more than one clock"
