@@ -66,6 +66,7 @@ from agent.pipeline.seal import SealingKeyError, gateway_key
 from agent.privacy import PrivacySwitch
 from agent.settings import AgentSettings, LinkSettings, MqttSettings
 from agent.spool import Spool, SpoolError
+from agent.ticker import Ticker
 from protocol.manifest import SessionManifest
 from protocol.messages import ChunkSpooled, DeviceReason, SessionClosed
 from runtime import systemd
@@ -232,6 +233,9 @@ def _serve(
 ) -> None:
     stop = threading.Event()
     uplink = status.uplink
+    ticker = Ticker()
+    ticker.add("privacy", privacy.poll)
+    ticker.add("feedback", hub.look)
     with _stop_on_signals(stop, hangup):
         hub.start()
         snapshots.start()
@@ -241,6 +245,7 @@ def _serve(
             uplink.start()
         _resume(recorder, status)
         privacy.start()
+        ticker.start()
         if control is not None:
             control.start()
         log.info(
@@ -256,7 +261,7 @@ def _serve(
         systemd.notify("STOPPING=1")
         if control is not None:
             control.refuse_commands()
-        privacy.stop()
+        ticker.stop()  # the privacy switch no longer pauses or resumes
         recorder.suspend(SUSPEND_WAIT_S)
         snapshots.stop()  # its last word: the recorder's final state, all parts still up
         for watcher in watchers:

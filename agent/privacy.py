@@ -22,9 +22,6 @@ from runtime.files import write_atomically
 log = logging.getLogger(__name__)
 
 FLAG = "do-not-record"
-# How soon the running agent sees `room-agent privacy on` (a button acts at once): each
-# look wakes a thread, which costs a Pi-class core more than the look itself.
-POLL_S = 1.0
 
 
 def flag_path(state_dir: Path) -> Path:
@@ -32,7 +29,8 @@ def flag_path(state_dir: Path) -> Path:
 
 
 def set_flag(state_dir: Path, engaged: bool) -> None:
-    """What `room-agent privacy on|off` does (the running agent follows within POLL_S)."""
+    """What `room-agent privacy on|off` does (the running agent follows within a tick,
+    agent/ticker.py; a button acts at once)."""
     path = flag_path(state_dir)
     if engaged:
         state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -49,8 +47,6 @@ class PrivacySwitch:
         self.on_change: list[Callable[[bool], None]] = []
         self._engaged = self._read()
         self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
 
     @property
     def engaged(self) -> bool:
@@ -85,19 +81,9 @@ class PrivacySwitch:
                 log.exception("privacy: a listener failed")
 
     def start(self) -> None:
-        self._thread = threading.Thread(target=self._watch, name="privacy", daemon=True)
-        self._thread.start()
+        """Act on the switch as it is now (the ticker's ``poll`` follows it from here)."""
         if self._engaged:
             self._apply(True)  # e.g. a session resumed after a restart while it was on
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(2)
-
-    def _watch(self) -> None:
-        while not self._stop.wait(POLL_S):
-            self.poll()
 
     def _read(self) -> bool:
         return self.always or self.path.exists()

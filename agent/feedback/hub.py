@@ -36,7 +36,6 @@ from protocol.messages import (
 log = logging.getLogger(__name__)
 
 STOP_WAIT_S = 30.0
-WATCH_S = 1.0  # how often the device's own problems are looked at
 
 
 class FeedbackHub(RecorderListener):
@@ -63,26 +62,29 @@ class FeedbackHub(RecorderListener):
         self.shown_at: float | None = None  # wall clock of the last indicator change
         self._session: str | None = None
         self._reason: Callable[[], str | None] | None = None
-        self._stopping = threading.Event()
-        self._watcher: threading.Thread | None = None
 
     def watch(self, reason: Callable[[], str | None]) -> None:
-        """Follow the device's reason (no microphone, the wrong key, a full spool...) on a
-        thread of the hub's own, every WATCH_S: the room sees a problem also while the
-        broker is away (heartbeats only go out while connected) and when it clears."""
+        """Follow the device's reason (no microphone, the wrong key, a full spool...) at
+        each ``look``: the room sees a problem also while the broker is away (heartbeats
+        only go out while connected) and when it clears."""
         self._reason = reason
 
     def start(self) -> None:
         self.hooks.start()
         self._refresh()
-        if self._reason is not None:
-            self._watcher = threading.Thread(target=self._watch, name="feedback-watch", daemon=True)
-            self._watcher.start()
+        self.look()
+
+    def look(self) -> None:
+        """Show the device's reason as it is now; the agent's ticker calls it every tick
+        (agent/ticker.py)."""
+        if self._reason is None:
+            return
+        try:
+            self.problem(self._reason())
+        except Exception:  # feedback never stops the agent
+            log.exception("feedback: the device's state could not be read")
 
     def stop(self) -> None:
-        self._stopping.set()
-        if self._watcher is not None:
-            self._watcher.join(5)
         if self._timer is not None:
             self._timer.cancel()
         self.hooks.stop()
@@ -159,15 +161,6 @@ class FeedbackHub(RecorderListener):
             pass  # the session ended meanwhile
 
     # -- state
-
-    def _watch(self) -> None:
-        assert self._reason is not None
-        while not self._stopping.is_set():
-            try:
-                self.problem(self._reason())
-            except Exception:  # feedback never stops the agent
-                log.exception("feedback: the device's state could not be read")
-            self._stopping.wait(WATCH_S)
 
     def _event(self, event: FeedbackEvent, session_id: str, cue: Cue) -> None:
         self.cues.play(cue)

@@ -25,6 +25,7 @@ from agent.pipeline.recorder import Recorder
 from agent.privacy import PrivacySwitch, set_flag
 from agent.settings import AgentSettings
 from agent.spool import Spool
+from agent.ticker import Ticker
 from protocol.envelope import generate_private_key, public_key_to_text
 from protocol.messages import (
     ChunkAcked,
@@ -133,10 +134,13 @@ def running_agent(settings: AgentSettings, source_factory=Silence):
         privacy.on_change.append(lambda engaged: control.publish_state())
         control.start()
         privacy.start()
+        ticker = Ticker()
+        ticker.add("privacy", privacy.poll)
+        ticker.start()
         try:
             yield Stack(settings, spool, recorder, control, privacy)
         finally:
-            privacy.stop()
+            ticker.stop()
             control.stop()
             recorder.stop(10)
 
