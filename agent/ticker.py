@@ -10,20 +10,22 @@ and the others still run: a broken indicator must not stop the privacy switch.
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import Callable
+
+from agent.periodic import PeriodicCheck
 
 log = logging.getLogger(__name__)
 
 TICK_S = 1.0  # how soon a look sees a change (`room-agent privacy on`, a full spool)
 
 
-class Ticker:
+class Ticker(PeriodicCheck):
+    name = "ticker"
+
     def __init__(self, period_s: float = TICK_S) -> None:
+        super().__init__()
         self.period_s = period_s
         self._looks: list[tuple[str, Callable[[], None]]] = []
-        self._stopping = threading.Event()
-        self._thread: threading.Thread | None = None
 
     @property
     def native_id(self) -> int | None:
@@ -34,19 +36,12 @@ class Ticker:
         """Run ``look`` every tick, from the next start (``what`` names it in the log)."""
         self._looks.append((what, look))
 
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="ticker", daemon=True)
-        self._thread.start()
+    def interval(self) -> float:
+        return self.period_s
 
-    def stop(self) -> None:
-        self._stopping.set()
-        if self._thread is not None:
-            self._thread.join(5)
-
-    def _run(self) -> None:
-        while not self._stopping.wait(self.period_s):
-            for what, look in self._looks:
-                try:
-                    look()
-                except Exception:  # one look's bug must not stop the others
-                    log.exception("ticker: the %s look failed", what)
+    def run_check(self) -> None:
+        for what, look in self._looks:
+            try:
+                look()
+            except Exception:  # one look's bug must not stop the others
+                log.exception("ticker: the %s look failed", what)
