@@ -35,6 +35,7 @@ from runtime.retry import log_retry, thread_retrying, wait_backoff
 log = logging.getLogger(__name__)
 
 NO_SAMPLES = np.zeros(0, dtype=np.int16)
+SAMPLE_BYTES = 2  # paInt16
 # How often a waiting reader takes what was captured meanwhile, as one block. Waking once
 # per device period would cost more than the work: a woken thread runs on cold caches, and
 # the segmenter's work on 4 frames costs 4x on them what it costs warm (430 vs 105 us here).
@@ -125,13 +126,23 @@ def choose_rate(
 
 @dataclass(frozen=True)
 class _Block:
-    """Raw frames as the device delivered them; ``opening`` tells device sessions apart."""
+    """Raw frames as the device delivered them; ``opening`` tells device sessions apart.
+
+    Its moments are the callback's: ``captured_at`` when the device handed it over, and
+    ``started_at`` a block's length before that, but never before the previous block's
+    ``captured_at`` (callbacks come late and in bursts, and a device or a test feeder may
+    deliver faster than real time: the spans of one opening never overlap)."""
 
     opening: int
     rate: int
     channels: int
     data: bytes
+    started_at: float  # time.monotonic() when its first frame is taken to have come
     captured_at: float  # time.monotonic() as the device handed it over
+
+    @property
+    def frames(self) -> int:
+        return len(self.data) // (SAMPLE_BYTES * self.channels)
 
 
 class MicrophoneSource:
@@ -156,6 +167,7 @@ class MicrophoneSource:
         self._look_every_s = max(LOOK_EVERY_S, settings.block_ms / 1000)
         self.captured_at = 0.0  # see TimedSource
         self._splits: list[float] = []  # pauses' and resumes' moments not yet read past
+        self._splits_lock = threading.Lock()  # split_at's append against the reader's prune
         self._losses = _LossLog()
         self._closing = threading.Event()
         # Set once the stream is shut: a waiting reader takes what is left at once.
@@ -230,24 +242,36 @@ class MicrophoneSource:
 
     def split_at(self, at: float) -> None:
         """See TimedSource: a pause (or its resume) at ``at`` keeps what was captured
-        before it apart from what was captured after; a pause and its resume may both
-        fall within one look."""
-        self._splits = [*self._splits, at]  # a new list: the reader's thread reads it
+        before it apart from what was captured after, down to the frame the moment falls
+        on inside a block (a whole block would keep up to ``block_ms`` of what was said
+        while paused, or drop as much said before); a pause and its resume may both fall
+        within one look, or within one block."""
+        with self._splits_lock:
+            self._splits = [*self._splits, at]  # a new list: the reader's thread reads it
 
-    def _with_queued(self, block: _Block) -> _Block:
-        """``block`` and the blocks queued behind it from the same opening, as one; never
-        across a split (split_at)."""
-        parts, last, splits = [block.data], block, self._splits
-        while self._blocks and self._blocks[0].opening == block.opening:
+    def _with_queued(self, first: _Block) -> _Block:
+        """``first`` and the blocks queued behind it from the same opening, as one; never
+        across a split (split_at): a block a split falls in is cut there, and what it holds
+        after the split goes back to the front of the queue for the next read."""
+        splits = self._splits
+        head, rest = _cut_at_split(first, splits)
+        parts, last = [head.data], head
+        while rest is None and self._blocks and self._blocks[0].opening == first.opening:
             following = self._blocks[0]
-            if any(last.captured_at <= at < following.captured_at for at in splits):
+            if any(last.captured_at <= at <= following.started_at for at in splits):
                 break
-            parts.append(self._blocks.popleft().data)
-            last = following
+            head, rest = _cut_at_split(self._blocks.popleft(), splits)
+            if not head.data:  # the split falls on its first frame
+                break
+            parts.append(head.data)
+            last = head
+        if rest is not None:
+            self._blocks.appendleft(rest)  # the callback only appends: safe for a deque
         self.captured_at = last.captured_at
-        if splits and splits[0] < last.captured_at:
-            self._splits = [at for at in self._splits if at >= last.captured_at]
-        return block if len(parts) == 1 else dataclasses.replace(block, data=b"".join(parts))
+        if any(at < last.captured_at for at in splits):
+            with self._splits_lock:
+                self._splits = [at for at in self._splits if at >= last.captured_at]
+        return dataclasses.replace(first, data=b"".join(parts), captured_at=last.captured_at)
 
     def _to_16k(self, block: _Block) -> np.ndarray:
         frames = np.frombuffer(block.data, dtype=np.int16).reshape(-1, block.channels).copy()
@@ -369,7 +393,7 @@ class _DeviceStream:
         self.channels = channels
         self.opening = opening
         self.abandoned = False
-        self.last_audio = time.monotonic()
+        self.last_audio = time.monotonic()  # also where the first block may start, at most
         self._pa = pa
         self._deliver = deliver
         try:
@@ -415,10 +439,31 @@ class _DeviceStream:
     ) -> tuple[None, int]:
         if self.abandoned or data is None:
             return None, pyaudio.paAbort
-        self.last_audio = time.monotonic()
-        block = _Block(self.opening, self.rate, self.channels, data, self.last_audio)
+        now = time.monotonic()
+        started = max(now - frame_count / self.rate, self.last_audio)
+        self.last_audio = now
+        block = _Block(self.opening, self.rate, self.channels, data, started, now)
         self._deliver(block, frame_count, status)
         return None, pyaudio.paContinue
+
+
+def _cut_at_split(block: _Block, splits: list[float]) -> tuple[_Block, _Block | None]:
+    """``block`` up to the earliest split that falls inside it, and what it holds after
+    that split (None if no split falls inside it).
+
+    The split's frame is placed in proportion to the block's span: the span is the one
+    measure of when its frames came that holds for a device delivering late, early or
+    fast."""
+    inside = [at for at in splits if block.started_at < at < block.captured_at]
+    if not inside:
+        return block, None
+    at = min(inside)
+    share = (at - block.started_at) / (block.captured_at - block.started_at)
+    cut = round(block.frames * share) * block.channels * SAMPLE_BYTES
+    before = dataclasses.replace(block, data=block.data[:cut], captured_at=at)
+    if cut == len(block.data):
+        return before, None
+    return before, dataclasses.replace(block, data=block.data[cut:], started_at=at)
 
 
 class _LossLog:

@@ -23,6 +23,7 @@ from agent.pipeline.capture import (
     InputDevice,
     MicrophoneSource,
     ReopenPolicy,
+    _Block,
     choose_device,
     choose_rate,
     list_input_devices,
@@ -363,17 +364,23 @@ def test_the_reader_is_woken_less_often_than_blocks_come(testmic):
 
 
 @contextmanager
-def _fed_by_hand(testmic: Path) -> Iterator[tuple[MicrophoneSource, Callable[[int], None]]]:
-    """A source whose audio the test hands to its stream's callback itself, one block of
-    ``value`` at a time (the feeder's silence stays off until the block ends)."""
-    settings = AudioSettings(device="testmic")
+def _fed_by_hand(testmic: Path) -> Iterator[tuple[MicrophoneSource, Callable[[int], float]]]:
+    """A source whose blocks the test hands over itself, as a device at real time would:
+    ``block(value)`` queues a block of ``value`` captured a block's length after the last
+    one, and returns the moment it ended (the feeder's silence stays off until the end)."""
+    settings = AudioSettings(device="testmic", block_ms=BLOCK * 1000 // 16_000)
     with FifoFeeder(testmic, period_frames=BLOCK, idle_silence=False) as feeder:
         source = MicrophoneSource(settings, reopen=ReopenPolicy(stall_s=30))
         stream = source._stream
         assert stream is not None
+        clock = [time.monotonic()]
 
-        def block(value: int) -> None:
-            stream._on_audio(np.full(BLOCK, value, dtype=np.int16).tobytes(), BLOCK, None, 0)
+        def block(value: int) -> float:
+            started, ended = clock[0], clock[0] + BLOCK / 16_000
+            clock[0] = ended
+            data = np.full(BLOCK, value, dtype=np.int16).tobytes()
+            source._accept(_Block(stream.opening, 16_000, 1, data, started, ended), BLOCK, 0)
+            return ended
 
         try:
             yield source, block
@@ -382,36 +389,83 @@ def _fed_by_hand(testmic: Path) -> Iterator[tuple[MicrophoneSource, Callable[[in
             source.close()
 
 
+def _reads(source: MicrophoneSource, count: int) -> list[tuple[list[int], float]]:
+    """``count`` reads, each as its samples and the moment its last one was captured."""
+    reads = []
+    for _ in range(count):
+        samples = source.read(timeout=1)
+        assert samples is not None and samples.size, "a read within the second"
+        reads.append((samples.tolist(), source.captured_at))
+    return reads
+
+
 def test_a_read_never_joins_audio_captured_before_a_split_with_audio_after(testmic):
     """What a pause relies on (agent/pipeline/audio.TimedSource): each read says when its
     last sample was captured, and a read stops at the pause's moment."""
     with _fed_by_hand(testmic) as (source, block):
-        block(1)
-        split = time.monotonic()
+        split = block(1)
         source.split_at(split)
         block(2)
-        block(3)
-        before = source.read(timeout=1)
-        assert before is not None
-        assert source.captured_at <= split
-        after = source.read(timeout=1)
-        assert after is not None
-        assert source.captured_at > split
-    assert before.tolist() == [1] * BLOCK
-    assert after.tolist() == [2] * BLOCK + [3] * BLOCK
+        third = block(3)
+        reads = _reads(source, 2)
+    assert reads == [([1] * BLOCK, split), ([2] * BLOCK + [3] * BLOCK, third)]
 
 
 def test_a_pause_and_a_resume_not_yet_read_both_split_the_reads(testmic):
     """A pause and its resume within one look (a reader wakes every LOOK_EVERY_S): each
     read stays inside one of before, while paused and after."""
     with _fed_by_hand(testmic) as (source, block):
-        block(1)
-        source.split_at(time.monotonic())  # paused
-        block(2)
-        source.split_at(time.monotonic())  # resumed
+        source.split_at(block(1))  # paused
+        source.split_at(block(2))  # resumed
         block(3)
-        reads = [source.read(timeout=1) for _ in range(3)]
-    assert [None if r is None else r.tolist()[:1] for r in reads] == [[1], [2], [3]]
+        reads = _reads(source, 3)
+    assert [samples[:1] for samples, _ in reads] == [[1], [2], [3]]
+
+
+def test_a_split_inside_a_block_cuts_it_at_that_frame(testmic):
+    """A pause falls anywhere in a block: keeping or dropping the whole block would keep
+    up to a block of what was said while paused, or drop as much said before it."""
+    quarter = BLOCK // 4
+    with _fed_by_hand(testmic) as (source, block):
+        start = block(1)
+        source.split_at(start + quarter / 16_000)  # paused a quarter into the next block
+        source.split_at(start + 3 * quarter / 16_000)  # and resumed within it
+        block(2)
+        last = block(3)
+        reads = _reads(source, 3)
+    assert [(len(samples), sorted(set(samples))) for samples, _ in reads] == [
+        (BLOCK + quarter, [1, 2]),
+        (2 * quarter, [2]),
+        (quarter + BLOCK, [2, 3]),
+    ]
+    assert [at for _, at in reads] == [
+        pytest.approx(start + quarter / 16_000),
+        pytest.approx(start + 3 * quarter / 16_000),
+        last,
+    ]
+
+
+def test_blocks_delivered_faster_than_real_time_still_split_where_the_moment_falls(testmic):
+    """A device can hand blocks over faster than they play (a burst after a stall, or the
+    tests' feeder at 8x): a block then spans the time since the last one, not a block's
+    length, or a pause would find itself inside the next several blocks and keep a part
+    of each, captured after it, as if captured before."""
+    settings = AudioSettings(device="testmic", block_ms=BLOCK * 1000 // 16_000)
+    with FifoFeeder(testmic, period_frames=BLOCK, idle_silence=False) as feeder:
+        source = MicrophoneSource(settings, reopen=ReopenPolicy(stall_s=30))
+        stream = source._stream
+        assert stream is not None
+        try:
+            for value in (1, 2, 3):
+                stream._on_audio(np.full(BLOCK, value, dtype=np.int16).tobytes(), BLOCK, None, 0)
+                if value == 1:
+                    source.split_at(stream.last_audio)  # as the first block came
+                    time.sleep(BLOCK / 16_000 / 4)  # the next comes a quarter block later
+            reads = _reads(source, 2)
+        finally:
+            feeder.idle_silence = True  # so the stream can be closed
+            source.close()
+    assert [samples for samples, _ in reads] == [[1] * BLOCK, [2] * BLOCK + [3] * BLOCK]
 
 
 def test_the_supervisor_wakes_about_once_a_second_while_the_device_is_well(testmic):
