@@ -32,7 +32,7 @@ class AudioSettings(BaseModel):
     device: str = "default"
     device_rate: int = Field(default=0, ge=0, le=384_000)
     channels: int = Field(default=1, ge=1, le=32)
-    block_ms: int = Field(default=120, ge=10, le=500)
+    block_ms: int = Field(default=240, ge=10, le=500)
     queue_max_s: float = Field(default=10.0, gt=0, le=600)
     trim: Literal["conservative", "balanced", "off"] = "conservative"
     vad_mode: int | None = Field(default=None, ge=0, le=3)

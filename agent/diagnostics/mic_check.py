@@ -159,7 +159,7 @@ def run_check(
             if block is None:
                 break
             block = block[: target - meter.samples]
-            # In pieces that end where a reading is due: a capture block (120 ms) does not
+            # In pieces that end where a reading is due: a capture block (240 ms) does not
             # divide the meter's step, and a line says how much audio it measured.
             while len(block):
                 cut = len(block) if show is None else min(len(block), next_show - meter.samples)

@@ -24,8 +24,11 @@ What the plugin does, and what these helpers take care of:
 
 from __future__ import annotations
 
+import fcntl
 import os
 import select
+import struct
+import termios
 import threading
 import time
 from collections import deque
@@ -36,11 +39,17 @@ import numpy as np
 
 PCM_NAME = "testmic"
 SAMPLE_BYTES = 2
-# The agent's capture block (agent.audio.block_ms, 120 ms by default) at 16 kHz. A feeder's
+# The agent's capture block (agent.audio.block_ms, 240 ms by default) at 16 kHz. A feeder's
 # period must be a whole number of the reader's: a read of one ALSA period from a FIFO that
-# holds less comes back short, and the plugin fills the rest with stale samples. 3840 B fit
-# in one atomic write (PIPE_BUF).
-PERIOD_FRAMES = 1_920
+# holds less comes back short, and the plugin fills the rest with stale samples.
+PERIOD_FRAMES = 3_840
+# The kernel counts a pipe's room in pages: a period is written only when the FIFO has room
+# for it and two pages more, so the write is never cut short and a reader never finds part
+# of one (7,680 B is over PIPE_BUF, beyond which a write is not atomic by itself).
+_PIPE_PAGE = 4_096
+_SPARE_PAGES = 2
+# How often a writer waiting for that room looks again.
+_ROOM_POLL_S = 0.01
 
 
 def write_asound_conf(
@@ -123,12 +132,6 @@ class FifoFeeder:
         self.idle_silence = idle_silence
         self.period_frames = period_frames
         self.period_bytes = period_frames * channels * SAMPLE_BYTES
-        if self.period_bytes > select.PIPE_BUF:
-            # Larger writes are not atomic: the reader could get part of a period, and
-            # the plugin fills the rest of its buffer with stale samples.
-            raise ValueError(
-                f"a period of {self.period_bytes} bytes is over PIPE_BUF ({select.PIPE_BUF})"
-            )
         self.frames_played = 0  # frames of played (queued) audio written into the FIFO
         self._frames_queued = 0
         self._periods: deque[bytes] = deque()
@@ -137,6 +140,14 @@ class FifoFeeder:
         self._stopping = False
         self._writing = False
         self._fd = self._make_fifo()
+        self._capacity = fcntl.fcntl(self._fd, fcntl.F_GETPIPE_SZ)
+        if self.period_bytes + _SPARE_PAGES * _PIPE_PAGE > self._capacity:
+            os.close(self._fd)
+            self.path.unlink()
+            raise ValueError(
+                f"a period of {self.period_bytes} bytes does not fit in the FIFO"
+                f" ({self._capacity} bytes) with {_SPARE_PAGES} pages to spare"
+            )
         self._unplugged_fd: int | None = None
         self._thread = threading.Thread(target=self._run, name="fifo-feeder", daemon=True)
         self._thread.start()
@@ -273,11 +284,31 @@ class FifoFeeder:
         return bool(self._periods) or self.idle_silence
 
     def _write(self, fd: int, period: bytes) -> bool:
-        """One whole period, atomically; False if paused or stopped while the FIFO was full."""
+        """One whole period in one write, once the FIFO has room for it; False if paused or
+        stopped while the FIFO was full."""
         while not (self._stopping or self._paused):
+            if self._capacity - _bytes_queued(fd) >= len(period) + _SPARE_PAGES * _PIPE_PAGE:
+                try:
+                    written = os.write(fd, period)
+                except BlockingIOError:
+                    written = 0
+                if written:
+                    self._write_rest(fd, period[written:])
+                    return True
+            # Not select(): a FIFO is writable with a page free, long before a period fits.
+            time.sleep(_ROOM_POLL_S)
+        return False
+
+    def _write_rest(self, fd: int, rest: bytes) -> None:
+        """What a write cut short left (the room was misjudged): late rather than lost."""
+        while rest and not self._stopping:
             try:
-                os.write(fd, period)
-                return True
+                rest = rest[os.write(fd, rest) :]
             except BlockingIOError:
                 select.select([], [fd], [], 0.05)
-        return False
+
+
+def _bytes_queued(fd: int) -> int:
+    """Bytes written into the pipe and not yet read."""
+    answer = fcntl.ioctl(fd, termios.FIONREAD, b"\0\0\0\0")
+    return int(struct.unpack("i", answer)[0])

@@ -21,7 +21,7 @@ from tests.support.speech import SAMPLE_RATE, room_noise, synthesize
 
 ROOM_AGENT = str(Path(sys.executable).parent / "room-agent")
 SECONDS = 2
-BLOCK = PERIOD_FRAMES  # 120 ms, the default audio.block_ms
+BLOCK = PERIOD_FRAMES  # 240 ms, the default audio.block_ms
 FULL_SCALE = 32_767
 UTTERANCES = (
     ("Please close the door when you leave the room.", "en-us", 155),
