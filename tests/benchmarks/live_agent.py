@@ -22,8 +22,8 @@ phases (callgrind_control -i on, -z, -d), instructions divided by audio seconds 
 valgrind the agent runs ~50x slower, so that phase is short (``--callgrind-s``).
 
     .venv/bin/python tests/benchmarks/live_agent.py [--seconds 60] [--idle-s 20]
-        [--callgrind-s 10] [--no-callgrind] [--no-baseline] [--agent PATH] [--env K=V]
-        [--before DIR]
+        [--callgrind-s 10] [--no-callgrind] [--no-baseline] [--threads] [--agent PATH]
+        [--env K=V] [--before DIR]
 """
 
 from __future__ import annotations
@@ -47,6 +47,8 @@ import numpy as np
 from protocol.messages import StartCommand, StopCommand
 from protocol.topics import topic
 from tests.agent.device_setup import DEVICE, KEY, PASSWORD, TOKEN, device_env, wait_for_snapshot
+from tests.benchmarks import thread_use
+from tests.benchmarks.thread_use import ThreadUse
 from tests.support.alsa import FifoFeeder
 from tests.support.ingest_server import IngestServer
 from tests.support.mosquitto import Broker
@@ -162,6 +164,7 @@ class Phase:
     cpu_s: float
     peak_rss_mb: float
     rss_mb: float
+    threads: list[ThreadUse] = field(default_factory=list)
 
     @property
     def cpu_percent(self) -> float:
@@ -180,12 +183,14 @@ def memory_mb(pid: int) -> tuple[float, float]:
     return found["VmHWM"], found["VmRSS"]
 
 
-def measure(name: str, pid: int, seconds: float) -> Phase:
-    cpu, wall = cpu_seconds(pid), time.monotonic()
+def measure(name: str, pid: int, seconds: float, by_thread: bool = False) -> Phase:
+    cpu, wall, threads = cpu_seconds(pid), time.monotonic(), thread_use.snapshot(pid)
     time.sleep(seconds)
     cpu, wall = cpu_seconds(pid) - cpu, time.monotonic() - wall
+    threads_after = thread_use.snapshot(pid)
     peak, rss = memory_mb(pid)
-    return Phase(name, wall, cpu, peak, rss)
+    used = thread_use.use_between(pid, threads, threads_after) if by_thread else []
+    return Phase(name, wall, cpu, peak, rss, used)
 
 
 def session_audio(seconds: float) -> np.ndarray:
@@ -200,6 +205,7 @@ def run_agent(
     record_s: float,
     valgrind: Path | None,
     under_test: Agent,
+    by_thread: bool = False,
 ) -> list[Phase | int]:
     """Idle, then recording: the two phases (or, under callgrind, the instruction counts)."""
     users = {DEVICE: PASSWORD, "gateway": "gateway-secret"}
@@ -230,14 +236,15 @@ def run_agent(
             wait_for_snapshot(work, lambda s: s.mqtt_connected, timeout=startup)
             time.sleep(2.0 if valgrind is None else 10.0)  # let start-up settle
             results: list[Phase | int] = []
-            results.append(phase(agent.pid, f"{under_test.name}: idle", idle_s, valgrind))
+            idle = f"{under_test.name}: idle"
+            results.append(phase(agent.pid, idle, idle_s, valgrind, by_thread))
             state, cmd = topic(DEVICE, "state"), topic(DEVICE, "cmd")
             with Probe(broker) as probe:
                 probe.publish(cmd, StartCommand(command_id="go", session_id="bench-1"))
                 probe.wait_for(probe.on(state, recorder="recording"), timeout=startup)
                 mic.play(audio)
                 name = f"{under_test.name}: recording"
-                results.append(phase(agent.pid, name, record_s, valgrind))
+                results.append(phase(agent.pid, name, record_s, valgrind, by_thread))
                 probe.publish(cmd, StopCommand(command_id="end", session_id="bench-1"))
                 ingest.wait_until(lambda: ingest.manifest("bench-1") is not None, timeout=startup)
             chunks = len(ingest.chunks("bench-1"))
@@ -252,9 +259,11 @@ def run_agent(
             agent.stop(timeout=60)
 
 
-def phase(pid: int, name: str, seconds: float, valgrind: Path | None) -> Phase | int:
+def phase(
+    pid: int, name: str, seconds: float, valgrind: Path | None, by_thread: bool
+) -> Phase | int:
     if valgrind is None:
-        return measure(name, pid, seconds)
+        return measure(name, pid, seconds, by_thread)
     control = ["callgrind_control"]
 
     def call(*args: str) -> None:
@@ -300,6 +309,11 @@ def main() -> None:
     parser.add_argument("--no-callgrind", action="store_true")
     parser.add_argument("--no-baseline", action="store_true")
     parser.add_argument(
+        "--threads",
+        action="store_true",
+        help="also print each phase's CPU and wake-ups per thread (names need py-spy)",
+    )
+    parser.add_argument(
         "--agent",
         default=ROOM_AGENT,
         help="the room-agent to run, e.g. one installed with only the [agent] extra (as on a"
@@ -323,7 +337,9 @@ def main() -> None:
         work = Path(tmp)
         for agent in agents:
             (work / agent.name).mkdir()
-            measured = run_agent(work / agent.name, audio, args.idle_s, args.seconds, None, agent)
+            measured = run_agent(
+                work / agent.name, audio, args.idle_s, args.seconds, None, agent, args.threads
+            )
             phases += [item for item in measured if isinstance(item, Phase)]
         if not args.no_baseline:
             for period in sorted({agent.period for agent in agents}):
@@ -352,6 +368,12 @@ def main() -> None:
             f"{item.name:<22} {item.wall_s:>7.1f} {item.cpu_percent:>7.3f} "
             f"{item.peak_rss_mb:>12.1f} {item.rss_mb:>7.1f}"
         )
+    for item in phases:
+        if item.threads:
+            print(f"{item.name}, by thread (CPU ms, wake-ups, over {item.wall_s:.0f} s):")
+            for used in item.threads:
+                if used.cpu_ms >= 0.05 or used.wakeups:
+                    print(f"  {used.name:<34} {used.cpu_ms:>9.1f} {used.wakeups:>8}")
     recording = {p.name.split(":")[0]: p for p in phases if p.name.endswith(": recording")}
     bare = {p.name: p for p in phases if p.name.startswith("bare capture")}
     for agent in agents:
