@@ -55,3 +55,15 @@ class TimedSource(Protocol):
     def split_at(self, at: float) -> None:
         """No read() from now on joins audio captured by ``at`` with audio captured after."""
         ...
+
+
+@runtime_checkable
+class WakeableSource(Protocol):
+    """A source whose read() may wait long for audio (a live source reads about once a
+    second, by design): wake() makes a read that waits return at once, so that a stop is
+    acted on now and not at the next look."""
+
+    def wake(self) -> None:
+        """The read waiting now (or the next one to wait) returns an empty block at once.
+        Safe from a signal handler: it only sets an event."""
+        ...

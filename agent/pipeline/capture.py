@@ -172,6 +172,9 @@ class MicrophoneSource:
         self._closing = threading.Event()
         # Set once the stream is shut: a waiting reader takes what is left at once.
         self._closed = threading.Event()
+        # What a waiting reader waits on: set by wake() (cleared as the reader wakes) and
+        # for good by close().
+        self._woken = threading.Event()
         self._openings = 0
         self._resampler: Resampler | None = None
         self._resampler_opening = 0
@@ -208,7 +211,12 @@ class MicrophoneSource:
             )
         # Only now: a reader in another thread keeps taking blocks until the device is shut.
         self._closed.set()
+        self._woken.set()
         self._losses.summary(self.stats)
+
+    def wake(self) -> None:
+        """See WakeableSource: a read waiting for the next look returns an empty block now."""
+        self._woken.set()
 
     def __enter__(self) -> MicrophoneSource:
         return self
@@ -238,7 +246,9 @@ class MicrophoneSource:
                 wait = min(wait, deadline - time.monotonic())
                 if wait <= 0:
                     return None
-            self._closed.wait(wait)
+            if self._woken.wait(wait) and not self._closed.is_set():
+                self._woken.clear()  # wake(): the reader has something else to do first
+                return self._blocks.popleft() if self._blocks else None
 
     def split_at(self, at: float) -> None:
         """See TimedSource: a pause (or its resume) at ``at`` keeps what was captured

@@ -48,6 +48,7 @@ from agent.pipeline.audio import (
     AudioSource,
     CaptureStats,
     TimedSource,
+    WakeableSource,
 )
 from agent.pipeline.seal import ChunkSealer, gateway_key
 from agent.pipeline.vad import Segmenter, SpeechChunk
@@ -389,8 +390,12 @@ class Recorder:
         return self.state
 
     def request_stop(self) -> None:
-        """Ask the session to end; safe from a signal handler."""
+        """Ask the session to end; safe from a signal handler. A live source's read waits
+        up to a second for its next look: it is woken, so the stop is acted on now."""
         self._stop.set()
+        source = self._source
+        if isinstance(source, WakeableSource):
+            source.wake()
 
     def stop(self, timeout: float | None = None) -> RecorderSnapshot:
         """End the session (reason "stopped") and wait until it is closed in the spool."""

@@ -482,3 +482,30 @@ def test_the_supervisor_wakes_about_once_a_second_while_the_device_is_well(testm
         time.sleep(3.0)  # a rate, measured
         woken = voluntary_switches(supervisor.native_id) - before
     assert 2 <= woken <= 4, f"{woken} wake-ups in 3 s"  # still looking, not twice a second
+
+
+def test_wake_returns_a_waiting_read_at_once(testmic, monkeypatch):
+    """A reader waits up to LOOK_EVERY_S for the next look; a stop must not wait for it."""
+    monkeypatch.setattr("agent.pipeline.capture.LOOK_EVERY_S", 60.0)
+    with FifoFeeder(testmic, period_frames=BLOCK, idle_silence=False) as feeder:
+        source = MicrophoneSource(AudioSettings(device="testmic"), reopen=ReopenPolicy(stall_s=90))
+        got: list[np.ndarray | None] = []
+        reader = threading.Thread(target=lambda: got.append(source.read()))
+        try:
+            reader.start()
+            eventually(lambda: _waiting(reader), timeout=5, what="the reader waiting")
+            source.wake()
+            reader.join(timeout=10)
+            assert not reader.is_alive(), "the read still waits for the next look"
+            assert got[0] is not None and got[0].size == 0, "an empty block, not the end"
+            feeder.play(np.full(BLOCK, 7, dtype=np.int16))  # and reads go on as before
+            assert read_samples(source, BLOCK).tolist() == [7] * BLOCK
+        finally:
+            feeder.idle_silence = True  # so the stream can be closed
+            source.close()
+
+
+def _waiting(thread: threading.Thread) -> bool:
+    """The thread sleeps in the kernel (its read waits), as /proc tells."""
+    state = Path(f"/proc/self/task/{thread.native_id}/stat").read_text().rsplit(")", 1)[1]
+    return state.split()[0] == "S"

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from agent.pipeline.audio import AudioInputError
+from agent.pipeline.capture import MicrophoneSource
 from agent.pipeline.filesource import FileSource
 from agent.pipeline.recorder import Recorder, RecorderError, RecorderListener
 from agent.pipeline.seal import SealingKeyError
@@ -13,6 +14,8 @@ from agent.settings import AgentSettings, AudioSettings
 from agent.spool import Spool
 from protocol.envelope import generate_private_key, open_chunk, public_key_to_text
 from runtime.codec import decode
+from tests.support.alsa import PERIOD_FRAMES, FifoFeeder, write_asound_conf
+from tests.support.eventually import eventually
 from tests.support.speech import make_session
 
 KEY = generate_private_key()
@@ -386,3 +389,31 @@ def test_no_word_is_lost_at_a_stop(tmp_path, speech, stop_at):
     # the stop fell inside speech: the reference's last chunk runs on to the cut
     last_start, last_pcm = expected[-1]
     assert last_start + len(last_pcm) / 16_000 == pytest.approx(cut_s, abs=0.01)
+
+
+def test_a_stop_is_acted_on_at_once_not_at_the_microphones_next_look(tmp_path, monkeypatch):
+    """The live microphone is read about once a second (capture.LOOK_EVERY_S, and the
+    recorder's read time-out): a stop that waited for the read to return added up to that
+    to every session's stop -> notes (the demo: 0.2-1.1 s of its stop -> all audio)."""
+    fifo = tmp_path / "mic.fifo"
+    monkeypatch.setenv(
+        "ALSA_CONFIG_PATH", write_asound_conf(tmp_path / "asound.conf", fifo)["ALSA_CONFIG_PATH"]
+    )
+    # Neither the next look nor the recorder's read time-out comes within the test.
+    monkeypatch.setattr("agent.pipeline.capture.LOOK_EVERY_S", 60.0)
+    monkeypatch.setattr("agent.pipeline.recorder.READ_TIMEOUT_S", 60.0)
+    settings = settings_for(tmp_path, audio=AudioSettings(device="testmic"))
+    with FifoFeeder(fifo, period_frames=PERIOD_FRAMES), Spool(settings.spool_dir, GIB, 0) as spool:
+        recorder = Recorder(settings, spool, lambda: MicrophoneSource(settings.audio))
+        recorder.start("stopped-at-once")
+        assert recorder.state.state == "recording"
+
+        def reader_waits_for_its_look() -> bool:  # blocks come, and nobody takes them
+            source = recorder._source
+            return isinstance(source, MicrophoneSource) and len(source._blocks) >= 2
+
+        eventually(reader_waits_for_its_look, timeout=10, what="blocks waiting for a read")
+        recorder.request_stop()
+        assert recorder.wait(20), "the stop waited for the microphone's next look"
+        assert recorder.state.state == "closed"
+        assert [s.session_id for s in spool.sessions()] == ["stopped-at-once"]
