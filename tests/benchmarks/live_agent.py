@@ -184,12 +184,12 @@ def memory_mb(pid: int) -> tuple[float, float]:
 
 
 def measure(name: str, pid: int, seconds: float, by_thread: bool = False) -> Phase:
-    cpu, wall, threads = cpu_seconds(pid), time.monotonic(), thread_use.snapshot(pid)
+    threads = thread_use.snapshot(pid) if by_thread else {}
+    cpu, wall = cpu_seconds(pid), time.monotonic()
     time.sleep(seconds)
     cpu, wall = cpu_seconds(pid) - cpu, time.monotonic() - wall
-    threads_after = thread_use.snapshot(pid)
+    used = thread_use.use_between(pid, threads, thread_use.snapshot(pid)) if by_thread else []
     peak, rss = memory_mb(pid)
-    used = thread_use.use_between(pid, threads, threads_after) if by_thread else []
     return Phase(name, wall, cpu, peak, rss, used)
 
 

@@ -24,6 +24,7 @@ from agent.pipeline.capture import (
     MicrophoneSource,
     ReopenPolicy,
     _Block,
+    _DeviceStream,
     choose_device,
     choose_rate,
     list_input_devices,
@@ -364,15 +365,27 @@ def test_the_reader_is_woken_less_often_than_blocks_come(testmic):
 
 
 @contextmanager
-def _fed_by_hand(testmic: Path) -> Iterator[tuple[MicrophoneSource, Callable[[int], float]]]:
-    """A source whose blocks the test hands over itself, as a device at real time would:
-    ``block(value)`` queues a block of ``value`` captured a block's length after the last
-    one, and returns the moment it ended (the feeder's silence stays off until the end)."""
+def _quiet_source(testmic: Path) -> Iterator[tuple[MicrophoneSource, _DeviceStream, FifoFeeder]]:
+    """A source whose FIFO delivers nothing until the test plays or hands over a block
+    itself (the feeder's silence stays off until the end, when the source is closed)."""
     settings = AudioSettings(device="testmic", block_ms=BLOCK * 1000 // 16_000)
     with FifoFeeder(testmic, period_frames=BLOCK, idle_silence=False) as feeder:
         source = MicrophoneSource(settings, reopen=ReopenPolicy(stall_s=30))
         stream = source._stream
         assert stream is not None
+        try:
+            yield source, stream, feeder
+        finally:
+            feeder.idle_silence = True  # so the stream can be closed
+            source.close()
+
+
+@contextmanager
+def _fed_by_hand(testmic: Path) -> Iterator[tuple[MicrophoneSource, Callable[[int], float]]]:
+    """A source whose blocks the test hands over itself, as a device at real time would:
+    ``block(value)`` queues a block of ``value`` captured a block's length after the last
+    one, and returns the moment it ended."""
+    with _quiet_source(testmic) as (source, stream, _):
         clock = [time.monotonic()]
 
         def block(value: int) -> float:
@@ -382,11 +395,7 @@ def _fed_by_hand(testmic: Path) -> Iterator[tuple[MicrophoneSource, Callable[[in
             source._accept(_Block(stream.opening, 16_000, 1, data, started, ended), BLOCK, 0)
             return ended
 
-        try:
-            yield source, block
-        finally:
-            feeder.idle_silence = True  # so the stream can be closed
-            source.close()
+        yield source, block
 
 
 def _reads(source: MicrophoneSource, count: int) -> list[tuple[list[int], float]]:
@@ -450,21 +459,13 @@ def test_blocks_delivered_faster_than_real_time_still_split_where_the_moment_fal
     tests' feeder at 8x): a block then spans the time since the last one, not a block's
     length, or a pause would find itself inside the next several blocks and keep a part
     of each, captured after it, as if captured before."""
-    settings = AudioSettings(device="testmic", block_ms=BLOCK * 1000 // 16_000)
-    with FifoFeeder(testmic, period_frames=BLOCK, idle_silence=False) as feeder:
-        source = MicrophoneSource(settings, reopen=ReopenPolicy(stall_s=30))
-        stream = source._stream
-        assert stream is not None
-        try:
-            for value in (1, 2, 3):
-                stream._on_audio(np.full(BLOCK, value, dtype=np.int16).tobytes(), BLOCK, None, 0)
-                if value == 1:
-                    source.split_at(stream.last_audio)  # as the first block came
-                    time.sleep(BLOCK / 16_000 / 4)  # the next comes a quarter block later
-            reads = _reads(source, 2)
-        finally:
-            feeder.idle_silence = True  # so the stream can be closed
-            source.close()
+    with _quiet_source(testmic) as (source, stream, _):
+        for value in (1, 2, 3):
+            stream._on_audio(np.full(BLOCK, value, dtype=np.int16).tobytes(), BLOCK, None, 0)
+            if value == 1:
+                source.split_at(stream.last_audio)  # as the first block came
+                time.sleep(BLOCK / 16_000 / 4)  # the next comes a quarter block later
+        reads = _reads(source, 2)
     assert [samples for samples, _ in reads] == [[1] * BLOCK, [2] * BLOCK + [3] * BLOCK]
 
 
@@ -487,22 +488,17 @@ def test_the_supervisor_wakes_about_once_a_second_while_the_device_is_well(testm
 def test_wake_returns_a_waiting_read_at_once(testmic, monkeypatch):
     """A reader waits up to LOOK_EVERY_S for the next look; a stop must not wait for it."""
     monkeypatch.setattr("agent.pipeline.capture.LOOK_EVERY_S", 60.0)
-    with FifoFeeder(testmic, period_frames=BLOCK, idle_silence=False) as feeder:
-        source = MicrophoneSource(AudioSettings(device="testmic"), reopen=ReopenPolicy(stall_s=90))
+    with _quiet_source(testmic) as (source, _, feeder):
         got: list[np.ndarray | None] = []
         reader = threading.Thread(target=lambda: got.append(source.read()))
-        try:
-            reader.start()
-            eventually(lambda: _waiting(reader), timeout=5, what="the reader waiting")
-            source.wake()
-            reader.join(timeout=10)
-            assert not reader.is_alive(), "the read still waits for the next look"
-            assert got[0] is not None and got[0].size == 0, "an empty block, not the end"
-            feeder.play(np.full(BLOCK, 7, dtype=np.int16))  # and reads go on as before
-            assert read_samples(source, BLOCK).tolist() == [7] * BLOCK
-        finally:
-            feeder.idle_silence = True  # so the stream can be closed
-            source.close()
+        reader.start()
+        eventually(lambda: _waiting(reader), timeout=5, what="the reader waiting")
+        source.wake()
+        reader.join(timeout=10)
+        assert not reader.is_alive(), "the read still waits for the next look"
+        assert got[0] is not None and got[0].size == 0, "an empty block, not the end"
+        feeder.play(np.full(BLOCK, 7, dtype=np.int16))  # and reads go on as before
+        assert read_samples(source, BLOCK).tolist() == [7] * BLOCK
 
 
 def _waiting(thread: threading.Thread) -> bool:
