@@ -9,6 +9,7 @@ notifications out), each as session notifiers and job handlers.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from dataclasses import dataclass, field
 
@@ -85,6 +86,7 @@ class GatewayService:
             wake,
             max_unclaimed=settings.ingest.max_unclaimed_sessions,
             stages=metrics.stages,
+            open_workers=settings.ingest.opening_workers,
         )
         assembler = Assembler(
             db, files, key, lifecycle, settings.ingest, vault, settings.http.audio_max_bytes
@@ -155,6 +157,7 @@ class GatewayService:
         await self.blueprint.aclose()
         if self.callbacks is not None:
             await self.callbacks.aclose()
+        await asyncio.to_thread(self.ingest.stop_workers)
         self.db.close()
 
 

@@ -223,6 +223,18 @@ class IngestSettings(BaseModel):
     retention_s: float = Field(default=86_400.0, ge=0, le=365 * 86_400)
     # Sessions no partner started (kept, never uploaded) one device may have here at once.
     max_unclaimed_sessions: int = Field(default=20, ge=1, le=100_000)
+    # Processes that open chunks (seal, audio check) beside the gateway's, on the other
+    # cores; 0: on the gateway's threads. Unset: the usable cores minus one on a host with
+    # more than 2 of them, else 0 (on 2 cores they cost CPU and gained no throughput).
+    open_workers: int | None = Field(default=None, ge=0, le=64)
+
+    @property
+    def opening_workers(self) -> int:
+        """``open_workers``, or the number for the cores this process may use."""
+        if self.open_workers is not None:
+            return self.open_workers
+        cores = len(os.sched_getaffinity(0))
+        return min(cores - 1, 8) if cores > 2 else 0
 
 
 class DeviceSettings(BaseModel):

@@ -87,13 +87,27 @@ class Stages:
         return run
 
 
+class StageLog:
+    """Stages timed where the counters are not (an ingest worker process): kept as a
+    list of (name, CPU seconds, wall seconds), which the gateway's ``Stages.record``s."""
+
+    def __init__(self) -> None:
+        self.timed: list[tuple[str, float, float]] = []
+
+    def record(self, stage: str, cpu_s: float, wall_s: float) -> None:
+        self.timed.append((stage, cpu_s, wall_s))
+
+    def stage(self, name: str) -> _Stage:
+        return _Stage(self, name)
+
+
 class _Stage:
     """``Stages.stage``'s timer: a plain context manager, not a generator one, because it
     runs several times on every chunk (a generator's set-up costs more than the timing)."""
 
     __slots__ = ("_cpu", "_name", "_stages", "_wall")
 
-    def __init__(self, stages: Stages, name: str) -> None:
+    def __init__(self, stages: Stages | StageLog, name: str) -> None:
         self._stages, self._name = stages, name
         self._wall = self._cpu = 0.0
 

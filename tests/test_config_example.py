@@ -36,6 +36,7 @@ GATEWAY_COMMENTED = {
     "gateway.state_dir",
     "gateway.database_file",
     "gateway.sealing_key_file",
+    "gateway.ingest.open_workers",
     "gateway.audio_key_file",
     "gateway.blueprint.api_key",
     "gateway.blueprint.api_key_file",

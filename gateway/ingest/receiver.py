@@ -3,8 +3,8 @@
 A chunk is checked in this order: the device's token (store), the header against the URL
 (no key needed), then the seal is opened (authenticating header and audio) and the audio
 decoded (16 kHz, as long as the header says: a chunk that would sink its session at
-assembly is refused now, 422 with a code the device's state shows), both on worker
-threads, off the event loop and in parallel with other chunks; then one transaction checks
+assembly is refused now, 422 with a code the device's state shows), both in an ingest
+worker process (opening.py), off the event loop and on the other cores; then one transaction checks
 ownership of the session, answers a repeat or a cancelled session's chunk, and commits the
 chunk, still sealed, with its row (where every replica can read it). Only then does the
 device get its 200, and may delete its copy. Two store round trips per chunk, not three:
@@ -20,7 +20,6 @@ A session started in another room is refused (403).
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import logging
 import time
@@ -37,6 +36,7 @@ from gateway.ingest.errors import (
     Unauthenticated,
     Unavailable,
 )
+from gateway.ingest.opening import ChunkOpener
 from gateway.ingest.records import IngestSession, StoredChunk
 from gateway.keys import SealingKeys
 from gateway.sessions import states as sessions
@@ -46,18 +46,14 @@ from gateway.store import Connection, Database, serialize_on
 from protocol.envelope import (
     ChunkHeader,
     EnvelopeError,
-    WrongKey,
     key_fingerprint,
     public_key_to_text,
     read_header,
 )
 from protocol.ingest import ChunkReceipt, CloseReceipt, SealingKeyInfo
 from protocol.manifest import ManifestChunk, SessionManifest
-from runtime.codec import SAMPLE_RATE, CodecError, decode
 
 logger = logging.getLogger(__name__)
-# How far a chunk's decoded length may be from its header's duration (codec padding).
-DURATION_TOLERANCE_S = 0.1
 # Manifest times against header times: both are the device's, rounded to the millisecond.
 TIME_SLACK_S = 0.002
 
@@ -81,8 +77,10 @@ class ChunkReceiver:
         wake: Wake,
         max_unclaimed: int = 20,
         stages: Stages = UNTIMED,
+        open_workers: int = 0,
     ) -> None:
         self._db = db
+        self._opener = ChunkOpener(keys, open_workers, stages)
         self._max_unclaimed = max_unclaimed
         self._keys = keys
         self._lifecycle = lifecycle
@@ -111,6 +109,10 @@ class ChunkReceiver:
         return SealingKeyInfo(
             fingerprint=key_fingerprint(public), public_key=public_key_to_text(public)
         )
+
+    def stop_workers(self) -> None:
+        """Stop the opening workers (blocking: call it off the event loop)."""
+        self._opener.close()
 
     def on_stored(self, listener: ChunkStored) -> None:
         self._listeners.append(listener)
@@ -144,7 +146,7 @@ class ChunkReceiver:
         with stages.stage("chunk.header"):
             header = _header_matching(blob, device_id, session_id, seq)
         try:
-            sha256 = await asyncio.to_thread(_open, blob, self._keys, header, stages)
+            sha256 = await self._opener.open(blob, header)
         except Rejected:
             # The store's answer first (another room's session, a repeat, a cancelled
             # session), as if it had been asked before the seal was opened.
@@ -358,44 +360,6 @@ def _header_matching(blob: bytes, device_id: str, session_id: str, seq: int) -> 
             "chunk header device_id/session_id/seq do not match the path", code="path_mismatch"
         )
     return header
-
-
-def _open(blob: bytes, keys: SealingKeys, header: ChunkHeader, stages: Stages) -> str:
-    """The sealed bytes' SHA-256 (what the store keys repeats by), once the seal is open
-    (the current key or a retired one: chunks spooled before a rotation) and the audio is
-    what assembly can use (blocking: all of a chunk's work that may run beside the event
-    loop, in one hand-off; hashing 100 KB here rather than on the loop)."""
-    with stages.stage("chunk.digest"):
-        sha256 = hashlib.sha256(blob).hexdigest()
-    try:
-        with stages.stage("chunk.aead_open"):
-            opened = keys.open(blob)
-    except WrongKey as exc:  # the device's gateway_public_key is not this gateway's
-        raise Rejected(str(exc), code="wrong_key") from None
-    except EnvelopeError as exc:
-        raise Rejected(str(exc)) from None
-    with stages.stage("chunk.audio_check"):
-        problem = audio_problem(opened.audio, header.duration_s)
-    if problem is not None:
-        code, reason = problem
-        raise Rejected(f"chunk {header.seq}: {reason}", code=code)
-    return sha256
-
-
-def audio_problem(audio: bytes, duration_s: float) -> tuple[str, str] | None:
-    """Why a chunk's audio cannot join its session, as (code, reason); None if it can."""
-    try:
-        decoded = decode(audio)
-    except CodecError as exc:
-        return "undecodable_audio", str(exc)
-    if decoded.sample_rate != SAMPLE_RATE:
-        return "wrong_sample_rate", f"audio is {decoded.sample_rate} Hz, not {SAMPLE_RATE} Hz"
-    if abs(decoded.duration_s - duration_s) > DURATION_TOLERANCE_S + 0.01 * duration_s:
-        return (
-            "duration_mismatch",
-            f"audio lasts {decoded.duration_s:.3f} s, the header says {duration_s:.3f} s",
-        )
-    return None
 
 
 def _with_chunks_held_below(

@@ -57,21 +57,33 @@ def own_cpu_s() -> float:
     return times.user + times.system
 
 
-class CpuMeter:
-    """CPU seconds each named process tree used between ``start`` and ``stop``."""
+def process_cpu_s(pid: int) -> float:
+    """CPU seconds of ``pid`` alone (all its threads; not its children)."""
+    stat = _stat(pid)
+    return stat[1] if stat is not None else 0.0
 
-    def __init__(self, pids: dict[str, int | None]) -> None:
+
+class CpuMeter:
+    """CPU seconds each named process tree used between ``start`` and ``stop``; for the
+    names in ``alone`` also the process without its children, as "<name> alone" (the
+    gateway's own process beside its ingest workers)."""
+
+    def __init__(self, pids: dict[str, int | None], alone: tuple[str, ...] = ()) -> None:
         self.pids = {name: pid for name, pid in pids.items() if pid}
+        self.alone = {f"{name} alone": self.pids[name] for name in alone if name in self.pids}
         self._before: dict[str, float] = {}
         self.used: dict[str, float] = {}
 
     def start(self) -> CpuMeter:
         self._before = {name: tree_cpu_s(pid) for name, pid in self.pids.items()}
+        self._before |= {name: process_cpu_s(pid) for name, pid in self.alone.items()}
         self._before["client"] = own_cpu_s()
         return self
 
     def stop(self) -> dict[str, float]:
         self.used = {name: tree_cpu_s(pid) - self._before[name] for name, pid in self.pids.items()}
+        for name, pid in self.alone.items():
+            self.used[name] = process_cpu_s(pid) - self._before[name]
         self.used["client"] = own_cpu_s() - self._before["client"]
         return self.used
 

@@ -31,7 +31,11 @@ ROOM = "room-1"
 @pytest.fixture(scope="module")
 def deployed(tmp_path_factory: pytest.TempPathFactory, blueprint_sim: SimulatorProcess):
     root = tmp_path_factory.mktemp("hostile")
-    deployment = Deployment(root, blueprint_sim.url, (ROOM, "room-2")).start()
+    # Chunks opened in a worker process (the default on hosts of more than 2 cores): each
+    # refusal's code comes back from it.
+    deployment = Deployment(
+        root, blueprint_sim.url, (ROOM, "room-2"), ROOM_GATEWAY_INGEST__OPEN_WORKERS="1"
+    ).start()
     yield deployment
     deployment.stop()
 
