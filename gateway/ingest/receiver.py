@@ -179,13 +179,14 @@ class ChunkReceiver:
     def _record(
         self, conn: Connection, device_id: str, session_id: str, chunk: StoredChunk, blob: bytes
     ) -> _Recorded:
-        """``_record_rows`` timed: its statements, then its commit (up to after_commit)."""
+        """``_record_rows`` timed: its statements, then its commit: wall up to the commit's
+        end (with a group commit's other members), CPU its share of the COMMIT."""
         with self._stages.stage("chunk.record"):
             recorded = self._record_rows(conn, device_id, session_id, chunk, blob)
-        wall, cpu = time.perf_counter(), time.thread_time()
+        wall = time.perf_counter()
         conn.after_commit(
             lambda: self._stages.record(
-                "chunk.commit", time.thread_time() - cpu, time.perf_counter() - wall
+                "chunk.commit", conn.commit_cpu_s, time.perf_counter() - wall
             )
         )
         return recorded

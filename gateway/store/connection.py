@@ -50,12 +50,21 @@ class Connection(Protocol):
 
     def after_commit(self, callback: Callable[[], object]) -> None: ...
 
+    @property
+    def commit_cpu_s(self) -> float:
+        """In an after-commit callback: this transaction's share of its COMMIT's CPU."""
+        ...
+
 
 class AfterCommit:
     """The callbacks a transaction registered; run once it has committed, dropped if not."""
 
     def __init__(self) -> None:
         self._callbacks: list[Callable[[], object]] = []
+        # This transaction's share of its COMMIT's CPU, set before the callbacks run: a
+        # group commit's is shared by its members (the stage counters would otherwise
+        # charge each member with the others' statements and the whole fsync).
+        self.commit_cpu_s = 0.0
 
     def after_commit(self, callback: Callable[[], object]) -> None:
         self._callbacks.append(callback)

@@ -197,6 +197,7 @@ class PostgresDatabase(Database):
             if isinstance(exc, psycopg.Error):
                 raise translate(exc, raw) from None
             raise
+        started = time.thread_time()
         try:
             raw.commit()
         except psycopg.Error as exc:
@@ -209,6 +210,7 @@ class PostgresDatabase(Database):
             raise DatabaseUnavailable(
                 f"{self.display}: connection lost while committing ({type(exc).__name__})"
             ) from None
+        conn.commit_cpu_s = time.thread_time() - started
         conn.run_callbacks()
 
     def close(self) -> None:

@@ -31,6 +31,7 @@ import asyncio
 import re
 import sqlite3
 import threading
+import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -188,15 +189,18 @@ class SqliteDatabase(Database):
                     return
                 if outcome == "ok":
                     done.append(request)
+            started = time.thread_time()
             try:
                 self._conn.execute("COMMIT")
             except sqlite3.Error as exc:
                 _rollback(self._conn)
                 self._fail(done, self._translated(exc))
                 return
+            share = (time.thread_time() - started) / max(1, len(done))
         for request in done:
             try:
                 if request.conn is not None:
+                    request.conn.commit_cpu_s = share
                     request.conn.run_callbacks()
             except BaseException as exc:
                 request.future.set_exception(exc)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import struct
+import time
 from pathlib import Path
 
 import pytest
@@ -128,3 +129,29 @@ def test_a_write_whose_caller_gave_up_is_skipped_and_the_rest_of_its_group_commi
         return len(done), sorted(rows)
 
     assert asyncio.run(main()) == (4, [2, 3, 4, 5])
+
+
+def test_each_member_of_a_group_is_charged_its_share_of_the_commit_not_the_others_work(
+    db,
+) -> None:
+    """What the stage counters charge a transaction for its COMMIT (``commit_cpu_s``, read
+    in its after-commit callback): a share of that COMMIT only. Timing from the end of
+    one's own statements to the callback charged each member with the statements of every
+    member after it in its group (here 30 ms of CPU each) and the whole fsync."""
+    burn_s = 0.03
+
+    def busy_insert(conn: Connection, n: int) -> None:
+        started = time.thread_time()
+        while time.thread_time() - started < burn_s:
+            pass
+        insert(conn, n)
+        conn.after_commit(lambda: charged.append(conn.commit_cpu_s))
+
+    charged: list[float] = []
+
+    async def grouped() -> None:
+        await asyncio.gather(*(db.run(busy_insert, n) for n in range(6)))
+
+    asyncio.run(grouped())
+    assert len(charged) == 6
+    assert all(0 <= share < burn_s / 3 for share in charged), charged
