@@ -215,9 +215,7 @@ def _end_with(gateway_pid: int) -> None:
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # the pid is another user's process now: the gateway is gone
+    except (ProcessLookupError, PermissionError):  # PermissionError: another user's pid now
         return False
     return True
 

@@ -3,13 +3,14 @@
 A chunk is checked in this order: the device's token (store), the header against the URL
 (no key needed), then the seal is opened (authenticating header and audio) and the audio
 decoded (16 kHz, as long as the header says: a chunk that would sink its session at
-assembly is refused now, 422 with a code the device's state shows), both in an ingest
-worker process (opening.py), off the event loop and on the other cores; then one transaction checks
-ownership of the session, answers a repeat or a cancelled session's chunk, and commits the
-chunk, still sealed, with its row (where every replica can read it). Only then does the
-device get its 200, and may delete its copy. Two store round trips per chunk, not three:
-a chunk the store would refuse anyway (another room's, a repeat) costs its opening, and
-when the seal or audio is refused the store's answer still comes first, as before.
+assembly is refused now, 422 with a code the device's state shows), both off the event
+loop (opening.py: in worker processes on the other cores, or on a thread of the gateway
+where there are none); then one transaction checks ownership of the session, answers a
+repeat or a cancelled session's chunk, and commits the chunk, still sealed, with its row
+(where every replica can read it). Only then does the device get its 200, and may delete
+its copy. Two store round trips per chunk, not three: a chunk the store would refuse
+anyway (another room's, a repeat) costs its opening, and when the seal or audio is
+refused the store's answer still comes first, as before.
 
 Which sessions a device may send: its own (a session started in its room) and ones the
 gateway does not know (recorded without a partner session, e.g. ``room-agent record``):

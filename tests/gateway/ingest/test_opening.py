@@ -95,7 +95,7 @@ def test_a_worker_killed_between_chunks_is_replaced_and_the_next_chunk_opens(
         await opener.open(blob, header)
         (first,) = worker_pids(opener)
         os.kill(first, signal.SIGKILL)
-        eventually(lambda: not Path(f"/proc/{first}").exists() or _zombie(first))
+        eventually(lambda: _gone(first))
         digest = await opener.open(blob, header)
         (second,) = worker_pids(opener)
         return digest, first, second
@@ -165,12 +165,9 @@ def test_the_workers_end_with_a_gateway_killed_outright(key_path: Path, tmp_path
         child.wait(timeout=10)
 
 
-def _zombie(pid: int) -> bool:
+def _gone(pid: int) -> bool:
+    """No process ``pid`` any more, or only its zombie (exited, not yet reaped)."""
     try:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
     except OSError:
         return True
-
-
-def _gone(pid: int) -> bool:
-    return not Path(f"/proc/{pid}").exists() or _zombie(pid)
